@@ -1,6 +1,12 @@
-//! The tally client library (not built yet).
+//! The tally client library.
 //!
-//! This crate will own client sessions over the transport: pipelined requests, correlation of
-//! replies, timeouts and retries that keep the session sequence number and transfer id (so a retry
-//! is never applied twice), typed results, and blocking plus poll-based APIs.
+//! Built so far: [`message`], typed requests (every command and query, encoded over the
+//! generated SBE codecs) and typed responses (decoded, and printable as the JSON that
+//! `tally client --json` prints). Sessions over the transport — pipelining, correlation,
+//! timeouts and retries that keep the session sequence number and transfer id — come with the
+//! networked node.
 #![forbid(unsafe_code)]
+
+pub mod message;
+
+pub use message::{Balance, Request, Response, ResponseError, Transfer};

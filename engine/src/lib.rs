@@ -1,1 +1,282 @@
-//! Placeholder; filled by its issue.
+//! The ledger state machine: accounts, transfers, two-phase transfers, idempotency, client
+//! sessions, queries, a running state hash and snapshots.
+//!
+//! # What this crate owns
+//! Everything a node knows about money is here and is a pure function of the log: the engine is
+//! fed one log entry at a time ([`EntryMeta`] plus the command's SBE bytes) and answers with a
+//! reply it writes into the caller's buffer. It does no I/O, reads no clock (time is the entry's
+//! leader timestamp), spawns no thread, uses no randomness and allocates nothing per command once
+//! [`Engine::new`] has sized every table from [`EngineConfig`]. A full table is a result code.
+//!
+//! # Invariants (checked by the property tests after every command)
+//! - Per ledger, the sum of `debits_posted` equals the sum of `credits_posted`, and likewise for
+//!   the pending columns: every effect is a double entry.
+//! - No account flagged `debits_must_not_exceed_credits` has `debits_posted + debits_pending >
+//!   credits_posted` (and the mirror rule for `credits_must_not_exceed_debits`).
+//! - Same log in, same replies and same [`Engine::state_hash`] out.
+//!
+//! # Semantics worth knowing (see `ResultCode` for the precedence order)
+//! - Validation happens first, in increasing result-code order, so the lowest-numbered code that
+//!   applies is reported; only then is the state changed ("after this point it must succeed").
+//! - Only successful transfers are retained for idempotency: a failed transfer leaves no trace
+//!   and may be retried with the same id. A retained id re-sent with the same fields answers
+//!   `transfer_exists`, with other fields `transfer_exists_with_different_fields`.
+//! - Deposit and withdraw are transfers against the ledger's one `external` account.
+//! - A partial post settles `amount` and releases the rest of the pending reservation.
+//! - Before each log entry is applied, every pending transfer whose deadline
+//!   (`timestamp + timeout_s` of the entry that created it) is at or before the entry's time is
+//!   expired, in (deadline, creation order) order.
+//! - A retried `(session_id, client_seq)` at or below the session's last applied sequence changes
+//!   nothing: the session's last command is answered with its original position, timestamp and
+//!   result (without the per-transfer groups), an older one with `duplicate_request`.
+//!
+//! # Snapshots and threads
+//! See [`snapshot`]: [`Engine::freeze`] copies the live state (a few memcpys, ~10 ms for one
+//! million accounts) into a [`snapshot::Frozen`] that another thread encodes and writes while
+//! the engine goes on applying commands.
+#![deny(unsafe_code)]
+
+mod command;
+mod engine;
+mod index;
+mod prefetch;
+pub mod snapshot;
+mod wire;
+
+pub use command::{Command, Query, TransferSpec};
+pub use engine::{Account, Balance, Engine, Outcome, TransferInfo};
+pub use snapshot::SnapshotError;
+pub use wire::REPLY_LEN_MAX;
+
+/// Transfers one `Transfers` command may carry. Bounds the reply (one result per transfer and
+/// up to two balances per transfer) and the undo log of an atomic group.
+pub const TRANSFERS_PER_COMMAND_MAX: usize = 256;
+
+/// Accounts one `ListAccounts` page may return, so that the page fits in [`REPLY_LEN_MAX`].
+pub const LIST_LIMIT_MAX: usize = 256;
+
+/// Nanoseconds per second, for pending-transfer timeouts given in seconds.
+pub const NS_PER_S: u64 = 1_000_000_000;
+
+/// Largest value any table capacity may be configured to (values index tables as `u32`).
+pub const TABLE_CAPACITY_MAX: u32 = 1 << 30;
+
+/// Result of a command or query: mirrors the schema's `ResultCode` enum value for value, and the
+/// numeric order is the precedence order (the lowest-numbered code that applies is reported).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+#[allow(missing_docs)]
+pub enum ResultCode {
+    Ok = 0,
+    InvalidCommand = 1,
+    InvalidId = 2,
+    InvalidLedger = 3,
+    InvalidFlags = 4,
+    InvalidAmount = 5,
+    SameAccount = 6,
+    AccountNotFound = 7,
+    AccountExists = 8,
+    AccountExistsWithDifferentFields = 9,
+    LedgerMismatch = 10,
+    TransferExists = 11,
+    TransferExistsWithDifferentFields = 12,
+    TransferNotFound = 13,
+    PendingNotFound = 14,
+    PendingAlreadyPosted = 15,
+    PendingAlreadyVoided = 16,
+    PendingExpired = 17,
+    AmountExceedsPending = 18,
+    Overflow = 19,
+    InsufficientFunds = 20,
+    ExceedsDebits = 21,
+    LinkedTransferFailed = 22,
+    AccountTableFull = 23,
+    TransferTableFull = 24,
+    DuplicateRequest = 25,
+    NotReady = 26,
+}
+
+impl ResultCode {
+    /// Every code, in numeric order.
+    pub const ALL: [ResultCode; 27] = [
+        Self::Ok,
+        Self::InvalidCommand,
+        Self::InvalidId,
+        Self::InvalidLedger,
+        Self::InvalidFlags,
+        Self::InvalidAmount,
+        Self::SameAccount,
+        Self::AccountNotFound,
+        Self::AccountExists,
+        Self::AccountExistsWithDifferentFields,
+        Self::LedgerMismatch,
+        Self::TransferExists,
+        Self::TransferExistsWithDifferentFields,
+        Self::TransferNotFound,
+        Self::PendingNotFound,
+        Self::PendingAlreadyPosted,
+        Self::PendingAlreadyVoided,
+        Self::PendingExpired,
+        Self::AmountExceedsPending,
+        Self::Overflow,
+        Self::InsufficientFunds,
+        Self::ExceedsDebits,
+        Self::LinkedTransferFailed,
+        Self::AccountTableFull,
+        Self::TransferTableFull,
+        Self::DuplicateRequest,
+        Self::NotReady,
+    ];
+
+    /// The code with wire value `v`, if there is one.
+    pub fn from_u8(v: u8) -> Option<ResultCode> {
+        Self::ALL.get(usize::from(v)).copied()
+    }
+}
+
+/// Account flag bits (schema set `AccountFlags`).
+pub mod account_flags {
+    /// No overdraft: `debits_posted + debits_pending <= credits_posted`.
+    pub const DEBITS_MUST_NOT_EXCEED_CREDITS: u16 = 1 << 0;
+    /// Mirror rule: `credits_posted + credits_pending <= debits_posted`.
+    pub const CREDITS_MUST_NOT_EXCEED_DEBITS: u16 = 1 << 1;
+    /// The ledger's external (world) account; at most one per ledger, no balance rule.
+    pub const EXTERNAL: u16 = 1 << 2;
+    /// Every defined bit.
+    pub const ALL: u16 = DEBITS_MUST_NOT_EXCEED_CREDITS | CREDITS_MUST_NOT_EXCEED_DEBITS | EXTERNAL;
+}
+
+/// Transfer flag bits (schema set `TransferFlags`).
+pub mod transfer_flags {
+    /// Two-phase: reserve now, post or void later.
+    pub const PENDING: u16 = 1 << 0;
+    /// Every defined bit.
+    pub const ALL: u16 = PENDING;
+}
+
+/// Command-level flag bits (schema set `BatchFlags`).
+pub mod batch_flags {
+    /// All transfers of the command apply, or none does.
+    pub const ATOMIC: u16 = 1 << 0;
+    /// Every defined bit.
+    pub const ALL: u16 = ATOMIC;
+}
+
+/// Lifecycle of a retained transfer (schema enum `TransferState`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+#[allow(missing_docs)]
+pub enum TransferState {
+    Posted = 0,
+    Pending = 1,
+    PendingPosted = 2,
+    PendingVoided = 3,
+    PendingExpired = 4,
+}
+
+/// What produced a retained transfer (schema enum `TransferKind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+#[allow(missing_docs)]
+pub enum TransferKind {
+    Transfer = 0,
+    Deposit = 1,
+    Withdraw = 2,
+    PostPending = 3,
+    VoidPending = 4,
+}
+
+/// The log-entry header of one command (mirrors the schema's `LogEntry`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// Command index in the log; the first command is 1. Strictly increasing.
+    pub position: u64,
+    /// Leader log time in nanoseconds; the engine's only clock.
+    pub timestamp_ns: u64,
+    /// Client session that sent the command; 0 = no session (not deduplicated).
+    pub session_id: u64,
+    /// The session's sequence number for this command.
+    pub client_seq: u64,
+}
+
+/// Table capacities, all allocated by [`Engine::new`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Accounts the engine can hold (about 88 bytes each once touched, index included).
+    pub accounts_max: u32,
+    /// Successful transfers remembered for idempotency and `GetTransfer`, oldest evicted first
+    /// (72 bytes each plus ~13 bytes of index).
+    pub transfers_retained_max: u32,
+    /// Pending transfers that may be open at once.
+    pub pending_max: u32,
+    /// Client sessions tracked for exactly-once; when full, the session with the oldest last
+    /// command is forgotten to make room.
+    pub sessions_max: u32,
+    /// Ledgers that may have an external account.
+    pub ledgers_max: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            accounts_max: 1_000_000,
+            transfers_retained_max: 10_000_000,
+            pending_max: 1_000_000,
+            sessions_max: 10_000,
+            ledgers_max: 1_024,
+        }
+    }
+}
+
+/// A configuration value that cannot be used: names the key, the value and the rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The configuration key, e.g. `accounts_max`.
+    pub key: &'static str,
+    /// The value given.
+    pub value: u64,
+    /// What the value must satisfy.
+    pub rule: &'static str,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "engine config: {}={} is invalid: {}",
+            self.key, self.value, self.rule
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl EngineConfig {
+    /// Checks every capacity: each must be in `1..=TABLE_CAPACITY_MAX`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let keys = [
+            ("accounts_max", self.accounts_max),
+            ("transfers_retained_max", self.transfers_retained_max),
+            ("pending_max", self.pending_max),
+            ("sessions_max", self.sessions_max),
+            ("ledgers_max", self.ledgers_max),
+        ];
+        for (key, value) in keys {
+            if value == 0 || value > TABLE_CAPACITY_MAX {
+                return Err(ConfigError {
+                    key,
+                    value: u64::from(value),
+                    rule: "must be between 1 and 1073741824 (TABLE_CAPACITY_MAX)",
+                });
+            }
+        }
+        if self.ledgers_max > self.accounts_max {
+            return Err(ConfigError {
+                key: "ledgers_max",
+                value: u64::from(self.ledgers_max),
+                rule: "must not exceed accounts_max (each ledger's external is an account)",
+            });
+        }
+        Ok(())
+    }
+}

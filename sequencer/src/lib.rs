@@ -1,10 +1,15 @@
-//! The leader pipeline (being built).
+//! The leader pipeline: ingress → sequencer → journal writer → engine → egress, in one process.
 //!
-//! This crate will own the leader node's threads: ingress -> sequencer (stamps position and log
-//! time, packs batches) -> journal writer (group commit) -> engine -> egress (replies released
-//! only once durable). See `DESIGN.md` §1 and §3.
-//!
-//! Built so far: [`ring`], the single-producer/single-consumer byte ring used for hand-offs.
+//! See [`pipeline`] for the threads and the durability rule, [`ring`] for the hand-off rings,
+//! [`clock`] for log time, [`snapshots`] for the snapshot folder. The network (transport
+//! sessions feeding the ingress and carrying replies) is wired on top of this by the node.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod clock;
+pub mod pipeline;
 pub mod ring;
+pub mod snapshots;
+
+pub use pipeline::{
+    OfferError, Pipeline, PipelineConfig, Producer, Replies, Reply, StartReport, Status,
+};

@@ -186,6 +186,16 @@ impl Consumer {
     /// Calls `handler` on up to `limit` records in order; returns how many were consumed.
     /// The slice is only valid during the call: the space is released after `poll` returns.
     pub fn poll(&mut self, limit: usize, mut handler: impl FnMut(&[u8])) -> usize {
+        self.poll_while(limit, |record| {
+            handler(record);
+            true
+        })
+    }
+
+    /// Like [`Consumer::poll`], but `handler` may refuse a record by returning `false`: that
+    /// record and everything after it stay in the ring for a later call. Returns how many were
+    /// consumed.
+    pub fn poll_while(&mut self, limit: usize, mut handler: impl FnMut(&[u8]) -> bool) -> usize {
         let tail = self.shared.tail.load(Ordering::Acquire);
         let mut count = 0;
         let mut head = self.head;
@@ -206,7 +216,9 @@ impl Consumer {
             let payload = unsafe {
                 std::slice::from_raw_parts(self.shared.ptr(index + RECORD_HEADER_SIZE), len)
             };
-            handler(payload);
+            if !handler(payload) {
+                break;
+            }
             head += (RECORD_HEADER_SIZE + align_up(len)) as u64;
             count += 1;
         }

@@ -1,9 +1,15 @@
 //! The scenario table. Each scenario lives in its own module with `pub fn run(args) -> Result`.
 
+mod pipeline;
+
 pub struct Scenario {
     pub name: &'static str,
     pub about: &'static str,
     pub run: fn(&[String]) -> Result<(), String>,
 }
 
-pub const ALL: &[Scenario] = &[];
+pub const ALL: &[Scenario] = &[Scenario {
+    name: "pipeline",
+    about: "producers -> sequencer -> journal (O_DIRECT + fdatasync) -> engine -> durable replies",
+    run: pipeline::run,
+}];

@@ -1,0 +1,318 @@
+//! `pipeline`: producers → sequencer → journal (real O_DIRECT + fdatasync) → engine → durable
+//! replies, in one process, with the disk's own sync cost measured on the same folder.
+//!
+//! Closed loop (no `--rate`): the producer offers as fast as back-pressure allows; the figure
+//! is durable throughput at saturation. Open loop (`--rate N`): commands are offered on a fixed
+//! schedule and latency is measured from each command's *scheduled* time, so a stall that
+//! delays later offers is charged to them (coordinated-omission correction).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use schemas::ledger::{CreateAccountEncoder, DepositEncoder, TransferFlags, TransfersEncoder};
+use sequencer::{OfferError, Pipeline, PipelineConfig};
+use serde_json::json;
+
+use crate::report;
+
+const USAGE: &str = "usage: bench pipeline [--rate N] [--duration-s S] [--accounts N] [--data DIR] [--json]
+
+  --rate N         offered commands per second, open loop (default: closed loop, as fast as possible)
+  --duration-s S   measured seconds (default 5)
+  --accounts N     accounts transfers move between (default 10000)
+  --data DIR       folder for the journal (default: a fresh folder under ./target/bench-pipeline);
+                   it must be on the disk you want to measure (O_DIRECT is required)
+  --json           print one JSON object";
+
+struct Args {
+    rate: Option<u64>,
+    duration_s: u64,
+    accounts: u64,
+    data: Option<PathBuf>,
+    json: bool,
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
+    let mut a = Args {
+        rate: None,
+        duration_s: 5,
+        accounts: 10_000,
+        data: None,
+        json: false,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or(format!("{name} needs a value\n\n{USAGE}"))
+        };
+        let number = |name: &str, v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{name}: '{v}' is not a number"))
+        };
+        match arg.as_str() {
+            "--rate" => a.rate = Some(number("--rate", value("--rate")?)?),
+            "--duration-s" => a.duration_s = number("--duration-s", value("--duration-s")?)?,
+            "--accounts" => a.accounts = number("--accounts", value("--accounts")?)?,
+            "--data" => a.data = Some(PathBuf::from(value("--data")?)),
+            "--json" => a.json = true,
+            "--help" | "-h" => return Err(USAGE.into()),
+            other => return Err(format!("unknown option '{other}'\n\n{USAGE}")),
+        }
+    }
+    if a.accounts < 2 {
+        return Err("--accounts must be at least 2".into());
+    }
+    if a.rate == Some(0) || a.duration_s == 0 {
+        return Err("--rate and --duration-s must be positive".into());
+    }
+    Ok(a)
+}
+
+fn encode(f: impl FnOnce(&mut [u8]) -> usize) -> Vec<u8> {
+    let mut buf = vec![0u8; 128];
+    let len = f(&mut buf);
+    buf.truncate(len);
+    buf
+}
+
+fn create_account(id: u64) -> Vec<u8> {
+    encode(|b| {
+        let mut e = CreateAccountEncoder::wrap_with_header(b).expect("fits");
+        e.set_id(id).set_ledger(1);
+        e.finish().expect("fits")
+    })
+}
+
+fn deposit(id: u128, account: u64, amount: u64) -> Vec<u8> {
+    encode(|b| {
+        let mut e = DepositEncoder::wrap_with_header(b).expect("fits");
+        e.transfer_id_mut()
+            .set_lo(id as u64)
+            .set_hi((id >> 64) as u64);
+        e.set_account_id(account).set_amount(amount);
+        e.finish().expect("fits")
+    })
+}
+
+fn transfer(id: u128, from: u64, to: u64, amount: u64) -> Vec<u8> {
+    encode(|b| {
+        let mut e = TransfersEncoder::wrap_with_header(b).expect("fits");
+        {
+            let mut g = e.transfers().expect("fits");
+            let mut t = g.next_entry().expect("fits");
+            t.id_mut().set_lo(id as u64).set_hi((id >> 64) as u64);
+            t.set_debit_account_id(from)
+                .set_credit_account_id(to)
+                .set_amount(amount);
+            t.set_ledger(1).set_flags(TransferFlags::empty());
+        }
+        e.finish().expect("fits")
+    })
+}
+
+/// Remove-on-drop folder.
+struct Folder(PathBuf, bool);
+impl Drop for Folder {
+    fn drop(&mut self) {
+        if self.1 {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let a = parse(args)?;
+    let folder = match &a.data {
+        Some(d) => Folder(
+            d.join(format!("bench-pipeline-{}", std::process::id())),
+            true,
+        ),
+        None => Folder(
+            PathBuf::from("target/bench-pipeline").join(std::process::id().to_string()),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&folder.0)
+        .map_err(|e| format!("create {}: {e}", folder.0.display()))?;
+
+    // The disk's own cost, on the same folder, before the run.
+    let probe_dir = folder.0.join("probe");
+    std::fs::create_dir_all(&probe_dir).map_err(|e| e.to_string())?;
+    let probe = journal::disk_probe(&probe_dir, 16 * 1024, 300).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&probe_dir);
+
+    let mut config = PipelineConfig::new(folder.0.join("node"));
+    config.snapshot_interval_commands = 0;
+    config.engine.accounts_max = (a.accounts + 16) as u32;
+    config.engine.transfers_retained_max = 20_000_000;
+    config.batches_in_flight_max = 16;
+    let (mut pipeline, _) = Pipeline::start(config)?;
+    let mut replies = pipeline.take_replies().ok_or("no replies")?;
+    let mut producer = pipeline.producer().ok_or("no producer")?;
+
+    // Set-up: accounts, each funded; not measured.
+    let mut seq = 0u64;
+    let mut offer = |producer: &mut sequencer::Producer, seq: u64, cmd: &[u8]| loop {
+        match producer.offer(1, seq, cmd) {
+            Ok(()) => return Ok(()),
+            Err(OfferError::BackPressured) => std::thread::yield_now(),
+            Err(e) => return Err(format!("offer: {e:?}")),
+        }
+    };
+    for id in 1..=a.accounts {
+        seq += 1;
+        offer(&mut producer, seq, &create_account(id))?;
+        seq += 1;
+        offer(
+            &mut producer,
+            seq,
+            &deposit(u128::from(id) << 64, id, 1_000_000_000),
+        )?;
+    }
+    let setup_last = seq;
+    while replies.poll(usize::MAX, |_| {}) > 0 || pipeline.status().applied_position < setup_last {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    while replies.poll(usize::MAX, |_| {}) > 0 {}
+
+    // Pre-encode the measured commands: random pairs (xorshift, fixed seed).
+    let count_max: u64 = match a.rate {
+        Some(r) => r * a.duration_s,
+        None => u64::MAX,
+    };
+    let pool = 1 << 16;
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let commands: Vec<Vec<u8>> = (0..pool)
+        .map(|i| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let from = 1 + rng % a.accounts;
+            let to = 1 + (from + rng / a.accounts % (a.accounts - 1)) % a.accounts;
+            transfer(u128::from(i as u64 + 1), from, to, 1)
+        })
+        .collect();
+
+    let first_seq = setup_last + 1;
+    // Scheduled send times by sequence number, in a ring larger than anything in flight (the
+    // ingress ring and batch buffers bound that far below it).
+    const SCHED_SLOTS: usize = 1 << 20;
+    let sched: Arc<Vec<AtomicU64>> =
+        Arc::new((0..SCHED_SLOTS).map(|_| AtomicU64::new(0)).collect());
+    let sent_count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let duration = Duration::from_secs(a.duration_s);
+    let rate = a.rate;
+    let (sched_p, sent_p) = (sched.clone(), sent_count.clone());
+    let producer_thread = std::thread::spawn(move || -> Result<u64, String> {
+        let mut sent = 0u64;
+        let mut buf = [0u8; 128];
+        while sent < count_max {
+            let now = start.elapsed().as_nanos() as u64;
+            if rate.is_none() && now >= duration.as_nanos() as u64 {
+                break;
+            }
+            let due_ns = match rate {
+                Some(r) => sent * 1_000_000_000 / r,
+                None => now,
+            };
+            if now < due_ns {
+                // Sleep when the next send is far off; yield (not spin) when close: the bench
+                // must not take a core from the pipeline on this 2-core machine.
+                if due_ns - now > 200_000 {
+                    std::thread::sleep(Duration::from_micros(50));
+                } else {
+                    std::thread::yield_now();
+                }
+                continue;
+            }
+            // Each command needs its own transfer id: patch it into a copy of a template.
+            let template = &commands[(sent % pool as u64) as usize];
+            let cmd = &mut buf[..template.len()];
+            cmd.copy_from_slice(template);
+            patch_transfer_id(cmd, sent + 1 + (1 << 40));
+            sched_p[(sent as usize) % SCHED_SLOTS].store(due_ns, Ordering::Relaxed);
+            loop {
+                match producer.offer(1, first_seq + sent, cmd) {
+                    Ok(()) => break,
+                    Err(OfferError::BackPressured) => std::thread::yield_now(),
+                    Err(e) => return Err(format!("offer: {e:?}")),
+                }
+            }
+            sent += 1;
+            sent_p.store(sent, Ordering::Release);
+        }
+        Ok(sent)
+    });
+
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?;
+    let mut received = 0u64;
+    let mut last_reply = start;
+    loop {
+        let n = replies.poll(4096, |r| {
+            let i = (r.client_seq - first_seq) as usize % SCHED_SLOTS;
+            let due = sched[i].load(Ordering::Relaxed);
+            let now = start.elapsed().as_nanos() as u64;
+            let _ = hist.record(now.saturating_sub(due).max(1_000));
+            received += 1;
+        });
+        if n > 0 {
+            last_reply = Instant::now();
+        } else if producer_thread.is_finished() && received >= sent_count.load(Ordering::Acquire) {
+            break;
+        } else {
+            if last_reply.elapsed() > Duration::from_secs(10) {
+                return Err("no reply for 10 s".into());
+            }
+            std::thread::yield_now();
+        }
+    }
+    let elapsed = last_reply.duration_since(start);
+    let sent = producer_thread.join().map_err(|_| "producer panicked")??;
+    let status = pipeline.shutdown();
+    if let Some(f) = status.fatal {
+        return Err(f);
+    }
+    let throughput = sent as f64 / elapsed.as_secs_f64();
+    let lat = report::latency_us(&hist);
+    let mut command = format!(
+        "cargo run --release -p bench -- pipeline --duration-s {} --accounts {}",
+        a.duration_s, a.accounts
+    );
+    if let Some(r) = a.rate {
+        command.push_str(&format!(" --rate {r}"));
+    }
+    let v = json!({
+        "scenario": "pipeline",
+        "mode": if a.rate.is_some() { "open_loop" } else { "closed_loop" },
+        "offered_rate_per_s": a.rate,
+        "commands": sent,
+        "throughput_per_s": throughput.round(),
+        "p50_us": lat["p50_us"], "p99_us": lat["p99_us"], "p999_us": lat["p999_us"], "max_us": lat["max_us"],
+        "batches": status.batches,
+        "commands_per_batch": if status.batches > 0 { (status.sequenced_position as f64 / status.batches as f64).round() } else { 0.0 },
+        "disk_sync_p50_us": probe.sync_p50_us,
+        "disk_sync_p99_us": probe.sync_p99_us,
+        "disk_write_mb_per_s": probe.write_mb_per_s,
+        "disk_probe_write_bytes": 16 * 1024,
+        "peak_rss_bytes": report::peak_rss_bytes(),
+        "machine": report::machine(),
+        "command": command,
+    });
+    report::print(a.json, &v);
+    Ok(())
+}
+
+/// Writes transfer id `id` (lo half; hi = 0) into a one-transfer `Transfers` command.
+fn patch_transfer_id(cmd: &mut [u8], id: u64) {
+    // header (8) + block (flags u16 = 2) + group header (4): the entry starts with the id.
+    const ID_OFFSET: usize = 8 + 2 + 4;
+    cmd[ID_OFFSET..ID_OFFSET + 8].copy_from_slice(&id.to_le_bytes());
+    cmd[ID_OFFSET + 8..ID_OFFSET + 16].copy_from_slice(&0u64.to_le_bytes());
+}

@@ -1,0 +1,279 @@
+//! The byte-level face of the engine: commands and queries decoded with the generated
+//! `schemas::ledger` decoders, replies written with its encoders into the caller's buffer.
+//!
+//! Decoding untrusted bytes never panics: anything that does not decode as a command (unknown
+//! template, other schema, truncated block or group, more than `TRANSFERS_PER_COMMAND_MAX`
+//! transfers, a query or reply in the log) becomes `Command::Invalid` and is answered with
+//! `invalid_command`. Encoding cannot fail into a buffer of [`REPLY_LEN_MAX`] bytes.
+
+use schemas::ledger::{
+    self as sbe, AccountFlags, AccountReplyEncoder, AccountsPageEncoder, CommandReplyEncoder,
+    Decoded, Id128, StatusReplyEncoder, TransferReplyEncoder,
+};
+
+use crate::command::{Command, TransferSpec};
+use crate::engine::Outcome;
+use crate::{Account, Engine, EntryMeta, ResultCode, LIST_LIMIT_MAX, TRANSFERS_PER_COMMAND_MAX};
+
+const MESSAGE_HEADER_SIZE: usize = 8;
+const GROUP_HEADER_SIZE: usize = 4;
+const COMMAND_REPLY_BLOCK: usize = 25;
+const RESULT_ENTRY_SIZE: usize = 1;
+const BALANCE_ENTRY_SIZE: usize = 44;
+const ACCOUNTS_PAGE_BLOCK: usize = 9;
+const ACCOUNT_ENTRY_SIZE: usize = 48;
+
+const COMMAND_REPLY_LEN_MAX: usize = MESSAGE_HEADER_SIZE
+    + COMMAND_REPLY_BLOCK
+    + GROUP_HEADER_SIZE
+    + TRANSFERS_PER_COMMAND_MAX * RESULT_ENTRY_SIZE
+    + GROUP_HEADER_SIZE
+    + 2 * TRANSFERS_PER_COMMAND_MAX * BALANCE_ENTRY_SIZE;
+const ACCOUNTS_PAGE_LEN_MAX: usize = MESSAGE_HEADER_SIZE
+    + ACCOUNTS_PAGE_BLOCK
+    + GROUP_HEADER_SIZE
+    + LIST_LIMIT_MAX * ACCOUNT_ENTRY_SIZE;
+
+/// Reply buffer size that always suffices for [`Engine::apply`] and [`Engine::query`] (the
+/// largest `CommandReply`: every transfer's result and two balances per transfer).
+pub const REPLY_LEN_MAX: usize = if COMMAND_REPLY_LEN_MAX > ACCOUNTS_PAGE_LEN_MAX {
+    COMMAND_REPLY_LEN_MAX
+} else {
+    ACCOUNTS_PAGE_LEN_MAX
+};
+
+fn id128(id: &Id128) -> u128 {
+    (u128::from(id.hi()) << 64) | u128::from(id.lo())
+}
+
+fn set_id128(target: &mut Id128, id: u128) {
+    target.set_lo(id as u64).set_hi((id >> 64) as u64);
+}
+
+/// Decodes one header-prefixed command; `scratch` receives the transfers of a `Transfers`.
+pub(crate) fn decode_command<'s>(bytes: &[u8], scratch: &'s mut Vec<TransferSpec>) -> Command<'s> {
+    scratch.clear();
+    let Ok(decoded) = sbe::decode(bytes) else {
+        return Command::Invalid;
+    };
+    match decoded {
+        Decoded::CreateAccount(m) => Command::CreateAccount {
+            id: m.id(),
+            ledger: m.ledger(),
+            flags: m.flags().raw(),
+            code: m.code(),
+        },
+        Decoded::Deposit(m) => Command::Deposit {
+            transfer_id: id128(m.transfer_id()),
+            account_id: m.account_id(),
+            amount: m.amount(),
+        },
+        Decoded::Withdraw(m) => Command::Withdraw {
+            transfer_id: id128(m.transfer_id()),
+            account_id: m.account_id(),
+            amount: m.amount(),
+        },
+        Decoded::Transfers(m) => {
+            let Ok(group) = m.transfers() else {
+                return Command::Invalid;
+            };
+            if group.count() > TRANSFERS_PER_COMMAND_MAX {
+                return Command::Invalid;
+            }
+            for t in group {
+                scratch.push(TransferSpec {
+                    id: id128(t.id()),
+                    debit_account_id: t.debit_account_id(),
+                    credit_account_id: t.credit_account_id(),
+                    amount: t.amount(),
+                    ledger: t.ledger(),
+                    flags: t.flags().raw(),
+                    code: t.code(),
+                    timeout_s: t.timeout_s(),
+                });
+            }
+            Command::Transfers {
+                flags: m.flags().raw(),
+                transfers: scratch,
+            }
+        }
+        Decoded::PostPending(m) => Command::PostPending {
+            id: id128(m.id()),
+            pending_id: id128(m.pending_id()),
+            amount: m.amount(),
+        },
+        Decoded::VoidPending(m) => Command::VoidPending {
+            id: id128(m.id()),
+            pending_id: id128(m.pending_id()),
+        },
+        _ => Command::Invalid,
+    }
+}
+
+const SHORT_BUFFER: &str = "reply buffer shorter than REPLY_LEN_MAX";
+
+fn encode_command_reply(o: &Outcome<'_>, buf: &mut [u8]) -> usize {
+    let mut enc = CommandReplyEncoder::wrap_with_header(buf).expect(SHORT_BUFFER);
+    enc.set_position(o.position)
+        .set_timestamp_ns(o.timestamp_ns)
+        .set_client_seq(o.client_seq)
+        .set_result_raw(o.result as u8);
+    {
+        let mut results = enc.results().expect(SHORT_BUFFER);
+        for r in o.results {
+            results
+                .next_entry()
+                .expect(SHORT_BUFFER)
+                .set_result_raw(*r as u8);
+        }
+    }
+    {
+        let mut balances = enc.balances().expect(SHORT_BUFFER);
+        for b in o.balances {
+            balances
+                .next_entry()
+                .expect(SHORT_BUFFER)
+                .set_account_id(b.account_id)
+                .set_ledger(b.ledger)
+                .set_debits_posted(b.debits_posted)
+                .set_credits_posted(b.credits_posted)
+                .set_debits_pending(b.debits_pending)
+                .set_credits_pending(b.credits_pending);
+        }
+    }
+    enc.finish().expect(SHORT_BUFFER)
+}
+
+impl Engine {
+    /// Applies one log entry: `command` is one header-prefixed SBE command message; the
+    /// header-prefixed `CommandReply` is written into `reply`, and its length returned.
+    /// Bytes that do not decode are answered with `invalid_command` (never a panic).
+    ///
+    /// # Panics
+    /// If `meta.position` does not exceed [`Engine::position`] (log order is the caller's
+    /// contract) or `reply` is shorter than [`REPLY_LEN_MAX`].
+    pub fn apply(&mut self, meta: &EntryMeta, command: &[u8], reply: &mut [u8]) -> usize {
+        let mut scratch = std::mem::take(&mut self.transfers_scratch);
+        let written = {
+            let decoded = decode_command(command, &mut scratch);
+            let outcome = self.apply_command(meta, &decoded);
+            encode_command_reply(&outcome, reply)
+        };
+        self.transfers_scratch = scratch;
+        written
+    }
+
+    /// Answers one header-prefixed query (`GetAccount`, `ListAccounts`, `GetTransfer`,
+    /// `GetStatus`) into `reply`; returns its length. Read-only. A query whose `min_position`
+    /// is beyond [`Engine::position`] is answered `not_ready`; bytes that are not a query get a
+    /// `CommandReply` with `invalid_command`. `GetStatus` is answered with role `leader`,
+    /// `durable_position` 0 and an empty node name: the node fills in what it knows.
+    ///
+    /// # Panics
+    /// If `reply` is shorter than [`REPLY_LEN_MAX`].
+    pub fn query(&self, query: &[u8], reply: &mut [u8]) -> usize {
+        let not_ready = |min: u64| min > self.position;
+        match sbe::decode(query) {
+            Ok(Decoded::GetAccount(q)) => {
+                let mut enc = AccountReplyEncoder::wrap_with_header(reply).expect(SHORT_BUFFER);
+                enc.set_position(self.position);
+                let found = self.account(q.account_id());
+                let result = match found {
+                    _ if not_ready(q.min_position()) => ResultCode::NotReady,
+                    Some(a) => {
+                        enc.set_id(a.id)
+                            .set_ledger(a.ledger)
+                            .set_flags(AccountFlags::from_raw(a.flags))
+                            .set_code(a.code)
+                            .set_debits_posted(a.debits_posted)
+                            .set_credits_posted(a.credits_posted)
+                            .set_debits_pending(a.debits_pending)
+                            .set_credits_pending(a.credits_pending);
+                        ResultCode::Ok
+                    }
+                    None => ResultCode::AccountNotFound,
+                };
+                enc.set_result_raw(result as u8);
+                enc.finish().expect(SHORT_BUFFER)
+            }
+            Ok(Decoded::ListAccounts(q)) => {
+                let mut page = [Account::default(); LIST_LIMIT_MAX];
+                let ready = !not_ready(q.min_position());
+                let n = if ready {
+                    self.list_accounts(q.ledger(), q.after_id(), usize::from(q.limit()), &mut page)
+                } else {
+                    0
+                };
+                let mut enc = AccountsPageEncoder::wrap_with_header(reply).expect(SHORT_BUFFER);
+                let result = if ready {
+                    ResultCode::Ok
+                } else {
+                    ResultCode::NotReady
+                };
+                enc.set_position(self.position).set_result_raw(result as u8);
+                {
+                    let mut accounts = enc.accounts().expect(SHORT_BUFFER);
+                    for a in &page[..n] {
+                        accounts
+                            .next_entry()
+                            .expect(SHORT_BUFFER)
+                            .set_id(a.id)
+                            .set_ledger(a.ledger)
+                            .set_flags(AccountFlags::from_raw(a.flags))
+                            .set_code(a.code)
+                            .set_debits_posted(a.debits_posted)
+                            .set_credits_posted(a.credits_posted)
+                            .set_debits_pending(a.debits_pending)
+                            .set_credits_pending(a.credits_pending);
+                    }
+                }
+                enc.finish().expect(SHORT_BUFFER)
+            }
+            Ok(Decoded::GetTransfer(q)) => {
+                let id = id128(q.id());
+                let mut enc = TransferReplyEncoder::wrap_with_header(reply).expect(SHORT_BUFFER);
+                enc.set_position(self.position);
+                set_id128(enc.id_mut(), id);
+                let result = match self.transfer(id) {
+                    _ if not_ready(q.min_position()) => ResultCode::NotReady,
+                    Some(t) => {
+                        enc.set_debit_account_id(t.debit_account_id)
+                            .set_credit_account_id(t.credit_account_id)
+                            .set_amount(t.amount)
+                            .set_ledger(t.ledger)
+                            .set_kind_raw(t.kind as u8)
+                            .set_state_raw(t.state as u8)
+                            .set_applied_position(t.applied_position)
+                            .set_timestamp_ns(t.timestamp_ns)
+                            .set_timeout_s(t.timeout_s);
+                        ResultCode::Ok
+                    }
+                    None => ResultCode::TransferNotFound,
+                };
+                enc.set_result_raw(result as u8);
+                enc.finish().expect(SHORT_BUFFER)
+            }
+            Ok(Decoded::GetStatus(_)) => {
+                let mut enc = StatusReplyEncoder::wrap_with_header(reply).expect(SHORT_BUFFER);
+                enc.set_role_raw(0)
+                    .set_position(self.position)
+                    .set_durable_position(0)
+                    .set_state_hash(self.hash)
+                    .set_sessions(self.sessions_count() as u32);
+                enc.set_node_name(b"").expect(SHORT_BUFFER);
+                enc.finish().expect(SHORT_BUFFER)
+            }
+            _ => encode_command_reply(
+                &Outcome {
+                    position: self.position,
+                    timestamp_ns: self.now_ns,
+                    client_seq: 0,
+                    result: ResultCode::InvalidCommand,
+                    results: &[],
+                    balances: &[],
+                },
+                reply,
+            ),
+        }
+    }
+}

@@ -1,0 +1,577 @@
+//! Readable scenario tests of the byte-level API: result codes against the schema, queries,
+//! sessions, atomic groups, expiry, configuration errors, snapshot corruption.
+
+mod model;
+
+use engine::{
+    account_flags as af, batch_flags, transfer_flags, Command, Engine, EngineConfig, EntryMeta,
+    ResultCode as R, SnapshotError, TransferSpec, REPLY_LEN_MAX,
+};
+use model::sbe::{decode_reply, encode_command};
+use model::Reply;
+use proptest::prelude::*;
+use schemas::ledger::{
+    AccountReplyDecoder, AccountsPageDecoder, GetAccountEncoder, GetStatusEncoder,
+    GetTransferEncoder, ListAccountsEncoder, StatusReplyDecoder, TransferReplyDecoder,
+};
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+struct Ledger {
+    engine: Engine,
+    position: u64,
+    now_ns: u64,
+}
+
+impl Ledger {
+    fn new() -> Ledger {
+        let config = EngineConfig {
+            accounts_max: 100,
+            transfers_retained_max: 100,
+            pending_max: 10,
+            sessions_max: 4,
+            ledgers_max: 4,
+        };
+        Ledger {
+            engine: Engine::new(config).unwrap(),
+            position: 0,
+            now_ns: 1_000 * SECOND_NS,
+        }
+    }
+
+    fn send(&mut self, session_id: u64, client_seq: u64, command: &Command<'_>) -> Reply {
+        let mut bytes = vec![0u8; 32 * 1024];
+        let n = encode_command(command, &mut bytes);
+        self.position += 1;
+        let meta = EntryMeta {
+            position: self.position,
+            timestamp_ns: self.now_ns,
+            session_id,
+            client_seq,
+        };
+        let mut reply = vec![0u8; REPLY_LEN_MAX];
+        let len = self.engine.apply(&meta, &bytes[..n], &mut reply);
+        decode_reply(&reply[..len])
+    }
+
+    fn run(&mut self, command: &Command<'_>) -> Reply {
+        self.send(0, 0, command)
+    }
+
+    /// External account 1 and accounts 10, 20 (no overdraft) on ledger 1, 100 deposited in 10.
+    fn funded() -> Ledger {
+        let mut l = Ledger::new();
+        l.run(&Command::CreateAccount {
+            id: 1,
+            ledger: 1,
+            flags: af::EXTERNAL,
+            code: 0,
+        });
+        for id in [10, 20] {
+            let r = l.run(&Command::CreateAccount {
+                id,
+                ledger: 1,
+                flags: af::DEBITS_MUST_NOT_EXCEED_CREDITS,
+                code: 0,
+            });
+            assert_eq!(r.result, R::Ok);
+        }
+        assert_eq!(
+            l.run(&Command::Deposit {
+                transfer_id: 1000,
+                account_id: 10,
+                amount: 100
+            })
+            .result,
+            R::Ok
+        );
+        l
+    }
+
+    fn balance(&self, id: u64) -> (u64, u64, u64, u64) {
+        let a = self.engine.account(id).unwrap();
+        (
+            a.debits_posted,
+            a.credits_posted,
+            a.debits_pending,
+            a.credits_pending,
+        )
+    }
+}
+
+fn transfer(id: u128, debit: u64, credit: u64, amount: u64) -> TransferSpec {
+    TransferSpec {
+        id,
+        debit_account_id: debit,
+        credit_account_id: credit,
+        amount,
+        ledger: 1,
+        ..TransferSpec::default()
+    }
+}
+
+fn snake(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+#[test]
+fn result_codes_match_the_schema_enum_value_for_value_and_name() {
+    for code in R::ALL {
+        let schema = schemas::ledger::ResultCode::from_raw(code as u8).expect("code in schema");
+        assert_eq!(schema.name(), snake(&format!("{code:?}")));
+    }
+    assert!(schemas::ledger::ResultCode::from_raw(R::ALL.len() as u8).is_none());
+}
+
+#[test]
+fn a_deposit_and_a_transfer_report_the_balances_they_touched() {
+    let mut l = Ledger::funded();
+    let r = l.run(&Command::Transfers {
+        flags: 0,
+        transfers: &[transfer(1, 10, 20, 30)],
+    });
+    assert_eq!((r.result, r.results.clone()), (R::Ok, vec![R::Ok]));
+    let touched: Vec<(u64, u64, u64)> = r
+        .balances
+        .iter()
+        .map(|b| (b.account_id, b.debits_posted, b.credits_posted))
+        .collect();
+    assert_eq!(touched, [(10, 30, 100), (20, 0, 30)]);
+    assert_eq!(
+        l.balance(1),
+        (100, 0, 0, 0),
+        "the external account paid the deposit"
+    );
+}
+
+#[test]
+fn an_atomic_group_with_a_failing_member_leaves_no_trace_and_every_member_says_why() {
+    let mut l = Ledger::funded();
+    let hash_before = l.engine.state_hash();
+    let group = [
+        transfer(1, 10, 20, 60),
+        transfer(2, 10, 20, 60),
+        transfer(3, 20, 10, 5),
+    ];
+    let r = l.run(&Command::Transfers {
+        flags: batch_flags::ATOMIC,
+        transfers: &group,
+    });
+    assert_eq!(r.result, R::InsufficientFunds);
+    assert_eq!(
+        r.results,
+        [
+            R::LinkedTransferFailed,
+            R::InsufficientFunds,
+            R::LinkedTransferFailed
+        ]
+    );
+    assert!(r.balances.is_empty());
+    assert_eq!(
+        (l.balance(10), l.balance(20)),
+        ((0, 100, 0, 0), (0, 0, 0, 0))
+    );
+    assert!(
+        l.engine.transfer(1).is_none(),
+        "the applied member was undone"
+    );
+    assert_ne!(
+        l.engine.state_hash(),
+        hash_before,
+        "the hash covers every position"
+    );
+    // Without the atomic flag the first member applies on its own.
+    let r = l.run(&Command::Transfers {
+        flags: 0,
+        transfers: &group,
+    });
+    assert_eq!(r.results, [R::Ok, R::InsufficientFunds, R::Ok]);
+}
+
+#[test]
+fn a_retried_transfer_id_returns_the_original_result_and_moves_nothing() {
+    let mut l = Ledger::funded();
+    assert_eq!(
+        l.run(&Command::Transfers {
+            flags: 0,
+            transfers: &[transfer(7, 10, 20, 5)]
+        })
+        .results,
+        [R::Ok]
+    );
+    let again = l.run(&Command::Transfers {
+        flags: 0,
+        transfers: &[transfer(7, 10, 20, 5)],
+    });
+    assert_eq!(again.results, [R::TransferExists]);
+    let other = l.run(&Command::Transfers {
+        flags: 0,
+        transfers: &[transfer(7, 10, 20, 6)],
+    });
+    assert_eq!(other.results, [R::TransferExistsWithDifferentFields]);
+    assert_eq!(l.balance(20), (0, 5, 0, 0));
+}
+
+#[test]
+fn a_retried_session_command_answers_the_original_result_and_changes_nothing() {
+    let mut l = Ledger::funded();
+    let cmd = Command::Withdraw {
+        transfer_id: 50,
+        account_id: 10,
+        amount: 40,
+    };
+    let first = l.send(9, 1, &cmd);
+    assert_eq!(first.result, R::Ok);
+    let state = l.balance(10);
+    let retry = l.send(
+        9,
+        1,
+        &Command::Withdraw {
+            transfer_id: 51,
+            account_id: 10,
+            amount: 40,
+        },
+    );
+    assert_eq!(
+        (retry.position, retry.result, retry.client_seq),
+        (first.position, R::Ok, 1)
+    );
+    assert_eq!(l.balance(10), state);
+    assert_eq!(l.send(9, 2, &cmd).result, R::TransferExists);
+    assert_eq!(
+        l.send(9, 1, &cmd).result,
+        R::DuplicateRequest,
+        "older than the last: not retained"
+    );
+}
+
+#[test]
+fn pending_transfers_post_partially_void_and_expire_in_deadline_order() {
+    let mut l = Ledger::funded();
+    let pending = |id, amount, timeout_s| TransferSpec {
+        flags: transfer_flags::PENDING,
+        timeout_s,
+        ..transfer(id, 10, 20, amount)
+    };
+    let r = l.run(&Command::Transfers {
+        flags: 0,
+        transfers: &[pending(1, 10, 0), pending(2, 20, 2), pending(3, 30, 1)],
+    });
+    assert_eq!(r.results, [R::Ok, R::Ok, R::Ok]);
+    assert_eq!(l.balance(10), (0, 100, 60, 0));
+    assert_eq!(
+        l.run(&Command::Transfers {
+            flags: 0,
+            transfers: &[transfer(4, 10, 20, 41)]
+        })
+        .results,
+        [R::InsufficientFunds]
+    );
+    assert_eq!(
+        l.run(&Command::PostPending {
+            id: 5,
+            pending_id: 1,
+            amount: Some(11)
+        })
+        .result,
+        R::AmountExceedsPending
+    );
+    assert_eq!(
+        l.run(&Command::PostPending {
+            id: 5,
+            pending_id: 1,
+            amount: Some(4)
+        })
+        .result,
+        R::Ok
+    );
+    assert_eq!(
+        l.balance(10),
+        (4, 100, 50, 0),
+        "the partial post released the rest"
+    );
+    assert_eq!(
+        l.run(&Command::VoidPending {
+            id: 6,
+            pending_id: 1
+        })
+        .result,
+        R::PendingAlreadyPosted
+    );
+    l.now_ns += SECOND_NS;
+    let r = l.run(&Command::VoidPending {
+        id: 6,
+        pending_id: 3,
+    });
+    assert_eq!(
+        r.result,
+        R::PendingExpired,
+        "transfer 3 expired at exactly its deadline"
+    );
+    assert_eq!(l.balance(10), (4, 100, 20, 0));
+    assert_eq!(
+        l.run(&Command::VoidPending {
+            id: 7,
+            pending_id: 2
+        })
+        .result,
+        R::Ok
+    );
+    assert_eq!(
+        l.run(&Command::VoidPending {
+            id: 8,
+            pending_id: 2
+        })
+        .result,
+        R::PendingAlreadyVoided
+    );
+    assert_eq!(l.balance(10), (4, 100, 0, 0));
+    assert_eq!(l.engine.pending_count(), 0);
+}
+
+#[test]
+fn queries_answer_accounts_pages_transfers_and_status_and_wait_for_min_position() {
+    let l = Ledger::funded();
+    let mut q = [0u8; 128];
+    let mut reply = vec![0u8; REPLY_LEN_MAX];
+
+    let mut e = GetAccountEncoder::wrap_with_header(&mut q).unwrap();
+    e.set_account_id(10).set_min_position(0);
+    let n = e.finish().unwrap();
+    let len = l.engine.query(&q[..n], &mut reply);
+    let a = AccountReplyDecoder::wrap_with_header(&reply[..len]).unwrap();
+    assert_eq!(
+        (a.result_raw(), a.id(), a.credits_posted(), a.position()),
+        (R::Ok as u8, 10, 100, l.position)
+    );
+
+    let mut e = GetAccountEncoder::wrap_with_header(&mut q).unwrap();
+    e.set_account_id(10).set_min_position(l.position + 1);
+    let n = e.finish().unwrap();
+    let len = l.engine.query(&q[..n], &mut reply);
+    assert_eq!(
+        AccountReplyDecoder::wrap_with_header(&reply[..len])
+            .unwrap()
+            .result_raw(),
+        R::NotReady as u8
+    );
+
+    let mut e = ListAccountsEncoder::wrap_with_header(&mut q).unwrap();
+    e.set_ledger(Some(1))
+        .set_after_id(1)
+        .set_limit(10)
+        .set_min_position(0);
+    let n = e.finish().unwrap();
+    let len = l.engine.query(&q[..n], &mut reply);
+    let page = AccountsPageDecoder::wrap_with_header(&reply[..len]).unwrap();
+    let ids: Vec<u64> = page.accounts().unwrap().map(|a| a.id()).collect();
+    assert_eq!(ids, [10, 20]);
+
+    let mut e = GetTransferEncoder::wrap_with_header(&mut q).unwrap();
+    e.id_mut().set_lo(1000).set_hi(0);
+    e.set_min_position(0);
+    let n = e.finish().unwrap();
+    let len = l.engine.query(&q[..n], &mut reply);
+    let t = TransferReplyDecoder::wrap_with_header(&reply[..len]).unwrap();
+    assert_eq!(
+        (
+            t.result_raw(),
+            t.debit_account_id(),
+            t.credit_account_id(),
+            t.amount()
+        ),
+        (R::Ok as u8, 1, 10, 100)
+    );
+    assert_eq!(t.kind_raw(), engine::TransferKind::Deposit as u8);
+
+    let mut e = GetStatusEncoder::wrap_with_header(&mut q).unwrap();
+    e.set_min_position(0);
+    let n = e.finish().unwrap();
+    let len = l.engine.query(&q[..n], &mut reply);
+    let s = StatusReplyDecoder::wrap_with_header(&reply[..len]).unwrap();
+    assert_eq!(
+        (s.position(), s.state_hash()),
+        (l.position, l.engine.state_hash())
+    );
+
+    let len = l.engine.query(&[1, 2, 3], &mut reply);
+    assert_eq!(decode_reply(&reply[..len]).result, R::InvalidCommand);
+}
+
+#[test]
+fn a_full_account_table_is_a_result_code() {
+    let mut l = Ledger::new();
+    for id in 1..=100 {
+        assert_eq!(
+            l.run(&Command::CreateAccount {
+                id,
+                ledger: 2,
+                flags: 0,
+                code: 0
+            })
+            .result,
+            R::Ok
+        );
+    }
+    assert_eq!(
+        l.run(&Command::CreateAccount {
+            id: 101,
+            ledger: 2,
+            flags: 0,
+            code: 0
+        })
+        .result,
+        R::AccountTableFull
+    );
+    assert_eq!(
+        l.run(&Command::CreateAccount {
+            id: 100,
+            ledger: 2,
+            flags: 0,
+            code: 0
+        })
+        .result,
+        R::AccountExists
+    );
+}
+
+#[test]
+fn config_errors_name_the_key_and_the_value() {
+    let bad = EngineConfig {
+        pending_max: 0,
+        ..EngineConfig::default()
+    };
+    let err = Engine::new(bad).err().unwrap();
+    assert_eq!((err.key, err.value), ("pending_max", 0));
+    assert!(err.to_string().contains("pending_max=0"));
+    assert!(EngineConfig::default().transfers_retained_max >= 10_000_000);
+}
+
+fn small_snapshot() -> (Ledger, Vec<u8>) {
+    let mut l = Ledger::funded();
+    let pending = TransferSpec {
+        flags: transfer_flags::PENDING,
+        timeout_s: 5,
+        ..transfer(2, 10, 20, 7)
+    };
+    l.send(
+        3,
+        1,
+        &Command::Transfers {
+            flags: 0,
+            transfers: &[transfer(1, 10, 20, 5), pending],
+        },
+    );
+    let mut bytes = Vec::new();
+    l.engine.snapshot(&mut bytes).unwrap();
+    (l, bytes)
+}
+
+#[test]
+fn a_snapshot_with_any_single_bit_flipped_is_refused() {
+    let (l, bytes) = small_snapshot();
+    assert!(Engine::restore(*l.engine.config(), &bytes[..]).is_ok());
+    for i in 0..bytes.len() {
+        for bit in [0u8, 3, 7] {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1 << bit;
+            let err = Engine::restore(*l.engine.config(), &bad[..]).err();
+            assert!(err.is_some(), "flip of bit {bit} in byte {i} was accepted");
+        }
+    }
+}
+
+#[test]
+fn a_truncated_snapshot_is_refused_with_a_clear_error() {
+    let (l, bytes) = small_snapshot();
+    for len in 0..bytes.len() {
+        match Engine::restore(*l.engine.config(), &bytes[..len]) {
+            Err(SnapshotError::Truncated { .. }) | Err(SnapshotError::BadMagic) if len < 8 => {}
+            Err(e @ SnapshotError::Truncated { .. }) => {
+                assert!(e.to_string().contains("truncated"))
+            }
+            Err(SnapshotError::ChecksumMismatch { .. }) => {}
+            other => panic!("truncation to {len} bytes gave {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_snapshot_too_big_for_the_configuration_names_the_table() {
+    let (_, bytes) = small_snapshot();
+    let tiny = EngineConfig {
+        accounts_max: 2,
+        ledgers_max: 1,
+        ..EngineConfig::default()
+    };
+    match Engine::restore(tiny, &bytes[..]) {
+        Err(
+            e @ SnapshotError::CapacityExceeded {
+                what: "accounts",
+                count: 3,
+                max: 2,
+            },
+        ) => {
+            assert!(e.to_string().contains("raise"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_restored_engine_continues_with_the_same_replies_and_hash() {
+    let (mut l, bytes) = small_snapshot();
+    let mut restored = Ledger {
+        engine: Engine::restore(*l.engine.config(), &bytes[..]).unwrap(),
+        position: l.position,
+        now_ns: l.now_ns,
+    };
+    assert_eq!(l.engine.freeze().state_hash(), restored.engine.state_hash());
+    for ledger in [&mut l, &mut restored] {
+        ledger.now_ns += 6 * SECOND_NS;
+    }
+    let cmd = Command::PostPending {
+        id: 9,
+        pending_id: 2,
+        amount: None,
+    };
+    assert_eq!(
+        l.send(3, 1, &cmd),
+        restored.send(3, 1, &cmd),
+        "the session survived the snapshot"
+    );
+    assert_eq!(l.send(3, 2, &cmd), restored.send(3, 2, &cmd));
+    assert_eq!(l.engine.state_hash(), restored.engine.state_hash());
+    assert_eq!(
+        restored.engine.transfer(2).unwrap().state,
+        engine::TransferState::PendingExpired
+    );
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_are_answered_with_invalid_command_or_a_result_never_a_panic(
+        prefix in prop::sample::select(vec![vec![], vec![0u8, 0, 10, 0, 0x59, 0x1b, 1, 0], vec![2, 0, 13, 0, 0x59, 0x1b, 1, 0]]),
+        tail in prop::collection::vec(any::<u8>(), 0..160),
+    ) {
+        let mut l = Ledger::funded();
+        let mut bytes = prefix.clone();
+        bytes.extend_from_slice(&tail);
+        l.position += 1;
+        let meta = EntryMeta { position: l.position, timestamp_ns: l.now_ns, session_id: 0, client_seq: 0 };
+        let mut reply = vec![0u8; REPLY_LEN_MAX];
+        let len = l.engine.apply(&meta, &bytes, &mut reply);
+        let r = decode_reply(&reply[..len]);
+        prop_assert_eq!(r.position, l.position);
+        prop_assert!(l.engine.check_invariants().is_ok());
+        let len = l.engine.query(&bytes, &mut reply);
+        prop_assert!(len > 0);
+    }
+}

@@ -1,0 +1,839 @@
+//! The leader pipeline in one process: ingress → sequencer → journal writer → engine → egress.
+//!
+//! Threads (DESIGN §3), all started by [`Pipeline::start`] and joined by
+//! [`Pipeline::shutdown`]:
+//! - **sequencer** (pinnable, idle strategy): polls the ingress rings, stamps each command with
+//!   its position and log time into the open batch, and seals the batch when the journal has
+//!   nothing in flight (smart batching: whatever arrived while the previous write ran) or when
+//!   it is full. Sealed batches go, shared, to the journal writer and the engine.
+//! - **journal writer** (blocks in the kernel, not pinned): writes every batch it has been
+//!   handed with O_DIRECT, then one `fdatasync` for all of them (group commit), and publishes
+//!   the durable position.
+//! - **segment preparer**: zero-fills the next journal segment off the hot path.
+//! - **engine** (pinnable, idle strategy): applies batches in log order, reading commands in
+//!   place from the sealed batch buffers, and pushes each reply with its position into the
+//!   reply ring. It may run ahead of durability.
+//! - **snapshot writer**: every `snapshot_interval_commands` the engine freezes its state (a
+//!   few memcpys); this thread waits until that position is durable, then writes the snapshot
+//!   atomically, so the engine never waits for the disk.
+//!
+//! Egress: [`Replies::poll`] hands out a reply only once its position is durable — the
+//! durability rule of DESIGN §5: nothing is acknowledged before it is on disk.
+//!
+//! Batch buffers are preallocated ([`PipelineConfig::batches_in_flight_max`] of them) and
+//! recycled once both the journal writer and the engine are done with them; when all are in
+//! flight the sequencer stops taking commands and producers see back-pressure.
+//!
+//! Start-up is recovery: open the journal (torn tail truncated, corruption refused), restore the
+//! newest valid snapshot, replay the journal after it, and continue at the next position.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use engine::{Engine, EngineConfig};
+use journal::{AppendRefusal, BatchBuilder, DurableWatch, Journal, JournalReader, SealedBatch};
+use transport::idle::{IdleKind, IdleStrategy};
+
+use crate::clock::{wall_ns, LogClock};
+use crate::ring::{self, TryClaimError};
+use crate::snapshots;
+
+/// Bytes before each ingress record: session id and client sequence number.
+const INGRESS_HEADER_SIZE: usize = 16;
+/// Bytes before each reply record: session id, client sequence number, position.
+const REPLY_HEADER_SIZE: usize = 24;
+/// Commands the sequencer takes from one producer per poll, so one busy producer cannot starve
+/// the others.
+const INGRESS_POLL_LIMIT: usize = 256;
+/// How long blocked threads wait before re-checking for shutdown.
+const WAKE_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Configuration of the pipeline. Every value is checked by [`PipelineConfig::validate`].
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    /// Data folder: `journal/` and `snapshots/` live under it.
+    pub data_dir: PathBuf,
+    /// Journal segment size and O_DIRECT policy.
+    pub journal: journal::Options,
+    /// Engine table sizes.
+    pub engine: EngineConfig,
+    /// Producers that may be registered ([`Pipeline::producer`]); each gets its own ring.
+    /// Default 16.
+    pub producers_max: usize,
+    /// Size of each producer's ingress ring in bytes (power of two). Default 1 MiB.
+    pub ingress_ring_bytes: usize,
+    /// Size of the reply ring in bytes (power of two). Default 16 MiB.
+    pub reply_ring_bytes: usize,
+    /// Batch buffers (each `journal::BATCH_SIZE_MAX` bytes) that can be in flight. Default 8.
+    pub batches_in_flight_max: usize,
+    /// What the sequencer and engine threads do when idle. Default back-off.
+    pub idle: IdleKind,
+    /// Cores to pin the sequencer and engine threads to, if any. Default none.
+    pub pin_cores: Option<(usize, usize)>,
+    /// Take a snapshot every this many commands; 0 turns snapshots off. Default 1,000,000.
+    pub snapshot_interval_commands: u64,
+    /// Snapshots kept on disk (the newest ones). Default 2.
+    pub snapshots_kept: usize,
+    /// Leader term written into batch headers. Default 1.
+    pub term: u64,
+}
+
+impl PipelineConfig {
+    /// Defaults for a data folder.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        PipelineConfig {
+            data_dir: data_dir.into(),
+            journal: journal::Options::default(),
+            engine: EngineConfig::default(),
+            producers_max: 16,
+            ingress_ring_bytes: 1 << 20,
+            reply_ring_bytes: 16 << 20,
+            batches_in_flight_max: 8,
+            idle: IdleKind::default(),
+            pin_cores: None,
+            snapshot_interval_commands: 1_000_000,
+            snapshots_kept: 2,
+            term: 1,
+        }
+    }
+
+    /// Checks every value and how they relate; the error names the key and the value.
+    pub fn validate(&self) -> Result<(), String> {
+        let ring_ok = |v: usize| v.is_power_of_two() && v >= ring::RING_CAPACITY_MIN;
+        if self.producers_max == 0 || self.producers_max > 4096 {
+            return Err(format!(
+                "producers_max = {}: must be 1..=4096",
+                self.producers_max
+            ));
+        }
+        if !ring_ok(self.ingress_ring_bytes)
+            || self.ingress_ring_bytes / 2 < journal::COMMAND_SIZE_MAX.min(1 << 16)
+        {
+            return Err(format!(
+                "ingress_ring_bytes = {}: must be a power of two of at least {} (twice the largest command accepted)",
+                self.ingress_ring_bytes,
+                2 * journal::COMMAND_SIZE_MAX.min(1 << 16)
+            ));
+        }
+        let reply_min = (2 * (engine::REPLY_LEN_MAX + REPLY_HEADER_SIZE + 8)).next_power_of_two();
+        if !ring_ok(self.reply_ring_bytes) || self.reply_ring_bytes < reply_min {
+            return Err(format!(
+                "reply_ring_bytes = {}: must be a power of two of at least {reply_min}",
+                self.reply_ring_bytes
+            ));
+        }
+        if self.batches_in_flight_max < 2 || self.batches_in_flight_max > 1024 {
+            return Err(format!(
+                "batches_in_flight_max = {}: must be 2..=1024 (one filling while one is written)",
+                self.batches_in_flight_max
+            ));
+        }
+        if self.snapshots_kept == 0 {
+            return Err("snapshots_kept = 0: must be at least 1".into());
+        }
+        if self.term == 0 {
+            return Err("term = 0: terms start at 1".into());
+        }
+        self.journal.validate().map_err(|e| e.to_string())?;
+        self.engine.validate().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// What start-up found and did.
+#[derive(Debug)]
+pub struct StartReport {
+    /// The journal's recovery report (torn tail truncated, O_DIRECT status).
+    pub journal: journal::RecoveryReport,
+    /// The snapshot restored, if any, and newer ones that were refused.
+    pub snapshot: snapshots::Loaded,
+    /// Commands replayed from the journal after the snapshot.
+    pub replayed: u64,
+    /// Position the engine is at after recovery.
+    pub position: u64,
+}
+
+/// Counters and positions, readable from any thread.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Last position stamped by the sequencer.
+    sequenced: AtomicU64,
+    /// Last position applied by the engine.
+    applied: AtomicU64,
+    /// State hash at `applied`.
+    state_hash: AtomicU64,
+    /// Batches sealed.
+    batches: AtomicU64,
+    /// Snapshots written.
+    snapshots: AtomicU64,
+    /// Commands refused at ingress because they could never fit in a batch.
+    too_large: AtomicU64,
+    /// Set to stop taking commands; the threads drain and exit.
+    stopping: AtomicBool,
+    /// The first fatal error of a thread (journal I/O, snapshot I/O); the pipeline stops.
+    fatal: Mutex<Option<String>>,
+    failed: AtomicBool,
+}
+
+impl Shared {
+    fn fail(&self, message: String) {
+        let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        fatal.get_or_insert(message);
+        self.failed.store(true, Ordering::Release);
+        self.stopping.store(true, Ordering::Release);
+    }
+}
+
+/// A snapshot of the pipeline's positions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// Last position stamped.
+    pub sequenced_position: u64,
+    /// Last position durable in the journal.
+    pub durable_position: u64,
+    /// Last position applied by the engine.
+    pub applied_position: u64,
+    /// Engine state hash at `applied_position`.
+    pub state_hash: u64,
+    /// Batches sealed since start.
+    pub batches: u64,
+    /// Snapshots written since start.
+    pub snapshots: u64,
+    /// Commands refused as too large since start.
+    pub commands_too_large: u64,
+    /// The fatal error that stopped the pipeline, if any.
+    pub fatal: Option<String>,
+}
+
+/// Why [`Producer::offer`] did not take a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferError {
+    /// The ring is full: the sequencer is behind. Retry later.
+    BackPressured,
+    /// The command is larger than any batch or ring can hold.
+    TooLarge,
+    /// The pipeline is shutting down or failed.
+    Closed,
+}
+
+/// One producer's end of the ingress: any thread may own one.
+pub struct Producer {
+    ring: ring::Producer,
+    shared: Arc<Shared>,
+}
+
+impl Producer {
+    /// Offers one command (a header-prefixed SBE message) from `session_id` with its sequence
+    /// number. Never blocks.
+    pub fn offer(
+        &mut self,
+        session_id: u64,
+        client_seq: u64,
+        command: &[u8],
+    ) -> Result<(), OfferError> {
+        if self.shared.stopping.load(Ordering::Acquire) {
+            return Err(OfferError::Closed);
+        }
+        if command.len() > journal::COMMAND_SIZE_MAX {
+            return Err(OfferError::TooLarge);
+        }
+        let len = INGRESS_HEADER_SIZE + command.len();
+        self.ring
+            .try_write(len, |dst| {
+                dst[..8].copy_from_slice(&session_id.to_le_bytes());
+                dst[8..16].copy_from_slice(&client_seq.to_le_bytes());
+                dst[16..].copy_from_slice(command);
+            })
+            .map_err(|e| match e {
+                TryClaimError::Full => OfferError::BackPressured,
+                TryClaimError::TooLarge => OfferError::TooLarge,
+            })
+    }
+}
+
+/// A reply released by egress: durable, in log order.
+#[derive(Debug, Clone, Copy)]
+pub struct Reply<'a> {
+    /// Session the command came from.
+    pub session_id: u64,
+    /// The session's sequence number of the command.
+    pub client_seq: u64,
+    /// Position of the command.
+    pub position: u64,
+    /// The engine's reply (a header-prefixed SBE `CommandReply`).
+    pub bytes: &'a [u8],
+}
+
+/// The egress: replies in log order, each released only once its position is durable.
+pub struct Replies {
+    ring: ring::Consumer,
+    durable: DurableWatch,
+}
+
+impl Replies {
+    /// Calls `handler` on up to `limit` durable replies; returns how many.
+    pub fn poll(&mut self, limit: usize, mut handler: impl FnMut(Reply<'_>)) -> usize {
+        let durable = self.durable.get();
+        self.ring.poll_while(limit, |record| {
+            let word = |i: usize| {
+                u64::from_le_bytes(record[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))
+            };
+            let position = word(2);
+            if position > durable {
+                return false;
+            }
+            handler(Reply {
+                session_id: word(0),
+                client_seq: word(1),
+                position,
+                bytes: &record[REPLY_HEADER_SIZE..],
+            });
+            true
+        })
+    }
+}
+
+/// The running pipeline.
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    durable: DurableWatch,
+    producers: Mutex<Vec<ring::Producer>>,
+    replies: Option<Replies>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Recovers from the data folder and starts the threads.
+    ///
+    /// # Errors
+    /// Invalid configuration (naming the key), a journal that cannot be opened (corruption,
+    /// missing segment, locked by another process), a snapshot newer than the journal.
+    pub fn start(config: PipelineConfig) -> Result<(Pipeline, StartReport), String> {
+        config.validate()?;
+        let journal_dir = config.data_dir.join("journal");
+        let snapshot_dir = config.data_dir.join("snapshots");
+        for dir in [&journal_dir, &snapshot_dir] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("create folder {}: {e}", dir.display()))?;
+        }
+        let (journal, journal_report) =
+            Journal::open(&journal_dir, config.journal.clone()).map_err(|e| e.to_string())?;
+        let (mut engine, loaded) = snapshots::load_newest(&snapshot_dir, &config.engine)?;
+        let last = journal.last_position();
+        if engine.position() > last {
+            return Err(format!(
+                "snapshot at position {} is newer than the journal, which ends at {last}: the journal in {} lost \
+                 durable data; restore it (or remove the snapshots to start from the journal alone)",
+                engine.position(),
+                journal_dir.display()
+            ));
+        }
+        let replayed = replay(&journal_dir, &mut engine, last)?;
+        let clock = LogClock::starting_at(engine.now_ns());
+
+        let shared = Arc::new(Shared::default());
+        shared.sequenced.store(last, Ordering::Release);
+        shared.applied.store(engine.position(), Ordering::Release);
+        shared
+            .state_hash
+            .store(engine.state_hash(), Ordering::Release);
+        let durable = journal.durable_watch();
+        let prev_checksum = journal.last_checksum();
+
+        let mut ingress_consumers = Vec::with_capacity(config.producers_max);
+        let mut producers = Vec::with_capacity(config.producers_max);
+        for _ in 0..config.producers_max {
+            let (p, c) = ring::ring(config.ingress_ring_bytes);
+            producers.push(p);
+            ingress_consumers.push(c);
+        }
+        let (reply_producer, reply_consumer) = ring::ring(config.reply_ring_bytes);
+
+        let (to_journal, journal_rx) =
+            mpsc::sync_channel::<Arc<SealedBatch>>(config.batches_in_flight_max);
+        let (to_engine, engine_rx) =
+            mpsc::sync_channel::<Arc<SealedBatch>>(config.batches_in_flight_max);
+        let (to_preparer, preparer_rx) = mpsc::channel::<u64>();
+        let (to_snapshot, snapshot_rx) = mpsc::sync_channel::<engine::snapshot::Frozen>(1);
+
+        let report = StartReport {
+            journal: journal_report,
+            snapshot: loaded,
+            replayed,
+            position: engine.position(),
+        };
+
+        let mut threads = Vec::new();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| format!("spawn thread {name}: {e}"))
+        };
+
+        let preparer = journal.preparer();
+        let sh = shared.clone();
+        threads.push(spawn(
+            "tally-prepare",
+            Box::new(move || {
+                while let Ok(index) = preparer_rx.recv() {
+                    if let Err(e) = preparer.prepare(index) {
+                        // Not fatal: the writer prepares inline at the next roll and reports
+                        // a real failure (e.g. a full disk) there.
+                        let _ = (&sh, e);
+                    }
+                }
+            }),
+        )?);
+
+        let sh = shared.clone();
+        threads.push(spawn(
+            "tally-journal",
+            Box::new(move || journal_loop(journal, journal_rx, to_preparer, &sh)),
+        )?);
+
+        let sh = shared.clone();
+        let snap_durable = durable.clone();
+        let snapshots_kept = config.snapshots_kept;
+        threads.push(spawn(
+            "tally-snapshot",
+            Box::new(move || {
+                snapshot_loop(
+                    snapshot_rx,
+                    snap_durable,
+                    &snapshot_dir,
+                    snapshots_kept,
+                    &sh,
+                )
+            }),
+        )?);
+
+        let sh = shared.clone();
+        let (idle, pins, interval) = (
+            config.idle,
+            config.pin_cores,
+            config.snapshot_interval_commands,
+        );
+        threads.push(spawn(
+            "tally-engine",
+            Box::new(move || {
+                if let Some((_, core)) = pins {
+                    pin(core);
+                }
+                engine_loop(
+                    engine,
+                    engine_rx,
+                    reply_producer,
+                    to_snapshot,
+                    interval,
+                    idle,
+                    &sh,
+                )
+            }),
+        )?);
+
+        let sh = shared.clone();
+        let seq = SequencerState {
+            free: (0..config.batches_in_flight_max)
+                .map(|_| BatchBuilder::new(last + 1))
+                .collect(),
+            in_flight: VecDeque::new(),
+            open: None,
+            next_position: last + 1,
+            prev_checksum,
+            term: config.term,
+            clock,
+            durable: durable.clone(),
+            to_journal,
+            to_engine,
+        };
+        threads.push(spawn(
+            "tally-sequencer",
+            Box::new(move || {
+                if let Some((core, _)) = pins {
+                    pin(core);
+                }
+                sequencer_loop(seq, ingress_consumers, idle, &sh)
+            }),
+        )?);
+
+        let pipeline = Pipeline {
+            shared,
+            durable: durable.clone(),
+            producers: Mutex::new(producers),
+            replies: Some(Replies {
+                ring: reply_consumer,
+                durable,
+            }),
+            threads,
+        };
+        Ok((pipeline, report))
+    }
+
+    /// Registers a producer; `None` once `producers_max` have been handed out.
+    pub fn producer(&self) -> Option<Producer> {
+        let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+        producers.pop().map(|ring| Producer {
+            ring,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Takes the egress (once).
+    pub fn take_replies(&mut self) -> Option<Replies> {
+        self.replies.take()
+    }
+
+    /// Current positions and counters.
+    pub fn status(&self) -> Status {
+        let s = &self.shared;
+        Status {
+            sequenced_position: s.sequenced.load(Ordering::Acquire),
+            durable_position: self.durable.get(),
+            applied_position: s.applied.load(Ordering::Acquire),
+            state_hash: s.state_hash.load(Ordering::Acquire),
+            batches: s.batches.load(Ordering::Relaxed),
+            snapshots: s.snapshots.load(Ordering::Relaxed),
+            commands_too_large: s.too_large.load(Ordering::Relaxed),
+            fatal: s.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    /// Stops taking commands, makes everything already taken durable and applied, and joins
+    /// the threads. Returns the final status (with the fatal error, if a thread failed).
+    pub fn shutdown(mut self) -> Status {
+        self.shared.stopping.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.status()
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn pin(core: usize) {
+    if let Some(id) =
+        core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|c| c.id == core))
+    {
+        core_affinity::set_for_current(id);
+    }
+}
+
+/// Applies every journal entry after the engine's position up to `last`.
+fn replay(journal_dir: &std::path::Path, engine: &mut Engine, last: u64) -> Result<u64, String> {
+    let from = engine.position() + 1;
+    if from > last {
+        return Ok(0);
+    }
+    let mut reader = JournalReader::open(journal_dir).map_err(|e| e.to_string())?;
+    reader.seek(from).map_err(|e| e.to_string())?;
+    let mut scratch = vec![0u8; engine::REPLY_LEN_MAX];
+    let mut replayed = 0;
+    while engine.position() < last {
+        let Some(batch) = reader.next_batch().map_err(|e| e.to_string())? else {
+            return Err(format!(
+                "journal in {} ends at position {} during replay, expected {last}",
+                journal_dir.display(),
+                engine.position()
+            ));
+        };
+        for entry in batch.entries_from(engine.position() + 1) {
+            let meta = engine::EntryMeta {
+                position: entry.position,
+                timestamp_ns: entry.timestamp_ns,
+                session_id: entry.session_id,
+                client_seq: entry.client_seq,
+            };
+            engine.apply(&meta, entry.command, &mut scratch);
+            replayed += 1;
+        }
+    }
+    Ok(replayed)
+}
+
+struct SequencerState {
+    free: Vec<BatchBuilder>,
+    in_flight: VecDeque<Arc<SealedBatch>>,
+    open: Option<BatchBuilder>,
+    next_position: u64,
+    prev_checksum: u32,
+    term: u64,
+    clock: LogClock,
+    durable: DurableWatch,
+    to_journal: SyncSender<Arc<SealedBatch>>,
+    to_engine: SyncSender<Arc<SealedBatch>>,
+}
+
+impl SequencerState {
+    /// Moves batches both consumers are done with back to the free list.
+    fn recycle(&mut self) {
+        while let Some(front) = self.in_flight.front() {
+            if Arc::strong_count(front) != 1 {
+                break;
+            }
+            let Some(batch) = self.in_flight.pop_front() else {
+                break;
+            };
+            match Arc::try_unwrap(batch) {
+                Ok(sealed) => self.free.push(sealed.into_builder(self.next_position)),
+                Err(batch) => {
+                    self.in_flight.push_front(batch);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn open_batch(&mut self) -> Option<&mut BatchBuilder> {
+        if self.open.is_none() {
+            let mut builder = self.free.pop()?;
+            builder.reset(self.next_position);
+            self.open = Some(builder);
+        }
+        self.open.as_mut()
+    }
+
+    /// Seals the open batch and hands it to the journal writer and the engine.
+    fn seal(&mut self, shared: &Shared) -> bool {
+        let Some(builder) = self.open.take() else {
+            return false;
+        };
+        if builder.is_empty() {
+            self.open = Some(builder);
+            return false;
+        }
+        let sealed = Arc::new(builder.seal(self.term, self.clock.last_ns(), self.prev_checksum));
+        self.prev_checksum = sealed.checksum();
+        self.in_flight.push_back(sealed.clone());
+        shared.batches.fetch_add(1, Ordering::Relaxed);
+        // Channels hold batches_in_flight_max: sends cannot block, as at most that many
+        // batches exist. A closed channel means that thread died: stop.
+        if self.to_journal.send(sealed.clone()).is_err() || self.to_engine.send(sealed).is_err() {
+            shared.fail("journal writer or engine thread stopped".into());
+        }
+        true
+    }
+
+    fn sealed_position(&self) -> u64 {
+        self.next_position - 1 - self.open.as_ref().map_or(0, |b| u64::from(b.entry_count()))
+    }
+
+    /// Takes commands from the ingress rings; returns how many.
+    fn poll_ingress(&mut self, consumers: &mut [ring::Consumer], shared: &Shared) -> usize {
+        let timestamp = self.clock.stamp(wall_ns());
+        let mut work = 0;
+        for consumer in consumers {
+            work += consumer.poll_while(INGRESS_POLL_LIMIT, |record| {
+                self.take(record, timestamp, shared)
+            });
+        }
+        work
+    }
+
+    /// Appends one ingress record to the open batch; `false` leaves it for later (no batch
+    /// buffer free).
+    fn take(&mut self, record: &[u8], timestamp_ns: u64, shared: &Shared) -> bool {
+        let word =
+            |i: usize| u64::from_le_bytes(record[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let meta = journal::EntryMeta {
+            timestamp_ns,
+            session_id: word(0),
+            client_seq: word(1),
+        };
+        let command = &record[INGRESS_HEADER_SIZE..];
+        loop {
+            let Some(batch) = self.open_batch() else {
+                return false;
+            };
+            match batch.try_append(meta, command) {
+                Ok(position) => {
+                    self.next_position = position + 1;
+                    shared.sequenced.store(position, Ordering::Release);
+                    return true;
+                }
+                Err(AppendRefusal::Full) => {
+                    self.seal(shared);
+                }
+                Err(AppendRefusal::CommandTooLarge) => {
+                    // The producer checks the size; count and drop what slips through.
+                    shared.too_large.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+/// The sequencer thread. On shutdown it drains the rings (a command offered while `stopping`
+/// was being set may still be taken, or refused with `Closed`; either way it was never
+/// acknowledged), seals the last batch and returns, which closes the channels and lets the
+/// journal writer and the engine finish.
+fn sequencer_loop(
+    mut s: SequencerState,
+    mut consumers: Vec<ring::Consumer>,
+    idle: IdleKind,
+    shared: &Shared,
+) {
+    let mut idle = IdleStrategy::new(idle);
+    loop {
+        let stopping = shared.stopping.load(Ordering::Acquire);
+        if shared.failed.load(Ordering::Acquire) {
+            return;
+        }
+        s.recycle();
+        let mut work = s.poll_ingress(&mut consumers, shared);
+        // Smart batching: seal when the journal has caught up with everything sealed.
+        if s.durable.get() >= s.sealed_position() && s.seal(shared) {
+            work += 1;
+        }
+        if stopping && work == 0 && consumers.iter().all(|c| c.is_empty()) {
+            s.seal(shared);
+            return;
+        }
+        idle.idle(work);
+    }
+}
+
+fn journal_loop(
+    mut journal: Journal,
+    batches: Receiver<Arc<SealedBatch>>,
+    to_preparer: mpsc::Sender<u64>,
+    shared: &Shared,
+) {
+    loop {
+        let first = match batches.recv_timeout(WAKE_INTERVAL) {
+            Ok(batch) => batch,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        // Group commit: write everything that is waiting, then one fdatasync.
+        let mut next = Some(first);
+        while let Some(batch) = next.take() {
+            if let Err(e) = journal.write(&batch) {
+                shared.fail(format!("journal write failed: {e}"));
+                return;
+            }
+            drop(batch);
+            if let Some(index) = journal.take_spare_request() {
+                let _ = to_preparer.send(index);
+            }
+            next = match batches.try_recv() {
+                Ok(batch) => Some(batch),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+            };
+        }
+        if let Err(e) = journal.sync() {
+            shared.fail(format!("journal fdatasync failed: {e}"));
+            return;
+        }
+    }
+}
+
+fn engine_loop(
+    mut engine: Engine,
+    batches: Receiver<Arc<SealedBatch>>,
+    mut replies: ring::Producer,
+    to_snapshot: SyncSender<engine::snapshot::Frozen>,
+    snapshot_interval: u64,
+    idle: IdleKind,
+    shared: &Shared,
+) {
+    let mut idle = IdleStrategy::new(idle);
+    let mut scratch = vec![0u8; engine::REPLY_LEN_MAX];
+    let mut last_snapshot = engine.position();
+    loop {
+        let batch = match batches.try_recv() {
+            Ok(batch) => batch,
+            Err(TryRecvError::Empty) => {
+                if shared.failed.load(Ordering::Acquire) {
+                    return;
+                }
+                idle.idle(0);
+                continue;
+            }
+            Err(TryRecvError::Disconnected) => return,
+        };
+        for entry in batch.entries() {
+            let meta = engine::EntryMeta {
+                position: entry.position,
+                timestamp_ns: entry.timestamp_ns,
+                session_id: entry.session_id,
+                client_seq: entry.client_seq,
+            };
+            let len = engine.apply(&meta, entry.command, &mut scratch);
+            let reply = &scratch[..len];
+            loop {
+                let pushed = replies.try_write(REPLY_HEADER_SIZE + len, |dst| {
+                    dst[..8].copy_from_slice(&meta.session_id.to_le_bytes());
+                    dst[8..16].copy_from_slice(&meta.client_seq.to_le_bytes());
+                    dst[16..24].copy_from_slice(&meta.position.to_le_bytes());
+                    dst[24..].copy_from_slice(reply);
+                });
+                match pushed {
+                    Ok(()) => break,
+                    // Egress is behind: wait for it (back-pressure up the pipeline). While
+                    // stopping nobody may be reading: the reply is dropped (the effect is in
+                    // the journal; the client's retry is answered by the engine).
+                    Err(TryClaimError::Full) if !shared.stopping.load(Ordering::Acquire) => {
+                        idle.idle(0)
+                    }
+                    Err(_) => break,
+                }
+            }
+            idle.reset();
+        }
+        drop(batch);
+        shared.applied.store(engine.position(), Ordering::Release);
+        shared
+            .state_hash
+            .store(engine.state_hash(), Ordering::Release);
+        if snapshot_interval > 0 && engine.position() - last_snapshot >= snapshot_interval {
+            // A full channel means the previous snapshot is still being written: skip.
+            if to_snapshot.try_send(engine.freeze()).is_ok() {
+                last_snapshot = engine.position();
+            }
+        }
+    }
+}
+
+fn snapshot_loop(
+    frozen: Receiver<engine::snapshot::Frozen>,
+    durable: DurableWatch,
+    dir: &std::path::Path,
+    keep: usize,
+    shared: &Shared,
+) {
+    while let Ok(state) = frozen.recv() {
+        // Only durable state may be snapshotted (see `snapshots`).
+        while durable.get() < state.position() {
+            if shared.failed.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let written = snapshots::write_atomic(dir, state.position(), |w| state.write_to(w))
+            .and_then(|_| snapshots::prune(dir, keep));
+        match written {
+            Ok(()) => {
+                shared.snapshots.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                shared.fail(format!("snapshot failed: {e}"));
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The snapshot folder: atomic writes of engine snapshots and loading the newest valid one.
+//!
+//! Owns: the files `snapshot-<position>.tsnap` in one folder. A snapshot is written to a
+//! `.tmp` file, synced, renamed into place, and the folder synced, so a crash leaves either the
+//! old set or the new one, never a half file under the final name. Does not own: when to take a
+//! snapshot (the pipeline decides) or what is in it (the engine's format, with its own checksum
+//! and version).
+//!
+//! Invariant: a snapshot is only written for a position that is already durable in the journal
+//! (the pipeline waits for it), so restart never starts from state the journal does not have.
+
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use engine::{Engine, EngineConfig};
+
+const PREFIX: &str = "snapshot-";
+const SUFFIX: &str = ".tsnap";
+const TMP_SUFFIX: &str = ".tmp";
+
+/// File name of the snapshot at `position` (20 digits, so names sort by position).
+pub fn file_name(position: u64) -> String {
+    format!("{PREFIX}{position:020}{SUFFIX}")
+}
+
+/// Positions of the snapshots in `dir`, newest first. Temporary files are ignored.
+pub fn list(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut positions = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(positions),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(digits) = name
+            .strip_prefix(PREFIX)
+            .and_then(|n| n.strip_suffix(SUFFIX))
+        else {
+            continue;
+        };
+        if let Ok(position) = digits.parse::<u64>() {
+            positions.push(position);
+        }
+    }
+    positions.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(positions)
+}
+
+/// Writes a snapshot atomically with `write` filling the file; returns its path.
+///
+/// # Errors
+/// I/O errors, naming the file.
+pub fn write_atomic(
+    dir: &Path,
+    position: u64,
+    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<u64>,
+) -> Result<PathBuf, String> {
+    let path = dir.join(file_name(position));
+    let tmp = dir.join(format!("{}{TMP_SUFFIX}", file_name(position)));
+    let fail = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+    let file = File::create(&tmp).map_err(|e| fail("create", &tmp, e))?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    write(&mut w).map_err(|e| fail("write", &tmp, e))?;
+    w.flush().map_err(|e| fail("write", &tmp, e))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| fail("write", &tmp, e.into_error()))?;
+    file.sync_all().map_err(|e| fail("fsync", &tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| fail("rename", &tmp, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| fail("fsync folder", dir, e))?;
+    Ok(path)
+}
+
+/// Removes all but the newest `keep` snapshots (and stale temporary files).
+///
+/// # Errors
+/// I/O errors, naming the file.
+pub fn prune(dir: &Path, keep: usize) -> Result<(), String> {
+    let positions = list(dir).map_err(|e| format!("list {}: {e}", dir.display()))?;
+    for position in positions.into_iter().skip(keep) {
+        let path = dir.join(file_name(position));
+        fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// What loading found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The newest snapshot that restored, if any: (position, path).
+    pub used: Option<(u64, PathBuf)>,
+    /// Newer snapshots that were refused, with the reason (they are left on disk for a person
+    /// to look at; the next snapshot written supersedes them).
+    pub refused: Vec<(PathBuf, String)>,
+}
+
+/// Restores the newest valid snapshot in `dir`, or a fresh engine when there is none.
+///
+/// # Errors
+/// When the engine configuration is invalid or the folder cannot be listed.
+pub fn load_newest(dir: &Path, config: &EngineConfig) -> Result<(Engine, Loaded), String> {
+    let mut loaded = Loaded::default();
+    let positions = list(dir).map_err(|e| format!("list {}: {e}", dir.display()))?;
+    for position in positions {
+        let path = dir.join(file_name(position));
+        let restored = File::open(&path).map_err(|e| e.to_string()).and_then(|f| {
+            Engine::restore(config.clone(), BufReader::with_capacity(1 << 20, f))
+                .map_err(|e| e.to_string())
+        });
+        match restored {
+            Ok(engine) if engine.position() == position => {
+                loaded.used = Some((position, path));
+                return Ok((engine, loaded));
+            }
+            Ok(engine) => loaded.refused.push((
+                path,
+                format!(
+                    "file name says position {position}, contents say {}",
+                    engine.position()
+                ),
+            )),
+            Err(e) => loaded.refused.push((path, e)),
+        }
+    }
+    let engine = Engine::new(config.clone()).map_err(|e| e.to_string())?;
+    Ok((engine, loaded))
+}

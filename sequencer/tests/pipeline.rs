@@ -1,0 +1,178 @@
+//! The pipeline end to end in one process: offer → sequence → journal → engine → durable reply.
+
+mod common;
+
+use common::*;
+use schemas::ledger::ResultCode;
+use sequencer::Pipeline;
+
+#[test]
+fn commands_are_applied_in_order_and_replied_only_once_durable() {
+    let dir = TempDir::new("pipeline-order");
+    let (mut pipeline, report) = Pipeline::start(test_config(dir.path())).unwrap();
+    assert_eq!(report.position, 0);
+    let mut replies = pipeline.take_replies().unwrap();
+    let mut producer = pipeline.producer().unwrap();
+
+    offer(&mut producer, 7, 1, &create_external(99, 1));
+    offer(&mut producer, 7, 2, &create_account(1, 1, true));
+    offer(&mut producer, 7, 3, &create_account(2, 1, true));
+    let n = 500u64;
+    for i in 0..n {
+        offer(
+            &mut producer,
+            7,
+            4 + i,
+            &deposit(1000 + u128::from(i), 1, 10),
+        );
+    }
+    offer(&mut producer, 7, 4 + n, &transfer(9, 1, 2, 10 * n, 1));
+    offer(&mut producer, 7, 5 + n, &transfer(10, 1, 2, 1, 1));
+
+    let got = collect(&mut replies, (n + 5) as usize);
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(
+            g.position,
+            i as u64 + 1,
+            "positions are command indexes in order"
+        );
+        assert_eq!(g.reply_position, g.position);
+        assert_eq!(g.client_seq, i as u64 + 1);
+        assert_eq!(g.session_id, 7);
+    }
+    assert!(
+        got[..got.len() - 1]
+            .iter()
+            .all(|g| g.result == ResultCode::Ok),
+        "{got:?}"
+    );
+    assert_eq!(got.last().unwrap().result, ResultCode::InsufficientFunds);
+
+    let status = pipeline.status();
+    assert!(status.durable_position >= n + 5);
+    assert!(status.batches >= 1);
+    let status = pipeline.shutdown();
+    assert_eq!(status.applied_position, n + 5);
+    assert_eq!(status.fatal, None);
+}
+
+#[test]
+fn several_producers_interleave_and_every_command_gets_one_reply() {
+    let dir = TempDir::new("pipeline-producers");
+    let (mut pipeline, _) = Pipeline::start(test_config(dir.path())).unwrap();
+    let mut replies = pipeline.take_replies().unwrap();
+    let mut setup = pipeline.producer().unwrap();
+    offer(&mut setup, 1, 1, &create_external(99, 1));
+    offer(&mut setup, 1, 2, &create_account(1, 1, false));
+    collect(&mut replies, 2);
+
+    let per = 2_000u64;
+    let threads: Vec<_> = (0..3u64)
+        .map(|t| {
+            let mut producer = pipeline.producer().unwrap();
+            std::thread::spawn(move || {
+                for i in 0..per {
+                    let id = u128::from(t) << 64 | u128::from(i + 1);
+                    offer(&mut producer, 100 + t, i + 1, &deposit(id, 1, 1));
+                }
+            })
+        })
+        .collect();
+    let got = collect(&mut replies, (3 * per) as usize);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(got.iter().all(|g| g.result == ResultCode::Ok));
+    for t in 0..3u64 {
+        let seqs: Vec<u64> = got
+            .iter()
+            .filter(|g| g.session_id == 100 + t)
+            .map(|g| g.client_seq)
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=per).collect::<Vec<_>>(),
+            "each session's commands stay in its order"
+        );
+    }
+    assert!(got.windows(2).all(|w| w[0].position + 1 == w[1].position));
+    pipeline.shutdown();
+}
+
+#[test]
+fn a_restart_recovers_the_same_state_from_snapshot_and_journal() {
+    let dir = TempDir::new("pipeline-restart");
+    let mut config = test_config(dir.path());
+    config.snapshot_interval_commands = 300;
+    let (hash, position) = {
+        let (mut pipeline, _) = Pipeline::start(config.clone()).unwrap();
+        let mut replies = pipeline.take_replies().unwrap();
+        let mut producer = pipeline.producer().unwrap();
+        offer(&mut producer, 3, 1, &create_external(99, 1));
+        offer(&mut producer, 3, 2, &create_account(1, 1, true));
+        for i in 0..999u64 {
+            offer(&mut producer, 3, 3 + i, &deposit(u128::from(i) + 1, 1, 5));
+        }
+        collect(&mut replies, 1_001);
+        wait_applied(&pipeline, 1_001);
+        let status = pipeline.shutdown();
+        assert!(status.snapshots >= 1, "snapshots were taken: {status:?}");
+        (status.state_hash, status.applied_position)
+    };
+    let snapshots = sequencer::snapshots::list(&dir.path().join("snapshots")).unwrap();
+    assert!(!snapshots.is_empty() && snapshots.len() <= config.snapshots_kept);
+
+    let (mut pipeline, report) = Pipeline::start(config.clone()).unwrap();
+    assert_eq!(report.position, position);
+    assert!(report.snapshot.used.is_some(), "restart used a snapshot");
+    assert_eq!(
+        report.replayed,
+        position - report.snapshot.used.as_ref().unwrap().0
+    );
+    assert_eq!(pipeline.status().state_hash, hash);
+
+    // The same session's retry of an old command changes nothing; new commands continue.
+    let mut replies = pipeline.take_replies().unwrap();
+    let mut producer = pipeline.producer().unwrap();
+    offer(&mut producer, 3, 1_001, &deposit(999, 1, 5));
+    offer(&mut producer, 3, 1_002, &deposit(5_000, 1, 5));
+    let got = collect(&mut replies, 2);
+    assert_eq!(got[0].position, position + 1);
+    assert_eq!(
+        got[0].reply_position, position,
+        "a retry is answered with the original position"
+    );
+    assert_eq!(got[0].result, ResultCode::Ok);
+    assert_eq!(got[1].result, ResultCode::Ok);
+    let status = pipeline.shutdown();
+    assert_eq!(status.applied_position, position + 2);
+
+    // Without snapshots, a replay of the whole journal reaches the same hash.
+    std::fs::remove_dir_all(dir.path().join("snapshots")).unwrap();
+    let (pipeline, report) = Pipeline::start(config).unwrap();
+    assert_eq!(report.replayed, position + 2);
+    assert_eq!(pipeline.status().state_hash, status.state_hash);
+    pipeline.shutdown();
+}
+
+#[test]
+fn a_bad_configuration_names_the_key() {
+    let dir = TempDir::new("pipeline-config");
+    let mut config = test_config(dir.path());
+    config.ingress_ring_bytes = 1000;
+    let err = Pipeline::start(config).err().unwrap();
+    assert!(err.contains("ingress_ring_bytes = 1000"), "{err}");
+    let mut config = test_config(dir.path());
+    config.batches_in_flight_max = 1;
+    let err = Pipeline::start(config).err().unwrap();
+    assert!(err.contains("batches_in_flight_max"), "{err}");
+}
+
+#[test]
+fn a_second_pipeline_on_the_same_folder_is_refused() {
+    let dir = TempDir::new("pipeline-lock");
+    let (pipeline, _) = Pipeline::start(test_config(dir.path())).unwrap();
+    let err = Pipeline::start(test_config(dir.path())).err().unwrap();
+    assert!(err.to_lowercase().contains("lock"), "{err}");
+    pipeline.shutdown();
+}

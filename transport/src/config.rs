@@ -1,0 +1,250 @@
+//! Limits and runtime configuration of publications and subscriptions.
+//!
+//! Owns: every limit of the crate as a named const with its unit, the [`Config`] with its
+//! defaults, and [`Config::validate`], which checks values and how they relate once, at
+//! creation, naming the key and the value on failure.
+
+use crate::frame::{DATA_HEADER_LENGTH, FRAME_ALIGNMENT};
+
+/// Default largest datagram, in bytes (Aeron's default MTU; fits a 1,500-byte Ethernet frame).
+pub const MTU_DEFAULT: usize = 1408;
+/// Smallest MTU accepted, in bytes: a header plus a useful payload.
+pub const MTU_MIN: usize = 64;
+/// Largest MTU accepted, in bytes: the largest UDP payload rounded down to the frame alignment.
+pub const MTU_MAX: usize = 65504;
+/// Default term length, in bytes (three terms make a log).
+pub const TERM_LENGTH_DEFAULT: usize = 4 * 1024 * 1024;
+/// Smallest term length, in bytes (Aeron's minimum).
+pub const TERM_LENGTH_MIN: usize = 64 * 1024;
+/// Largest term length, in bytes (Aeron's maximum: positions stay in i32 term offsets).
+pub const TERM_LENGTH_MAX: usize = 1024 * 1024 * 1024;
+/// Terms in a log buffer: one active, one kept for retransmits, one being cleaned.
+pub const TERM_COUNT: usize = 3;
+/// Entries in a sender's retransmit table; NAKs beyond it are ignored and counted.
+pub const RETRANSMITS_MAX: usize = 16;
+/// Receivers a multicast sender tracks for flow control; more are ignored and counted.
+pub const FLOW_CONTROL_RECEIVERS_MAX: usize = 64;
+/// Images (publishing sessions) one subscription accepts at once.
+pub const IMAGES_MAX: usize = 64;
+
+/// How a multicast sender derives its send limit from receivers' status messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlowControl {
+    /// One receiver: its position plus window.
+    #[default]
+    Unicast,
+    /// The slowest live receiver sets the pace.
+    Min,
+    /// The fastest live receiver sets the pace; slower ones may fall behind.
+    Max,
+    /// The slowest live receiver carrying this group tag sets the pace.
+    Tagged(i64),
+}
+
+/// Configuration of a publication (sender side) or subscription (receiver side).
+/// Times are nanoseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Largest datagram sent, in bytes; a multiple of 32 in `MTU_MIN..=MTU_MAX`.
+    pub mtu: usize,
+    /// Term length in bytes: a power of two in `TERM_LENGTH_MIN..=TERM_LENGTH_MAX`.
+    pub term_length: usize,
+    /// Largest message a publication accepts, in bytes; at most `term_length / 4`.
+    pub message_length_max: usize,
+    /// Sender: how far the publisher may run ahead of what was sent, in bytes
+    /// (at most `term_length / 2`).
+    pub publication_window: usize,
+    /// Receiver: window advertised in status messages, in bytes (at most `term_length / 2`).
+    pub receiver_window: usize,
+    /// Sender: flow control strategy.
+    pub flow_control: FlowControl,
+    /// Receiver: group tag sent in status messages (tagged flow control).
+    pub group_tag: Option<i64>,
+    /// Sender: SETUP resend interval while not connected.
+    pub setup_interval_ns: u64,
+    /// Sender: a heartbeat goes out after this long without data.
+    pub heartbeat_interval_ns: u64,
+    /// Receiver: status message interval when nothing else triggers one.
+    pub status_interval_ns: u64,
+    /// Receiver: NAK delay after a gap is seen, unicast.
+    pub nak_delay_unicast_ns: u64,
+    /// Receiver: NAK delay upper bound, multicast (uniformly random below it, for suppression).
+    pub nak_delay_multicast_max_ns: u64,
+    /// Receiver: interval before re-sending a NAK for a gap that is still open.
+    pub nak_retry_ns: u64,
+    /// Sender: after retransmitting a range, NAKs for it are ignored for this long (coalescing).
+    pub retransmit_linger_ns: u64,
+    /// Sender: a receiver silent for this long leaves the flow-control set; with none left
+    /// the publication is not connected.
+    pub receiver_timeout_ns: u64,
+    /// Receiver: an image silent for this long is closed.
+    pub image_liveness_timeout_ns: u64,
+    /// Sender: how long a closing publication keeps sending end-of-stream heartbeats while
+    /// waiting for receivers to acknowledge everything.
+    pub close_linger_ns: u64,
+    /// Whether this endpoint is multicast (chooses the NAK delay).
+    pub multicast: bool,
+    /// Multicast TTL advertised in SETUP.
+    pub ttl: u8,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mtu: MTU_DEFAULT,
+            term_length: TERM_LENGTH_DEFAULT,
+            message_length_max: TERM_LENGTH_DEFAULT / 4,
+            publication_window: TERM_LENGTH_DEFAULT / 2,
+            receiver_window: TERM_LENGTH_DEFAULT / 2,
+            flow_control: FlowControl::Unicast,
+            group_tag: None,
+            setup_interval_ns: 10_000_000,
+            heartbeat_interval_ns: 10_000_000,
+            status_interval_ns: 20_000_000,
+            nak_delay_unicast_ns: 50_000,
+            nak_delay_multicast_max_ns: 2_000_000,
+            nak_retry_ns: 20_000_000,
+            retransmit_linger_ns: 10_000_000,
+            receiver_timeout_ns: 2_000_000_000,
+            image_liveness_timeout_ns: 5_000_000_000,
+            close_linger_ns: 1_000_000_000,
+            multicast: false,
+            ttl: 1,
+        }
+    }
+}
+
+/// A configuration value out of range, or two values that do not fit together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// A default config with the given term length, and the message length and windows that
+    /// follow from it.
+    pub fn with_term_length(term_length: usize) -> Self {
+        Config {
+            term_length,
+            message_length_max: (term_length / 4).min(16 * 1024 * 1024),
+            publication_window: term_length / 2,
+            receiver_window: term_length / 2,
+            ..Config::default()
+        }
+    }
+
+    /// Largest payload in one frame, in bytes.
+    pub fn payload_length_max(&self) -> usize {
+        self.mtu - DATA_HEADER_LENGTH
+    }
+
+    /// Checks every value and their relations.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key, the value and the bound.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |s: String| Err(ConfigError(s));
+        if self.mtu < MTU_MIN || self.mtu > MTU_MAX || !self.mtu.is_multiple_of(FRAME_ALIGNMENT) {
+            return err(format!(
+                "mtu={} must be a multiple of {FRAME_ALIGNMENT} in {MTU_MIN}..={MTU_MAX}",
+                self.mtu
+            ));
+        }
+        if !self.term_length.is_power_of_two()
+            || self.term_length < TERM_LENGTH_MIN
+            || self.term_length > TERM_LENGTH_MAX
+        {
+            return err(format!(
+                "term_length={} must be a power of two in {TERM_LENGTH_MIN}..={TERM_LENGTH_MAX}",
+                self.term_length
+            ));
+        }
+        if self.message_length_max == 0 || self.message_length_max > self.term_length / 4 {
+            return err(format!(
+                "message_length_max={} must be in 1..=term_length/4={}",
+                self.message_length_max,
+                self.term_length / 4
+            ));
+        }
+        for (name, v) in [
+            ("publication_window", self.publication_window),
+            ("receiver_window", self.receiver_window),
+        ] {
+            if v < self.mtu || v > self.term_length / 2 {
+                return err(format!(
+                    "{name}={v} must be in mtu={}..=term_length/2={}",
+                    self.mtu,
+                    self.term_length / 2
+                ));
+            }
+        }
+        if self.publication_window < self.message_length_max {
+            return err(format!(
+                "publication_window={} < message_length_max={}: the largest message could never be offered",
+                self.publication_window, self.message_length_max
+            ));
+        }
+        if self.retransmit_linger_ns >= self.nak_retry_ns {
+            return err(format!(
+                "retransmit_linger_ns={} >= nak_retry_ns={}: a retried NAK would always be ignored",
+                self.retransmit_linger_ns, self.nak_retry_ns
+            ));
+        }
+        if self.heartbeat_interval_ns >= self.image_liveness_timeout_ns {
+            return err(format!(
+                "heartbeat_interval_ns={} >= image_liveness_timeout_ns={}: idle images would time out",
+                self.heartbeat_interval_ns, self.image_liveness_timeout_ns
+            ));
+        }
+        if self.status_interval_ns >= self.receiver_timeout_ns {
+            return err(format!(
+                "status_interval_ns={} >= receiver_timeout_ns={}: idle receivers would time out",
+                self.status_interval_ns, self.receiver_timeout_ns
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_is_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        assert_eq!(Config::with_term_length(TERM_LENGTH_MIN).validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_16_mib_message_length_is_accepted_with_a_64_mib_term() {
+        let c = Config::with_term_length(64 * 1024 * 1024);
+        assert_eq!(c.message_length_max, 16 * 1024 * 1024);
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_values_are_rejected_naming_key_and_value() {
+        let c = Config {
+            mtu: 1000,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().0.contains("mtu=1000"));
+        let c = Config {
+            term_length: 100_000,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().0.contains("term_length=100000"));
+        let c = Config {
+            retransmit_linger_ns: 30_000_000,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().0.contains("retransmit_linger_ns"));
+    }
+}

@@ -1,0 +1,559 @@
+//! The socket driver: [`Publication`] and [`Subscription`] wrap the sans-IO
+//! [`Sender`]/[`Receiver`] in non-blocking UDP sockets (`socket2`) with batched
+//! `recvmmsg`/`sendmmsg`, and run as [`Agent`]s in the caller's duty-cycle loop.
+//!
+//! Owns: sockets and their options (buffer sizes, `SO_REUSEADDR`, multicast join, interface,
+//! loop and TTL), batches of datagrams, the monotonic clock ([`now_ns`]), and optional seeded
+//! loss injection for tests. Does not own threads or protocol logic.
+//!
+//! Control traffic (status messages, NAKs) goes unicast from each receiver to the sender's
+//! source address, for unicast and multicast channels alike.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::config::{Config, ConfigError, FlowControl};
+use crate::counters::{CounterId, Counters};
+use crate::idle::Agent;
+use crate::mmsg::Batch;
+use crate::receiver::{ImageEvent, MessageHeader, Receiver};
+use crate::rng::Rng;
+use crate::sender::{Claim, OfferError, Sender};
+
+/// Requested socket send and receive buffer sizes, in bytes (the kernel may cap them at
+/// `net.core.rmem_max`/`wmem_max`).
+pub const SOCKET_BUFFER_LENGTH: usize = 4 * 1024 * 1024;
+/// Datagrams per `recvmmsg`/`sendmmsg` call.
+pub const BATCH_DATAGRAMS: usize = 32;
+/// Slot size for received data datagrams, in bytes: the largest UDP payload we accept.
+pub const RECEIVE_SLOT_LENGTH: usize = 65536;
+/// Slot size for control datagrams (status messages, NAKs, RTTM, errors), in bytes.
+pub const CONTROL_SLOT_LENGTH: usize = 2048;
+
+/// Nanoseconds since the first call in this process, from a monotonic clock.
+pub fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// A malformed channel string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelError(pub String);
+
+impl std::fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for ChannelError {}
+
+/// Where a stream travels: a unicast endpoint, or a multicast group joined on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Channel {
+    /// Unicast: the subscriber's address. Multicast: the group and port.
+    pub endpoint: SocketAddrV4,
+    /// Multicast: the interface to send on and join from.
+    pub interface: Ipv4Addr,
+    /// Multicast TTL.
+    pub ttl: u8,
+}
+
+impl Channel {
+    /// A unicast channel to `endpoint`.
+    pub fn unicast(endpoint: SocketAddrV4) -> Self {
+        Channel {
+            endpoint,
+            interface: Ipv4Addr::UNSPECIFIED,
+            ttl: 0,
+        }
+    }
+
+    /// A multicast channel on `group`, joined on `interface` (TTL 1).
+    pub fn multicast(group: SocketAddrV4, interface: Ipv4Addr) -> Self {
+        Channel {
+            endpoint: group,
+            interface,
+            ttl: 1,
+        }
+    }
+
+    /// Whether the endpoint is a multicast group.
+    pub fn is_multicast(&self) -> bool {
+        self.endpoint.ip().is_multicast()
+    }
+
+    /// Parses Aeron's URI form: `aeron:udp?endpoint=HOST:PORT[|interface=IP][|ttl=N]`.
+    ///
+    /// # Errors
+    /// A [`ChannelError`] naming the bad part.
+    pub fn parse(uri: &str) -> Result<Self, ChannelError> {
+        let rest = uri
+            .strip_prefix("aeron:udp?")
+            .ok_or_else(|| ChannelError(format!("channel '{uri}' must start with 'aeron:udp?'")))?;
+        let mut endpoint = None;
+        let mut interface = Ipv4Addr::UNSPECIFIED;
+        let mut ttl = None;
+        for part in rest.split('|') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| ChannelError(format!("channel parameter '{part}' has no '='")))?;
+            let bad = |what: &str| ChannelError(format!("channel {k}='{v}' is not {what}"));
+            match k {
+                "endpoint" => endpoint = Some(v.parse().map_err(|_| bad("an IPv4 HOST:PORT"))?),
+                "interface" => {
+                    let ip = v.split(':').next().unwrap_or(v);
+                    interface = ip.parse().map_err(|_| bad("an IPv4 address"))?;
+                }
+                "ttl" => ttl = Some(v.parse().map_err(|_| bad("a TTL 0..=255"))?),
+                _ => return Err(ChannelError(format!("unknown channel parameter '{k}'"))),
+            }
+        }
+        let endpoint =
+            endpoint.ok_or_else(|| ChannelError(format!("channel '{uri}' has no endpoint")))?;
+        let mut c = Channel {
+            endpoint,
+            interface,
+            ttl: 0,
+        };
+        if c.is_multicast() {
+            c.ttl = ttl.unwrap_or(1);
+        }
+        Ok(c)
+    }
+}
+
+fn config_error(e: ConfigError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e)
+}
+
+fn new_socket() -> io::Result<Socket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_nonblocking(true)?;
+    // Best effort: the kernel caps these at its configured maxima.
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER_LENGTH);
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER_LENGTH);
+    Ok(s)
+}
+
+/// Seeded inbound loss injection (tests): drops each received datagram with probability `rate`.
+#[derive(Debug, Clone)]
+struct Loss {
+    rng: Rng,
+    rate: f64,
+}
+
+impl Loss {
+    fn drops(loss: &mut Option<Loss>) -> bool {
+        loss.as_mut().is_some_and(|l| l.rng.chance(l.rate))
+    }
+}
+
+fn session_id_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (u64::from(std::process::id()) << 32) ^ now_ns().rotate_left(17)
+}
+
+/// A publication on a channel: offers messages, sends them, answers control traffic.
+pub struct Publication {
+    sender: Sender,
+    socket: Socket,
+    endpoint: SockAddr,
+    tx: Batch,
+    rx: Batch,
+    loss: Option<Loss>,
+}
+
+impl std::fmt::Debug for Publication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publication")
+            .field("session_id", &self.sender.session_id())
+            .field("stream_id", &self.sender.stream_id())
+            .finish()
+    }
+}
+
+impl Publication {
+    /// Opens a publication of `stream_id` on `channel` with a random session id.
+    ///
+    /// # Errors
+    /// Invalid config, or a socket error.
+    pub fn new(channel: &Channel, stream_id: i32, cfg: Config) -> io::Result<Self> {
+        let mut rng = Rng::new(session_id_seed());
+        let session_id = rng.next_u64() as i32;
+        let initial_term_id = rng.next_u64() as i32;
+        Self::with_session(channel, stream_id, session_id, initial_term_id, cfg)
+    }
+
+    /// Opens a publication with a chosen session id and initial term id.
+    ///
+    /// # Errors
+    /// Invalid config, or a socket error.
+    pub fn with_session(
+        channel: &Channel,
+        stream_id: i32,
+        session_id: i32,
+        initial_term_id: i32,
+        mut cfg: Config,
+    ) -> io::Result<Self> {
+        cfg.multicast = channel.is_multicast();
+        cfg.ttl = channel.ttl;
+        if cfg.multicast && cfg.flow_control == FlowControl::Unicast {
+            cfg.flow_control = FlowControl::Min;
+        }
+        let mtu = cfg.mtu;
+        let sender = Sender::new(cfg, session_id, stream_id, initial_term_id, now_ns())
+            .map_err(config_error)?;
+        let socket = new_socket()?;
+        if channel.is_multicast() {
+            socket.set_multicast_if_v4(&channel.interface)?;
+            socket.set_multicast_loop_v4(true)?;
+            socket.set_multicast_ttl_v4(u32::from(channel.ttl))?;
+            socket.bind(&SocketAddr::from((channel.interface, 0)).into())?;
+        } else {
+            let local = if channel.endpoint.ip().is_loopback() {
+                Ipv4Addr::LOCALHOST
+            } else {
+                Ipv4Addr::UNSPECIFIED
+            };
+            socket.bind(&SocketAddr::from((local, 0)).into())?;
+        }
+        Ok(Publication {
+            sender,
+            socket,
+            endpoint: SocketAddr::V4(channel.endpoint).into(),
+            tx: Batch::new(BATCH_DATAGRAMS, mtu),
+            rx: Batch::new(BATCH_DATAGRAMS, CONTROL_SLOT_LENGTH),
+            loss: None,
+        })
+    }
+
+    /// Drops inbound control datagrams with probability `rate` (tests).
+    pub fn inject_loss(&mut self, rate: f64, seed: u64) {
+        self.loss = Some(Loss {
+            rng: Rng::new(seed),
+            rate,
+        });
+    }
+
+    /// Appends a message; see [`Sender::offer`].
+    ///
+    /// # Errors
+    /// [`OfferError`].
+    pub fn offer(&mut self, message: &[u8]) -> Result<i64, OfferError> {
+        self.sender.offer(message)
+    }
+
+    /// Claims one frame to write in place; see [`Sender::try_claim`].
+    ///
+    /// # Errors
+    /// [`OfferError`].
+    pub fn try_claim(&mut self, length: usize) -> Result<Claim<'_>, OfferError> {
+        self.sender.try_claim(length)
+    }
+
+    /// Starts a clean close (keep calling `do_work` until [`Publication::is_closed`]).
+    pub fn close(&mut self) {
+        self.sender.close(now_ns());
+    }
+
+    /// Whether the close finished.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+    /// Whether a receiver has acknowledged the session.
+    pub fn is_connected(&self) -> bool {
+        self.sender.is_connected()
+    }
+    /// The publication position.
+    pub fn position(&self) -> i64 {
+        self.sender.position()
+    }
+    /// The session id.
+    pub fn session_id(&self) -> i32 {
+        self.sender.session_id()
+    }
+    /// The protocol state machine (read-only).
+    pub fn sender(&self) -> &Sender {
+        &self.sender
+    }
+    /// Counters.
+    pub fn counters(&self) -> &Counters {
+        self.sender.counters()
+    }
+    /// The socket's local address (where control traffic arrives).
+    ///
+    /// # Errors
+    /// A socket error.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an IP socket"))
+    }
+
+    fn receive(&mut self, now: u64) -> usize {
+        match self.rx.recv(&self.socket) {
+            Ok(n) => {
+                for i in 0..n {
+                    let (bytes, source) = self.rx.datagram(i);
+                    let Some(source) = source else { continue };
+                    if Loss::drops(&mut self.loss) {
+                        self.sender.counters_mut().incr(CounterId::DropsInjected);
+                    } else if self.rx.truncated(i) {
+                        self.sender.counters_mut().incr(CounterId::DropsMalformed);
+                    } else {
+                        self.sender.handle_datagram(now, source, bytes);
+                    }
+                }
+                n
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(_) => {
+                self.sender.counters_mut().incr(CounterId::SocketErrors);
+                0
+            }
+        }
+    }
+
+    fn transmit(&mut self, now: u64) -> usize {
+        let mut work = 0;
+        loop {
+            if self.tx.has_unsent() {
+                match self.tx.send(&self.socket) {
+                    Ok(n) => work += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return work,
+                    Err(_) => {
+                        self.sender.counters_mut().incr(CounterId::SocketErrors);
+                        self.tx.clear();
+                    }
+                }
+                if self.tx.has_unsent() {
+                    return work;
+                }
+            }
+            while !self.tx.is_full() {
+                let slot = self.tx.next_slot();
+                match self.sender.poll_transmit(now, slot) {
+                    Some(t) => {
+                        let dest = t.destination.map(SockAddr::from);
+                        self.tx
+                            .push(t.length, dest.as_ref().unwrap_or(&self.endpoint));
+                    }
+                    None => break,
+                }
+            }
+            if !self.tx.has_unsent() {
+                return work;
+            }
+        }
+    }
+}
+
+impl Agent for Publication {
+    fn do_work(&mut self, now_ns: u64) -> usize {
+        let mut work = self.receive(now_ns);
+        self.sender.handle_timeout(now_ns);
+        work += self.transmit(now_ns);
+        work
+    }
+
+    fn name(&self) -> &str {
+        "publication"
+    }
+}
+
+/// A subscription to a stream on a channel: receives, rebuilds, acknowledges and delivers.
+pub struct Subscription {
+    receiver: Receiver,
+    socket: Socket,
+    rx: Batch,
+    tx: Batch,
+    loss: Option<Loss>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("stream_id", &self.receiver.stream_id())
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// Opens a subscription to `stream_id` on `channel`. Unicast binds the endpoint; multicast
+    /// binds the group's port with `SO_REUSEADDR` (several subscribers may share it) and joins
+    /// the group on the channel's interface.
+    ///
+    /// # Errors
+    /// Invalid config, or a socket error (e.g. the endpoint is in use).
+    pub fn new(channel: &Channel, stream_id: i32, mut cfg: Config) -> io::Result<Self> {
+        cfg.multicast = channel.is_multicast();
+        let receiver = Receiver::new(cfg, stream_id, session_id_seed()).map_err(config_error)?;
+        let socket = new_socket()?;
+        if channel.is_multicast() {
+            socket.set_reuse_address(true)?;
+            socket.bind(&SocketAddr::V4(channel.endpoint).into())?;
+            socket.join_multicast_v4(channel.endpoint.ip(), &channel.interface)?;
+            socket.set_multicast_if_v4(&channel.interface)?;
+            socket.set_multicast_loop_v4(true)?;
+        } else {
+            socket.bind(&SocketAddr::V4(channel.endpoint).into())?;
+        }
+        Ok(Subscription {
+            receiver,
+            socket,
+            rx: Batch::new(BATCH_DATAGRAMS, RECEIVE_SLOT_LENGTH),
+            tx: Batch::new(BATCH_DATAGRAMS, CONTROL_SLOT_LENGTH),
+            loss: None,
+        })
+    }
+
+    /// Drops inbound data datagrams with probability `rate` (tests).
+    pub fn inject_loss(&mut self, rate: f64, seed: u64) {
+        self.loss = Some(Loss {
+            rng: Rng::new(seed),
+            rate,
+        });
+    }
+
+    /// Delivers up to `limit` whole messages in order per session; see [`Receiver::poll`].
+    /// Network I/O happens in `do_work`.
+    pub fn poll<F: FnMut(&[u8], &MessageHeader)>(&mut self, handler: F, limit: usize) -> usize {
+        self.receiver.poll(handler, limit)
+    }
+
+    /// Next image event (joined, ended, fell behind).
+    pub fn poll_event(&mut self) -> Option<ImageEvent> {
+        self.receiver.poll_event()
+    }
+
+    /// Tells the senders this subscriber is leaving (flushed by the next `do_work`).
+    pub fn close(&mut self) {
+        self.receiver.close();
+    }
+
+    /// The protocol state machine (read-only).
+    pub fn receiver(&self) -> &Receiver {
+        &self.receiver
+    }
+    /// Counters.
+    pub fn counters(&self) -> &Counters {
+        self.receiver.counters()
+    }
+    /// The socket's local address.
+    ///
+    /// # Errors
+    /// A socket error.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an IP socket"))
+    }
+
+    fn receive(&mut self, now: u64) -> usize {
+        match self.rx.recv(&self.socket) {
+            Ok(n) => {
+                for i in 0..n {
+                    let (bytes, source) = self.rx.datagram(i);
+                    let Some(source) = source else { continue };
+                    if Loss::drops(&mut self.loss) {
+                        self.receiver.counters_mut().incr(CounterId::DropsInjected);
+                    } else if self.rx.truncated(i) {
+                        self.receiver.counters_mut().incr(CounterId::DropsMalformed);
+                    } else {
+                        self.receiver.handle_datagram(now, source, bytes);
+                    }
+                }
+                n
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(_) => {
+                self.receiver.counters_mut().incr(CounterId::SocketErrors);
+                0
+            }
+        }
+    }
+
+    fn transmit(&mut self, now: u64) -> usize {
+        if !self.tx.has_unsent() {
+            self.tx.clear();
+            while !self.tx.is_full() {
+                let slot = self.tx.next_slot();
+                match self.receiver.poll_transmit(now, slot) {
+                    Some(t) => {
+                        let dest = SockAddr::from(
+                            t.destination
+                                .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
+                        );
+                        self.tx.push(t.length, &dest);
+                    }
+                    None => break,
+                }
+            }
+        }
+        if !self.tx.has_unsent() {
+            return 0;
+        }
+        match self.tx.send(&self.socket) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(_) => {
+                self.receiver.counters_mut().incr(CounterId::SocketErrors);
+                self.tx.clear();
+                0
+            }
+        }
+    }
+}
+
+impl Agent for Subscription {
+    fn do_work(&mut self, now_ns: u64) -> usize {
+        let mut work = 0;
+        // Drain what the socket holds (bounded), so batches stay large under load.
+        for _ in 0..4 {
+            let n = self.receive(now_ns);
+            work += n;
+            if n < BATCH_DATAGRAMS {
+                break;
+            }
+        }
+        self.receiver.handle_timeout(now_ns);
+        work += self.transmit(now_ns);
+        work
+    }
+
+    fn name(&self) -> &str {
+        "subscription"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_parse_from_aeron_uris() {
+        let c = Channel::parse("aeron:udp?endpoint=127.0.0.1:40123").unwrap();
+        assert_eq!(c, Channel::unicast("127.0.0.1:40123".parse().unwrap()));
+        let m = Channel::parse("aeron:udp?endpoint=239.255.1.2:40456|interface=127.0.0.1|ttl=2")
+            .unwrap();
+        assert!(m.is_multicast());
+        assert_eq!((m.interface, m.ttl), (Ipv4Addr::LOCALHOST, 2));
+        assert!(Channel::parse("udp://x")
+            .unwrap_err()
+            .0
+            .contains("aeron:udp?"));
+        assert!(Channel::parse("aeron:udp?endpoint=nope")
+            .unwrap_err()
+            .0
+            .contains("endpoint='nope'"));
+    }
+}

@@ -1,0 +1,90 @@
+//! Term buffer arithmetic shared by senders and receivers: three rotating terms of a
+//! power-of-two length, positions computed from term id and term offset (DESIGN §5a).
+//!
+//! Invariant: a position is `(term_id - initial_term_id) * term_length + term_offset`, the term
+//! count being `term_id.wrapping_sub(initial_term_id)` read as a signed i32 (term ids wrap; a
+//! term before the initial one gives a negative position, which callers reject); position ↦
+//! partition is `term_count % 3`.
+
+use crate::config::TERM_COUNT;
+
+/// Geometry and storage of a log of three terms.
+#[derive(Debug)]
+pub(crate) struct TermLog {
+    pub buf: Vec<u8>,
+    pub term_length: usize,
+    pub shift: u32,
+    pub initial_term_id: i32,
+}
+
+impl TermLog {
+    /// A zeroed log. `term_length` must already be validated as a power of two.
+    pub fn new(term_length: usize, initial_term_id: i32) -> Self {
+        assert!(term_length.is_power_of_two());
+        TermLog {
+            buf: vec![0u8; term_length * TERM_COUNT],
+            term_length,
+            shift: term_length.trailing_zeros(),
+            initial_term_id,
+        }
+    }
+
+    /// Position of `(term_id, term_offset)`.
+    pub fn position(&self, term_id: i32, term_offset: i32) -> i64 {
+        let count = term_id.wrapping_sub(self.initial_term_id) as i64;
+        (count << self.shift) + term_offset as i64
+    }
+
+    /// Term id of a position.
+    pub fn term_id(&self, position: i64) -> i32 {
+        self.initial_term_id
+            .wrapping_add((position >> self.shift) as i32)
+    }
+
+    /// Offset of a position within its term.
+    pub fn term_offset(&self, position: i64) -> usize {
+        (position as usize) & (self.term_length - 1)
+    }
+
+    /// Start of the term holding `position`.
+    pub fn term_start(&self, position: i64) -> i64 {
+        position & !((self.term_length as i64) - 1)
+    }
+
+    /// Byte index in `buf` of `position`.
+    pub fn index(&self, position: i64) -> usize {
+        let partition = ((position >> self.shift) as u64 % TERM_COUNT as u64) as usize;
+        partition * self.term_length + self.term_offset(position)
+    }
+
+    /// Zeroes the partition that holds the term starting at `term_start`.
+    pub fn clean_term(&mut self, term_start: i64) {
+        let at = self.index(term_start);
+        self.buf[at..at + self.term_length].fill(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_through_term_id_and_offset_across_term_id_wrap() {
+        let log = TermLog::new(65536, i32::MAX - 1);
+        let p = log.position(i32::MIN, 96);
+        assert_eq!(
+            log.position(i32::MAX - 2, 0),
+            -65536,
+            "a term before the initial one is negative"
+        );
+        assert_eq!(p, 2 * 65536 + 96);
+        assert_eq!(log.term_id(p), i32::MIN);
+        assert_eq!(log.term_offset(p), 96);
+        assert_eq!(log.index(p), 2 * 65536 + 96);
+        assert_eq!(
+            log.index(p + 65536),
+            96,
+            "the fourth term reuses the first partition"
+        );
+    }
+}

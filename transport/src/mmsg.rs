@@ -1,0 +1,192 @@
+//! Batched datagram I/O with `recvmmsg`/`sendmmsg` (Linux), the only unsafe code of the crate.
+//!
+//! Owns: preallocated slots (buffers, addresses, iovecs, headers) for a batch of datagrams.
+//! Invariant: every pointer handed to the kernel points into this struct's heap buffers, which
+//! are allocated once in `new` and never resized, and is rebuilt before every call.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::SockAddr;
+
+/// A batch of datagram slots.
+pub(crate) struct Batch {
+    slot_length: usize,
+    data: Vec<u8>,
+    lengths: Vec<usize>,
+    addrs: Vec<libc::sockaddr_storage>,
+    addr_lengths: Vec<libc::socklen_t>,
+    iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
+    /// Slots filled (send) or received (recv).
+    pub count: usize,
+    /// Send: slots before this one are already sent.
+    pub sent: usize,
+}
+
+// SAFETY: the raw pointers inside `iovecs`/`headers` only ever point into this struct's own
+// heap buffers and are rebuilt before each system call; nothing is shared across threads.
+unsafe impl Send for Batch {}
+
+impl Batch {
+    pub fn new(slots: usize, slot_length: usize) -> Self {
+        Batch {
+            slot_length,
+            data: vec![0u8; slots * slot_length],
+            lengths: vec![0; slots],
+            // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs for which
+            // all-zero bytes are a valid value.
+            addrs: vec![unsafe { zeroed() }; slots],
+            addr_lengths: vec![0; slots],
+            iovecs: vec![unsafe { zeroed() }; slots],
+            headers: vec![unsafe { zeroed() }; slots],
+            count: 0,
+            sent: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.lengths.len()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.count == self.capacity()
+    }
+
+    pub fn has_unsent(&self) -> bool {
+        self.sent < self.count
+    }
+
+    /// The buffer of the next free slot (send side).
+    pub fn next_slot(&mut self) -> &mut [u8] {
+        let at = self.count * self.slot_length;
+        &mut self.data[at..at + self.slot_length]
+    }
+
+    /// Commits the next slot with `length` bytes for `destination`.
+    pub fn push(&mut self, length: usize, destination: &SockAddr) {
+        let i = self.count;
+        self.lengths[i] = length;
+        let n = (destination.len() as usize).min(size_of::<libc::sockaddr_storage>());
+        // SAFETY: `destination.as_ptr()` is valid for `destination.len()` bytes and the target
+        // is a sockaddr_storage, at least `n` bytes; the regions do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                destination.as_ptr() as *const u8,
+                &mut self.addrs[i] as *mut libc::sockaddr_storage as *mut u8,
+                n,
+            );
+        }
+        self.addr_lengths[i] = n as libc::socklen_t;
+        self.count += 1;
+    }
+
+    /// Datagram `i` of a received batch with its source.
+    pub fn datagram(&self, i: usize) -> (&[u8], Option<SocketAddr>) {
+        let at = i * self.slot_length;
+        let bytes = &self.data[at..at + self.lengths[i].min(self.slot_length)];
+        // SAFETY: the kernel filled `addrs[i]` with `addr_lengths[i]` bytes of a socket address.
+        let addr = unsafe { SockAddr::new(self.addrs[i], self.addr_lengths[i]) };
+        (bytes, addr.as_socket())
+    }
+
+    /// Whether datagram `i` was longer than its slot.
+    pub fn truncated(&self, i: usize) -> bool {
+        self.headers[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0
+    }
+
+    fn prepare(&mut self, from: usize, to: usize, receiving: bool) {
+        for i in from..to {
+            let at = i * self.slot_length;
+            self.iovecs[i] = libc::iovec {
+                iov_base: self.data[at..].as_mut_ptr() as *mut libc::c_void,
+                iov_len: if receiving {
+                    self.slot_length
+                } else {
+                    self.lengths[i]
+                },
+            };
+            // SAFETY: all-zero bytes are a valid msghdr.
+            let mut h: libc::msghdr = unsafe { zeroed() };
+            h.msg_name = &mut self.addrs[i] as *mut libc::sockaddr_storage as *mut libc::c_void;
+            h.msg_namelen = if receiving {
+                size_of::<libc::sockaddr_storage>() as libc::socklen_t
+            } else {
+                self.addr_lengths[i]
+            };
+            h.msg_iov = &mut self.iovecs[i];
+            h.msg_iovlen = 1;
+            self.headers[i] = libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            };
+        }
+    }
+
+    /// Receives up to a batch of datagrams without blocking. Returns how many arrived.
+    pub fn recv(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
+        let n = self.capacity();
+        self.prepare(0, n, true);
+        let fd: RawFd = socket.as_raw_fd();
+        // SAFETY: `headers[..n]` are initialised and point into live buffers of this struct
+        // (see `prepare`); the kernel writes at most `iov_len`/`msg_namelen` bytes into them.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.headers.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            self.count = 0;
+            return Err(io::Error::last_os_error());
+        }
+        let r = r as usize;
+        for i in 0..r {
+            self.lengths[i] = self.headers[i].msg_len as usize;
+            self.addr_lengths[i] = self.headers[i].msg_hdr.msg_namelen;
+        }
+        self.count = r;
+        Ok(r)
+    }
+
+    /// Sends the unsent slots without blocking. Returns how many went out; the rest stay
+    /// queued (`has_unsent`). Resets the batch when all are sent.
+    pub fn send(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
+        let (from, to) = (self.sent, self.count);
+        if from == to {
+            self.clear();
+            return Ok(0);
+        }
+        self.prepare(from, to, false);
+        let fd: RawFd = socket.as_raw_fd();
+        // SAFETY: `headers[from..to]` are initialised by `prepare` and point into live
+        // buffers of this struct; the kernel only reads them.
+        let r = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.headers[from..].as_mut_ptr(),
+                (to - from) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.sent += r as usize;
+        if self.sent == self.count {
+            self.clear();
+        }
+        Ok(r as usize)
+    }
+
+    pub fn clear(&mut self) {
+        self.count = 0;
+        self.sent = 0;
+    }
+}

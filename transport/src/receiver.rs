@@ -1,0 +1,743 @@
+//! The sans-IO receiver of one subscription (channel + stream): images (one per publishing
+//! session), gap detection and NAKs, status messages, reassembly and ordered delivery.
+//!
+//! Owns: each image's log (three terms), its positions (`subscriber <= rebuild <= hwm`), its
+//! loss detector and its timers. Does not own sockets or a clock. Input:
+//! [`Receiver::handle_datagram`], [`Receiver::handle_timeout`]; output:
+//! [`Receiver::poll_transmit`] (status messages, NAKs, setup requests, RTT requests),
+//! [`Receiver::poll`] (messages, in order per session) and [`Receiver::poll_event`]
+//! (images appearing and ending).
+//!
+//! Invariants: a frame is stored only from its image's source, at or after the rebuild
+//! position, inside its term and inside the cleaned part of the log; `rebuild` only moves over
+//! contiguous frames; messages are delivered once each, in position order per image. An image
+//! whose sender has moved two terms past its rebuild position has lost data the sender no
+//! longer holds: it ends with [`ImageEnd::FellBehind`] after delivering everything before the
+//! gap.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use crate::config::{
+    Config, ConfigError, IMAGES_MAX, MTU_MAX, MTU_MIN, TERM_LENGTH_MAX, TERM_LENGTH_MIN,
+};
+use crate::counters::{CounterId, Counters};
+use crate::frame::{
+    self, align_frame, flags, frame_type, read_i32, DataHeader, Frame, Frames, Nak, Rttm, Setup,
+    StatusMessage, DATA_HEADER_LENGTH, FRAME_ALIGNMENT, SM_WITH_GROUP_TAG_LENGTH,
+};
+use crate::log::TermLog;
+use crate::rng::Rng;
+use crate::sender::Transmit;
+
+/// Why an image ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageEnd {
+    /// The publication closed cleanly and everything was delivered.
+    EndOfStream,
+    /// Nothing was heard from the sender for `image_liveness_timeout_ns`.
+    Timeout,
+    /// The sender moved beyond its retransmit window while this image had a gap: data from
+    /// `position` (the event's) is lost here; the sender was at `sender_position`. Catch up
+    /// from elsewhere (the journal); the session rejoins at the live position by itself.
+    FellBehind {
+        /// A position the sender had reached.
+        sender_position: i64,
+    },
+}
+
+/// Something that happened to an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageEvent {
+    /// A new publishing session joined at `position`.
+    Available {
+        /// The session.
+        session_id: i32,
+        /// The sender's address.
+        source: SocketAddr,
+        /// Join position: the first message delivered starts here.
+        position: i64,
+    },
+    /// An image ended after delivering everything up to `position`.
+    Unavailable {
+        /// The session.
+        session_id: i32,
+        /// Everything before this position was delivered.
+        position: i64,
+        /// Why.
+        reason: ImageEnd,
+    },
+}
+
+/// Where a delivered message sits in its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageHeader {
+    /// The publishing session.
+    pub session_id: i32,
+    /// The stream.
+    pub stream_id: i32,
+    /// Position just after the message.
+    pub position: i64,
+    /// Reserved value of the message's last frame.
+    pub reserved_value: i64,
+}
+
+#[derive(Debug)]
+struct Image {
+    session_id: i32,
+    source: SocketAddr,
+    log: TermLog,
+    receiver_window: i32,
+    subscriber: i64,
+    rebuild: i64,
+    hwm: i64,
+    cleaned_until: i64,
+    sm_due: bool,
+    sm_next_ns: u64,
+    sm_position: i64,
+    gap: Option<(i64, i32)>,
+    nak_next_ns: u64,
+    rttm_due: bool,
+    rtt_ns: Option<u64>,
+    last_packet_ns: u64,
+    eos_position: Option<i64>,
+    end: Option<ImageEnd>,
+    reassembly: Vec<u8>,
+    reassembling: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SetupRequest {
+    session_id: i32,
+    source: SocketAddr,
+    pending: bool,
+    next_ns: u64,
+}
+
+/// The receiver state machine of one subscription.
+#[derive(Debug)]
+pub struct Receiver {
+    cfg: Config,
+    stream_id: i32,
+    receiver_id: i64,
+    rng: Rng,
+    images: Vec<Image>,
+    setup_requests: Vec<SetupRequest>,
+    events: VecDeque<ImageEvent>,
+    counters: Counters,
+    next_image: usize,
+    closing: bool,
+    eos_to_send: Vec<(SocketAddr, i32, i64)>,
+}
+
+impl Receiver {
+    /// A receiver for `stream_id`; `seed` drives its receiver id and NAK delays.
+    ///
+    /// # Errors
+    /// The config is invalid.
+    pub fn new(cfg: Config, stream_id: i32, seed: u64) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let mut rng = Rng::new(seed);
+        let receiver_id = rng.next_u64() as i64;
+        Ok(Receiver {
+            cfg,
+            stream_id,
+            receiver_id,
+            rng,
+            images: Vec::with_capacity(IMAGES_MAX),
+            setup_requests: Vec::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+            next_image: 0,
+            closing: false,
+            eos_to_send: Vec::new(),
+        })
+    }
+
+    /// The stream id.
+    pub fn stream_id(&self) -> i32 {
+        self.stream_id
+    }
+    /// This receiver's id (sent in status messages).
+    pub fn receiver_id(&self) -> i64 {
+        self.receiver_id
+    }
+    /// Counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+    /// Counters, for the driver to add socket-level figures.
+    pub fn counters_mut(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+    /// Number of live images.
+    pub fn image_count(&self) -> usize {
+        self.images.len()
+    }
+    /// Session ids of live images.
+    pub fn sessions(&self) -> impl Iterator<Item = i32> + '_ {
+        self.images.iter().map(|i| i.session_id)
+    }
+    /// `(subscriber, rebuild, hwm)` positions of a session's image.
+    pub fn image_positions(&self, session_id: i32) -> Option<(i64, i64, i64)> {
+        self.image(session_id)
+            .map(|i| (i.subscriber, i.rebuild, i.hwm))
+    }
+    /// Last measured round-trip time to a session's sender, in nanoseconds.
+    pub fn image_rtt_ns(&self, session_id: i32) -> Option<u64> {
+        self.image(session_id).and_then(|i| i.rtt_ns)
+    }
+    fn image(&self, session_id: i32) -> Option<&Image> {
+        self.images.iter().find(|i| i.session_id == session_id)
+    }
+
+    /// Next image event, if any.
+    pub fn poll_event(&mut self) -> Option<ImageEvent> {
+        self.events.pop_front()
+    }
+
+    /// Stops receiving: every image's sender is told (status message with the EOS flag) so it
+    /// drops this receiver from flow control at once.
+    pub fn close(&mut self) {
+        if !self.closing {
+            self.closing = true;
+            for i in &self.images {
+                self.eos_to_send
+                    .push((i.source, i.session_id, i.subscriber));
+            }
+        }
+    }
+
+    /// Feeds one datagram from `source`.
+    pub fn handle_datagram(&mut self, now_ns: u64, source: SocketAddr, datagram: &[u8]) {
+        self.counters.incr(CounterId::DatagramsReceived);
+        self.counters
+            .add(CounterId::BytesReceived, datagram.len() as u64);
+        if self.closing {
+            return;
+        }
+        let mut touched: u64 = 0;
+        for f in Frames::new(datagram) {
+            match f {
+                Err(_) => self.counters.incr(CounterId::DropsMalformed),
+                Ok(Frame::Data { header, frame }) => {
+                    if let Some(i) = self.on_data(now_ns, source, &header, frame) {
+                        touched |= 1 << i;
+                    }
+                }
+                Ok(Frame::Pad(header)) => {
+                    let mut bytes = [0u8; DATA_HEADER_LENGTH];
+                    header.write(&mut bytes);
+                    if let Some(i) = self.on_data(now_ns, source, &header, &bytes) {
+                        touched |= 1 << i;
+                    }
+                }
+                Ok(Frame::Setup(s)) => self.on_setup(now_ns, source, &s),
+                Ok(Frame::Rttm(r)) if r.flags & flags::RTTM_REPLY != 0 => {
+                    match self
+                        .images
+                        .iter_mut()
+                        .find(|i| i.session_id == r.session_id && r.receiver_id == self.receiver_id)
+                    {
+                        Some(img) => {
+                            let sent = r.echo_timestamp as u64;
+                            img.rtt_ns = Some(
+                                now_ns
+                                    .saturating_sub(sent)
+                                    .saturating_sub(r.reception_delta.max(0) as u64),
+                            );
+                        }
+                        None => self.counters.incr(CounterId::DropsUnknownSession),
+                    }
+                }
+                Ok(_) => self.counters.incr(CounterId::DropsUnexpectedType),
+            }
+        }
+        for i in 0..self.images.len() {
+            if touched & (1 << i) != 0 {
+                self.update_gap(i, now_ns);
+            }
+        }
+    }
+
+    fn request_setup(&mut self, now_ns: u64, session_id: i32, source: SocketAddr) {
+        match self
+            .setup_requests
+            .iter_mut()
+            .find(|r| r.session_id == session_id)
+        {
+            Some(r) => {
+                if now_ns >= r.next_ns {
+                    r.pending = true;
+                    r.source = source;
+                }
+            }
+            None => {
+                if self.setup_requests.len() >= IMAGES_MAX {
+                    self.setup_requests.remove(0);
+                }
+                self.setup_requests.push(SetupRequest {
+                    session_id,
+                    source,
+                    pending: true,
+                    next_ns: now_ns,
+                });
+            }
+        }
+    }
+
+    /// Stores a DATA/PAD frame (or a heartbeat) and returns the index of its image.
+    fn on_data(
+        &mut self,
+        now_ns: u64,
+        source: SocketAddr,
+        h: &DataHeader,
+        bytes: &[u8],
+    ) -> Option<usize> {
+        if h.stream_id != self.stream_id {
+            self.counters.incr(CounterId::DropsUnknownSession);
+            return None;
+        }
+        let Some(idx) = self
+            .images
+            .iter()
+            .position(|i| i.session_id == h.session_id)
+        else {
+            self.counters.incr(CounterId::DropsUnknownSession);
+            if h.flags & flags::EOS == 0 {
+                self.request_setup(now_ns, h.session_id, source);
+            }
+            return None;
+        };
+        let img = &mut self.images[idx];
+        if img.source != source {
+            self.counters.incr(CounterId::DropsUnexpectedSource);
+            return None;
+        }
+        if img.end.is_some() {
+            self.counters.incr(CounterId::DropsOutOfWindow);
+            return None;
+        }
+        img.last_packet_ns = now_ns;
+        let term_length = img.log.term_length as i64;
+        let position = img.log.position(h.term_id, h.term_offset);
+        let shift = img.log.shift;
+        if position < 0 || (position >> shift) - (img.rebuild >> shift) >= 2 {
+            if position >= 0 {
+                img.end = Some(ImageEnd::FellBehind {
+                    sender_position: position,
+                });
+                img.gap = None;
+                self.counters.incr(CounterId::FellBehind);
+            } else {
+                self.counters.incr(CounterId::DropsDuplicate);
+            }
+            return None;
+        }
+        if h.is_heartbeat() {
+            if position > img.hwm && position <= img.rebuild + 2 * term_length {
+                img.hwm = position;
+            }
+            if h.flags & flags::EOS != 0 {
+                img.eos_position = Some(position);
+            }
+            return Some(idx);
+        }
+        let advance = align_frame(h.frame_length as usize) as i64;
+        if h.term_offset as i64 + advance > term_length {
+            self.counters.incr(CounterId::DropsMalformed);
+            return None;
+        }
+        if position < img.rebuild {
+            self.counters.incr(CounterId::DropsDuplicate);
+            return None;
+        }
+        if position + advance > img.cleaned_until {
+            self.counters.incr(CounterId::DropsOutOfWindow);
+            return None;
+        }
+        let at = img.log.index(position);
+        if read_i32(&img.log.buf, at) != 0 {
+            self.counters.incr(CounterId::DropsDuplicate);
+            return None;
+        }
+        let stored = bytes.len().min(advance as usize);
+        img.log.buf[at..at + stored].copy_from_slice(&bytes[..stored]);
+        self.counters.incr(CounterId::DataFramesReceived);
+        img.hwm = img.hwm.max(position + advance);
+        if position == img.rebuild {
+            img.scan_rebuild();
+        }
+        Some(idx)
+    }
+
+    fn on_setup(&mut self, now_ns: u64, source: SocketAddr, s: &Setup) {
+        if s.stream_id != self.stream_id {
+            self.counters.incr(CounterId::DropsUnknownSession);
+            return;
+        }
+        if let Some(img) = self
+            .images
+            .iter_mut()
+            .find(|i| i.session_id == s.session_id)
+        {
+            if img.source == source {
+                img.last_packet_ns = now_ns;
+                img.sm_due = true;
+            } else {
+                self.counters.incr(CounterId::DropsUnexpectedSource);
+            }
+            return;
+        }
+        let term_length = s.term_length as usize;
+        let mtu = s.mtu as usize;
+        if !term_length.is_power_of_two()
+            || !(TERM_LENGTH_MIN..=TERM_LENGTH_MAX).contains(&term_length)
+            || !(MTU_MIN..=MTU_MAX).contains(&mtu)
+            || s.term_offset as usize >= term_length
+            || self.images.len() >= IMAGES_MAX
+        {
+            self.counters.incr(CounterId::DropsMalformed);
+            return;
+        }
+        let log = TermLog::new(term_length, s.initial_term_id);
+        let join = log.position(s.active_term_id, s.term_offset);
+        if join < 0 {
+            self.counters.incr(CounterId::DropsMalformed);
+            return;
+        }
+        let cleaned_until = log.term_start(join) + 3 * term_length as i64;
+        self.images.push(Image {
+            session_id: s.session_id,
+            source,
+            log,
+            receiver_window: self.cfg.receiver_window.min(term_length / 2) as i32,
+            subscriber: join,
+            rebuild: join,
+            hwm: join,
+            cleaned_until,
+            sm_due: true,
+            sm_next_ns: now_ns,
+            sm_position: join,
+            gap: None,
+            nak_next_ns: 0,
+            rttm_due: true,
+            rtt_ns: None,
+            last_packet_ns: now_ns,
+            eos_position: None,
+            end: None,
+            reassembly: Vec::new(),
+            reassembling: false,
+        });
+        self.setup_requests.retain(|r| r.session_id != s.session_id);
+        self.events.push_back(ImageEvent::Available {
+            session_id: s.session_id,
+            source,
+            position: join,
+        });
+    }
+
+    fn nak_delay(&mut self) -> u64 {
+        if self.cfg.multicast {
+            self.rng.below(self.cfg.nak_delay_multicast_max_ns)
+        } else {
+            self.cfg.nak_delay_unicast_ns
+        }
+    }
+
+    /// Loss detector: finds the gap at the rebuild position and (re)arms its NAK timer.
+    fn update_gap(&mut self, idx: usize, now_ns: u64) {
+        let delay = self.nak_delay();
+        let img = &mut self.images[idx];
+        if img.end.is_some() || img.rebuild >= img.hwm {
+            img.gap = None;
+            return;
+        }
+        let term_end = img.log.term_start(img.rebuild) + img.log.term_length as i64;
+        let limit = img.hwm.min(term_end).min(img.cleaned_until);
+        let mut p = img.rebuild;
+        while p < limit && read_i32(&img.log.buf, img.log.index(p)) == 0 {
+            p += FRAME_ALIGNMENT as i64;
+        }
+        let length = (p - img.rebuild) as i32;
+        if length <= 0 {
+            img.gap = None;
+            return;
+        }
+        match img.gap {
+            Some((start, _)) if start == img.rebuild => img.gap = Some((start, length)),
+            _ => {
+                img.gap = Some((img.rebuild, length));
+                img.nak_next_ns = now_ns + delay;
+            }
+        }
+    }
+
+    /// Delivers up to `limit` whole messages, in order per session, round-robin across
+    /// sessions. Returns the number delivered.
+    pub fn poll<F: FnMut(&[u8], &MessageHeader)>(&mut self, mut handler: F, limit: usize) -> usize {
+        let mut delivered = 0;
+        let n = self.images.len();
+        for k in 0..n {
+            if delivered >= limit {
+                break;
+            }
+            let i = (self.next_image + k) % n;
+            delivered += self.images[i].deliver(self.stream_id, &mut handler, limit - delivered);
+        }
+        if n > 0 {
+            self.next_image = (self.next_image + 1) % n;
+        }
+        self.reap();
+        delivered
+    }
+
+    /// Removes ended images once drained, and marks end-of-stream images ended.
+    fn reap(&mut self) {
+        let mut i = 0;
+        while i < self.images.len() {
+            let img = &mut self.images[i];
+            if img.end.is_none() {
+                if let Some(eos) = img.eos_position {
+                    if img.rebuild >= eos {
+                        img.end = Some(ImageEnd::EndOfStream);
+                    }
+                }
+            }
+            match img.end {
+                Some(reason) if img.subscriber >= img.rebuild => {
+                    let img = self.images.remove(i);
+                    self.events.push_back(ImageEvent::Unavailable {
+                        session_id: img.session_id,
+                        position: img.subscriber,
+                        reason,
+                    });
+                }
+                _ => i += 1,
+            }
+        }
+        if self.next_image >= self.images.len() {
+            self.next_image = 0;
+        }
+    }
+
+    /// Ends images that have been silent too long.
+    pub fn handle_timeout(&mut self, now_ns: u64) {
+        let timeout = self.cfg.image_liveness_timeout_ns;
+        for img in &mut self.images {
+            if img.end.is_none() && now_ns.saturating_sub(img.last_packet_ns) > timeout {
+                img.end = Some(ImageEnd::Timeout);
+                img.gap = None;
+            }
+        }
+        self.reap();
+    }
+
+    /// The next time something is due, if anything.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let mut t: Option<u64> = None;
+        let mut at = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
+        for img in &self.images {
+            if img.end.is_some() {
+                continue;
+            }
+            at(img.sm_next_ns);
+            at(img.last_packet_ns + self.cfg.image_liveness_timeout_ns + 1);
+            if img.gap.is_some() {
+                at(img.nak_next_ns);
+            }
+        }
+        t
+    }
+
+    /// Writes the next control datagram into `buf` (at least 64 bytes), if any is due.
+    pub fn poll_transmit(&mut self, now_ns: u64, buf: &mut [u8]) -> Option<Transmit> {
+        let mut sm_buf = [0u8; SM_WITH_GROUP_TAG_LENGTH];
+        if let Some((source, session_id, position)) = self.eos_to_send.pop() {
+            let sm = self.status_message(session_id, position, flags::SM_EOS, 0, 0);
+            let n = sm.encode(&mut sm_buf);
+            buf[..n].copy_from_slice(&sm_buf[..n]);
+            return Some(self.control_sent(source, n, CounterId::StatusMessagesSent));
+        }
+        if self.closing {
+            return None;
+        }
+        if let Some(r) = self.setup_requests.iter_mut().find(|r| r.pending) {
+            r.pending = false;
+            r.next_ns = now_ns + self.cfg.setup_interval_ns;
+            let (source, session_id) = (r.source, r.session_id);
+            let sm = self.status_message(session_id, 0, flags::SM_SEND_SETUP, 0, 0);
+            let n = sm.encode(&mut sm_buf);
+            buf[..n].copy_from_slice(&sm_buf[..n]);
+            return Some(self.control_sent(source, n, CounterId::StatusMessagesSent));
+        }
+        for k in 0..self.images.len() {
+            let img = &mut self.images[k];
+            if img.end.is_some() {
+                continue;
+            }
+            if img.sm_due || now_ns >= img.sm_next_ns {
+                img.sm_due = false;
+                img.sm_next_ns = now_ns + self.cfg.status_interval_ns;
+                img.sm_position = img.subscriber;
+                let (source, session_id, position, window) = (
+                    img.source,
+                    img.session_id,
+                    img.subscriber,
+                    img.receiver_window,
+                );
+                let term_id = img.log.term_id(position);
+                let offset = img.log.term_offset(position) as i32;
+                let mut sm = self.status_message(session_id, 0, 0, window, 0);
+                sm.consumption_term_id = term_id;
+                sm.consumption_term_offset = offset;
+                let n = sm.encode(&mut sm_buf);
+                buf[..n].copy_from_slice(&sm_buf[..n]);
+                return Some(self.control_sent(source, n, CounterId::StatusMessagesSent));
+            }
+            if let Some((start, length)) = img.gap {
+                if now_ns >= img.nak_next_ns {
+                    img.nak_next_ns = now_ns + self.cfg.nak_retry_ns;
+                    let nak = Nak {
+                        session_id: img.session_id,
+                        stream_id: self.stream_id,
+                        term_id: img.log.term_id(start),
+                        term_offset: img.log.term_offset(start) as i32,
+                        length,
+                    };
+                    let source = img.source;
+                    buf[..frame::NAK_LENGTH].copy_from_slice(&nak.encode());
+                    return Some(self.control_sent(source, frame::NAK_LENGTH, CounterId::NaksSent));
+                }
+            }
+            if img.rttm_due {
+                img.rttm_due = false;
+                let r = Rttm {
+                    flags: 0,
+                    session_id: img.session_id,
+                    stream_id: self.stream_id,
+                    echo_timestamp: now_ns as i64,
+                    reception_delta: 0,
+                    receiver_id: self.receiver_id,
+                };
+                let source = img.source;
+                buf[..frame::RTTM_LENGTH].copy_from_slice(&r.encode());
+                return Some(self.control_sent(
+                    source,
+                    frame::RTTM_LENGTH,
+                    CounterId::DatagramsSent,
+                ));
+            }
+        }
+        None
+    }
+
+    fn status_message(
+        &self,
+        session_id: i32,
+        _position: i64,
+        fl: u8,
+        window: i32,
+        term_id: i32,
+    ) -> StatusMessage {
+        StatusMessage {
+            flags: fl,
+            session_id,
+            stream_id: self.stream_id,
+            consumption_term_id: term_id,
+            consumption_term_offset: 0,
+            receiver_window: window,
+            receiver_id: self.receiver_id,
+            group_tag: self.cfg.group_tag,
+        }
+    }
+
+    fn control_sent(&mut self, destination: SocketAddr, length: usize, id: CounterId) -> Transmit {
+        if id != CounterId::DatagramsSent {
+            self.counters.incr(id);
+        }
+        self.counters.incr(CounterId::DatagramsSent);
+        self.counters.add(CounterId::BytesSent, length as u64);
+        Transmit {
+            destination: Some(destination),
+            length,
+        }
+    }
+}
+
+impl Image {
+    fn scan_rebuild(&mut self) {
+        let limit = self.hwm.min(self.cleaned_until);
+        while self.rebuild < limit {
+            let fl = read_i32(&self.log.buf, self.log.index(self.rebuild));
+            if fl <= 0 {
+                break;
+            }
+            self.rebuild += align_frame(fl as usize) as i64;
+        }
+    }
+
+    fn deliver<F: FnMut(&[u8], &MessageHeader)>(
+        &mut self,
+        stream_id: i32,
+        handler: &mut F,
+        limit: usize,
+    ) -> usize {
+        let mut delivered = 0;
+        let start_term = self.log.term_start(self.subscriber);
+        while self.subscriber < self.rebuild && delivered < limit {
+            let at = self.log.index(self.subscriber);
+            let h = DataHeader::read_unchecked(&self.log.buf[at..at + DATA_HEADER_LENGTH]);
+            let advance = align_frame(h.frame_length.max(DATA_HEADER_LENGTH as i32) as usize);
+            if h.frame_type == frame_type::DATA {
+                let payload = &self.log.buf[at + DATA_HEADER_LENGTH..at + h.frame_length as usize];
+                let header = MessageHeader {
+                    session_id: self.session_id,
+                    stream_id,
+                    position: self.subscriber + advance as i64,
+                    reserved_value: h.reserved_value,
+                };
+                match h.flags & flags::UNFRAGMENTED {
+                    flags::UNFRAGMENTED => {
+                        handler(payload, &header);
+                        delivered += 1;
+                    }
+                    flags::BEGIN => {
+                        self.reassembly.clear();
+                        self.reassembly.extend_from_slice(payload);
+                        self.reassembling = true;
+                    }
+                    flags::END => {
+                        if self.reassembling {
+                            self.reassembly.extend_from_slice(payload);
+                            self.reassembling = false;
+                            handler(&self.reassembly, &header);
+                            delivered += 1;
+                        }
+                    }
+                    _ => {
+                        if self.reassembling {
+                            self.reassembly.extend_from_slice(payload);
+                        }
+                    }
+                }
+            }
+            self.subscriber += advance as i64;
+        }
+        let new_term = self.log.term_start(self.subscriber);
+        if new_term > start_term {
+            // Terms before the subscriber's are free: clean them for reuse ahead.
+            let term_length = self.log.term_length as i64;
+            let mut t = start_term.max(new_term - 3 * term_length);
+            while t < new_term {
+                self.log.clean_term(t);
+                t += term_length;
+            }
+            self.cleaned_until = new_term + 3 * term_length;
+        }
+        if self.subscriber - self.sm_position >= self.receiver_window as i64 / 4 {
+            self.sm_due = true;
+        }
+        delivered
+    }
+}

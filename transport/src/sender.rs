@@ -1,0 +1,702 @@
+//! The sans-IO sender of one publication: term buffers, framing, batching, flow control,
+//! retransmits, SETUP, heartbeats and close.
+//!
+//! Owns: the publication's log (three terms), its positions and the receivers it has heard
+//! from. Does not own sockets or a clock: callers feed `now_ns` and datagrams in
+//! ([`Sender::handle_datagram`], [`Sender::handle_timeout`]) and take datagrams out
+//! ([`Sender::poll_transmit`]); [`Sender::poll_timeout`] says when to call again.
+//!
+//! Methods, in the order a driver calls them each duty cycle: mutators ([`Sender::offer`],
+//! [`Sender::try_claim`], [`Sender::close`]), input (`handle_datagram` for every control
+//! datagram, `handle_timeout`), output (`poll_transmit` until it returns `None`).
+//!
+//! Invariants: `sender_position <= publisher_position <= sender_position + publication_window`;
+//! data is sent only below the flow-control `sender_limit`; a retransmit only resends bytes
+//! already sent and still in the log (the active and the previous term).
+
+use std::net::SocketAddr;
+
+use crate::config::{
+    Config, ConfigError, FlowControl, FLOW_CONTROL_RECEIVERS_MAX, RETRANSMITS_MAX,
+};
+use crate::counters::{CounterId, Counters};
+use crate::frame::{
+    self, align_frame, flags, frame_type, DataHeader, Frame, Frames, Nak, Rttm, Setup,
+    StatusMessage, DATA_HEADER_LENGTH,
+};
+use crate::log::TermLog;
+
+/// Why an offer or claim was refused. Nothing was written; the caller decides what to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferError {
+    /// The publication is flow-controlled: retry after the driver has sent and receivers
+    /// have acknowledged.
+    BackPressured,
+    /// No receiver has acknowledged the session (or all timed out).
+    NotConnected,
+    /// The publication is closing or closed.
+    Closed,
+    /// The message is longer than `message_length_max` (or a claim longer than one frame).
+    MessageTooLong {
+        /// The length offered.
+        length: usize,
+        /// The largest accepted.
+        length_max: usize,
+    },
+}
+
+impl std::fmt::Display for OfferError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OfferError::BackPressured => f.write_str("back-pressured"),
+            OfferError::NotConnected => f.write_str("not connected"),
+            OfferError::Closed => f.write_str("closed"),
+            OfferError::MessageTooLong { length, length_max } => {
+                write!(f, "message of {length} bytes exceeds {length_max}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for OfferError {}
+
+/// A datagram produced by `poll_transmit`: `length` bytes at the start of the caller's buffer,
+/// for `destination` (`None`: the publication's channel endpoint or multicast group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send; `None` means the channel's endpoint.
+    pub destination: Option<SocketAddr>,
+    /// Bytes written into the buffer.
+    pub length: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ReceiverEntry {
+    receiver_id: i64,
+    limit: i64,
+    position: i64,
+    last_seen_ns: u64,
+    group_tag: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RetransmitState {
+    Pending,
+    Lingering { until_ns: u64 },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Retransmit {
+    start: i64,
+    end: i64,
+    cursor: i64,
+    state: RetransmitState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Active,
+    Closing { deadline_ns: u64 },
+    Closed,
+}
+
+/// The sender state machine of one publication (session).
+#[derive(Debug)]
+pub struct Sender {
+    cfg: Config,
+    session_id: i32,
+    stream_id: i32,
+    log: TermLog,
+    publisher_position: i64,
+    sender_position: i64,
+    sender_limit: i64,
+    receivers: Vec<ReceiverEntry>,
+    retransmits: Vec<Retransmit>,
+    setup_due: bool,
+    setup_next_ns: u64,
+    last_send_ns: u64,
+    eos_sent: bool,
+    rttm_reply: Option<(SocketAddr, Rttm)>,
+    state: State,
+    counters: Counters,
+}
+
+impl Sender {
+    /// A sender for `(session_id, stream_id)` whose stream starts at `initial_term_id`.
+    ///
+    /// # Errors
+    /// The config is invalid.
+    pub fn new(
+        cfg: Config,
+        session_id: i32,
+        stream_id: i32,
+        initial_term_id: i32,
+        now_ns: u64,
+    ) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        Ok(Sender {
+            log: TermLog::new(cfg.term_length, initial_term_id),
+            cfg,
+            session_id,
+            stream_id,
+            publisher_position: 0,
+            sender_position: 0,
+            sender_limit: 0,
+            receivers: Vec::with_capacity(FLOW_CONTROL_RECEIVERS_MAX),
+            retransmits: Vec::with_capacity(RETRANSMITS_MAX),
+            setup_due: true,
+            setup_next_ns: now_ns,
+            last_send_ns: now_ns,
+            eos_sent: false,
+            rttm_reply: None,
+            state: State::Active,
+            counters: Counters::default(),
+        })
+    }
+
+    /// The session id.
+    pub fn session_id(&self) -> i32 {
+        self.session_id
+    }
+    /// The stream id.
+    pub fn stream_id(&self) -> i32 {
+        self.stream_id
+    }
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    /// Position after the last committed message.
+    pub fn position(&self) -> i64 {
+        self.publisher_position
+    }
+    /// Position up to which data has been sent at least once.
+    pub fn sender_position(&self) -> i64 {
+        self.sender_position
+    }
+    /// The flow-control limit: data below it may be sent.
+    pub fn sender_limit(&self) -> i64 {
+        self.sender_limit
+    }
+    /// Whether some receiver has acknowledged the session and not timed out.
+    pub fn is_connected(&self) -> bool {
+        !self.receivers.is_empty()
+    }
+    /// Whether the publication finished closing.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+    /// Receivers currently in the flow-control set.
+    pub fn receiver_count(&self) -> usize {
+        self.receivers.len()
+    }
+    /// Counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+    /// Counters, for the driver to add socket-level figures.
+    pub fn counters_mut(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+
+    fn frames_length(&self, length: usize) -> usize {
+        let payload_max = self.cfg.payload_length_max();
+        if length <= payload_max {
+            return align_frame(length + DATA_HEADER_LENGTH);
+        }
+        let full = length / payload_max;
+        let rest = length % payload_max;
+        full * self.cfg.mtu
+            + if rest > 0 {
+                align_frame(rest + DATA_HEADER_LENGTH)
+            } else {
+                0
+            }
+    }
+
+    /// Checks state, length and limits, writes padding to the term end if needed, and returns
+    /// the position where `required` bytes of frames may be written.
+    fn reserve(&mut self, length: usize, length_max: usize) -> Result<(i64, usize), OfferError> {
+        if self.state != State::Active {
+            return Err(OfferError::Closed);
+        }
+        if length > length_max {
+            return Err(OfferError::MessageTooLong { length, length_max });
+        }
+        if !self.is_connected() {
+            return Err(OfferError::NotConnected);
+        }
+        let required = self.frames_length(length);
+        let offset = self.log.term_offset(self.publisher_position);
+        let term_length = self.cfg.term_length;
+        let pad = if offset + required > term_length {
+            term_length - offset
+        } else {
+            0
+        };
+        let limit = self.sender_position + self.cfg.publication_window as i64;
+        if self.publisher_position + (pad + required) as i64 > limit {
+            self.counters.incr(CounterId::BackPressureEvents);
+            return Err(OfferError::BackPressured);
+        }
+        if pad > 0 {
+            let p = self.publisher_position;
+            self.write_header(p, pad as i32, flags::UNFRAGMENTED, frame_type::PAD);
+            self.publisher_position += pad as i64;
+        }
+        Ok((self.publisher_position, required))
+    }
+
+    fn write_header(&mut self, position: i64, frame_length: i32, fl: u8, ty: u16) {
+        let idx = self.log.index(position);
+        DataHeader {
+            frame_length,
+            flags: fl,
+            frame_type: ty,
+            term_offset: self.log.term_offset(position) as i32,
+            session_id: self.session_id,
+            stream_id: self.stream_id,
+            term_id: self.log.term_id(position),
+            reserved_value: 0,
+        }
+        .write(&mut self.log.buf[idx..idx + DATA_HEADER_LENGTH]);
+    }
+
+    /// Appends `message` to the log (fragmenting it above `mtu - 32` bytes) and returns the
+    /// new publication position. Never blocks and never drops.
+    ///
+    /// # Errors
+    /// [`OfferError`]: back-pressured, not connected, closed, or too long.
+    pub fn offer(&mut self, message: &[u8]) -> Result<i64, OfferError> {
+        let (mut position, required) = self.reserve(message.len(), self.cfg.message_length_max)?;
+        let payload_max = self.cfg.payload_length_max();
+        let mut chunks = message.chunks(payload_max).peekable();
+        let mut first = true;
+        if message.is_empty() {
+            self.write_header(
+                position,
+                DATA_HEADER_LENGTH as i32,
+                flags::UNFRAGMENTED,
+                frame_type::DATA,
+            );
+        }
+        while let Some(chunk) = chunks.next() {
+            let mut fl = 0;
+            if first {
+                fl |= flags::BEGIN;
+            }
+            if chunks.peek().is_none() {
+                fl |= flags::END;
+            }
+            first = false;
+            let frame_length = DATA_HEADER_LENGTH + chunk.len();
+            self.write_header(position, frame_length as i32, fl, frame_type::DATA);
+            let idx = self.log.index(position);
+            let aligned = align_frame(frame_length);
+            self.log.buf[idx + DATA_HEADER_LENGTH..idx + frame_length].copy_from_slice(chunk);
+            self.log.buf[idx + frame_length..idx + aligned].fill(0);
+            position += aligned as i64;
+        }
+        self.publisher_position += required as i64;
+        Ok(self.publisher_position)
+    }
+
+    /// Reserves one unfragmented frame of `length` payload bytes to be written in place.
+    ///
+    /// # Errors
+    /// As [`Sender::offer`]; `length` may be at most `mtu - 32`.
+    pub fn try_claim(&mut self, length: usize) -> Result<Claim<'_>, OfferError> {
+        let length_max = self
+            .cfg
+            .payload_length_max()
+            .min(self.cfg.message_length_max);
+        let (position, _) = self.reserve(length, length_max)?;
+        let frame_length = DATA_HEADER_LENGTH + length;
+        self.write_header(
+            position,
+            frame_length as i32,
+            flags::UNFRAGMENTED,
+            frame_type::DATA,
+        );
+        let idx = self.log.index(position);
+        self.log.buf[idx + frame_length..idx + align_frame(frame_length)].fill(0);
+        Ok(Claim {
+            sender: self,
+            position,
+            length,
+        })
+    }
+
+    /// Starts a clean close: no more offers; remaining data is sent, then end-of-stream
+    /// heartbeats until receivers acknowledge everything or `close_linger_ns` passes.
+    pub fn close(&mut self, now_ns: u64) {
+        if self.state == State::Active {
+            self.state = State::Closing {
+                deadline_ns: now_ns + self.cfg.close_linger_ns,
+            };
+        }
+    }
+
+    /// Feeds one datagram received on the publication's socket (status messages, NAKs, RTT
+    /// requests). Anything else is dropped and counted.
+    pub fn handle_datagram(&mut self, now_ns: u64, source: SocketAddr, datagram: &[u8]) {
+        self.counters.incr(CounterId::DatagramsReceived);
+        self.counters
+            .add(CounterId::BytesReceived, datagram.len() as u64);
+        for f in Frames::new(datagram) {
+            match f {
+                Err(_) => self.counters.incr(CounterId::DropsMalformed),
+                Ok(Frame::StatusMessage(sm)) => self.on_status_message(now_ns, &sm),
+                Ok(Frame::Nak(nak)) => self.on_nak(now_ns, &nak),
+                Ok(Frame::Rttm(r)) if r.flags & flags::RTTM_REPLY == 0 => {
+                    if r.session_id == self.session_id && r.stream_id == self.stream_id {
+                        self.rttm_reply = Some((
+                            source,
+                            Rttm {
+                                flags: flags::RTTM_REPLY,
+                                reception_delta: 0,
+                                ..r
+                            },
+                        ));
+                    } else {
+                        self.counters.incr(CounterId::DropsUnknownSession);
+                    }
+                }
+                Ok(_) => self.counters.incr(CounterId::DropsUnexpectedType),
+            }
+        }
+    }
+
+    fn on_status_message(&mut self, now_ns: u64, sm: &StatusMessage) {
+        if sm.session_id != self.session_id || sm.stream_id != self.stream_id {
+            self.counters.incr(CounterId::DropsUnknownSession);
+            return;
+        }
+        self.counters.incr(CounterId::StatusMessagesReceived);
+        if sm.flags & flags::SM_EOS != 0 {
+            self.receivers.retain(|r| r.receiver_id != sm.receiver_id);
+            self.recompute_limit();
+            return;
+        }
+        if sm.flags & flags::SM_SEND_SETUP != 0 {
+            self.setup_due = true;
+        }
+        let position = self
+            .log
+            .position(sm.consumption_term_id, sm.consumption_term_offset);
+        if sm.flags & flags::SM_SEND_SETUP != 0 && sm.receiver_window == 0 {
+            return; // a setup request, not an acknowledgement
+        }
+        if position < 0 || position > self.publisher_position {
+            self.counters.incr(CounterId::DropsOutOfWindow);
+            return;
+        }
+        let limit = position + sm.receiver_window as i64;
+        let count = self.receivers.len();
+        match self
+            .receivers
+            .iter_mut()
+            .find(|r| r.receiver_id == sm.receiver_id)
+        {
+            Some(r) => {
+                r.limit = limit;
+                r.position = r.position.max(position);
+                r.last_seen_ns = now_ns;
+                r.group_tag = sm.group_tag;
+            }
+            None if count < FLOW_CONTROL_RECEIVERS_MAX => self.receivers.push(ReceiverEntry {
+                receiver_id: sm.receiver_id,
+                limit,
+                position,
+                last_seen_ns: now_ns,
+                group_tag: sm.group_tag,
+            }),
+            None => self.counters.incr(CounterId::DropsOutOfWindow),
+        }
+        self.recompute_limit();
+    }
+
+    fn recompute_limit(&mut self) {
+        let limits = self.receivers.iter();
+        let new = match self.cfg.flow_control {
+            FlowControl::Unicast => limits
+                .map(|r| r.limit)
+                .max()
+                .map(|l| l.max(self.sender_limit)),
+            FlowControl::Max => limits.map(|r| r.limit).max(),
+            FlowControl::Min => limits.map(|r| r.limit).min(),
+            FlowControl::Tagged(tag) => limits
+                .filter(|r| r.group_tag == Some(tag))
+                .map(|r| r.limit)
+                .min(),
+        };
+        if let Some(l) = new {
+            self.sender_limit = l;
+        }
+    }
+
+    /// Oldest position still in the log: the start of the term before the publisher's term.
+    fn oldest_available(&self) -> i64 {
+        (self.log.term_start(self.publisher_position) - self.cfg.term_length as i64).max(0)
+    }
+
+    /// Whether a valid frame of ours starts at `position`.
+    fn is_frame_start(&self, position: i64) -> bool {
+        let idx = self.log.index(position);
+        let h = DataHeader::read_unchecked(&self.log.buf[idx..idx + DATA_HEADER_LENGTH]);
+        h.frame_length >= DATA_HEADER_LENGTH as i32
+            && h.term_id == self.log.term_id(position)
+            && h.term_offset as usize == self.log.term_offset(position)
+            && h.session_id == self.session_id
+    }
+
+    fn on_nak(&mut self, now_ns: u64, nak: &Nak) {
+        if nak.session_id != self.session_id || nak.stream_id != self.stream_id {
+            self.counters.incr(CounterId::DropsUnknownSession);
+            return;
+        }
+        self.counters.incr(CounterId::NaksReceived);
+        let start = self.log.position(nak.term_id, nak.term_offset);
+        let end = (start + nak.length as i64).min(self.sender_position);
+        if nak.length == 0
+            || start < self.oldest_available()
+            || start >= end
+            || !self.is_frame_start(start)
+        {
+            self.counters.incr(CounterId::NaksUnavailable);
+            return;
+        }
+        let overlaps = self
+            .retransmits
+            .iter()
+            .any(|r| start < r.end && r.start < end);
+        if overlaps || self.retransmits.len() >= RETRANSMITS_MAX {
+            self.counters.incr(CounterId::NaksCoalesced);
+            return;
+        }
+        let _ = now_ns;
+        self.retransmits.push(Retransmit {
+            start,
+            end,
+            cursor: start,
+            state: RetransmitState::Pending,
+        });
+    }
+
+    /// Copies whole frames from `from` (ending at or below `limit`, starting below `stop_at`,
+    /// within one term, at most `mtu` bytes) into `buf`. Returns (bytes written, position after them, data frames).
+    fn copy_frames(
+        &self,
+        from: i64,
+        limit: i64,
+        stop_at: i64,
+        buf: &mut [u8],
+    ) -> (usize, i64, u64) {
+        let mut position = from;
+        let mut length = 0;
+        let mut count = 0;
+        let term_end = self.log.term_start(from) + self.cfg.term_length as i64;
+        while position < limit && position < term_end && position < stop_at {
+            let idx = self.log.index(position);
+            let h = DataHeader::read_unchecked(&self.log.buf[idx..idx + DATA_HEADER_LENGTH]);
+            if h.frame_length < DATA_HEADER_LENGTH as i32 {
+                break; // defensive: never reached for frames we wrote
+            }
+            let advance = align_frame(h.frame_length as usize);
+            let is_pad = h.frame_type == frame_type::PAD;
+            let wire = if is_pad { DATA_HEADER_LENGTH } else { advance };
+            if position + advance as i64 > limit.min(term_end) || length + wire > self.cfg.mtu {
+                break;
+            }
+            buf[length..length + wire].copy_from_slice(&self.log.buf[idx..idx + wire]);
+            length += wire;
+            position += advance as i64;
+            if is_pad {
+                break;
+            }
+            count += 1;
+        }
+        (length, position, count)
+    }
+
+    /// Writes the next datagram to send into `buf` (at least `mtu` bytes), if any.
+    ///
+    /// # Panics
+    /// If `buf` is shorter than the MTU (a caller bug).
+    pub fn poll_transmit(&mut self, now_ns: u64, buf: &mut [u8]) -> Option<Transmit> {
+        assert!(buf.len() >= self.cfg.mtu);
+        if self.state == State::Closed {
+            return None;
+        }
+        if let Some((destination, rttm)) = self.rttm_reply.take() {
+            buf[..frame::RTTM_LENGTH].copy_from_slice(&rttm.encode());
+            return self.sent(now_ns, Some(destination), frame::RTTM_LENGTH, false);
+        }
+        let setup_wanted = self.setup_due || (!self.is_connected() && now_ns >= self.setup_next_ns);
+        if setup_wanted && self.state == State::Active {
+            self.setup_due = false;
+            self.setup_next_ns = now_ns + self.cfg.setup_interval_ns;
+            let setup = Setup {
+                flags: 0,
+                term_offset: self.log.term_offset(self.sender_position) as i32,
+                session_id: self.session_id,
+                stream_id: self.stream_id,
+                initial_term_id: self.log.initial_term_id,
+                active_term_id: self.log.term_id(self.sender_position),
+                term_length: self.cfg.term_length as i32,
+                mtu: self.cfg.mtu as i32,
+                ttl: if self.cfg.multicast {
+                    self.cfg.ttl as i32
+                } else {
+                    0
+                },
+            };
+            buf[..frame::SETUP_LENGTH].copy_from_slice(&setup.encode());
+            self.counters.incr(CounterId::SetupsSent);
+            return self.sent(now_ns, None, frame::SETUP_LENGTH, false);
+        }
+        if let Some(i) = self
+            .retransmits
+            .iter()
+            .position(|r| matches!(r.state, RetransmitState::Pending))
+        {
+            let r = self.retransmits[i];
+            let (length, next, _) = self.copy_frames(r.cursor, self.sender_position, r.end, buf);
+            let r = &mut self.retransmits[i];
+            if length == 0 || next >= r.end {
+                r.state = RetransmitState::Lingering {
+                    until_ns: now_ns + self.cfg.retransmit_linger_ns,
+                };
+            } else {
+                r.cursor = next;
+            }
+            if length > 0 {
+                self.counters.incr(CounterId::Retransmits);
+                return self.sent(now_ns, None, length, false);
+            }
+        }
+        let limit = self.publisher_position.min(self.sender_limit);
+        if self.sender_position < limit {
+            let (length, next, frames) =
+                self.copy_frames(self.sender_position, limit, i64::MAX, buf);
+            if length > 0 {
+                self.sender_position = next;
+                self.counters.add(CounterId::DataFramesSent, frames);
+                return self.sent(now_ns, None, length, true);
+            }
+        }
+        let closing = matches!(self.state, State::Closing { .. })
+            && self.sender_position == self.publisher_position;
+        let heartbeat_due =
+            now_ns.saturating_sub(self.last_send_ns) >= self.cfg.heartbeat_interval_ns;
+        if (self.is_connected() && heartbeat_due) || (closing && (!self.eos_sent || heartbeat_due))
+        {
+            let fl = flags::UNFRAGMENTED | if closing { flags::EOS } else { 0 };
+            DataHeader {
+                frame_length: 0,
+                flags: fl,
+                frame_type: frame_type::DATA,
+                term_offset: self.log.term_offset(self.sender_position) as i32,
+                session_id: self.session_id,
+                stream_id: self.stream_id,
+                term_id: self.log.term_id(self.sender_position),
+                reserved_value: 0,
+            }
+            .write(buf);
+            self.eos_sent |= closing;
+            self.counters.incr(CounterId::HeartbeatsSent);
+            return self.sent(now_ns, None, DATA_HEADER_LENGTH, true);
+        }
+        None
+    }
+
+    fn sent(
+        &mut self,
+        now_ns: u64,
+        destination: Option<SocketAddr>,
+        length: usize,
+        resets_heartbeat: bool,
+    ) -> Option<Transmit> {
+        if resets_heartbeat {
+            self.last_send_ns = now_ns;
+        }
+        self.counters.incr(CounterId::DatagramsSent);
+        self.counters.add(CounterId::BytesSent, length as u64);
+        Some(Transmit {
+            destination,
+            length,
+        })
+    }
+
+    /// Expires receivers, lingering retransmits and the close linger.
+    pub fn handle_timeout(&mut self, now_ns: u64) {
+        let timeout = self.cfg.receiver_timeout_ns;
+        let before = self.receivers.len();
+        self.receivers
+            .retain(|r| now_ns.saturating_sub(r.last_seen_ns) <= timeout);
+        if self.receivers.len() != before {
+            self.recompute_limit();
+        }
+        self.retransmits.retain(|r| match r.state {
+            RetransmitState::Lingering { until_ns } => now_ns < until_ns,
+            RetransmitState::Pending => true,
+        });
+        if let State::Closing { deadline_ns } = self.state {
+            let acked = self.eos_sent
+                && self
+                    .receivers
+                    .iter()
+                    .all(|r| r.position >= self.publisher_position);
+            if acked || now_ns >= deadline_ns {
+                self.state = State::Closed;
+            }
+        }
+    }
+
+    /// The next time `handle_timeout`/`poll_transmit` have something to do, if any.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.state == State::Closed {
+            return None;
+        }
+        let mut t = self.last_send_ns + self.cfg.heartbeat_interval_ns;
+        if !self.is_connected() {
+            t = t.min(self.setup_next_ns);
+        }
+        for r in &self.receivers {
+            t = t.min(r.last_seen_ns + self.cfg.receiver_timeout_ns + 1);
+        }
+        for r in &self.retransmits {
+            if let RetransmitState::Lingering { until_ns } = r.state {
+                t = t.min(until_ns);
+            }
+        }
+        if let State::Closing { deadline_ns } = self.state {
+            t = t.min(deadline_ns);
+        }
+        Some(t)
+    }
+}
+
+/// A frame reserved by [`Sender::try_claim`]: write the payload with [`Claim::buffer_mut`],
+/// then [`Claim::commit`]. Dropping it uncommitted abandons the frame (nothing is sent).
+#[derive(Debug)]
+pub struct Claim<'a> {
+    sender: &'a mut Sender,
+    position: i64,
+    length: usize,
+}
+
+impl Claim<'_> {
+    /// The payload bytes to fill.
+    pub fn buffer_mut(&mut self) -> &mut [u8] {
+        let idx = self.sender.log.index(self.position) + DATA_HEADER_LENGTH;
+        &mut self.sender.log.buf[idx..idx + self.length]
+    }
+
+    /// Publishes the frame and returns the new publication position.
+    pub fn commit(self) -> i64 {
+        self.sender.publisher_position =
+            self.position + align_frame(DATA_HEADER_LENGTH + self.length) as i64;
+        self.sender.publisher_position
+    }
+}
