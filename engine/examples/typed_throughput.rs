@@ -15,7 +15,7 @@ fn main() {
     })
     .unwrap();
     let mut pos = 0;
-    let mut meta = |pos: &mut u64| {
+    let meta = |pos: &mut u64| {
         *pos += 1;
         EntryMeta {
             position: *pos,

@@ -185,6 +185,9 @@ pub(crate) struct Ring {
     pub(crate) head_seq: u64,
     /// Sequence the next record gets.
     pub(crate) next_seq: u64,
+    /// `slot(head_seq)` and `slot(next_seq)`, kept incrementally (no division on the hot path).
+    head_slot: u64,
+    next_slot: u64,
     index: Index,
 }
 
@@ -200,12 +203,23 @@ impl Ring {
             base_seq: 0,
             head_seq: 0,
             next_seq: 0,
+            head_slot: 0,
+            next_slot: 0,
             index: Index::with_capacity(capacity),
         }
     }
 
+    /// Slot of a live `seq` (a division: off the hot path, which keeps slots incrementally).
     fn slot(&self, seq: u64) -> usize {
         ((seq - self.base_seq) % self.capacity) as usize
+    }
+
+    fn wrap_forward(&self, slot: u64) -> u64 {
+        if slot + 1 == self.capacity {
+            0
+        } else {
+            slot + 1
+        }
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -214,11 +228,15 @@ impl Ring {
 
     fn find(&self, id: u128) -> Option<u64> {
         let records = &self.records;
-        let slot = self
-            .index
-            .find(hash128(id), |s| records[s as usize].id() == id)?;
-        let head_slot = self.slot(self.head_seq) as u64;
-        let offset = (u64::from(slot) + self.capacity - head_slot) % self.capacity;
+        let slot = u64::from(
+            self.index
+                .find(hash128(id), |s| records[s as usize].id() == id)?,
+        );
+        let offset = if slot >= self.head_slot {
+            slot - self.head_slot
+        } else {
+            slot + self.capacity - self.head_slot
+        };
         Some(self.head_seq + offset)
     }
 
@@ -237,7 +255,7 @@ impl Ring {
     fn push(&mut self, record: Retained) -> u64 {
         assert!(self.len() < self.capacity, "ring slack exhausted");
         let seq = self.next_seq;
-        let slot = self.slot(seq);
+        let slot = self.next_slot as usize;
         if slot < self.records.len() {
             self.records[slot] = record;
         } else {
@@ -246,31 +264,43 @@ impl Ring {
         }
         self.index.insert(hash128(record.id()), slot as u32);
         self.next_seq += 1;
+        self.next_slot = self.wrap_forward(self.next_slot);
         seq
     }
 
-    fn unlink(&mut self, seq: u64) {
-        let slot = self.slot(seq);
+    fn unlink_slot(&mut self, slot: u64) {
+        let slot = slot as usize;
         self.index
             .remove(hash128(self.records[slot].id()), slot as u32);
     }
 
     fn pop_newest(&mut self) {
         assert!(self.len() > 0);
-        self.unlink(self.next_seq - 1);
+        self.next_slot = if self.next_slot == 0 {
+            self.capacity - 1
+        } else {
+            self.next_slot - 1
+        };
+        self.unlink_slot(self.next_slot);
         self.next_seq -= 1;
     }
 
+    /// Evicts the oldest records down to `retained_max`, prefetching the index buckets of
+    /// records a few evictions ahead.
     fn trim(&mut self) {
-        const AHEAD: u64 = 8;
+        const AHEAD: u64 = 16;
         while self.len() > self.retained_max {
-            let ahead = self.head_seq + AHEAD;
-            if ahead < self.next_seq && self.len() - AHEAD > self.retained_max {
+            if self.len() - self.retained_max > AHEAD {
+                let mut ahead = self.head_slot + AHEAD;
+                if ahead >= self.capacity {
+                    ahead -= self.capacity;
+                }
                 self.index
-                    .prefetch(hash128(self.records[self.slot(ahead)].id()));
+                    .prefetch(hash128(self.records[ahead as usize].id()));
             }
-            self.unlink(self.head_seq);
+            self.unlink_slot(self.head_slot);
             self.head_seq += 1;
+            self.head_slot = self.wrap_forward(self.head_slot);
         }
     }
 
@@ -279,7 +309,7 @@ impl Ring {
         if self.len() == 0 {
             return (&[], &[]);
         }
-        let head = self.slot(self.head_seq);
+        let head = self.head_slot as usize;
         let end = head + self.len() as usize;
         if end <= self.records.len() {
             (&self.records[head..end], &[])
@@ -289,11 +319,14 @@ impl Ring {
         }
     }
 
-    fn clear(&mut self) {
+    /// Empties the ring and makes `head_seq` its first sequence (restore).
+    fn reset(&mut self, head_seq: u64) {
         self.records.clear();
-        self.base_seq = 0;
-        self.head_seq = 0;
-        self.next_seq = 0;
+        self.base_seq = head_seq;
+        self.head_seq = head_seq;
+        self.next_seq = head_seq;
+        self.head_slot = 0;
+        self.next_slot = 0;
         self.index.clear();
     }
 }
@@ -1352,10 +1385,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Rebuilds an engine from decoded snapshot parts (used by `snapshot::restore`).
-    pub(crate) fn from_parts(
+    /// Rebuilds an engine from a verified snapshot's sections (used by `Engine::restore`).
+    pub(crate) fn from_sections(
         config: EngineConfig,
-        parts: crate::snapshot::Parts,
+        parts: &crate::snapshot::Sections<'_>,
     ) -> Result<Engine, crate::SnapshotError> {
         use crate::SnapshotError as E;
         let mut e = Engine::new(config).map_err(E::Config)?;
@@ -1370,15 +1403,19 @@ impl Engine {
                 Ok(())
             }
         };
-        over("accounts", parts.accounts.len(), config.accounts_max)?;
+        over("accounts", parts.accounts().len(), config.accounts_max)?;
         over(
             "retained transfers",
-            parts.retained.len(),
+            parts.retained().len(),
             config.transfers_retained_max,
         )?;
-        over("pending transfers", parts.pending.len(), config.pending_max)?;
-        over("sessions", parts.sessions.len(), config.sessions_max)?;
-        for a in parts.accounts {
+        over(
+            "pending transfers",
+            parts.pending().len(),
+            config.pending_max,
+        )?;
+        over("sessions", parts.sessions().len(), config.sessions_max)?;
+        for a in parts.accounts() {
             if a.id == 0 || e.find_account(a.id).is_some() {
                 return Err(E::Invalid("duplicate or zero account id"));
             }
@@ -1401,11 +1438,12 @@ impl Engine {
                 e.externals.push((a.ledger, slot));
             }
         }
-        e.ring.clear();
-        e.ring.base_seq = parts.ring_head_seq;
-        e.ring.head_seq = parts.ring_head_seq;
-        e.ring.next_seq = parts.ring_head_seq;
-        for r in parts.retained {
+        e.ring.reset(parts.ring_head_seq);
+        const RESTORE_PREFETCH_DISTANCE: usize = 16;
+        for (i, r) in parts.retained().enumerate() {
+            if let Some(ahead) = parts.retained_id(i + RESTORE_PREFETCH_DISTANCE) {
+                e.ring.index.prefetch(hash128(ahead));
+            }
             let slots = e.accounts.len() as u32;
             if r.debit >= slots || r.credit >= slots {
                 return Err(E::Invalid(
@@ -1417,7 +1455,7 @@ impl Engine {
             }
             e.ring.push(r);
         }
-        for p in parts.pending {
+        for p in parts.pending() {
             let (Some(debit), Some(credit)) =
                 (e.find_account(p.debit_id), e.find_account(p.credit_id))
             else {
@@ -1438,7 +1476,7 @@ impl Engine {
                 heap_pos: HEAP_NONE,
             });
         }
-        for s in parts.sessions {
+        for s in parts.sessions() {
             let hash = hash64(s.id);
             let sessions = &e.sessions;
             if s.id == 0

@@ -123,7 +123,7 @@ pub(crate) struct PendingPart {
     pub(crate) extra: u64,
 }
 
-/// The decoded (or copied) state: everything a snapshot holds.
+/// The copied state: everything a snapshot holds.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Parts {
     pub(crate) position: u64,
@@ -134,6 +134,82 @@ pub(crate) struct Parts {
     pub(crate) retained: Vec<Retained>,
     pub(crate) pending: Vec<PendingPart>,
     pub(crate) sessions: Vec<Session>,
+}
+
+/// A verified snapshot's sections, borrowed from its bytes: records are decoded one at a time
+/// straight into the engine's tables (no intermediate copy of the largest sections).
+pub(crate) struct Sections<'a> {
+    pub(crate) position: u64,
+    pub(crate) now_ns: u64,
+    pub(crate) hash: u64,
+    pub(crate) ring_head_seq: u64,
+    pub(crate) accounts: &'a [u8],
+    pub(crate) retained: &'a [u8],
+    pub(crate) pending: &'a [u8],
+    pub(crate) sessions: &'a [u8],
+}
+
+impl Sections<'_> {
+    pub(crate) fn accounts(&self) -> impl ExactSizeIterator<Item = Account> + '_ {
+        self.accounts.chunks_exact(ACCOUNT_SIZE).map(|b| Account {
+            id: le64(b, 0),
+            ledger: le32(b, 8),
+            flags: u16::from_le_bytes([b[12], b[13]]),
+            code: u16::from_le_bytes([b[14], b[15]]),
+            debits_posted: le64(b, 16),
+            credits_posted: le64(b, 24),
+            debits_pending: le64(b, 32),
+            credits_pending: le64(b, 40),
+        })
+    }
+
+    pub(crate) fn retained(&self) -> impl ExactSizeIterator<Item = Retained> + '_ {
+        self.retained.chunks_exact(RETAINED_SIZE).map(|b| Retained {
+            id_lo: le64(b, 0),
+            id_hi: le64(b, 8),
+            amount: le64(b, 16),
+            position: le64(b, 24),
+            timestamp_ns: le64(b, 32),
+            extra: le64(b, 40),
+            debit: le32(b, 48),
+            credit: le32(b, 52),
+            ledger: le32(b, 56),
+            kind: b[60],
+            state: b[61],
+        })
+    }
+
+    /// Id of retained record `i`, if there is one (to prefetch its index bucket).
+    pub(crate) fn retained_id(&self, i: usize) -> Option<u128> {
+        let b = self
+            .retained
+            .get(i * RETAINED_SIZE..i * RETAINED_SIZE + 16)?;
+        Some(u128::from(le64(b, 0)) | (u128::from(le64(b, 8)) << 64))
+    }
+
+    pub(crate) fn pending(&self) -> impl ExactSizeIterator<Item = PendingPart> + '_ {
+        self.pending
+            .chunks_exact(PENDING_SIZE)
+            .map(|b| PendingPart {
+                id: u128::from(le64(b, 0)) | (u128::from(le64(b, 8)) << 64),
+                debit_id: le64(b, 16),
+                credit_id: le64(b, 24),
+                amount: le64(b, 32),
+                deadline_ns: le64(b, 40),
+                ring_seq: le64(b, 48),
+                extra: le64(b, 56),
+            })
+    }
+
+    pub(crate) fn sessions(&self) -> impl ExactSizeIterator<Item = Session> + '_ {
+        self.sessions.chunks_exact(SESSION_SIZE).map(|b| Session {
+            id: le64(b, 0),
+            last_seq: le64(b, 8),
+            last_position: le64(b, 16),
+            last_timestamp_ns: le64(b, 24),
+            last_result: b[32],
+        })
+    }
 }
 
 /// A copy of the engine's state at one position, independent of the engine: `Send`, so another
@@ -318,13 +394,14 @@ struct Cursor<'a> {
     at: usize,
 }
 
-impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], SnapshotError> {
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
         let end = self.at.checked_add(n).filter(|&e| e <= self.b.len());
         let Some(end) = end else {
             return Err(SnapshotError::Invalid("section extends past the end"));
         };
-        let s = &self.b[self.at..end];
+        let b: &'a [u8] = self.b;
+        let s = &b[self.at..end];
         self.at = end;
         Ok(s)
     }
@@ -334,7 +411,11 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-fn decode(bytes: &[u8]) -> Result<Parts, SnapshotError> {
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn decode(bytes: &[u8]) -> Result<Sections<'_>, SnapshotError> {
     let len = bytes.len() as u64;
     if bytes.len() < HEADER_SIZE + TRAILER_SIZE {
         return Err(SnapshotError::Truncated { len });
@@ -371,12 +452,15 @@ fn decode(bytes: &[u8]) -> Result<Parts, SnapshotError> {
     }
     let mut c = Cursor { b: body, at: 16 };
     let h = c.take(HEADER_SIZE - 16)?;
-    let mut parts = Parts {
+    let header = Sections {
         position: le64(h, 0),
         now_ns: le64(h, 8),
         hash: le64(h, 16),
         ring_head_seq: le64(h, 24),
-        ..Parts::default()
+        accounts: &[],
+        retained: &[],
+        pending: &[],
+        sessions: &[],
     };
     let counts = [le64(h, 32), le64(h, 40), le64(h, 48), le64(h, 56)];
     let sizes = [ACCOUNT_SIZE, RETAINED_SIZE, PENDING_SIZE, SESSION_SIZE];
@@ -389,60 +473,17 @@ fn decode(bytes: &[u8]) -> Result<Parts, SnapshotError> {
             "section counts do not match the length",
         ));
     }
-    parts.accounts.reserve_exact(counts[0] as usize);
-    for _ in 0..counts[0] {
-        let b = c.take(ACCOUNT_SIZE)?;
-        parts.accounts.push(Account {
-            id: le64(b, 0),
-            ledger: u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
-            flags: u16::from_le_bytes([b[12], b[13]]),
-            code: u16::from_le_bytes([b[14], b[15]]),
-            debits_posted: le64(b, 16),
-            credits_posted: le64(b, 24),
-            debits_pending: le64(b, 32),
-            credits_pending: le64(b, 40),
-        });
-    }
-    parts.retained.reserve_exact(counts[1] as usize);
-    for _ in 0..counts[1] {
-        let b = c.take(RETAINED_SIZE)?;
-        parts.retained.push(Retained {
-            id_lo: le64(b, 0),
-            id_hi: le64(b, 8),
-            amount: le64(b, 16),
-            position: le64(b, 24),
-            timestamp_ns: le64(b, 32),
-            extra: le64(b, 40),
-            debit: u32::from_le_bytes(b[48..52].try_into().expect("4 bytes")),
-            credit: u32::from_le_bytes(b[52..56].try_into().expect("4 bytes")),
-            ledger: u32::from_le_bytes(b[56..60].try_into().expect("4 bytes")),
-            kind: b[60],
-            state: b[61],
-        });
-    }
-    for _ in 0..counts[2] {
-        let b = c.take(PENDING_SIZE)?;
-        parts.pending.push(PendingPart {
-            id: u128::from(le64(b, 0)) | (u128::from(le64(b, 8)) << 64),
-            debit_id: le64(b, 16),
-            credit_id: le64(b, 24),
-            amount: le64(b, 32),
-            deadline_ns: le64(b, 40),
-            ring_seq: le64(b, 48),
-            extra: le64(b, 56),
-        });
-    }
-    for _ in 0..counts[3] {
-        let b = c.take(SESSION_SIZE)?;
-        parts.sessions.push(Session {
-            id: le64(b, 0),
-            last_seq: le64(b, 8),
-            last_position: le64(b, 16),
-            last_timestamp_ns: le64(b, 24),
-            last_result: b[32],
-        });
-    }
-    Ok(parts)
+    let accounts = c.take(counts[0] as usize * sizes[0])?;
+    let retained = c.take(counts[1] as usize * sizes[1])?;
+    let pending = c.take(counts[2] as usize * sizes[2])?;
+    let sessions = c.take(counts[3] as usize * sizes[3])?;
+    Ok(Sections {
+        accounts,
+        retained,
+        pending,
+        sessions,
+        ..header
+    })
 }
 
 impl Engine {
@@ -492,9 +533,10 @@ impl Engine {
         Engine::restore_from_bytes(config, &bytes)
     }
 
-    /// [`Engine::restore`] from bytes already in memory.
+    /// [`Engine::restore`] from bytes already in memory (e.g. `std::fs::read` of the file,
+    /// which sizes the buffer once).
     pub fn restore_from_bytes(config: EngineConfig, bytes: &[u8]) -> Result<Engine, SnapshotError> {
-        let parts = decode(bytes)?;
-        Engine::from_parts(config, parts)
+        let sections = decode(bytes)?;
+        Engine::from_sections(config, &sections)
     }
 }

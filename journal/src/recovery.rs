@@ -747,8 +747,8 @@ mod tests {
 
     #[test]
     fn a_batch_that_did_not_fit_continues_in_the_next_segment() {
-        // Batches of ~100 KiB: two fit in a 256 KiB segment, the third goes to the next one.
-        let mut img = image(4, 1, 100 * 1024, 3);
+        // Batches of ~400 KiB: two fit in a 1 MiB segment, the third goes to the next one.
+        let mut img = image(4, 1, 400 * 1024, 3);
         assert_eq!(img.batches[2].0, 1);
         let outcome = scan(&mut img.source).expect("scan");
         assert_eq!(outcome.end, ScanEnd::Clean);

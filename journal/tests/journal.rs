@@ -57,8 +57,8 @@ fn appended_batches_survive_reopen_across_segment_rolls() {
     let (mut journal, report) = Journal::open(dir.path(), options()).expect("open");
     assert!(report.created);
     assert_eq!(report.last_position, None);
-    // ~20 KiB batches: a 256 KiB segment holds 12, so 40 batches roll three times.
-    let durable = append_batches(&mut journal, 40, 10, 2000);
+    // ~80 KiB batches: a 1 MiB segment holds 12, so 40 batches roll three times.
+    let durable = append_batches(&mut journal, 40, 10, 8000);
     assert_eq!(durable, 400);
     assert_eq!(journal.durable_position(), 400);
     assert!(journal.stats().segments_rolled >= 3);
@@ -201,7 +201,7 @@ fn a_torn_last_batch_is_truncated_on_reopen_and_writing_continues() {
 fn a_bit_flip_in_a_middle_batch_refuses_to_open_naming_segment_and_offset() {
     let dir = TempDir::new("flip");
     let (mut journal, _) = Journal::open(dir.path(), options()).expect("open");
-    append_batches(&mut journal, 20, 10, 2000); // rolls once
+    append_batches(&mut journal, 20, 10, 8000); // rolls once
     drop(journal);
     let batches = batch_locations(dir.path());
     let (path, offset, _) = batches[5].clone();
@@ -239,7 +239,7 @@ fn a_bit_flip_in_a_middle_batch_refuses_to_open_naming_segment_and_offset() {
 fn a_missing_segment_refuses_to_open_naming_it() {
     let dir = TempDir::new("missing");
     let (mut journal, _) = Journal::open(dir.path(), options()).expect("open");
-    append_batches(&mut journal, 40, 10, 2000);
+    append_batches(&mut journal, 40, 10, 8000);
     drop(journal);
     let missing = dir.path().join(segment_file_name(1));
     std::fs::remove_file(&missing).expect("remove");
@@ -314,7 +314,7 @@ fn retention_deletes_or_archives_whole_segments_before_a_position() {
     let dir = TempDir::new("retain");
     let archive = TempDir::new("archive");
     let (mut journal, _) = Journal::open(dir.path(), options()).expect("open");
-    append_batches(&mut journal, 50, 10, 2000); // ~12 batches per segment: 5 segments
+    append_batches(&mut journal, 50, 10, 8000); // ~12 batches per segment: 5 segments
     let segments_before = batch_locations(dir.path());
     let second_segment_first = segments_before
         .iter()

@@ -50,6 +50,8 @@ const REPLY_HEADER_SIZE: usize = 24;
 /// Commands the sequencer takes from one producer per poll, so one busy producer cannot starve
 /// the others.
 const INGRESS_POLL_LIMIT: usize = 256;
+/// Queries the engine answers per round between batches.
+const QUERY_POLL_LIMIT: usize = 64;
 /// How long blocked threads wait before re-checking for shutdown.
 const WAKE_INTERVAL: Duration = Duration::from_millis(5);
 
@@ -69,6 +71,8 @@ pub struct PipelineConfig {
     pub ingress_ring_bytes: usize,
     /// Size of the reply ring in bytes (power of two). Default 16 MiB.
     pub reply_ring_bytes: usize,
+    /// Size of the query ring (frontend → engine) in bytes (power of two). Default 1 MiB.
+    pub query_ring_bytes: usize,
     /// Batch buffers (each `journal::BATCH_SIZE_MAX` bytes) that can be in flight. Default 8.
     pub batches_in_flight_max: usize,
     /// What the sequencer and engine threads do when idle. Default back-off.
@@ -93,6 +97,7 @@ impl PipelineConfig {
             producers_max: 16,
             ingress_ring_bytes: 1 << 20,
             reply_ring_bytes: 16 << 20,
+            query_ring_bytes: 1 << 20,
             batches_in_flight_max: 8,
             idle: IdleKind::default(),
             pin_cores: None,
@@ -125,6 +130,12 @@ impl PipelineConfig {
             return Err(format!(
                 "reply_ring_bytes = {}: must be a power of two of at least {reply_min}",
                 self.reply_ring_bytes
+            ));
+        }
+        if !ring_ok(self.query_ring_bytes) || self.query_ring_bytes < 1 << 16 {
+            return Err(format!(
+                "query_ring_bytes = {}: must be a power of two of at least 65536",
+                self.query_ring_bytes
             ));
         }
         if self.batches_in_flight_max < 2 || self.batches_in_flight_max > 1024 {
@@ -298,6 +309,98 @@ impl Replies {
     }
 }
 
+/// The node's network side, run on the sequencer thread (DESIGN §1: the sequencer thread does
+/// the network I/O and the sequencing): it takes requests in through [`FrontendIo`] and sends
+/// the durable replies [`FrontendIo::poll_replies`] releases.
+pub trait Frontend: Send {
+    /// One duty cycle: bounded work; returns how much was done (0 = idle).
+    fn do_work(&mut self, now_ns: u64, io: &mut FrontendIo<'_>) -> usize;
+    /// Called once when the pipeline stops (shutdown or a fatal error): close sessions.
+    fn on_shutdown(&mut self) {}
+}
+
+/// What a [`Frontend`] can do on the sequencer thread.
+pub struct FrontendIo<'a> {
+    s: &'a mut SequencerState,
+    shared: &'a Shared,
+    replies: &'a mut Replies,
+    timestamp_ns: u64,
+    stopping: bool,
+}
+
+impl FrontendIo<'_> {
+    /// Appends a command to the open batch (it gets the next position).
+    ///
+    /// # Errors
+    /// `BackPressured` when every batch buffer is in flight (answer the client `busy`, or hold
+    /// the request); `TooLarge`; `Closed` while stopping.
+    pub fn offer_command(
+        &mut self,
+        session_id: u64,
+        client_seq: u64,
+        command: &[u8],
+    ) -> Result<u64, OfferError> {
+        if self.stopping || self.shared.failed.load(Ordering::Acquire) {
+            return Err(OfferError::Closed);
+        }
+        if command.len() > journal::COMMAND_SIZE_MAX {
+            return Err(OfferError::TooLarge);
+        }
+        let meta = journal::EntryMeta {
+            timestamp_ns: self.timestamp_ns,
+            session_id,
+            client_seq,
+        };
+        self.s.append(meta, command, self.shared)
+    }
+
+    /// Hands a query to the engine; its reply comes through [`FrontendIo::poll_replies`].
+    ///
+    /// # Errors
+    /// `BackPressured` when the query ring is full; `TooLarge`; `Closed` while stopping.
+    pub fn offer_query(
+        &mut self,
+        session_id: u64,
+        client_seq: u64,
+        query: &[u8],
+    ) -> Result<(), OfferError> {
+        if self.stopping {
+            return Err(OfferError::Closed);
+        }
+        self.s
+            .queries
+            .try_write(INGRESS_HEADER_SIZE + query.len(), |dst| {
+                dst[..8].copy_from_slice(&session_id.to_le_bytes());
+                dst[8..16].copy_from_slice(&client_seq.to_le_bytes());
+                dst[16..].copy_from_slice(query);
+            })
+            .map_err(|e| match e {
+                TryClaimError::Full => OfferError::BackPressured,
+                TryClaimError::TooLarge => OfferError::TooLarge,
+            })
+    }
+
+    /// Durable replies in log order (see [`Replies::poll`]).
+    pub fn poll_replies(&mut self, limit: usize, handler: impl FnMut(Reply<'_>)) -> usize {
+        self.replies.poll(limit, handler)
+    }
+
+    /// Last durable position.
+    pub fn durable_position(&self) -> u64 {
+        self.replies.durable.get()
+    }
+
+    /// Last applied position.
+    pub fn applied_position(&self) -> u64 {
+        self.shared.applied.load(Ordering::Acquire)
+    }
+
+    /// Whether the pipeline is stopping (take no new sessions).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+}
+
 /// The running pipeline.
 pub struct Pipeline {
     shared: Arc<Shared>,
@@ -314,6 +417,26 @@ impl Pipeline {
     /// Invalid configuration (naming the key), a journal that cannot be opened (corruption,
     /// missing segment, locked by another process), a snapshot newer than the journal.
     pub fn start(config: PipelineConfig) -> Result<(Pipeline, StartReport), String> {
+        Self::start_inner(config, None)
+    }
+
+    /// Like [`Pipeline::start`], with `frontend` running on the sequencer thread: it feeds
+    /// commands and queries in and sends replies out (the node's network side). The egress is
+    /// the frontend's ([`Pipeline::take_replies`] returns `None`); producers still work.
+    ///
+    /// # Errors
+    /// As [`Pipeline::start`].
+    pub fn start_with(
+        config: PipelineConfig,
+        frontend: Box<dyn Frontend>,
+    ) -> Result<(Pipeline, StartReport), String> {
+        Self::start_inner(config, Some(frontend))
+    }
+
+    fn start_inner(
+        config: PipelineConfig,
+        frontend: Option<Box<dyn Frontend>>,
+    ) -> Result<(Pipeline, StartReport), String> {
         config.validate()?;
         let journal_dir = config.data_dir.join("journal");
         let snapshot_dir = config.data_dir.join("snapshots");
@@ -353,6 +476,7 @@ impl Pipeline {
             ingress_consumers.push(c);
         }
         let (reply_producer, reply_consumer) = ring::ring(config.reply_ring_bytes);
+        let (query_producer, query_consumer) = ring::ring(config.query_ring_bytes);
 
         let (to_journal, journal_rx) =
             mpsc::sync_channel::<Arc<SealedBatch>>(config.batches_in_flight_max);
@@ -428,6 +552,7 @@ impl Pipeline {
                 engine_loop(
                     engine,
                     engine_rx,
+                    query_consumer,
                     reply_producer,
                     to_snapshot,
                     interval,
@@ -451,6 +576,15 @@ impl Pipeline {
             durable: durable.clone(),
             to_journal,
             to_engine,
+            queries: query_producer,
+        };
+        let replies = Replies {
+            ring: reply_consumer,
+            durable: durable.clone(),
+        };
+        let (replies, frontend) = match frontend {
+            Some(f) => (None, Some((f, replies))),
+            None => (Some(replies), None),
         };
         threads.push(spawn(
             "tally-sequencer",
@@ -458,18 +592,15 @@ impl Pipeline {
                 if let Some((core, _)) = pins {
                     pin(core);
                 }
-                sequencer_loop(seq, ingress_consumers, idle, &sh)
+                sequencer_loop(seq, ingress_consumers, frontend, idle, &sh)
             }),
         )?);
 
         let pipeline = Pipeline {
             shared,
-            durable: durable.clone(),
+            durable,
             producers: Mutex::new(producers),
-            replies: Some(Replies {
-                ring: reply_consumer,
-                durable,
-            }),
+            replies,
             threads,
         };
         Ok((pipeline, report))
@@ -575,6 +706,7 @@ struct SequencerState {
     durable: DurableWatch,
     to_journal: SyncSender<Arc<SealedBatch>>,
     to_engine: SyncSender<Arc<SealedBatch>>,
+    queries: ring::Producer,
 }
 
 impl SequencerState {
@@ -653,24 +785,36 @@ impl SequencerState {
             session_id: word(0),
             client_seq: word(1),
         };
-        let command = &record[INGRESS_HEADER_SIZE..];
+        match self.append(meta, &record[INGRESS_HEADER_SIZE..], shared) {
+            Err(OfferError::BackPressured) => false,
+            // Producers check the size; what slips through is counted and dropped.
+            Ok(_) | Err(_) => true,
+        }
+    }
+
+    /// Appends a command to the open batch, sealing a full one; returns its position.
+    fn append(
+        &mut self,
+        meta: journal::EntryMeta,
+        command: &[u8],
+        shared: &Shared,
+    ) -> Result<u64, OfferError> {
         loop {
             let Some(batch) = self.open_batch() else {
-                return false;
+                return Err(OfferError::BackPressured);
             };
             match batch.try_append(meta, command) {
                 Ok(position) => {
                     self.next_position = position + 1;
                     shared.sequenced.store(position, Ordering::Release);
-                    return true;
+                    return Ok(position);
                 }
                 Err(AppendRefusal::Full) => {
                     self.seal(shared);
                 }
                 Err(AppendRefusal::CommandTooLarge) => {
-                    // The producer checks the size; count and drop what slips through.
                     shared.too_large.fetch_add(1, Ordering::Relaxed);
-                    return true;
+                    return Err(OfferError::TooLarge);
                 }
             }
         }
@@ -684,6 +828,7 @@ impl SequencerState {
 fn sequencer_loop(
     mut s: SequencerState,
     mut consumers: Vec<ring::Consumer>,
+    mut frontend: Option<(Box<dyn Frontend>, Replies)>,
     idle: IdleKind,
     shared: &Shared,
 ) {
@@ -691,16 +836,34 @@ fn sequencer_loop(
     loop {
         let stopping = shared.stopping.load(Ordering::Acquire);
         if shared.failed.load(Ordering::Acquire) {
+            if let Some((f, _)) = frontend.as_mut() {
+                f.on_shutdown();
+            }
             return;
         }
         s.recycle();
         let mut work = s.poll_ingress(&mut consumers, shared);
+        if let Some((f, replies)) = frontend.as_mut() {
+            let now_ns = wall_ns();
+            let timestamp_ns = s.clock.stamp(now_ns);
+            let mut io = FrontendIo {
+                s: &mut s,
+                shared,
+                replies,
+                timestamp_ns,
+                stopping,
+            };
+            work += f.do_work(now_ns, &mut io);
+        }
         // Smart batching: seal when the journal has caught up with everything sealed.
         if s.durable.get() >= s.sealed_position() && s.seal(shared) {
             work += 1;
         }
         if stopping && work == 0 && consumers.iter().all(|c| c.is_empty()) {
             s.seal(shared);
+            if let Some((f, _)) = frontend.as_mut() {
+                f.on_shutdown();
+            }
             return;
         }
         idle.idle(work);
@@ -742,9 +905,11 @@ fn journal_loop(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn engine_loop(
     mut engine: Engine,
     batches: Receiver<Arc<SealedBatch>>,
+    mut queries: ring::Consumer,
     mut replies: ring::Producer,
     to_snapshot: SyncSender<engine::snapshot::Frozen>,
     snapshot_interval: u64,
@@ -755,13 +920,14 @@ fn engine_loop(
     let mut scratch = vec![0u8; engine::REPLY_LEN_MAX];
     let mut last_snapshot = engine.position();
     loop {
+        let answered = answer_queries(&engine, &mut queries, &mut replies, &mut scratch);
         let batch = match batches.try_recv() {
             Ok(batch) => batch,
             Err(TryRecvError::Empty) => {
                 if shared.failed.load(Ordering::Acquire) {
                     return;
                 }
-                idle.idle(0);
+                idle.idle(answered);
                 continue;
             }
             Err(TryRecvError::Disconnected) => return,
@@ -807,6 +973,31 @@ fn engine_loop(
             }
         }
     }
+}
+
+/// Answers waiting queries at the engine's current position; a query's reply is released
+/// once that position is durable, so no one reads state that a crash could take back.
+fn answer_queries(
+    engine: &Engine,
+    queries: &mut ring::Consumer,
+    replies: &mut ring::Producer,
+    scratch: &mut [u8],
+) -> usize {
+    queries.poll_while(QUERY_POLL_LIMIT, |record| {
+        let word =
+            |i: usize| u64::from_le_bytes(record[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let len = engine.query(&record[INGRESS_HEADER_SIZE..], scratch);
+        let position = engine.position();
+        // A full reply ring leaves the query for the next round.
+        replies
+            .try_write(REPLY_HEADER_SIZE + len, |dst| {
+                dst[..8].copy_from_slice(&word(0).to_le_bytes());
+                dst[8..16].copy_from_slice(&word(1).to_le_bytes());
+                dst[16..24].copy_from_slice(&position.to_le_bytes());
+                dst[24..].copy_from_slice(&scratch[..len]);
+            })
+            .is_ok()
+    })
 }
 
 fn snapshot_loop(

@@ -1,0 +1,403 @@
+//! `bench engine`: single-thread throughput of `Engine::apply` over pre-encoded `Transfers`
+//! commands (uniformly random account pairs, about 10 % failing the overdraft rule), the
+//! engine's memory per account, and the time to snapshot and restore the whole state.
+//!
+//! Set-up (untimed): `--accounts N` accounts with `debits_must_not_exceed_credits` on one
+//! ledger, each funded by a deposit from the external account. A pool of `--pool` transfers is
+//! encoded once, `--batch` per command; the timed run applies the pool `rounds` times (the ids
+//! of each round are rewritten between rounds, untimed, so every transfer is new). Memory per
+//! account is the RSS growth while the accounts are created (before any transfer), so it counts
+//! the account table and its index but not the retention tables sized by
+//! `transfers_retained_max`.
+
+use std::io::Write;
+use std::time::Instant;
+
+use engine::{account_flags, Engine, EngineConfig, EntryMeta, REPLY_LEN_MAX};
+use schemas::ledger::{
+    BatchFlags, CommandReplyDecoder, CreateAccountEncoder, DepositEncoder, TransferFlags,
+    TransfersEncoder,
+};
+use serde_json::json;
+
+use crate::report::{machine, peak_rss_bytes, pin_to, print};
+
+/// Balance each account starts with; a failing transfer asks for more than this.
+const FUNDING: u64 = 1 << 40;
+/// Amount of a transfer meant to fail with `insufficient_funds`.
+const AMOUNT_FAILING: u64 = 1 << 50;
+/// Id of the ledger's external account.
+const EXTERNAL_ID: u64 = u64::MAX;
+
+struct Options {
+    accounts: u64,
+    transfers: u64,
+    pool: u64,
+    batch: usize,
+    retained: u32,
+    json: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        accounts: 10_000,
+        transfers: 20_000_000,
+        pool: 2_000_000,
+        batch: 256,
+        retained: EngineConfig::default().transfers_retained_max,
+        json: false,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut number = |name: &str| -> Result<u64, String> {
+            let v = it.next().ok_or_else(|| format!("{name} needs a value"))?;
+            v.replace('_', "")
+                .parse()
+                .map_err(|_| format!("{name} '{v}' is not a number"))
+        };
+        match a.as_str() {
+            "--json" => o.json = true,
+            "--accounts" => o.accounts = number("--accounts")?,
+            "--transfers" => o.transfers = number("--transfers")?,
+            "--pool" => o.pool = number("--pool")?,
+            "--batch" => o.batch = number("--batch")? as usize,
+            "--retained" => o.retained = number("--retained")? as u32,
+            "--help" | "-h" => {
+                println!(
+                    "bench engine [--accounts N (10000)] [--transfers N (20000000)] [--pool N (2000000)]\n\
+                     \x20            [--batch N (256, max {})] [--retained N (engine default)] [--json]",
+                    engine::TRANSFERS_PER_COMMAND_MAX
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown option '{other}' (try --help)")),
+        }
+    }
+    if o.accounts < 2 || o.accounts > u64::from(engine::TABLE_CAPACITY_MAX) - 1 {
+        return Err(format!(
+            "--accounts {} must be between 2 and {}",
+            o.accounts,
+            engine::TABLE_CAPACITY_MAX - 1
+        ));
+    }
+    if o.batch == 0 || o.batch > engine::TRANSFERS_PER_COMMAND_MAX {
+        return Err(format!(
+            "--batch {} must be between 1 and {}",
+            o.batch,
+            engine::TRANSFERS_PER_COMMAND_MAX
+        ));
+    }
+    if o.pool == 0 || o.transfers == 0 {
+        return Err("--pool and --transfers must be positive".into());
+    }
+    Ok(o)
+}
+
+/// xorshift64*: a fixed-seed generator, so every run applies the same transfers.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Encoded commands back to back, with each one's range.
+struct Encoded {
+    bytes: Vec<u8>,
+    ranges: Vec<(usize, usize)>,
+}
+
+/// Offset of transfer `i`'s `id.hi` inside a `Transfers` message: header 8, block 2, group
+/// header 4, then 52-byte entries whose first field is the id (lo, hi).
+fn id_hi_offset(i: usize) -> usize {
+    8 + 2 + 4 + i * 52 + 8
+}
+
+fn encode_pool(o: &Options) -> Result<Encoded, String> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let commands = o.pool.div_ceil(o.batch as u64) as usize;
+    let command_size_max = 8 + 2 + 4 + o.batch * 52;
+    let mut bytes = vec![0u8; commands * command_size_max];
+    let mut ranges = Vec::with_capacity(commands);
+    let mut at = 0usize;
+    let mut next_id = 1u64;
+    let mut left = o.pool;
+    while left > 0 {
+        let n = left.min(o.batch as u64);
+        left -= n;
+        let mut enc =
+            TransfersEncoder::wrap_with_header(&mut bytes[at..]).map_err(|e| e.to_string())?;
+        enc.set_flags(BatchFlags::from_raw(0));
+        {
+            let mut group = enc.transfers().map_err(|e| e.to_string())?;
+            for _ in 0..n {
+                let debit = rng.next() % o.accounts + 1;
+                let mut credit = rng.next() % (o.accounts - 1) + 1;
+                if credit >= debit {
+                    credit += 1;
+                }
+                let amount = if rng.next().is_multiple_of(10) {
+                    AMOUNT_FAILING
+                } else {
+                    1
+                };
+                let mut t = group.next_entry().map_err(|e| e.to_string())?;
+                t.id_mut().set_lo(next_id).set_hi(0);
+                t.set_debit_account_id(debit)
+                    .set_credit_account_id(credit)
+                    .set_amount(amount)
+                    .set_ledger(1)
+                    .set_flags(TransferFlags::from_raw(0))
+                    .set_code(0)
+                    .set_timeout_s(0);
+                next_id += 1;
+            }
+        }
+        let len = enc.finish().map_err(|e| e.to_string())?;
+        ranges.push((at, at + len));
+        at += len;
+    }
+    bytes.truncate(at);
+    Ok(Encoded { bytes, ranges })
+}
+
+/// Rewrites every transfer id's high half to `round`, so each round's transfers are new.
+fn set_round(pool: &mut Encoded, round: u64) {
+    for &(start, end) in &pool.ranges {
+        let count = (end - start - 14) / 52;
+        for i in 0..count {
+            let at = start + id_hi_offset(i);
+            pool.bytes[at..at + 8].copy_from_slice(&round.to_le_bytes());
+        }
+    }
+}
+
+/// CPU time this thread has used, in seconds (`/proc/thread-self/stat` utime + stime, in
+/// clock ticks of 10 ms): with other processes sharing the 2 cores, throughput per CPU second
+/// says what the engine can do, throughput per wall second what it did.
+fn thread_cpu_s() -> f64 {
+    const TICKS_PER_S: f64 = 100.0;
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / TICKS_PER_S
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+struct Clock {
+    position: u64,
+}
+
+impl Clock {
+    fn next(&mut self) -> EntryMeta {
+        self.position += 1;
+        EntryMeta {
+            position: self.position,
+            timestamp_ns: self.position * 1_000,
+            session_id: 0,
+            client_seq: 0,
+        }
+    }
+}
+
+fn apply_one(
+    e: &mut Engine,
+    clock: &mut Clock,
+    command: &[u8],
+    reply: &mut [u8],
+) -> Result<u8, String> {
+    let n = e.apply(&clock.next(), command, reply);
+    let r = CommandReplyDecoder::wrap_with_header(&reply[..n]).map_err(|e| e.to_string())?;
+    Ok(r.result_raw())
+}
+
+fn setup(o: &Options, e: &mut Engine, clock: &mut Clock, reply: &mut [u8]) -> Result<(), String> {
+    let mut buf = [0u8; 128];
+    let mut enc = CreateAccountEncoder::wrap_with_header(&mut buf).map_err(|e| e.to_string())?;
+    enc.set_id(EXTERNAL_ID).set_ledger(1).set_code(0);
+    enc.set_flags(schemas::ledger::AccountFlags::from_raw(
+        account_flags::EXTERNAL,
+    ));
+    let n = enc.finish().map_err(|e| e.to_string())?;
+    if apply_one(e, clock, &buf[..n], reply)? != 0 {
+        return Err("creating the external account failed".into());
+    }
+    for id in 1..=o.accounts {
+        let mut enc =
+            CreateAccountEncoder::wrap_with_header(&mut buf).map_err(|e| e.to_string())?;
+        enc.set_id(id).set_ledger(1).set_code(0);
+        enc.set_flags(schemas::ledger::AccountFlags::from_raw(
+            account_flags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+        ));
+        let n = enc.finish().map_err(|e| e.to_string())?;
+        if apply_one(e, clock, &buf[..n], reply)? != 0 {
+            return Err(format!("creating account {id} failed"));
+        }
+    }
+    Ok(())
+}
+
+fn fund(o: &Options, e: &mut Engine, clock: &mut Clock, reply: &mut [u8]) -> Result<(), String> {
+    let mut buf = [0u8; 128];
+    for id in 1..=o.accounts {
+        let mut enc = DepositEncoder::wrap_with_header(&mut buf).map_err(|e| e.to_string())?;
+        enc.transfer_id_mut().set_lo(id).set_hi(u64::MAX);
+        enc.set_account_id(id).set_amount(FUNDING);
+        let n = enc.finish().map_err(|e| e.to_string())?;
+        if apply_one(e, clock, &buf[..n], reply)? != 0 {
+            return Err(format!("funding account {id} failed"));
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let o = parse(args)?;
+    let pinned = pin_to(1);
+    let mut pool = encode_pool(&o)?;
+    let config = EngineConfig {
+        accounts_max: u32::try_from(o.accounts + 1).map_err(|_| "--accounts too large")?,
+        transfers_retained_max: o.retained,
+        ..EngineConfig::default()
+    };
+    let mut reply = vec![0u8; REPLY_LEN_MAX];
+    let mut clock = Clock { position: 0 };
+
+    let rss_before = rss_bytes();
+    let mut e = Engine::new(config).map_err(|e| e.to_string())?;
+    setup(&o, &mut e, &mut clock, &mut reply)?;
+    let rss_accounts = rss_bytes();
+    let bytes_per_account = rss_accounts.saturating_sub(rss_before) as f64 / o.accounts as f64;
+    fund(&o, &mut e, &mut clock, &mut reply)?;
+
+    let mut applied = 0u64;
+    let mut failed = 0u64;
+    let mut elapsed = 0f64;
+    let mut cpu = 0f64;
+    let mut round = 0u64;
+    while applied < o.transfers {
+        round += 1;
+        set_round(&mut pool, round);
+        let t0 = Instant::now();
+        let cpu0 = thread_cpu_s();
+        let mut sampled = 0u64;
+        for (i, &(start, end)) in pool.ranges.iter().enumerate() {
+            if applied >= o.transfers {
+                break;
+            }
+            let n = e.apply(&clock.next(), &pool.bytes[start..end], &mut reply);
+            applied += ((end - start - 14) / 52) as u64;
+            if i % 64 == 0 {
+                let r = CommandReplyDecoder::wrap_with_header(&reply[..n])
+                    .map_err(|e| e.to_string())?;
+                let results = r.results().map_err(|e| e.to_string())?;
+                sampled += results.filter(|x| x.result_raw() != 0).count() as u64;
+            }
+        }
+        elapsed += t0.elapsed().as_secs_f64();
+        cpu += thread_cpu_s() - cpu0;
+        failed += sampled;
+    }
+    let sampled_transfers = (pool.ranges.len().div_ceil(64) as u64 * o.batch as u64 * round).max(1);
+    let throughput = applied as f64 / elapsed;
+    let peak_rss = peak_rss_bytes();
+
+    // Snapshot: the engine is held only for `freeze`; the copy is encoded and written (with
+    // fsync) as another thread would, then restored from the file.
+    let path = std::env::temp_dir().join(format!("tally-bench-engine-{}.snap", std::process::id()));
+    let t0 = Instant::now();
+    let frozen = e.freeze();
+    let freeze_s = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let written = {
+        let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        let n = frozen.write_to(&mut w).map_err(|e| e.to_string())?;
+        w.flush().map_err(|e| e.to_string())?;
+        w.get_ref().sync_all().map_err(|e| e.to_string())?;
+        n
+    };
+    let write_s = t0.elapsed().as_secs_f64();
+    drop(frozen);
+    let t0 = Instant::now();
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let restored = Engine::restore_from_bytes(config, &bytes).map_err(|e| e.to_string())?;
+    drop(bytes);
+    let restore_s = t0.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    if restored.state_hash() != e.state_hash() || restored.position() != e.position() {
+        return Err("restored engine differs from the original".into());
+    }
+
+    let v = json!({
+        "scenario": "engine",
+        "command": format!(
+            "cargo run --release -p bench -- engine --accounts {} --transfers {} --pool {} --batch {} --retained {} --json",
+            o.accounts, o.transfers, o.pool, o.batch, o.retained
+        ),
+        "machine": machine(),
+        "pinned_core": if pinned { json!(1) } else { json!(null) },
+        "accounts": o.accounts,
+        "transfers": applied,
+        "batch": o.batch,
+        "transfers_retained_max": o.retained,
+        "throughput_per_s": throughput.round(),
+        "elapsed_s": elapsed,
+        "cpu_s": cpu,
+        "throughput_per_cpu_s": (applied as f64 / cpu).round(),
+        "failed_fraction_sampled": failed as f64 / sampled_transfers as f64,
+        "peak_rss_bytes": peak_rss,
+        "bytes_per_account": bytes_per_account.round(),
+        "engine_reserved_bytes": e.reserved_bytes(),
+        "snapshot_bytes": written,
+        "snapshot_freeze_ms": freeze_s * 1e3,
+        "snapshot_write_ms": write_s * 1e3,
+        "snapshot_restore_ms": restore_s * 1e3,
+        "state_hash": format!("{:#018x}", e.state_hash()),
+    });
+    print(o.json, &v);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_holds_new_ids_each_round_and_decodes() {
+        let o = parse(&[
+            "--accounts".into(),
+            "10".into(),
+            "--pool".into(),
+            "300".into(),
+        ])
+        .unwrap();
+        let mut pool = encode_pool(&o).unwrap();
+        set_round(&mut pool, 3);
+        let (start, end) = pool.ranges[1];
+        let m =
+            schemas::ledger::TransfersDecoder::wrap_with_header(&pool.bytes[start..end]).unwrap();
+        let ids: Vec<(u64, u64)> = m
+            .transfers()
+            .unwrap()
+            .map(|t| (t.id().lo(), t.id().hi()))
+            .collect();
+        assert_eq!(ids.len(), 44);
+        assert_eq!(ids[0], (257, 3));
+    }
+}
