@@ -50,7 +50,26 @@ pub fn generate(schema: &Schema) -> String {
         be: schema.byte_order == ByteOrder::BigEndian,
     };
     g.schema();
-    g.out
+    inline_all(&g.out)
+}
+
+/// Marks every generated function `#[inline]`: generated code lives in another crate than its
+/// callers, and without the hint small flyweight methods are not inlined across crates.
+fn inline_all(code: &str) -> String {
+    let mut out = String::with_capacity(code.len() + code.len() / 8);
+    let mut prev = "";
+    for line in code.lines() {
+        let t = line.trim_start();
+        let is_fn = t.starts_with("fn ") || t.starts_with("pub fn ") || t.starts_with("pub const fn ") || t.starts_with("const fn ");
+        if is_fn && prev.trim() != "#[inline]" {
+            out.push_str(&line[..line.len() - t.len()]);
+            out.push_str("#[inline]\n");
+        }
+        out.push_str(line);
+        out.push('\n');
+        prev = line;
+    }
+    out
 }
 
 struct Gen<'s> {

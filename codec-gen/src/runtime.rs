@@ -293,6 +293,7 @@ pub struct WriteBuf<'a> {
 
 impl<'a> WriteBuf<'a> {
     /// A cursor at the start of `buf`.
+    #[inline]
     pub fn new(buf: &'a mut [u8]) -> Self {
         WriteBuf {
             rest: buf,
@@ -322,16 +323,19 @@ impl<'a> WriteBuf<'a> {
     }
 
     /// Bytes written so far.
+    #[inline]
     pub fn written(&self) -> usize {
         self.written
     }
 
     /// Records an error for [`WriteBuf::check`] (the first one wins).
+    #[inline]
     pub fn fail(&mut self, e: EncodeError) {
         self.error.get_or_insert(e);
     }
 
     /// The first recorded error, if any.
+    #[inline]
     pub fn check(&self) -> Result<(), EncodeError> {
         match self.error {
             Some(e) => Err(e),
@@ -342,6 +346,7 @@ impl<'a> WriteBuf<'a> {
     /// Writes var data: a length prefix of `header_size` bytes (length at `length_offset`,
     /// `length_width` bytes wide) and the bytes.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub fn put_var_data(
         &mut self,
         data: &[u8],

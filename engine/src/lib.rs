@@ -94,11 +94,13 @@ pub enum ResultCode {
     TransferTableFull = 24,
     DuplicateRequest = 25,
     NotReady = 26,
+    /// Produced by the node (leader overloaded, request not taken), never by the engine.
+    Busy = 27,
 }
 
 impl ResultCode {
     /// Every code, in numeric order.
-    pub const ALL: [ResultCode; 27] = [
+    pub const ALL: [ResultCode; 28] = [
         Self::Ok,
         Self::InvalidCommand,
         Self::InvalidId,
@@ -126,6 +128,7 @@ impl ResultCode {
         Self::TransferTableFull,
         Self::DuplicateRequest,
         Self::NotReady,
+        Self::Busy,
     ];
 
     /// The code with wire value `v`, if there is one.

@@ -249,6 +249,14 @@ impl Frozen {
     }
 }
 
+/// Grows `v` to hold `len` items in one allocation backed by huge pages where possible.
+fn reserve_huge<T>(v: &mut Vec<T>, len: usize) {
+    if v.capacity() < len {
+        *v = Vec::with_capacity(len);
+        crate::prefetch::advise_huge_pages(v);
+    }
+}
+
 struct Header {
     position: u64,
     now_ns: u64,
@@ -487,24 +495,37 @@ fn decode(bytes: &[u8]) -> Result<Sections<'_>, SnapshotError> {
 }
 
 impl Engine {
-    /// Copies the live state into a [`Frozen`] snapshot that another thread can write.
+    /// Copies the live state into a new [`Frozen`] snapshot that another thread can write.
+    /// The copy's pages are fresh, so the first freeze pays for mapping them; a node that
+    /// snapshots periodically keeps its `Frozen` and calls [`Engine::freeze_into`].
     pub fn freeze(&self) -> Frozen {
+        let mut frozen = Frozen {
+            parts: Parts::default(),
+        };
+        self.freeze_into(&mut frozen);
+        frozen
+    }
+
+    /// Copies the live state into `frozen`, reusing its buffers (plain memcpy once they are
+    /// large enough): the only part of a snapshot that holds the engine.
+    pub fn freeze_into(&self, frozen: &mut Frozen) {
+        let p = &mut frozen.parts;
+        p.position = self.position;
+        p.now_ns = self.now_ns;
+        p.hash = self.hash;
+        p.ring_head_seq = self.ring.head_seq;
         let (a, b) = self.ring.live();
-        let mut retained = Vec::with_capacity(a.len() + b.len());
-        retained.extend_from_slice(a);
-        retained.extend_from_slice(b);
-        Frozen {
-            parts: Parts {
-                position: self.position,
-                now_ns: self.now_ns,
-                hash: self.hash,
-                ring_head_seq: self.ring.head_seq,
-                accounts: self.accounts().copied().collect(),
-                retained,
-                pending: self.pending_for_snapshot().collect(),
-                sessions: self.sessions.clone(),
-            },
-        }
+        reserve_huge(&mut p.retained, a.len() + b.len());
+        p.retained.clear();
+        p.retained.extend_from_slice(a);
+        p.retained.extend_from_slice(b);
+        reserve_huge(&mut p.accounts, self.accounts.len());
+        p.accounts.clear();
+        p.accounts.extend(self.accounts());
+        p.pending.clear();
+        p.pending.extend(self.pending_for_snapshot());
+        p.sessions.clear();
+        p.sessions.extend_from_slice(&self.sessions);
     }
 
     /// Writes a snapshot of the live state straight into `w` (holds the engine for the whole

@@ -575,3 +575,74 @@ proptest! {
         prop_assert!(len > 0);
     }
 }
+
+#[test]
+fn retention_keeps_the_newest_ids_across_ring_wraps_and_snapshots() {
+    let config = EngineConfig {
+        accounts_max: 10,
+        transfers_retained_max: 4,
+        pending_max: 4,
+        sessions_max: 2,
+        ledgers_max: 2,
+    };
+    let mut l = Ledger {
+        engine: Engine::new(config).unwrap(),
+        position: 0,
+        now_ns: SECOND_NS,
+    };
+    l.run(&Command::CreateAccount {
+        id: 1,
+        ledger: 1,
+        flags: af::EXTERNAL,
+        code: 0,
+    });
+    l.run(&Command::CreateAccount {
+        id: 2,
+        ledger: 1,
+        flags: 0,
+        code: 0,
+    });
+    for id in 1..=700u128 {
+        assert_eq!(
+            l.run(&Command::Deposit {
+                transfer_id: id,
+                account_id: 2,
+                amount: 1
+            })
+            .result,
+            R::Ok
+        );
+        if id == 650 {
+            let mut bytes = Vec::new();
+            l.engine.snapshot(&mut bytes).unwrap();
+            l.engine = Engine::restore(config, &bytes[..]).unwrap();
+        }
+        assert_eq!(l.engine.retained_count(), id.min(4) as u64);
+    }
+    for id in 1..=696u128 {
+        assert!(
+            l.engine.transfer(id).is_none(),
+            "transfer {id} should be evicted"
+        );
+    }
+    for id in 697..=700u128 {
+        assert_eq!(l.engine.transfer(id).unwrap().amount, 1);
+        let again = l.run(&Command::Deposit {
+            transfer_id: id,
+            account_id: 2,
+            amount: 1,
+        });
+        assert_eq!(again.result, R::TransferExists);
+    }
+    // An evicted id is forgotten: it applies again.
+    assert_eq!(
+        l.run(&Command::Deposit {
+            transfer_id: 1,
+            account_id: 2,
+            amount: 1
+        })
+        .result,
+        R::Ok
+    );
+    assert_eq!(l.balance(2), (0, 701, 0, 0));
+}

@@ -6,6 +6,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod clock;
+pub mod node;
 pub mod pipeline;
 pub mod ring;
 pub mod snapshots;

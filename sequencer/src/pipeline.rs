@@ -50,6 +50,8 @@ const REPLY_HEADER_SIZE: usize = 24;
 /// Commands the sequencer takes from one producer per poll, so one busy producer cannot starve
 /// the others.
 const INGRESS_POLL_LIMIT: usize = 256;
+/// How long a shutdown waits for the last replies to be durable and sent.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Queries the engine answers per round between batches.
 const QUERY_POLL_LIMIT: usize = 64;
 /// How long blocked threads wait before re-checking for shutdown.
@@ -861,9 +863,43 @@ fn sequencer_loop(
         }
         if stopping && work == 0 && consumers.iter().all(|c| c.is_empty()) {
             s.seal(shared);
-            if let Some((f, _)) = frontend.as_mut() {
+            if let Some((f, replies)) = frontend.as_mut() {
+                drain_frontend(&mut s, f.as_mut(), replies, &mut idle, shared);
                 f.on_shutdown();
             }
+            return;
+        }
+        idle.idle(work);
+    }
+}
+
+/// On shutdown, keeps the frontend running until everything sequenced is durable and applied
+/// and its replies are sent (bounded by [`DRAIN_TIMEOUT`]), so clients get their last answers.
+fn drain_frontend(
+    s: &mut SequencerState,
+    frontend: &mut dyn Frontend,
+    replies: &mut Replies,
+    idle: &mut IdleStrategy,
+    shared: &Shared,
+) {
+    let sealed = s.sealed_position();
+    let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
+    while !shared.failed.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+        s.recycle();
+        let done = replies.durable.get() >= sealed
+            && shared.applied.load(Ordering::Acquire) >= sealed
+            && replies.ring.is_empty();
+        let now_ns = wall_ns();
+        let timestamp_ns = s.clock.stamp(now_ns);
+        let mut io = FrontendIo {
+            s,
+            shared,
+            replies,
+            timestamp_ns,
+            stopping: true,
+        };
+        let work = frontend.do_work(now_ns, &mut io);
+        if done && work == 0 {
             return;
         }
         idle.idle(work);

@@ -445,11 +445,18 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let frame = (MESSAGE_LENGTH + 32).div_ceil(32) * 32;
     let datagram = o.mtu / frame * frame;
 
+    let phase = |name: &str| eprintln!("bench transport: {name}");
+    phase("raw UDP unicast throughput");
     let (raw_uni_dgrams, raw_uni_bytes) = raw_throughput(datagram, 1, o.seconds)?;
+    phase("raw UDP multicast throughput");
     let (raw_multi_dgrams, raw_multi_bytes) = raw_throughput(datagram, 2, o.seconds)?;
+    phase("transport unicast throughput");
     let (uni_msgs, uni_bytes) = transport_throughput(o.mtu, 1, o.seconds)?;
+    phase("transport multicast throughput");
     let (multi_msgs, multi_bytes) = transport_throughput(o.mtu, 2, o.seconds)?;
+    phase("raw UDP round trips");
     let raw_h = raw_rtt(frame, o.rtt_samples)?;
+    phase("transport round trips");
     let tr_h = transport_rtt(o.mtu, o.rtt_samples)?;
     let p99 = |h: &Histogram<u64>| h.value_at_quantile(0.99) as f64 / 1000.0;
 

@@ -1,0 +1,302 @@
+//! The node over real UDP on loopback, driven by a minimal hand-written client (the `client`
+//! crate builds the full one on the same protocol).
+
+mod common;
+
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::*;
+use schemas::ledger::{
+    self, GetAccountEncoder, GetStatusEncoder, RequestHeaderEncoder, ResultCode,
+    SessionConnectEncoder, SessionEventCode,
+};
+use sequencer::node::{Node, NodeConfig, INGRESS_STREAM_ID, REPLY_STREAM_ID};
+use transport::{Agent, Channel, Publication, Subscription};
+
+struct RawClient {
+    id: u64,
+    publication: Publication,
+    subscription: Subscription,
+    replies: Vec<(u64, Vec<u8>)>,
+}
+
+impl RawClient {
+    fn connect(node: SocketAddr, id: u64) -> RawClient {
+        let SocketAddr::V4(node) = node else {
+            panic!("v4")
+        };
+        let publication = Publication::new(
+            &Channel::unicast(node),
+            INGRESS_STREAM_ID,
+            transport::Config::default(),
+        )
+        .unwrap();
+        let subscription = Subscription::new(
+            &Channel::unicast("127.0.0.1:0".parse::<SocketAddrV4>().unwrap()),
+            REPLY_STREAM_ID,
+            transport::Config::default(),
+        )
+        .unwrap();
+        let mut c = RawClient {
+            id,
+            publication,
+            subscription,
+            replies: Vec::new(),
+        };
+        let reply_addr = c.subscription.local_addr().unwrap().to_string();
+        let mut buf = [0u8; 128];
+        let len = {
+            let mut e = SessionConnectEncoder::wrap_with_header(&mut buf).unwrap();
+            e.set_client_session_id(id)
+                .set_response_stream_id(REPLY_STREAM_ID);
+            e.set_response_channel(reply_addr.as_bytes()).unwrap();
+            e.finish().unwrap()
+        };
+        c.send_raw(&buf[..len]);
+        let event =
+            c.wait(|bytes| matches!(ledger::decode(bytes), Ok(ledger::Decoded::SessionEvent(_))));
+        let ledger::Decoded::SessionEvent(e) = ledger::decode(&event).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(e.code(), Some(SessionEventCode::Connected));
+        c
+    }
+
+    fn pump(&mut self) {
+        let now = transport::now_ns();
+        self.publication.do_work(now);
+        self.subscription.do_work(now);
+        let replies = &mut self.replies;
+        self.subscription.poll(
+            |bytes, _| {
+                // Either a bare SessionEvent or ReplyHeader + reply.
+                match ledger::decode(bytes) {
+                    Ok(ledger::Decoded::ReplyHeader(h)) => {
+                        replies.push((h.client_seq(), bytes[24..].to_vec()))
+                    }
+                    _ => replies.push((0, bytes.to_vec())),
+                }
+            },
+            64,
+        );
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.publication.offer(bytes).is_err() {
+            assert!(Instant::now() < deadline, "could not offer");
+            self.pump();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn request(&mut self, seq: u64, message: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0u8; 24 + message.len()];
+        {
+            let mut h = RequestHeaderEncoder::wrap_with_header(&mut buf).unwrap();
+            h.set_client_session_id(self.id).set_client_seq(seq);
+        }
+        buf[24..].copy_from_slice(message);
+        self.send_raw(&buf);
+        let reply = self.wait_seq(seq);
+        reply
+    }
+
+    fn wait_seq(&mut self, seq: u64) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(i) = self.replies.iter().position(|(s, _)| *s == seq) {
+                return self.replies.remove(i).1;
+            }
+            assert!(Instant::now() < deadline, "no reply to seq {seq}");
+            self.pump();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn wait(&mut self, mut pred: impl FnMut(&[u8]) -> bool) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(i) = self.replies.iter().position(|(_, b)| pred(b)) {
+                return self.replies.remove(i).1;
+            }
+            assert!(Instant::now() < deadline, "no matching message");
+            self.pump();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+fn result_of(reply: &[u8]) -> ResultCode {
+    match ledger::decode(reply).unwrap() {
+        ledger::Decoded::CommandReply(r) => r.result().unwrap(),
+        ledger::Decoded::AccountReply(r) => r.result().unwrap(),
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+fn start_node(dir: &std::path::Path) -> Node {
+    let mut config = NodeConfig::new(dir);
+    config.pipeline = test_config(dir);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    Node::start(config).unwrap().0
+}
+
+fn get_account(id: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; 64];
+    let len = {
+        let mut e = GetAccountEncoder::wrap_with_header(&mut buf).unwrap();
+        e.set_account_id(id);
+        e.finish().unwrap()
+    };
+    buf.truncate(len);
+    buf
+}
+
+#[test]
+fn a_client_creates_deposits_transfers_and_queries_over_udp() {
+    let dir = TempDir::new("node-basic");
+    let node = start_node(dir.path());
+    let mut c = RawClient::connect(node.local_addr(), 42);
+    assert_eq!(
+        result_of(&c.request(1, &create_external(99, 1))),
+        ResultCode::Ok
+    );
+    assert_eq!(
+        result_of(&c.request(2, &create_account(1, 1, true))),
+        ResultCode::Ok
+    );
+    assert_eq!(
+        result_of(&c.request(3, &create_account(2, 1, true))),
+        ResultCode::Ok
+    );
+    assert_eq!(
+        result_of(&c.request(4, &deposit(10, 1, 500))),
+        ResultCode::Ok
+    );
+    assert_eq!(
+        result_of(&c.request(5, &transfer(11, 1, 2, 200, 1))),
+        ResultCode::Ok
+    );
+    assert_eq!(
+        result_of(&c.request(6, &transfer(12, 1, 2, 301, 1))),
+        ResultCode::InsufficientFunds
+    );
+    // A retry of the last command is answered with its original result and applies nothing;
+    // an older one is refused as a duplicate (its transfer id is also retained).
+    assert_eq!(
+        result_of(&c.request(6, &transfer(12, 1, 2, 301, 1))),
+        ResultCode::InsufficientFunds
+    );
+    assert_eq!(
+        result_of(&c.request(5, &transfer(11, 1, 2, 200, 1))),
+        ResultCode::DuplicateRequest
+    );
+
+    let reply = c.request(1 << 63, &get_account(1));
+    let ledger::Decoded::AccountReply(a) = ledger::decode(&reply).unwrap() else {
+        panic!()
+    };
+    assert_eq!((a.credits_posted(), a.debits_posted()), (500, 200));
+    assert!(a.position() >= 6);
+
+    let mut buf = [0u8; 32];
+    let len = GetStatusEncoder::wrap_with_header(&mut buf)
+        .unwrap()
+        .finish()
+        .unwrap();
+    let reply = c.request((1 << 63) + 1, &buf[..len]);
+    let ledger::Decoded::StatusReply(s) = ledger::decode(&reply).unwrap() else {
+        panic!()
+    };
+    assert!(
+        s.durable_position() >= 6,
+        "the node fills in the durable position"
+    );
+    assert_eq!(s.sessions(), 1);
+    node.shutdown();
+}
+
+#[test]
+fn bad_input_is_dropped_or_refused_and_the_node_keeps_serving() {
+    let dir = TempDir::new("node-bad");
+    let node = start_node(dir.path());
+    // Garbage datagrams straight at the listen port.
+    let raw = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for len in [0usize, 1, 7, 31, 32, 64, 1500] {
+        raw.send_to(&vec![0xA5; len], node.local_addr()).unwrap();
+    }
+    let mut c = RawClient::connect(node.local_addr(), 7);
+    // An unknown template id behind a valid envelope is answered invalid_command.
+    let mut bogus = [0u8; 16];
+    bogus[..8].copy_from_slice(&[8, 0, 99, 0, 0x59, 0x1b, 1, 0]);
+    assert_eq!(result_of(&c.request(1, &bogus)), ResultCode::InvalidCommand);
+    // A request from a session that never connected is dropped and counted.
+    let mut stranger = RawClient::connect(node.local_addr(), 8);
+    stranger.id = 999;
+    let mut buf = vec![0u8; 24];
+    {
+        let mut h = RequestHeaderEncoder::wrap_with_header(&mut buf).unwrap();
+        h.set_client_session_id(999).set_client_seq(1);
+    }
+    buf.extend_from_slice(&create_account(5, 1, false));
+    stranger.send_raw(&buf);
+    // A command for a non-existent account gets a result code.
+    assert_eq!(
+        result_of(&c.request(2, &deposit(1, 12345, 10))),
+        ResultCode::AccountNotFound
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node
+        .counters()
+        .unknown_session
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the stranger's request was not counted"
+        );
+        stranger.pump();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        node.counters()
+            .invalid_request
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    // Still serving.
+    assert_eq!(
+        result_of(&c.request(3, &create_external(99, 1))),
+        ResultCode::Ok
+    );
+    node.shutdown();
+}
+
+#[test]
+fn a_restarted_node_keeps_every_acknowledged_effect() {
+    let dir = TempDir::new("node-restart");
+    {
+        let node = start_node(dir.path());
+        let mut c = RawClient::connect(node.local_addr(), 1);
+        c.request(1, &create_external(99, 1));
+        c.request(2, &create_account(1, 1, true));
+        for i in 0..50u64 {
+            assert_eq!(
+                result_of(&c.request(3 + i, &deposit(100 + u128::from(i), 1, 2))),
+                ResultCode::Ok
+            );
+        }
+        node.shutdown();
+    }
+    let node = start_node(dir.path());
+    let mut c = RawClient::connect(node.local_addr(), 2);
+    let reply = c.request(1 << 63, &get_account(1));
+    let ledger::Decoded::AccountReply(a) = ledger::decode(&reply).unwrap() else {
+        panic!()
+    };
+    assert_eq!(a.credits_posted(), 100);
+    node.shutdown();
+}
