@@ -53,6 +53,9 @@ pub enum Request {
         debits_must_not_exceed_credits: bool,
         /// Mirror rule: credits never exceed debits.
         credits_must_not_exceed_debits: bool,
+        /// The ledger's external (world) account, used by deposit and withdraw (one per
+        /// ledger; may not be combined with a balance rule).
+        external: bool,
         /// User-defined code.
         code: u16,
     },
@@ -160,12 +163,14 @@ impl Request {
                 ledger,
                 debits_must_not_exceed_credits,
                 credits_must_not_exceed_debits,
+                external,
                 code,
             } => {
                 let mut e = CreateAccountEncoder::wrap_with_header(buf)?;
                 let flags = AccountFlags::empty()
                     .with_debits_must_not_exceed_credits(*debits_must_not_exceed_credits)
-                    .with_credits_must_not_exceed_debits(*credits_must_not_exceed_debits);
+                    .with_credits_must_not_exceed_debits(*credits_must_not_exceed_debits)
+                    .with_external(*external);
                 e.set_id(*id)
                     .set_ledger(*ledger)
                     .set_flags(flags)

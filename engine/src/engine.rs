@@ -1497,8 +1497,9 @@ impl Engine {
         Ok(e)
     }
 
-    /// Open pending transfers in (deadline, creation) order, for snapshots: the order they
-    /// would expire in, so that the heap rebuilds identically.
+    /// Open pending transfers in slab order, for snapshots. Restore rebuilds the deadline heap
+    /// from them; expiry order depends only on the unique (deadline, creation) keys, never on
+    /// slab or heap layout.
     pub(crate) fn pending_for_snapshot(
         &self,
     ) -> impl Iterator<Item = crate::snapshot::PendingPart> + Clone + '_ {

@@ -30,10 +30,39 @@
 //!   nothing: the session's last command is answered with its original position, timestamp and
 //!   result (without the per-transfer groups), an older one with `duplicate_request`.
 //!
+//! - Every command's reply lists the accounts it touched (after the command, in first-touch
+//!   order); a failed atomic group touches none. `CreateAccount` lists the account, also when
+//!   it answers `account_exists` / `account_exists_with_different_fields`.
+//! - At most one `external` account per ledger; `external` cannot be combined with a balance
+//!   rule, nor the two rules with each other (`invalid_flags`).
+//! - When the session table is full, the session whose last command is oldest is forgotten;
+//!   a later retry from it is then applied as new (its transfer ids still protect it while
+//!   they are retained).
+//!
+//! # Memory
+//! Tables are reserved in [`Engine::new`] (`Vec::with_capacity`, zeroed `vec!` for hash
+//! buckets), so the kernel maps pages only when first touched, and large tables are advised
+//! onto transparent huge pages. Per account: a 64-byte record (one cache line, `align(64)`)
+//! plus 13-27 bytes of index (load factor at most 0.6): about 81 bytes measured at one million
+//! accounts. Per retained transfer: a 64-byte record (accounts by slot, not id) plus 13-27
+//! bytes of index: at the default 10 million, 640 MB of records and 128 MB of index once the
+//! ring has filled. Per open pending transfer: 64 bytes plus index and 4 bytes of heap.
+//!
+//! # Speed
+//! A `Transfers` command is applied transfer by transfer, but the loop prefetches ahead within
+//! the batch: index buckets of the accounts and id 16 transfers ahead, account records 8 ahead
+//! (the only `unsafe` in the crate is that prefetch hint and the huge-page `madvise`, in
+//! `prefetch.rs`). Evictions from the retention ring prefetch their buckets too.
+//!
 //! # Snapshots and threads
-//! See [`snapshot`]: [`Engine::freeze`] copies the live state (a few memcpys, ~10 ms for one
-//! million accounts) into a [`snapshot::Frozen`] that another thread encodes and writes while
-//! the engine goes on applying commands.
+//! See [`snapshot`]. The engine thread calls [`Engine::freeze_into`], which copies the live
+//! tables into a reusable [`snapshot::Frozen`] (memcpy speed: ~80 ms with one million accounts
+//! and ten million retained transfers on this machine, far less with smaller retention), and
+//! hands it to another thread that encodes, checksums and writes it with
+//! [`snapshot::Frozen::write_to`] while the engine goes on. [`Engine::snapshot`] writes
+//! straight from the live tables instead (no copy, but it holds the engine for the write).
+//! [`Engine::restore`] verifies length and CRC32C before parsing and refuses a damaged or
+//! truncated file with a [`SnapshotError`] that says which.
 #![deny(unsafe_code)]
 
 mod command;

@@ -10,16 +10,18 @@
 //! [`SnapshotError::ChecksumMismatch`] / [`SnapshotError::Truncated`].
 //!
 //! # Threads: freeze, then write elsewhere
-//! Writing a million accounts takes tens of milliseconds of encoding plus the disk. So the
-//! engine thread only calls [`Engine::freeze`], which copies the live tables into a [`Frozen`]
-//! (plain `memcpy`-speed copies of the used prefix of each table: ~64 MB and ~10 ms for one
-//! million accounts), and hands it to another thread, which calls [`Frozen::write_to`] while the
-//! engine goes on applying commands. The price is a transient second copy of the state; with a
-//! full 10-million-entry retention table that copy is large (72 bytes per retained transfer),
-//! so a node that cannot afford it calls [`Engine::snapshot`] instead, which encodes straight
-//! from the live tables and holds the engine for the whole write. An incremental design (only
-//! accounts changed since the last snapshot, tracked by a dirty list) is the planned next step
-//! for learners (DESIGN §8); the format's version field leaves room for it.
+//! Encoding and writing a snapshot takes time proportional to the state (hundreds of
+//! megabytes with a full retention table), so the engine thread only calls
+//! [`Engine::freeze_into`]: it copies the used prefix of each table into a [`Frozen`] that the
+//! node keeps and reuses (so the copy is a plain memcpy into already-mapped pages), then hands
+//! the `Frozen` (`Send`) to another thread, which calls [`Frozen::write_to`] (temp file, fsync,
+//! rename: the node's job) while the engine goes on applying commands. The price is a second
+//! copy of the state in memory. Why a copy and not copy-on-write pages or an incremental
+//! snapshot: a copy needs no `unsafe`, no locks and no change to the hot path, and at memcpy
+//! speed it holds the engine for tens of milliseconds; an incremental format (accounts dirtied
+//! since the last snapshot, plus the ring's new tail) is the natural next step for learners
+//! (DESIGN §8), and the format version leaves room for it. [`Engine::snapshot`] encodes
+//! straight from the live tables for callers that can afford to hold the engine.
 
 use std::io::{Read, Write};
 

@@ -77,3 +77,6 @@ pub mod ledger {
 }
 
 pub use codec_gen::runtime::{DecodeError, EncodeError, Header};
+
+/// The text of `ledger.xml`, for tools that decode without generated code (`tally log dump`).
+pub const LEDGER_XML: &str = include_str!("../ledger.xml");

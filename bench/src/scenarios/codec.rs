@@ -121,6 +121,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     });
     let encode_per_s = rate(duration, |i| {
         black_box(encode(black_box(&mut buf), i));
+        black_box(&buf);
     });
     // Decode a few distinct commands in turn so the inputs vary.
     let mut inputs = [[0u8; BUFFER_BYTES]; 4];

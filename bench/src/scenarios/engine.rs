@@ -268,6 +268,8 @@ fn fund(o: &Options, e: &mut Engine, clock: &mut Clock, reply: &mut [u8]) -> Res
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
+    // Before pinning: pinning narrows what `available_parallelism` reports.
+    let machine = machine();
     let pinned = pin_to(1);
     let mut pool = encode_pool(&o)?;
     let config = EngineConfig {
@@ -355,7 +357,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "cargo run --release -p bench -- engine --accounts {} --transfers {} --pool {} --batch {} --retained {} --json",
             o.accounts, o.transfers, o.pool, o.batch, o.retained
         ),
-        "machine": machine(),
+        "machine": machine,
         "pinned_core": if pinned { json!(1) } else { json!(null) },
         "accounts": o.accounts,
         "transfers": applied,

@@ -1,0 +1,501 @@
+//! A client session over the transport: [`Client`].
+//!
+//! Owns: one transport [`Publication`] to the node (stream [`INGRESS_STREAM_ID`]), one
+//! [`Subscription`] on the client's reply address (stream [`REPLY_STREAM_ID`]), the session
+//! handshake, and the duty cycle that drives both with the [`Tracker`] (correlation,
+//! timeouts, retries). Does not spawn threads: every call that waits drives the transport
+//! itself with the configured idle strategy (back-off by default), and [`Client::poll`] is one
+//! bounded duty cycle for callers running their own loop.
+//!
+//! Invariants: requests go out in the order they were started; a retry re-sends the same
+//! bytes (same `clientSeq`, same transfer ids), so the node never applies a command twice;
+//! every started request completes exactly once.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::time::Duration;
+
+use schemas::ledger::SessionEventCode;
+use transport::{now_ns, Agent, Channel, IdleKind, IdleStrategy, OfferError};
+use transport::{Publication, Subscription};
+
+use crate::error::ClientError;
+use crate::ids::IdSource;
+use crate::message::{Request, Response};
+use crate::tracker::{Completion, RequestId, SendOutcome, Stats, Tracker};
+use crate::wire::{
+    self, Connect, FromNode, INGRESS_STREAM_ID, REPLY_STREAM_ID, SESSION_MESSAGE_LENGTH_MAX,
+};
+
+/// Term length of the client's publication, in bytes: 1 MiB holds thousands of requests in
+/// flight (the largest request is ~16 KiB) at a quarter of the transport's default memory.
+pub const CLIENT_TERM_LENGTH: usize = 1024 * 1024;
+/// Messages taken from the reply subscription per duty cycle.
+pub const REPLY_POLL_LIMIT: usize = 256;
+/// Default wait per attempt, in milliseconds.
+pub const TIMEOUT_MS_DEFAULT: u64 = 2000;
+/// Default re-sends after the first attempt.
+pub const RETRIES_DEFAULT: u32 = 3;
+/// Default maximum of requests in flight.
+pub const IN_FLIGHT_MAX_DEFAULT: usize = 1024;
+/// Longest a [`Client::close`] waits for the node to acknowledge everything, in milliseconds.
+pub const CLOSE_LINGER_MS: u64 = 200;
+
+/// How to reach the node and how patient to be.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The node's listen address (`tally node --listen`). IPv4 only.
+    pub node: SocketAddr,
+    /// Where to receive replies. `None`: the local interface that routes to the node, any
+    /// port. An unspecified IP (`0.0.0.0:P`) binds all interfaces and advertises the one that
+    /// routes to the node.
+    pub reply_bind: Option<SocketAddr>,
+    /// Wait per attempt (connect and requests).
+    pub timeout: Duration,
+    /// Re-sends after the first attempt before giving up.
+    pub retries: u32,
+    /// Requests in flight at most; more is [`ClientError::BackPressured`].
+    pub in_flight_max: usize,
+    /// How waiting calls idle between duty cycles.
+    pub idle: IdleKind,
+}
+
+impl ClientConfig {
+    /// Defaults for a node at `node`: 2 s per attempt, 3 retries, 1024 in flight, back-off.
+    pub fn new(node: SocketAddr) -> Self {
+        ClientConfig {
+            node,
+            reply_bind: None,
+            timeout: Duration::from_millis(TIMEOUT_MS_DEFAULT),
+            retries: RETRIES_DEFAULT,
+            in_flight_max: IN_FLIGHT_MAX_DEFAULT,
+            idle: IdleKind::default(),
+        }
+    }
+
+    fn validate(&self) -> Result<(SocketAddrV4, SocketAddrV4), ClientError> {
+        let SocketAddr::V4(node) = self.node else {
+            return Err(ClientError::Config(format!(
+                "node address {} is IPv6; the transport is IPv4 only",
+                self.node
+            )));
+        };
+        if self.timeout.is_zero() {
+            return Err(ClientError::Config("timeout must be more than 0".into()));
+        }
+        if self.in_flight_max == 0 {
+            return Err(ClientError::Config("in_flight_max must be at least 1".into()));
+        }
+        let reply = match self.reply_bind {
+            Some(SocketAddr::V4(a)) => a,
+            Some(other) => {
+                return Err(ClientError::Config(format!(
+                    "reply address {other} is IPv6; the transport is IPv4 only"
+                )))
+            }
+            None => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        };
+        Ok((node, reply))
+    }
+}
+
+/// The local IPv4 address the OS would use to reach `node` (no packet is sent).
+fn route_to(node: SocketAddrV4) -> Result<Ipv4Addr, ClientError> {
+    if node.ip().is_loopback() {
+        return Ok(Ipv4Addr::LOCALHOST);
+    }
+    let probe = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| s.connect(node).map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map_err(|e| ClientError::Io(format!("no route to {node}: {e}")))?;
+    match probe.ip() {
+        IpAddr::V4(ip) => Ok(ip),
+        IpAddr::V6(_) => Err(ClientError::Config(format!("no IPv4 route to {node}"))),
+    }
+}
+
+fn transport_config() -> transport::Config {
+    let term_length = CLIENT_TERM_LENGTH;
+    transport::Config {
+        term_length,
+        message_length_max: term_length / 4,
+        publication_window: term_length / 2,
+        receiver_window: term_length / 2,
+        ..transport::Config::default()
+    }
+}
+
+/// A session with a node: blocking [`Client::request`], or [`Client::try_send`] +
+/// [`Client::poll`] for many requests in flight.
+///
+/// ```no_run
+/// use client::{Client, ClientConfig, Request};
+///
+/// let mut client = Client::connect(ClientConfig::new("127.0.0.1:7400".parse()?))?;
+/// // Blocking: one request, one typed response (retried on timeout with the same ids).
+/// let reply = client.request(&Request::GetAccount { id: 10, min_position: 0 })?;
+/// println!("{}", reply.to_json());
+///
+/// // Pipelined: many in flight, completions delivered by `poll` in any order.
+/// let mut pending = 0;
+/// for _ in 0..100 {
+///     let id = client.new_transfer_id();
+///     client.try_send(&Request::Deposit { id, account_id: 10, amount: 1 })?;
+///     pending += 1;
+/// }
+/// while pending > 0 {
+///     pending -= client.poll(|id, result| match result {
+///         Ok(r) => println!("{id}: {:?}", r.result()),
+///         Err(e) => eprintln!("{id}: {e}"),
+///     }, 64);
+/// }
+/// client.close();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Client {
+    config: ClientConfig,
+    session_id: u64,
+    reply_addr: SocketAddr,
+    publication: Publication,
+    subscription: Subscription,
+    tracker: Tracker,
+    idle: IdleStrategy,
+    ids: IdSource,
+    completed: VecDeque<Completion>,
+    scratch: Vec<Completion>,
+    /// Why the session ended, once it has.
+    ended: Option<ClientError>,
+    /// The node's applied position when it accepted the session.
+    connect_position: u64,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("node", &self.config.node)
+            .field("session_id", &self.session_id)
+            .field("reply_addr", &self.reply_addr)
+            .field("in_flight", &self.tracker.in_flight())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Opens the transport session to the node and the session handshake: waits up to
+    /// `timeout` for the node's transport to answer, then sends `SessionConnect` up to
+    /// `retries + 1` times, `timeout` apart, until the node answers.
+    ///
+    /// # Errors
+    /// [`ClientError::NotConnected`] when the node does not answer; [`ClientError::Session`]
+    /// when it refuses (`rejected`, `not_leader`); [`ClientError::Config`] or
+    /// [`ClientError::Io`] for unusable addresses.
+    pub fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let (node, reply) = config.validate()?;
+        let routed = route_to(node)?;
+        let bind_ip = if reply.ip().is_unspecified() && config.reply_bind.is_none() {
+            routed
+        } else {
+            *reply.ip()
+        };
+        let subscription = Subscription::new(
+            &Channel::unicast(SocketAddrV4::new(bind_ip, reply.port())),
+            REPLY_STREAM_ID,
+            transport_config(),
+        )
+        .map_err(|e| ClientError::Io(format!("cannot bind the reply address {reply}: {e}")))?;
+        let bound = subscription
+            .local_addr()
+            .map_err(|e| ClientError::Io(e.to_string()))?;
+        let advertised_ip = match bound.ip() {
+            IpAddr::V4(ip) if !ip.is_unspecified() => ip,
+            _ => routed,
+        };
+        let reply_addr = SocketAddr::from((advertised_ip, bound.port()));
+        let publication = Publication::new(
+            &Channel::unicast(node),
+            INGRESS_STREAM_ID,
+            transport_config(),
+        )
+        .map_err(|e| ClientError::Io(format!("cannot open a publication to {node}: {e}")))?;
+        let mut ids = IdSource::new();
+        let session_id = ids.next_u64();
+        let timeout_ns = config.timeout.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let mut client = Client {
+            session_id,
+            reply_addr,
+            publication,
+            subscription,
+            tracker: Tracker::new(session_id, config.in_flight_max, timeout_ns, config.retries),
+            idle: IdleStrategy::new(config.idle),
+            ids,
+            completed: VecDeque::new(),
+            scratch: Vec::new(),
+            ended: None,
+            connect_position: 0,
+            config,
+        };
+        client.handshake(timeout_ns)?;
+        Ok(client)
+    }
+
+    fn not_connected(&self, started_ns: u64) -> ClientError {
+        ClientError::NotConnected {
+            node: self.config.node,
+            waited_ms: now_ns().saturating_sub(started_ns) / 1_000_000,
+        }
+    }
+
+    fn handshake(&mut self, timeout_ns: u64) -> Result<(), ClientError> {
+        let started = now_ns();
+        // 1. The node's transport acknowledges our publication (status message).
+        while !self.publication.is_connected() {
+            if now_ns().saturating_sub(started) >= timeout_ns {
+                return Err(self.not_connected(started));
+            }
+            let work = self.drive_transport(now_ns());
+            self.idle.idle(work);
+        }
+        // 2. SessionConnect until a SessionEvent for this session arrives.
+        let mut buf = [0u8; SESSION_MESSAGE_LENGTH_MAX];
+        let len = wire::encode_connect(
+            &mut buf,
+            &Connect {
+                client_session_id: self.session_id,
+                response_stream_id: REPLY_STREAM_ID,
+                response_channel: self.reply_addr.to_string(),
+            },
+        )
+        .map_err(|e| ClientError::Encode(e.to_string()))?;
+        for _attempt in 0..=self.config.retries {
+            let attempt_start = now_ns();
+            let mut sent = false;
+            while now_ns().saturating_sub(attempt_start) < timeout_ns {
+                if !sent {
+                    sent = self.publication.offer(&buf[..len]).is_ok();
+                }
+                let mut work = self.drive_transport(now_ns());
+                let mut answer = None;
+                let session_id = self.session_id;
+                work += self.subscription.poll(
+                    |bytes, _| {
+                        if let Ok(FromNode::Event(e)) = wire::decode_from_node(bytes) {
+                            if e.client_session_id == session_id {
+                                answer = Some(e);
+                            }
+                        }
+                    },
+                    REPLY_POLL_LIMIT,
+                );
+                if let Some(event) = answer {
+                    return match event.code {
+                        Some(SessionEventCode::Connected) => {
+                            self.connect_position = event.position;
+                            Ok(())
+                        }
+                        _ => Err(ClientError::Session {
+                            code: event.code_name(),
+                            detail: event.detail,
+                        }),
+                    };
+                }
+                self.idle.idle(work);
+            }
+        }
+        Err(self.not_connected(started))
+    }
+
+    /// Runs both transport agents once.
+    fn drive_transport(&mut self, now: u64) -> usize {
+        let work = self.publication.do_work(now) + self.subscription.do_work(now);
+        while self.subscription.poll_event().is_some() {}
+        work
+    }
+
+    /// The client session id (random, non-zero).
+    pub fn session_id(&self) -> u64 {
+        self.session_id
+    }
+
+    /// The address replies come to (advertised to the node).
+    pub fn reply_addr(&self) -> SocketAddr {
+        self.reply_addr
+    }
+
+    /// The node's applied position when it accepted the session.
+    pub fn connect_position(&self) -> u64 {
+        self.connect_position
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.tracker.in_flight()
+    }
+
+    /// Counts of retries, timeouts and stray replies.
+    pub fn stats(&self) -> Stats {
+        self.tracker.stats()
+    }
+
+    /// A fresh random transfer id (non-zero).
+    pub fn new_transfer_id(&mut self) -> u128 {
+        self.ids.next_u128()
+    }
+
+    /// Starts a request without waiting: it goes out on the next [`Client::poll`] (requests
+    /// started back to back share datagrams). Its completion is delivered by `poll`.
+    ///
+    /// # Errors
+    /// [`ClientError::BackPressured`] when `in_flight_max` requests are in flight (poll, then
+    /// try again); [`ClientError::Encode`]; the session's end error once it has ended.
+    pub fn try_send(&mut self, request: &Request) -> Result<RequestId, ClientError> {
+        if let Some(e) = &self.ended {
+            return Err(e.clone());
+        }
+        self.tracker.start(request)
+    }
+
+    /// One duty cycle: sends what is queued, receives replies, handles timeouts and retries,
+    /// then calls `handler` for up to `limit` completed requests. Returns how many it
+    /// delivered (idle with your own strategy when it returns 0, or call it in a loop: its
+    /// transport work is non-blocking).
+    pub fn poll<F: FnMut(RequestId, Result<Response, ClientError>)>(
+        &mut self,
+        mut handler: F,
+        limit: usize,
+    ) -> usize {
+        let work = self.do_work();
+        let mut delivered = 0;
+        while delivered < limit {
+            let Some((id, result)) = self.completed.pop_front() else {
+                break;
+            };
+            handler(id, result);
+            delivered += 1;
+        }
+        if delivered == 0 {
+            self.idle.idle(work);
+        } else {
+            self.idle.reset();
+        }
+        delivered
+    }
+
+    /// Sends `request` and waits for its reply, re-sending it (same `clientSeq`, same ids)
+    /// after each `timeout`, up to `retries` times. Business rejections are `Ok` responses
+    /// with a non-`ok` result; see [`Response::result`].
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`] after every attempt; [`ClientError::Session`] when the node
+    /// ends the session; [`ClientError::Malformed`]; [`ClientError::Encode`].
+    pub fn request(&mut self, request: &Request) -> Result<Response, ClientError> {
+        let id = loop {
+            match self.try_send(request) {
+                Ok(id) => break id,
+                Err(ClientError::BackPressured { .. }) => {
+                    let work = self.do_work();
+                    self.idle.idle(work);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.wait(id)
+    }
+
+    /// Waits for the completion of `id` (started with [`Client::try_send`]); other
+    /// completions stay queued for [`Client::poll`].
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub fn wait(&mut self, id: RequestId) -> Result<Response, ClientError> {
+        loop {
+            if let Some(i) = self.completed.iter().position(|(done, _)| *done == id) {
+                if let Some((_, result)) = self.completed.remove(i) {
+                    self.idle.reset();
+                    return result;
+                }
+            }
+            if self.ended.is_some() && self.tracker.in_flight() == 0 {
+                // Completed (and taken) already, or never started in this session.
+                return Err(self.ended.clone().unwrap_or(ClientError::Session {
+                    code: "closed".into(),
+                    detail: String::new(),
+                }));
+            }
+            let work = self.do_work();
+            self.idle.idle(work);
+        }
+    }
+
+    /// One duty cycle without delivering completions (they queue for `poll`/`wait`).
+    /// Returns the work done (0 = idle).
+    pub fn do_work(&mut self) -> usize {
+        let now = now_ns();
+        let mut done = std::mem::take(&mut self.scratch);
+        let mut work = self.subscription.do_work(now);
+        while self.subscription.poll_event().is_some() {}
+        let tracker = &mut self.tracker;
+        let session_id = self.session_id;
+        let mut ended = None;
+        work += self.subscription.poll(
+            |bytes, _| match wire::decode_from_node(bytes) {
+                Ok(FromNode::Reply(envelope, body)) => {
+                    if let Some(c) = tracker.handle_reply(now, envelope, body) {
+                        done.push(c);
+                    }
+                }
+                Ok(FromNode::Event(event)) => {
+                    if event.client_session_id == session_id
+                        && event.code != Some(SessionEventCode::Connected)
+                    {
+                        ended = Some(ClientError::Session {
+                            code: event.code_name(),
+                            detail: event.detail,
+                        });
+                    }
+                }
+                // Not for us or not a reply: dropped (the transport is shared by nothing
+                // else, so this only happens with a mismatched node version).
+                Err(_) => {}
+            },
+            REPLY_POLL_LIMIT,
+        );
+        if let Some(e) = ended {
+            self.tracker.fail_all(&e, &mut done);
+            self.ended = Some(e);
+        }
+        self.tracker.handle_timeout(now, &mut done);
+        let publication = &mut self.publication;
+        work += self.tracker.poll_send(
+            now,
+            |bytes| match publication.offer(bytes) {
+                Ok(_) => SendOutcome::Sent,
+                Err(OfferError::BackPressured | OfferError::NotConnected) => SendOutcome::Later,
+                Err(OfferError::Closed | OfferError::MessageTooLong { .. }) => {
+                    SendOutcome::Refused
+                }
+            },
+            &mut done,
+        );
+        work += self.publication.do_work(now);
+        work += done.len();
+        self.completed.extend(done.drain(..));
+        self.scratch = done;
+        work
+    }
+
+    /// Closes the session's transport cleanly (waits at most [`CLOSE_LINGER_MS`] for the
+    /// node to acknowledge what was sent). Requests still in flight are abandoned.
+    pub fn close(mut self) {
+        self.publication.close();
+        self.subscription.close();
+        let start = now_ns();
+        let mut idle = IdleStrategy::backoff();
+        while !self.publication.is_closed()
+            && now_ns().saturating_sub(start) < CLOSE_LINGER_MS * 1_000_000
+        {
+            let work = self.drive_transport(now_ns());
+            idle.idle(work);
+        }
+        self.drive_transport(now_ns());
+    }
+}
