@@ -539,7 +539,10 @@ fn human(response: &Response, transfer_id: Option<u128>) -> String {
             let mut out = format!("transfer (position {position}):");
             if let Some(map) = fields.as_object() {
                 for (k, v) in map {
-                    out.push_str(&format!(" {k}={}", v.as_str().map_or(v.to_string(), str::to_string)));
+                    out.push_str(&format!(
+                        " {k}={}",
+                        v.as_str().map_or(v.to_string(), str::to_string)
+                    ));
                 }
             }
             out
@@ -590,28 +593,61 @@ mod tests {
 
     #[test]
     fn flags_parse_as_a_comma_list_and_unknown_ones_are_usage_errors() {
-        let a = parse(&["create-account", "--id", "1", "--ledger", "2", "--flags", "external"])
-            .unwrap();
+        let a = parse(&[
+            "create-account",
+            "--id",
+            "1",
+            "--ledger",
+            "2",
+            "--flags",
+            "external",
+        ])
+        .unwrap();
         let ClientCommand::CreateAccount { flags, .. } = a.command else {
             panic!("expected create-account");
         };
         assert_eq!(flags, Some(vec![AccountFlag::External]));
-        let e = parse(&["create-account", "--id", "1", "--ledger", "2", "--flags", "nope"])
-            .err()
-            .unwrap();
+        let e = parse(&[
+            "create-account",
+            "--id",
+            "1",
+            "--ledger",
+            "2",
+            "--flags",
+            "nope",
+        ])
+        .err()
+        .unwrap();
         assert_eq!(e.exit_code(), 2);
     }
 
     #[test]
     fn timeout_s_requires_pending() {
         let e = parse(&[
-            "transfer", "--from", "1", "--to", "2", "--amount", "3", "--timeout-s", "5",
+            "transfer",
+            "--from",
+            "1",
+            "--to",
+            "2",
+            "--amount",
+            "3",
+            "--timeout-s",
+            "5",
         ])
         .err()
         .unwrap();
         assert_eq!(e.exit_code(), 2);
         assert!(parse(&[
-            "transfer", "--from", "1", "--to", "2", "--amount", "3", "--pending", "--timeout-s", "5"
+            "transfer",
+            "--from",
+            "1",
+            "--to",
+            "2",
+            "--amount",
+            "3",
+            "--pending",
+            "--timeout-s",
+            "5"
         ])
         .is_ok());
     }
@@ -634,7 +670,10 @@ mod tests {
             }],
         };
         let text = human(&r, Some(9));
-        assert!(text.starts_with("insufficient_funds at position 4, transfer 9"), "{text}");
+        assert!(
+            text.starts_with("insufficient_funds at position 4, transfer 9"),
+            "{text}"
+        );
         assert!(text.contains("account 10 ledger 1: balance 300"), "{text}");
     }
 }

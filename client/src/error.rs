@@ -110,7 +110,10 @@ mod tests {
             waited_ms: 2000,
         };
         let text = e.to_string();
-        assert!(text.contains("is `tally node` running at 127.0.0.1:7400?"), "{text}");
+        assert!(
+            text.contains("is `tally node` running at 127.0.0.1:7400?"),
+            "{text}"
+        );
     }
 
     #[test]

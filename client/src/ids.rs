@@ -49,7 +49,9 @@ impl Default for IdSource {
 impl IdSource {
     /// A source seeded from the OS (or the clock, pid and a counter).
     pub fn new() -> Self {
-        IdSource { rng: Rng::new(seed()) }
+        IdSource {
+            rng: Rng::new(seed()),
+        }
     }
 
     /// A source with a fixed seed (tests, reproducible runs).

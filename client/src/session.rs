@@ -84,7 +84,9 @@ impl ClientConfig {
             return Err(ClientError::Config("timeout must be more than 0".into()));
         }
         if self.in_flight_max == 0 {
-            return Err(ClientError::Config("in_flight_max must be at least 1".into()));
+            return Err(ClientError::Config(
+                "in_flight_max must be at least 1".into(),
+            ));
         }
         let reply = match self.reply_bind {
             Some(SocketAddr::V4(a)) => a,
@@ -470,9 +472,7 @@ impl Client {
             |bytes| match publication.offer(bytes) {
                 Ok(_) => SendOutcome::Sent,
                 Err(OfferError::BackPressured | OfferError::NotConnected) => SendOutcome::Later,
-                Err(OfferError::Closed | OfferError::MessageTooLong { .. }) => {
-                    SendOutcome::Refused
-                }
+                Err(OfferError::Closed | OfferError::MessageTooLong { .. }) => SendOutcome::Refused,
             },
             &mut done,
         );

@@ -391,15 +391,17 @@ mod tests {
     fn commands_are_numbered_from_one_and_queries_live_in_their_own_space() {
         let mut t = Tracker::new(SESSION, 8, 100 * MS, 2);
         let a = t.start(&deposit(1)).unwrap();
-        let q = t
-            .start(&Request::GetStatus { min_position: 0 })
-            .unwrap();
+        let q = t.start(&Request::GetStatus { min_position: 0 }).unwrap();
         let b = t.start(&deposit(2)).unwrap();
         assert_eq!((a, b), (RequestId(1), RequestId(2)));
         assert!(q.is_query() && !a.is_query());
         assert_eq!(q, RequestId(QUERY_SEQ_BIT | 1));
         let sent: Vec<u64> = send_all(&mut t, 0).into_iter().map(|(s, _)| s).collect();
-        assert_eq!(sent, [1, QUERY_SEQ_BIT | 1, 2], "first sends keep start order");
+        assert_eq!(
+            sent,
+            [1, QUERY_SEQ_BIT | 1, 2],
+            "first sends keep start order"
+        );
     }
 
     #[test]
@@ -414,7 +416,11 @@ mod tests {
         assert_eq!(id, RequestId(2));
         assert_eq!(r.unwrap().result(), Some(ResultCode::Ok));
         let (id, r) = t
-            .handle_reply(1, envelope(1), &command_reply(1, ResultCode::InsufficientFunds))
+            .handle_reply(
+                1,
+                envelope(1),
+                &command_reply(1, ResultCode::InsufficientFunds),
+            )
             .unwrap();
         assert_eq!(id, RequestId(1));
         assert_eq!(r.unwrap().result(), Some(ResultCode::InsufficientFunds));
@@ -428,7 +434,10 @@ mod tests {
         let first = send_all(&mut t, 0);
         let mut done = Vec::new();
         t.handle_timeout(99 * MS, &mut done);
-        assert!(send_all(&mut t, 99 * MS).is_empty(), "not before the timeout");
+        assert!(
+            send_all(&mut t, 99 * MS).is_empty(),
+            "not before the timeout"
+        );
         t.handle_timeout(100 * MS, &mut done);
         let second = send_all(&mut t, 100 * MS);
         assert_eq!(first, second, "same clientSeq, same command bytes");

@@ -105,8 +105,10 @@ pub struct SessionEvent {
 impl SessionEvent {
     /// The code's snake_case name (`unknown(N)` for an unknown code).
     pub fn code_name(&self) -> String {
-        self.code
-            .map_or_else(|| format!("unknown({})", self.code_raw), |c| c.name().to_string())
+        self.code.map_or_else(
+            || format!("unknown({})", self.code_raw),
+            |c| c.name().to_string(),
+        )
     }
 }
 

@@ -142,12 +142,13 @@ impl FakeNode {
                                 outbox.push(buf);
                                 continue;
                             } else {
-                                let position = *positions.entry(env.client_seq).or_insert_with(|| {
-                                    seen.applied += 1;
-                                    seen.applied
-                                });
-                                let mut e =
-                                    CommandReplyEncoder::wrap_with_header(&mut buf[head..]).unwrap();
+                                let position =
+                                    *positions.entry(env.client_seq).or_insert_with(|| {
+                                        seen.applied += 1;
+                                        seen.applied
+                                    });
+                                let mut e = CommandReplyEncoder::wrap_with_header(&mut buf[head..])
+                                    .unwrap();
                                 e.set_position(position)
                                     .set_client_seq(env.client_seq)
                                     .set_result(ResultCode::Ok);
@@ -324,6 +325,9 @@ fn a_closed_session_fails_requests_in_flight_and_later_ones() {
     let mut client = Client::connect(config(node.addr, 2000, 0)).unwrap();
     assert!(client.request(&deposit(1)).is_ok());
     let err = client.request(&deposit(2)).unwrap_err();
-    assert!(matches!(&err, ClientError::Session { code, .. } if code == "closed"), "{err}");
+    assert!(
+        matches!(&err, ClientError::Session { code, .. } if code == "closed"),
+        "{err}"
+    );
     assert_eq!(client.try_send(&deposit(3)).unwrap_err(), err);
 }

@@ -157,7 +157,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
     // Set-up: accounts, each funded; not measured.
     let mut seq = 0u64;
-    let mut offer = |producer: &mut sequencer::Producer, seq: u64, cmd: &[u8]| loop {
+    let offer = |producer: &mut sequencer::Producer, seq: u64, cmd: &[u8]| loop {
         match producer.offer(1, seq, cmd) {
             Ok(()) => return Ok(()),
             Err(OfferError::BackPressured) => std::thread::yield_now(),
