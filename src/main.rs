@@ -3,7 +3,9 @@
 //! Exit codes: 0 success; 1 a business rejection (`tally client`) or a failure at run time;
 //! 2 usage, configuration, connection or timeout errors — with a message saying what to do.
 
+mod cli_client;
 mod config;
+mod demo;
 mod log_dump;
 
 use std::path::PathBuf;
@@ -31,8 +33,10 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// Talk to a node: commands, queries, status (`tally client --help`).
+    Client(cli_client::ClientArgs),
     /// Run an embedded leader on loopback with a short workload and print the results.
-    Demo,
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Args)]
@@ -77,10 +81,8 @@ fn main() -> ExitCode {
         Command::Log {
             command: LogCommand::Dump(args),
         } => log_dump::run(args),
-        Command::Demo => {
-            println!("tally demo: the networked leader runs (`tally node`); the demo workload comes with the client.");
-            ExitCode::SUCCESS
-        }
+        Command::Client(args) => cli_client::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }
 

@@ -12,9 +12,10 @@
 //!   Later replies to it (a retry answered twice) are counted as stray and dropped.
 //! - First sends leave in the order requests were started (a refused send stops the round),
 //!   so the node sees commands in `clientSeq` order.
-//! - A query answered `not_ready` is re-sent after [`NOT_READY_DELAY_NS`] until its whole
-//!   budget (`timeout × (retries + 1)` from its first send) is spent; then the `not_ready`
-//!   reply is its result.
+//! - A request answered `busy` (the node did not take it; never applied), or a query answered
+//!   `not_ready` (a replica behind `min_position`), is re-sent after [`RESEND_DELAY_NS`]
+//!   until its whole budget (`timeout × (retries + 1)` from its first send) is spent; then
+//!   that reply is its result. Such re-sends do not count against `retries`.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -24,9 +25,10 @@ use crate::error::ClientError;
 use crate::message::{Request, Response, REQUEST_LEN_MAX};
 use crate::wire::{self, Envelope, ENVELOPE_HEADER_LENGTH, QUERY_SEQ_BIT};
 
-/// Wait before re-sending a query answered `not_ready`, in nanoseconds (a replica catching up
-/// applies thousands of commands per millisecond, so a few milliseconds is plenty).
-pub const NOT_READY_DELAY_NS: u64 = 5_000_000;
+/// Wait before re-sending a request answered `busy` or a query answered `not_ready`, in
+/// nanoseconds: a node drains a full pipeline, and a replica catching up applies thousands
+/// of commands, within a few milliseconds.
+pub const RESEND_DELAY_NS: u64 = 5_000_000;
 
 /// Identifies a request until it completes: its `clientSeq` (commands) or correlation id
 /// (queries, with [`QUERY_SEQ_BIT`] set).
@@ -71,8 +73,8 @@ pub struct Stats {
     pub started: u64,
     /// Re-sends after a timeout.
     pub retries: u64,
-    /// Re-sends after a `not_ready` answer.
-    pub not_ready_resends: u64,
+    /// Re-sends after a `busy` or `not_ready` answer.
+    pub later_resends: u64,
     /// Requests that timed out for good.
     pub timeouts: u64,
     /// Replies for no request in flight (a late second answer) or for another session.
@@ -249,9 +251,13 @@ impl Tracker {
                 return Some((RequestId(seq), Err(ClientError::Malformed(e.to_string()))));
             }
         };
-        let not_ready = response.result() == Some(ResultCode::NotReady);
-        let due = now_ns.saturating_add(NOT_READY_DELAY_NS);
-        if not_ready && wire::is_query_seq(seq) && due < entry.budget_end_ns {
+        let later = match response.result() {
+            Some(ResultCode::Busy) => true,
+            Some(ResultCode::NotReady) => wire::is_query_seq(seq),
+            _ => false,
+        };
+        let due = now_ns.saturating_add(RESEND_DELAY_NS);
+        if later && due < entry.budget_end_ns {
             if !entry.queued {
                 // Parked: no attempt is outstanding until it is re-sent, and the re-send
                 // does not count against `retries` (the node did answer).
@@ -277,7 +283,7 @@ impl Tracker {
                 if !entry.queued {
                     entry.queued = true;
                     self.send_queue.push_back(seq);
-                    self.stats.not_ready_resends += 1;
+                    self.stats.later_resends += 1;
                 }
             }
         }
@@ -555,16 +561,16 @@ mod tests {
             .handle_reply(MS, env, &account_reply(ResultCode::NotReady))
             .is_none());
         let mut done = Vec::new();
-        t.handle_timeout(MS + NOT_READY_DELAY_NS - 1, &mut done);
-        assert!(send_all(&mut t, MS + NOT_READY_DELAY_NS - 1).is_empty());
-        t.handle_timeout(MS + NOT_READY_DELAY_NS, &mut done);
-        assert_eq!(send_all(&mut t, MS + NOT_READY_DELAY_NS).len(), 1);
+        t.handle_timeout(MS + RESEND_DELAY_NS - 1, &mut done);
+        assert!(send_all(&mut t, MS + RESEND_DELAY_NS - 1).is_empty());
+        t.handle_timeout(MS + RESEND_DELAY_NS, &mut done);
+        assert_eq!(send_all(&mut t, MS + RESEND_DELAY_NS).len(), 1);
         let (id, r) = t
             .handle_reply(7 * MS, env, &account_reply(ResultCode::Ok))
             .unwrap();
         assert_eq!((id, r.unwrap().result()), (q, Some(ResultCode::Ok)));
         assert!(done.is_empty());
-        assert_eq!(t.stats().not_ready_resends, 1);
+        assert_eq!(t.stats().later_resends, 1);
     }
 
     #[test]
@@ -647,5 +653,26 @@ mod tests {
             panic!("expected a reply");
         };
         assert!(t.handle_reply(1, env, body).is_some());
+    }
+
+    #[test]
+    fn a_busy_command_is_resent_with_the_same_seq_after_a_short_delay() {
+        let mut t = Tracker::new(SESSION, 8, 100 * MS, 0);
+        t.start(&deposit(5)).unwrap();
+        let first = send_all(&mut t, 0);
+        assert!(t
+            .handle_reply(MS, envelope(1), &command_reply(1, ResultCode::Busy))
+            .is_none());
+        let mut done = Vec::new();
+        t.handle_timeout(MS + RESEND_DELAY_NS, &mut done);
+        assert_eq!(send_all(&mut t, MS + RESEND_DELAY_NS), first);
+        let (_, r) = t
+            .handle_reply(7 * MS, envelope(1), &command_reply(1, ResultCode::Ok))
+            .unwrap();
+        assert_eq!(r.unwrap().result(), Some(ResultCode::Ok));
+        assert!(
+            done.is_empty(),
+            "a busy re-send does not use up the retries"
+        );
     }
 }

@@ -60,7 +60,10 @@ fn inline_all(code: &str) -> String {
     let mut prev = "";
     for line in code.lines() {
         let t = line.trim_start();
-        let is_fn = t.starts_with("fn ") || t.starts_with("pub fn ") || t.starts_with("pub const fn ") || t.starts_with("const fn ");
+        let is_fn = t.starts_with("fn ")
+            || t.starts_with("pub fn ")
+            || t.starts_with("pub const fn ")
+            || t.starts_with("const fn ");
         if is_fn && prev.trim() != "#[inline]" {
             out.push_str(&line[..line.len() - t.len()]);
             out.push_str("#[inline]\n");

@@ -452,10 +452,9 @@ impl Writer {
             let known = body.fields.iter().any(|f| &f.name == k)
                 || body.groups.iter().any(|g| &g.name == k)
                 || body.datas.iter().any(|d| &d.name == k);
-            if !known
-                && !(what == "message"
-                    && matches!(k.as_str(), "message" | "templateId" | "version"))
-            {
+            let header_key = what == "message"
+                && matches!(k.as_str(), "message" | "templateId" | "version");
+            if !known && !header_key {
                 return efail(format!("{what}: unknown field \"{k}\""));
             }
         }
@@ -702,7 +701,7 @@ fn json_prim(v: &Json, p: Primitive, name: &str) -> Result<Value, EncodeFailure>
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

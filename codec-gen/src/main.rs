@@ -43,7 +43,7 @@ fn read_schema(path: &str) -> Result<codec_gen::Schema, Failure> {
 
 fn parse_hex(s: &str) -> Result<Vec<u8>, Failure> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(Failure::Input("--hex: odd number of hex digits".into()));
     }
     digits

@@ -5,11 +5,18 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_codec-gen");
-const V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemas/versioned-v1.xml");
-const V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemas/versioned-v2.xml");
+const V1: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/schemas/versioned-v1.xml"
+);
+const V2: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/schemas/versioned-v2.xml"
+);
 
 /// Order{orderId 7, qty 100, fills [{price 1234}], note "hi"} written by version 1.
-const ORDER_V1_HEX: &str = "0c00050085030100 0700000000000000 64000000 08000100 d204000000000000 0200 6869";
+const ORDER_V1_HEX: &str =
+    "0c00050085030100 0700000000000000 64000000 08000100 d204000000000000 0200 6869";
 /// The same order written by version 2 (limit -5, venue 3, tag "x").
 const ORDER_V2_HEX: &str = "1000050085030200 0700000000000000 64000000 fbffffff 0a000100 d204000000000000 0300 0200 6869 0100 78";
 
@@ -21,7 +28,12 @@ fn run(args: &[&str], stdin: &[u8]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("codec-gen runs");
-    child.stdin.take().expect("piped").write_all(stdin).expect("stdin accepts");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(stdin)
+        .expect("stdin accepts");
     child.wait_with_output().expect("codec-gen exits")
 }
 
@@ -83,7 +95,10 @@ fn encode_then_decode_round_trips_through_the_command_line() {
     let line = r#"{"message":"Order","templateId":5,"version":2,"orderId":7,"qty":100,"limit":-5,"fills":[{"price":1234,"venue":3}],"note":"hi","tag":"x"}"#;
     let o = run(&["encode", V2, "--hex"], format!("{line}\n").as_bytes());
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(stdout(&o).trim(), ORDER_V2_HEX.split_whitespace().collect::<String>());
+    assert_eq!(
+        stdout(&o).trim(),
+        ORDER_V2_HEX.split_whitespace().collect::<String>()
+    );
     let raw = run(&["encode", V2], format!("{line}\n{line}\n").as_bytes());
     assert!(raw.status.success(), "{}", stderr(&raw));
     let back = run(&["decode", V2], &raw.stdout);
@@ -95,7 +110,11 @@ fn encode_then_decode_round_trips_through_the_command_line() {
 fn encode_refuses_unknown_fields_naming_the_line() {
     let o = run(&["encode", V2], b"{\"message\":\"Order\",\"orderID\":7}\n");
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("line 1") && stderr(&o).contains("orderID"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("line 1") && stderr(&o).contains("orderID"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -117,7 +136,10 @@ fn generate_writes_rust_and_refuses_an_invalid_schema_listing_every_error() {
     let o = run(&["generate", bad.to_str().expect("utf-8")], b"");
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(err.contains("\"int65\"") && err.contains("\"Nope\""), "{err}");
+    assert!(
+        err.contains("\"int65\"") && err.contains("\"Nope\""),
+        "{err}"
+    );
     assert!(err.trim_end().ends_with("had 2 errors"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -104,6 +104,7 @@ struct Image {
     end: Option<ImageEnd>,
     reassembly: Vec<u8>,
     reassembling: bool,
+    oversized: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -127,7 +128,7 @@ pub struct Receiver {
     counters: Counters,
     next_image: usize,
     closing: bool,
-    eos_to_send: Vec<(SocketAddr, i32, i64)>,
+    eos_to_send: Vec<(SocketAddr, i32, i32, i32)>,
 }
 
 impl Receiver {
@@ -202,8 +203,10 @@ impl Receiver {
         if !self.closing {
             self.closing = true;
             for i in &self.images {
+                let term_id = i.log.term_id(i.subscriber);
+                let offset = i.log.term_offset(i.subscriber) as i32;
                 self.eos_to_send
-                    .push((i.source, i.session_id, i.subscriber));
+                    .push((i.source, i.session_id, term_id, offset));
             }
         }
     }
@@ -428,6 +431,7 @@ impl Receiver {
             end: None,
             reassembly: Vec::new(),
             reassembling: false,
+            oversized: 0,
         });
         self.setup_requests.retain(|r| r.session_id != s.session_id);
         self.events.push_back(ImageEvent::Available {
@@ -484,6 +488,8 @@ impl Receiver {
             }
             let i = (self.next_image + k) % n;
             delivered += self.images[i].deliver(self.stream_id, &mut handler, limit - delivered);
+            let oversized = std::mem::take(&mut self.images[i].oversized);
+            self.counters.add(CounterId::DropsMalformed, oversized);
         }
         if n > 0 {
             self.next_image = (self.next_image + 1) % n;
@@ -553,8 +559,10 @@ impl Receiver {
     /// Writes the next control datagram into `buf` (at least 64 bytes), if any is due.
     pub fn poll_transmit(&mut self, now_ns: u64, buf: &mut [u8]) -> Option<Transmit> {
         let mut sm_buf = [0u8; SM_WITH_GROUP_TAG_LENGTH];
-        if let Some((source, session_id, position)) = self.eos_to_send.pop() {
-            let sm = self.status_message(session_id, position, flags::SM_EOS, 0, 0);
+        if let Some((source, session_id, term_id, offset)) = self.eos_to_send.pop() {
+            let mut sm = self.status_message(session_id, flags::SM_EOS, 0);
+            sm.consumption_term_id = term_id;
+            sm.consumption_term_offset = offset;
             let n = sm.encode(&mut sm_buf);
             buf[..n].copy_from_slice(&sm_buf[..n]);
             return Some(self.control_sent(source, n, CounterId::StatusMessagesSent));
@@ -566,7 +574,7 @@ impl Receiver {
             r.pending = false;
             r.next_ns = now_ns + self.cfg.setup_interval_ns;
             let (source, session_id) = (r.source, r.session_id);
-            let sm = self.status_message(session_id, 0, flags::SM_SEND_SETUP, 0, 0);
+            let sm = self.status_message(session_id, flags::SM_SEND_SETUP, 0);
             let n = sm.encode(&mut sm_buf);
             buf[..n].copy_from_slice(&sm_buf[..n]);
             return Some(self.control_sent(source, n, CounterId::StatusMessagesSent));
@@ -588,7 +596,7 @@ impl Receiver {
                 );
                 let term_id = img.log.term_id(position);
                 let offset = img.log.term_offset(position) as i32;
-                let mut sm = self.status_message(session_id, 0, 0, window, 0);
+                let mut sm = self.status_message(session_id, 0, window);
                 sm.consumption_term_id = term_id;
                 sm.consumption_term_offset = offset;
                 let n = sm.encode(&mut sm_buf);
@@ -632,19 +640,13 @@ impl Receiver {
         None
     }
 
-    fn status_message(
-        &self,
-        session_id: i32,
-        _position: i64,
-        fl: u8,
-        window: i32,
-        term_id: i32,
-    ) -> StatusMessage {
+    /// A status message at consumption position (term 0, offset 0); callers set the position.
+    fn status_message(&self, session_id: i32, fl: u8, window: i32) -> StatusMessage {
         StatusMessage {
             flags: fl,
             session_id,
             stream_id: self.stream_id,
-            consumption_term_id: term_id,
+            consumption_term_id: 0,
             consumption_term_offset: 0,
             receiver_window: window,
             receiver_id: self.receiver_id,
@@ -720,6 +722,13 @@ impl Image {
                             self.reassembly.extend_from_slice(payload);
                         }
                     }
+                }
+                // A message may not exceed a quarter term (the sender's limit): a peer that
+                // never ends one must not grow the buffer without bound.
+                if self.reassembling && self.reassembly.len() > self.log.term_length / 4 {
+                    self.reassembling = false;
+                    self.reassembly.clear();
+                    self.oversized += 1;
                 }
             }
             self.subscriber += advance as i64;

@@ -289,6 +289,16 @@ fn run_to_completion(net: &mut Net, count: usize, deadline_ns: u64) {
     }
 }
 
+/// Seeds `base..base + n`; `n` is `default` or `$TRANSPORT_SIM_SEEDS` (for long runs, e.g.
+/// `TRANSPORT_SIM_SEEDS=1000 cargo test --release -p transport --test sim`).
+fn seeds(base: u64, default: u64) -> std::ops::Range<u64> {
+    let n = std::env::var("TRANSPORT_SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    base..base + n
+}
+
 fn sim_config(multicast: bool) -> Config {
     Config {
         multicast,
@@ -303,7 +313,7 @@ fn sim_config(multicast: bool) -> Config {
 
 #[test]
 fn unicast_delivers_every_message_once_in_order_under_1_to_20_percent_loss() {
-    for seed in 0..24u64 {
+    for seed in seeds(0, 24) {
         let loss = 0.01 + (seed % 20) as f64 * 0.01;
         let mut net = Net::new(seed, 1, sim_config(false), Faults::lossy(loss));
         run_to_completion(&mut net, 1500, 60_000_000_000);
@@ -316,7 +326,7 @@ fn unicast_delivers_every_message_once_in_order_under_1_to_20_percent_loss() {
 
 #[test]
 fn multicast_delivers_every_message_once_in_order_to_three_receivers_under_loss() {
-    for seed in 100..116u64 {
+    for seed in seeds(100, 16) {
         let loss = 0.01 + (seed % 20) as f64 * 0.01;
         let mut net = Net::new(seed, 3, sim_config(true), Faults::lossy(loss));
         run_to_completion(&mut net, 1500, 60_000_000_000);
@@ -325,7 +335,7 @@ fn multicast_delivers_every_message_once_in_order_to_three_receivers_under_loss(
 
 #[test]
 fn a_short_partition_of_one_multicast_receiver_is_recovered_by_naks() {
-    for seed in 200..206u64 {
+    for seed in seeds(200, 6) {
         let mut net = Net::new(seed, 3, sim_config(true), Faults::lossy(0.02));
         net.partitions.push(Partition {
             receiver: 1,
@@ -379,7 +389,7 @@ fn nak_suppression_keeps_retransmits_below_one_per_receiver_for_shared_loss() {
 
 #[test]
 fn a_receiver_cut_off_beyond_the_retransmit_window_is_told_it_fell_behind_and_rejoins_live() {
-    for seed in 400..404u64 {
+    for seed in seeds(400, 4) {
         let cfg = Config {
             receiver_timeout_ns: 100_000_000,
             ..sim_config(true)

@@ -9,7 +9,9 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use transport::{now_ns, Agent, Channel, Config, IdleStrategy, ImageEvent, Publication, Subscription};
+use transport::{
+    now_ns, Agent, Channel, Config, IdleStrategy, ImageEvent, Publication, Subscription,
+};
 
 fn skip(why: &str) {
     eprintln!("SKIPPED tshark_decodes_every_frame_as_aeron: {why}");
@@ -38,7 +40,11 @@ fn tshark_decodes_every_captured_frame_as_aeron_without_malformed_or_warning_mar
     };
     let mut publication = Publication::new(&Channel::unicast(endpoint), 9, cfg).unwrap();
     let pub_port = publication.local_addr().unwrap().port();
-    let dir = std::env::temp_dir().join(format!("tally-tshark-{}-{}", std::process::id(), endpoint.port()));
+    let dir = std::env::temp_dir().join(format!(
+        "tally-tshark-{}-{}",
+        std::process::id(),
+        endpoint.port()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let pcap = dir.join("capture.pcapng");
     let filter = format!("udp and (port {} or port {pub_port})", endpoint.port());
@@ -79,9 +85,16 @@ fn tshark_decodes_every_captured_frame_as_aeron_without_malformed_or_warning_mar
     let deadline = Instant::now() + Duration::from_secs(15);
     let (count, mut next, mut received, mut closed) = (300u64, 0u64, 0u64, false);
     while !closed {
-        assert!(Instant::now() < deadline, "exchange timed out: {next} sent, {received} received");
+        assert!(
+            Instant::now() < deadline,
+            "exchange timed out: {next} sent, {received} received"
+        );
         if publication.is_connected() && next < count {
-            let len = if next % 50 == 0 { 5000 } else { 8 + next as usize % 200 };
+            let len = if next % 50 == 0 {
+                5000
+            } else {
+                8 + next as usize % 200
+            };
             if publication.offer(&vec![next as u8; len]).is_ok() {
                 next += 1;
             }
@@ -106,15 +119,41 @@ fn tshark_decodes_every_captured_frame_as_aeron_without_malformed_or_warning_mar
         .arg(&pcap)
         .args(["-d", &format!("udp.port=={},aeron", endpoint.port())])
         .args(["-T", "fields", "-E", "separator=;", "-E", "occurrence=a"])
-        .args(["-e", "frame.number", "-e", "_ws.col.Protocol", "-e", "_ws.malformed"])
+        .args([
+            "-e",
+            "frame.number",
+            "-e",
+            "_ws.col.Protocol",
+            "-e",
+            "_ws.malformed",
+        ])
         .args(["-e", "_ws.expert.severity", "-e", "_ws.expert.message"])
-        .args(["-e", "aeron.setup.type", "-e", "aeron.data.type", "-e", "aeron.sm.type"])
-        .args(["-e", "aeron.nak.type", "-e", "aeron.rtt.type", "-e", "aeron.pad.type"])
+        .args([
+            "-e",
+            "aeron.setup.type",
+            "-e",
+            "aeron.data.type",
+            "-e",
+            "aeron.sm.type",
+        ])
+        .args([
+            "-e",
+            "aeron.nak.type",
+            "-e",
+            "aeron.rtt.type",
+            "-e",
+            "aeron.pad.type",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&decode.stdout);
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines.len() > 50, "too few packets captured: {}\n{}", lines.len(), String::from_utf8_lossy(&decode.stderr));
+    assert!(
+        lines.len() > 50,
+        "too few packets captured: {}\n{}",
+        lines.len(),
+        String::from_utf8_lossy(&decode.stderr)
+    );
     let mut seen = [0usize; 6];
     let mut nak_reports = 0usize;
     for line in &lines {
@@ -131,7 +170,10 @@ fn tshark_decodes_every_captured_frame_as_aeron_without_malformed_or_warning_mar
             let severity: u64 = s.parse().unwrap_or(u64::MAX);
             let message = messages.get(i).copied().unwrap_or("");
             let nak_report = message.starts_with("NAK offset") && !f[8].is_empty();
-            assert!(severity < 4_194_304 || nak_report, "warning or error mark: {line}");
+            assert!(
+                severity < 4_194_304 || nak_report,
+                "warning or error mark: {line}"
+            );
             if nak_report {
                 nak_reports += 1;
             }

@@ -99,7 +99,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
             }
             "--core" => {
                 let v = it.next().ok_or("--core needs a value")?;
-                core = Some(v.parse().map_err(|_| format!("--core {v}: expected a core number"))?);
+                core = Some(
+                    v.parse()
+                        .map_err(|_| format!("--core {v}: expected a core number"))?,
+                );
             }
             "--help" | "-h" => {
                 println!("bench codec [--seconds S (default {SECONDS_DEFAULT})] [--core N] [--json]\n  encode and decode rates of a Transfers command (1 transfer) on one core");

@@ -12,7 +12,8 @@ use serde_json::json;
 
 /// Order{orderId 7, qty 100, fills [{price 1234}], note "hi"} written by version 1.
 const ORDER_V1: &[u8] = &[
-    0x0c, 0x00, 0x05, 0x00, 0x85, 0x03, 0x01, 0x00, // header: blockLength 12, template 5, schema 901, version 1
+    0x0c, 0x00, 0x05, 0x00, 0x85, 0x03, 0x01,
+    0x00, // header: blockLength 12, template 5, schema 901, version 1
     0x07, 0, 0, 0, 0, 0, 0, 0, // orderId
     0x64, 0, 0, 0, // qty
     0x08, 0x00, 0x01, 0x00, // fills: blockLength 8, numInGroup 1
@@ -50,7 +51,12 @@ fn header_reads_and_writes_the_four_standard_fields() {
     let h = v1::decode_header(ORDER_V1).expect("header fits");
     assert_eq!(
         h,
-        codec_gen::runtime::Header { block_length: 12, template_id: 5, schema_id: 901, version: 1 }
+        codec_gen::runtime::Header {
+            block_length: 12,
+            template_id: 5,
+            schema_id: 901,
+            version: 1
+        }
     );
     let mut buf = [0u8; 8];
     v1::encode_header(&mut buf, h);
@@ -67,7 +73,11 @@ fn version_1_encoder_writes_the_golden_bytes() {
     let mut buf = [0u8; 64];
     let mut e = v1::OrderEncoder::wrap_with_header(&mut buf).expect("fits");
     e.set_order_id(7).set_qty(100);
-    e.fills().expect("fits").next_entry().expect("fits").set_price(1234);
+    e.fills()
+        .expect("fits")
+        .next_entry()
+        .expect("fits")
+        .set_price(1234);
     e.set_note(b"hi").expect("fits");
     let len = e.finish().expect("fits");
     assert_eq!(&buf[..len], ORDER_V1);
@@ -78,8 +88,16 @@ fn version_2_encoder_writes_the_golden_bytes() {
     let mut buf = [0u8; 64];
     let mut e = v2::OrderEncoder::wrap_with_header(&mut buf).expect("fits");
     e.set_order_id(7).set_qty(100).set_limit(Some(-5));
-    e.fills().expect("fits").next_entry().expect("fits").set_price(1234).set_venue(3);
-    e.set_note(b"hi").expect("fits").set_tag(b"x").expect("fits");
+    e.fills()
+        .expect("fits")
+        .next_entry()
+        .expect("fits")
+        .set_price(1234)
+        .set_venue(3);
+    e.set_note(b"hi")
+        .expect("fits")
+        .set_tag(b"x")
+        .expect("fits");
     let len = e.finish().expect("fits");
     assert_eq!(&buf[..len], ORDER_V2);
 }
@@ -90,7 +108,11 @@ fn version_1_decoder_reads_a_version_2_message() {
     assert_eq!((d.acting_version(), d.acting_block_length()), (2, 16));
     assert_eq!((d.order_id(), d.qty()), (7, 100));
     let fills: Vec<i64> = d.fills().expect("valid").map(|f| f.price()).collect();
-    assert_eq!(fills, [1234], "entries are strided by the sender's block length (10)");
+    assert_eq!(
+        fills,
+        [1234],
+        "entries are strided by the sender's block length (10)"
+    );
     assert_eq!(d.note().expect("valid"), b"hi");
     // A version-1 reader knows nothing after `note`: the message ends there for it.
     assert_eq!(d.encoded_length().expect("valid"), ORDER_V2.len() - 3);
@@ -104,7 +126,11 @@ fn version_2_decoder_reads_a_version_1_message_with_new_fields_absent() {
     let fill = d.fills().expect("valid").next().expect("one fill");
     assert_eq!((fill.price(), fill.venue()), (1234, None));
     assert_eq!(d.note().expect("valid"), b"hi");
-    assert_eq!(d.tag().expect("valid"), b"", "tag is newer than the message");
+    assert_eq!(
+        d.tag().expect("valid"),
+        b"",
+        "tag is newer than the message"
+    );
     assert_eq!(d.encoded_length().expect("valid"), ORDER_V1.len());
 }
 
@@ -144,9 +170,15 @@ fn json_decoder_reads_the_golden_messages_in_both_directions() {
 fn json_encoder_writes_the_golden_bytes() {
     let v = json!({"message": "Order", "orderId": 7, "qty": 100, "limit": -5,
                    "fills": [{"price": 1234, "venue": 3}], "note": "hi", "tag": "x"});
-    assert_eq!(codec_gen::json::encode_message(&v2_schema(), &v).expect("fits"), ORDER_V2);
+    assert_eq!(
+        codec_gen::json::encode_message(&v2_schema(), &v).expect("fits"),
+        ORDER_V2
+    );
     let v = json!({"message": "Order", "orderId": 7, "qty": 100, "fills": [{"price": 1234}], "note": "hi"});
-    assert_eq!(codec_gen::json::encode_message(&v1_schema(), &v).expect("fits"), ORDER_V1);
+    assert_eq!(
+        codec_gen::json::encode_message(&v1_schema(), &v).expect("fits"),
+        ORDER_V1
+    );
 }
 
 #[test]
@@ -159,9 +191,16 @@ fn every_truncation_of_a_golden_message_is_an_error_not_a_panic() {
             d.tag()?;
             d.encoded_length()
         });
-        assert!(full.is_err(), "a message cut to {len} bytes must not decode");
+        assert!(
+            full.is_err(),
+            "a message cut to {len} bytes must not decode"
+        );
         let json = codec_gen::json::decode_message(&v2_schema(), bytes, 0);
         let err = json.expect_err("truncated");
-        assert!(err.offset <= len, "offset {} points inside the {len} bytes", err.offset);
+        assert!(
+            err.offset <= len,
+            "offset {} points inside the {len} bytes",
+            err.offset
+        );
     }
 }

@@ -64,8 +64,20 @@ fn fill() -> impl Strategy<Value = Fill> {
 }
 
 fn leg() -> impl Strategy<Value = Leg> {
-    (any::<u32>(), any::<i16>(), prop::sample::select(Side::ALL.to_vec()), prop::collection::vec(fill(), 0..3), ".{0,6}")
-        .prop_map(|(leg_id, ratio, side, fills, note)| Leg { leg_id, ratio, side, fills, note })
+    (
+        any::<u32>(),
+        any::<i16>(),
+        prop::sample::select(Side::ALL.to_vec()),
+        prop::collection::vec(fill(), 0..3),
+        ".{0,6}",
+    )
+        .prop_map(|(leg_id, ratio, side, fills, note)| Leg {
+            leg_id,
+            ratio,
+            side,
+            fills,
+            note,
+        })
 }
 
 fn everything() -> impl Strategy<Value = Everything> {
@@ -139,13 +151,29 @@ fn everything() -> impl Strategy<Value = Everything> {
 
 fn encode(m: &Everything, buf: &mut [u8]) -> usize {
     let mut e = EverythingEncoder::wrap_with_header(buf).expect("buffer fits");
-    e.set_id(m.id).set_symbol(&m.symbol).set_side(m.side).set_status(m.status).set_level(m.level);
-    e.set_flags(Flags::from_raw(m.flags)).set_wide(WideFlags::from_raw(m.wide));
-    e.set_price(m.price).set_qty(m.qty).set_pct(m.pct).set_ratio(m.ratio);
+    e.set_id(m.id)
+        .set_symbol(&m.symbol)
+        .set_side(m.side)
+        .set_status(m.status)
+        .set_level(m.level);
+    e.set_flags(Flags::from_raw(m.flags))
+        .set_wide(WideFlags::from_raw(m.wide));
+    e.set_price(m.price)
+        .set_qty(m.qty)
+        .set_pct(m.pct)
+        .set_ratio(m.ratio);
     e.set_weights(&m.weights).set_digest(&m.digest);
-    e.stamp_mut().set_seconds(m.seconds).set_unit(m.unit).set_flags(Flags::from_raw(m.stamp_flags)).set_spare(m.spare);
+    e.stamp_mut()
+        .set_seconds(m.seconds)
+        .set_unit(m.unit)
+        .set_flags(Flags::from_raw(m.stamp_flags))
+        .set_spare(m.spare);
     e.stamp_mut().price_mut().set_mantissa(m.stamp_price);
-    e.set_f32(m.f32).set_i8(m.i8).set_type_(m.type_).set_extra(m.extra).set_extra2(m.extra2);
+    e.set_f32(m.f32)
+        .set_i8(m.i8)
+        .set_type_(m.type_)
+        .set_extra(m.extra)
+        .set_extra2(m.extra2);
     {
         let mut legs = e.legs().expect("fits");
         for l in &m.legs {
@@ -156,7 +184,9 @@ fn encode(m: &Everything, buf: &mut [u8]) -> usize {
                 for f in &l.fills {
                     let mut fe = fills.next_entry().expect("fits");
                     fe.px_mut().set_mantissa(f.px);
-                    fe.set_qty(f.qty).set_venue_note(f.note.as_bytes()).expect("fits");
+                    fe.set_qty(f.qty)
+                        .set_venue_note(f.note.as_bytes())
+                        .expect("fits");
                 }
             }
             le.set_leg_note(l.note.as_bytes()).expect("fits");
@@ -197,9 +227,19 @@ fn decode(buf: &[u8]) -> Result<Everything, DecodeError> {
         let mut fills = Vec::new();
         for f in l.fills()? {
             let f = f?;
-            fills.push(Fill { px: f.px().mantissa(), qty: f.qty(), note: text(f.venue_note()?) });
+            fills.push(Fill {
+                px: f.px().mantissa(),
+                qty: f.qty(),
+                note: text(f.venue_note()?),
+            });
         }
-        legs.push(Leg { leg_id: l.leg_id(), ratio: l.ratio(), side: l.side().expect("known"), fills, note: text(l.leg_note()?) });
+        legs.push(Leg {
+            leg_id: l.leg_id(),
+            ratio: l.ratio(),
+            side: l.side().expect("known"),
+            fills,
+            note: text(l.leg_note()?),
+        });
     }
     Ok(Everything {
         id: d.id(),
@@ -238,8 +278,25 @@ fn decode(buf: &[u8]) -> Result<Everything, DecodeError> {
 fn walk(buf: &[u8]) -> Result<usize, DecodeError> {
     match decode_any(buf)? {
         Decoded::Everything(d) => {
-            let _ = (d.id(), d.symbol(), d.side(), d.level(), d.flags(), d.price(), d.qty(), d.ratio(), d.weights());
-            let _ = (d.stamp().unit(), d.stamp().spare(), d.extra(), d.extra2(), d.f32(), d.type_());
+            let _ = (
+                d.id(),
+                d.symbol(),
+                d.side(),
+                d.level(),
+                d.flags(),
+                d.price(),
+                d.qty(),
+                d.ratio(),
+                d.weights(),
+            );
+            let _ = (
+                d.stamp().unit(),
+                d.stamp().spare(),
+                d.extra(),
+                d.extra2(),
+                d.f32(),
+                d.type_(),
+            );
             for l in d.legs()? {
                 let l = l?;
                 let _ = (l.leg_id(), l.side());
@@ -318,7 +375,10 @@ proptest! {
 #[test]
 fn empty_and_data_only_messages_round_trip() {
     let mut buf = [0u8; 64];
-    let len = EmptyEncoder::wrap_with_header(&mut buf).expect("fits").finish().expect("fits");
+    let len = EmptyEncoder::wrap_with_header(&mut buf)
+        .expect("fits")
+        .finish()
+        .expect("fits");
     assert_eq!(len, HEADER_LENGTH);
     assert_eq!(walk(&buf[..len]), Ok(len));
     let mut e = OnlyDataEncoder::wrap_with_header(&mut buf).expect("fits");
@@ -333,7 +393,10 @@ fn parts_skipped_by_the_encoder_are_written_empty_and_out_of_order_parts_are_ref
     let mut buf = [0u8; 512];
     let mut e = EverythingEncoder::wrap_with_header(&mut buf).expect("fits");
     e.set_note(b"only the note").expect("fits");
-    assert!(matches!(e.legs(), Err(codec_gen::runtime::EncodeError::OutOfOrder { part: "legs" })));
+    assert!(matches!(
+        e.legs(),
+        Err(codec_gen::runtime::EncodeError::OutOfOrder { part: "legs" })
+    ));
     let len = e.finish().expect("fits");
     let d = EverythingDecoder::wrap_with_header(&buf[..len]).expect("valid");
     assert_eq!(d.legs().expect("valid").count(), 0);
@@ -341,7 +404,11 @@ fn parts_skipped_by_the_encoder_are_written_empty_and_out_of_order_parts_are_ref
     assert_eq!(d.later_note(), Ok(&b""[..]));
     assert_eq!(d.price(), None, "optional fields start null");
     assert_eq!(d.level(), None);
-    assert_eq!(d.stamp().spare(), None, "optional composite members start null");
+    assert_eq!(
+        d.stamp().spare(),
+        None,
+        "optional composite members start null"
+    );
 }
 
 #[test]
@@ -378,9 +445,14 @@ fn encoders_report_a_short_buffer_and_limits_instead_of_panicking() {
         let mut leg = legs.next_entry().expect("fits");
         let mut fills = leg.fills().expect("fits");
         for _ in 0..100 {
-            fills.next_entry().expect("under the schema's maxValue of 100");
+            fills
+                .next_entry()
+                .expect("under the schema's maxValue of 100");
         }
-        assert!(matches!(fills.next_entry(), Err(codec_gen::runtime::EncodeError::TooManyEntries { max: 100, .. })));
+        assert!(matches!(
+            fills.next_entry(),
+            Err(codec_gen::runtime::EncodeError::TooManyEntries { max: 100, .. })
+        ));
     }
     assert!(matches!(
         e.set_blob(&vec![0u8; 65537]),

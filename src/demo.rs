@@ -1,0 +1,446 @@
+//! `tally demo`: one process, embedded defaults, a temporary data folder. Starts a leader node
+//! on loopback, opens client sessions over UDP, creates accounts, runs a few seconds of mixed
+//! load (deposits, withdrawals, transfers, some of them overdraft attempts), posts one pending
+//! transfer and voids another, then prints throughput, a latency table, a few balances and the
+//! conservation check (per ledger, debits = credits), and cleans up.
+//!
+//! Replicas join the demo once the replica issue lands.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use client::{Client, ClientConfig, Request, Response, Transfer};
+use hdrhistogram::Histogram;
+use schemas::ledger::ResultCode;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Seconds of mixed load.
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+    /// Client sessions (one thread each).
+    #[arg(long, default_value_t = 2)]
+    clients: usize,
+    /// Accounts the load moves money between.
+    #[arg(long, default_value_t = 1_000)]
+    accounts: u64,
+    /// Requests each client keeps in flight (pipelining).
+    #[arg(long, default_value_t = 256)]
+    in_flight: usize,
+}
+
+const LEDGER: u32 = 1;
+const EXTERNAL_ID: u64 = 1 << 62;
+const OPENING_DEPOSIT: u64 = 10_000;
+
+/// Removes the demo's data folder on drop, also on error paths.
+struct Scratch(std::path::PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn run(args: DemoArgs) -> ExitCode {
+    match demo(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tally demo: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check(what: &str, r: Response) -> Result<Response, String> {
+    match r.result() {
+        Some(ResultCode::Ok) => Ok(r),
+        other => Err(format!("{what}: {}", other.map_or("unknown", |c| c.name()))),
+    }
+}
+
+/// Sends all `requests` pipelined; returns how many came back `ok`.
+fn pipelined(client: &mut Client, requests: impl Iterator<Item = Request>) -> Result<u64, String> {
+    let mut ok = 0u64;
+    let mut in_flight = 0usize;
+    let mut failure = None;
+    let mut pending = requests.peekable();
+    while pending.peek().is_some() || in_flight > 0 {
+        while let Some(r) = pending.peek() {
+            match client.try_send(r) {
+                Ok(_) => {
+                    pending.next();
+                    in_flight += 1;
+                }
+                Err(client::ClientError::BackPressured { .. }) => break,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        client.poll(
+            |_, result| {
+                in_flight -= 1;
+                match result {
+                    Ok(r) if r.result() == Some(ResultCode::Ok) => ok += 1,
+                    Ok(r) => failure = Some(format!("{:?}", r.result())),
+                    Err(e) => failure = Some(e.to_string()),
+                }
+            },
+            usize::MAX,
+        );
+    }
+    match failure {
+        Some(f) => Err(format!("set-up request failed: {f}")),
+        None => Ok(ok),
+    }
+}
+
+fn demo(args: &DemoArgs) -> Result<(), String> {
+    if args.accounts < 2 || args.clients == 0 || args.seconds == 0 {
+        return Err("--accounts must be at least 2, --clients and --seconds at least 1".into());
+    }
+    let dir = std::env::temp_dir().join(format!("tally-demo-{}", std::process::id()));
+    let _scratch = Scratch(dir.clone());
+    let mut config = sequencer::node::NodeConfig::new(&dir);
+    config.listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
+    config.pipeline.journal.segment_size = 16 << 20;
+    config.pipeline.journal.direct_io = journal::DirectIo::Optional;
+    config.pipeline.engine.accounts_max = (args.accounts + 1_000) as u32;
+    config.pipeline.engine.transfers_retained_max = 2_000_000;
+    config.pipeline.engine.pending_max = 10_000;
+    config.pipeline.snapshot_interval_commands = 0;
+    let started = Instant::now();
+    let (node, _) = sequencer::node::Node::start(config)?;
+    let addr = node.local_addr();
+    println!(
+        "tally demo: leader listening on {addr} (data in {}), started in {:?}",
+        dir.display(),
+        started.elapsed()
+    );
+
+    // Set-up: the ledger's external account, then accounts with an opening deposit.
+    let mut setup = Client::connect(ClientConfig::new(addr)).map_err(|e| e.to_string())?;
+    check(
+        "create external account",
+        setup
+            .request(&Request::CreateAccount {
+                id: EXTERNAL_ID,
+                ledger: LEDGER,
+                debits_must_not_exceed_credits: false,
+                credits_must_not_exceed_debits: false,
+                external: true,
+                code: 0,
+            })
+            .map_err(|e| e.to_string())?,
+    )?;
+    let creates = (1..=args.accounts).map(|id| Request::CreateAccount {
+        id,
+        ledger: LEDGER,
+        debits_must_not_exceed_credits: true,
+        credits_must_not_exceed_debits: false,
+        external: false,
+        code: 0,
+    });
+    pipelined(&mut setup, creates)?;
+    let mut ids = client::IdSource::new();
+    let deposits: Vec<Request> = (1..=args.accounts)
+        .map(|id| Request::Deposit {
+            id: ids.next_u128(),
+            account_id: id,
+            amount: OPENING_DEPOSIT,
+        })
+        .collect();
+    pipelined(&mut setup, deposits.into_iter())?;
+    println!(
+        "created {} accounts (no overdraft) with {OPENING_DEPOSIT} each",
+        args.accounts
+    );
+
+    // Mixed load, one thread per client session.
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let load_started = Instant::now();
+    let workers: Vec<_> = (0..args.clients)
+        .map(|w| {
+            let (accounts, in_flight_max) = (args.accounts, args.in_flight);
+            std::thread::spawn(move || load(addr, w as u64, accounts, in_flight_max, deadline))
+        })
+        .collect();
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?;
+    let mut results: BTreeMap<String, u64> = BTreeMap::new();
+    for w in workers {
+        let (h, r) = w
+            .join()
+            .map_err(|_| "a client thread panicked".to_string())??;
+        hist.add(h).map_err(|e| e.to_string())?;
+        for (k, v) in r {
+            *results.entry(k).or_default() += v;
+        }
+    }
+    let elapsed = load_started.elapsed();
+    let total: u64 = results.values().sum();
+
+    // Two-phase: one pending transfer posted, one voided.
+    let two_phase = two_phase(&mut setup)?;
+
+    println!();
+    println!(
+        "load: {total} commands from {} clients in {:.2} s = {:.0} commands/s (acknowledged durable)",
+        args.clients,
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "results: {}",
+        results
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!();
+    println!("round-trip latency (send -> durable reply), microseconds:");
+    println!(
+        "  {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "p50", "p90", "p99", "p99.9", "p99.99", "max"
+    );
+    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "  {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
+        us(0.5),
+        us(0.9),
+        us(0.99),
+        us(0.999),
+        us(0.9999),
+        hist.max() as f64 / 1000.0
+    );
+    println!();
+    println!("{two_phase}");
+    println!();
+    println!("balances (credits - debits posted):");
+    for id in [1, 2, 3, EXTERNAL_ID] {
+        let r = setup
+            .request(&Request::GetAccount {
+                id,
+                min_position: 0,
+            })
+            .map_err(|e| e.to_string())?;
+        if let Response::Account { account, .. } = r {
+            let name = if id == EXTERNAL_ID {
+                "external".to_string()
+            } else {
+                format!("account {id}")
+            };
+            println!(
+                "  {name:>12}: {:>10}   (debits {}, credits {}, pending {}/{})",
+                account.balance(),
+                account.debits_posted,
+                account.credits_posted,
+                account.debits_pending,
+                account.credits_pending
+            );
+        }
+    }
+    conservation(&mut setup)?;
+    setup.close();
+    let status = node.shutdown();
+    println!();
+    println!(
+        "leader stopped at position {} (durable {}), state hash {:016x}; data folder removed",
+        status.applied_position, status.durable_position, status.state_hash
+    );
+    Ok(())
+}
+
+type LoadResult = Result<(Histogram<u64>, BTreeMap<String, u64>), String>;
+
+/// One client session's mixed load until `deadline`.
+fn load(
+    addr: SocketAddr,
+    worker: u64,
+    accounts: u64,
+    in_flight_max: usize,
+    deadline: Instant,
+) -> LoadResult {
+    let mut config = ClientConfig::new(addr);
+    config.in_flight_max = in_flight_max;
+    let mut client = Client::connect(config).map_err(|e| e.to_string())?;
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?;
+    let mut results: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sent_at: HashMap<u64, Instant> = HashMap::with_capacity(in_flight_max * 2);
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (worker + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut ids = client::IdSource::with_seed(worker ^ 0xDE40);
+    loop {
+        let now = Instant::now();
+        if now < deadline {
+            while sent_at.len() < in_flight_max {
+                let r = next();
+                let a = 1 + r % accounts;
+                let b = 1 + (a + (r >> 20) % (accounts - 1)) % accounts;
+                let request = match r % 100 {
+                    // Amounts up to 2,000 against ~10,000 balances, deposits outweighing
+                    // withdrawals: most succeed, and accounts that run dry answer
+                    // insufficient_funds (the no-overdraft rule at work).
+                    0..=69 => Request::Transfers {
+                        atomic: false,
+                        transfers: vec![Transfer {
+                            id: ids.next_u128(),
+                            debit_account_id: a,
+                            credit_account_id: b,
+                            amount: 1 + (r >> 40) % 2_000,
+                            ledger: LEDGER,
+                            pending: false,
+                            timeout_s: 0,
+                            code: 0,
+                        }],
+                    },
+                    70..=84 => Request::Deposit {
+                        id: ids.next_u128(),
+                        account_id: a,
+                        amount: 1 + (r >> 40) % 4_000,
+                    },
+                    _ => Request::Withdraw {
+                        id: ids.next_u128(),
+                        account_id: a,
+                        amount: 1 + (r >> 40) % 1_000,
+                    },
+                };
+                match client.try_send(&request) {
+                    Ok(id) => {
+                        sent_at.insert(id.0, Instant::now());
+                    }
+                    Err(client::ClientError::BackPressured { .. }) => break,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        } else if sent_at.is_empty() {
+            break;
+        }
+        client.poll(
+            |id, result| {
+                if let Some(t) = sent_at.remove(&id.0) {
+                    let _ = hist.record(t.elapsed().as_nanos() as u64);
+                }
+                let name = match result {
+                    Ok(r) => r.result().map_or("unknown", |c| c.name()).to_string(),
+                    Err(e) => format!("error: {e}"),
+                };
+                *results.entry(name).or_default() += 1;
+            },
+            usize::MAX,
+        );
+    }
+    client.close();
+    Ok((hist, results))
+}
+
+fn two_phase(client: &mut Client) -> Result<String, String> {
+    let send = |client: &mut Client, r: &Request| client.request(r).map_err(|e| e.to_string());
+    let pending = |id: u128, amount: u64| Request::Transfers {
+        atomic: false,
+        transfers: vec![Transfer {
+            id,
+            debit_account_id: 1,
+            credit_account_id: 2,
+            amount,
+            ledger: LEDGER,
+            pending: true,
+            timeout_s: 60,
+            code: 0,
+        }],
+    };
+    let (p1, p2, funding, posting, voiding) = (
+        client.new_transfer_id(),
+        client.new_transfer_id(),
+        client.new_transfer_id(),
+        client.new_transfer_id(),
+        client.new_transfer_id(),
+    );
+    // Fund account 1 so both reservations fit whatever the load did to it.
+    check(
+        "deposit",
+        send(
+            client,
+            &Request::Deposit {
+                id: funding,
+                account_id: 1,
+                amount: 1_000,
+            },
+        )?,
+    )?;
+    check("pending transfer", send(client, &pending(p1, 300))?)?;
+    check("pending transfer", send(client, &pending(p2, 200))?)?;
+    let post = send(
+        client,
+        &Request::PostPending {
+            id: posting,
+            pending_id: p1,
+            amount: Some(250),
+        },
+    )?;
+    let void = send(
+        client,
+        &Request::VoidPending {
+            id: voiding,
+            pending_id: p2,
+        },
+    )?;
+    let name = |r: &Response| r.result().map_or("unknown", |c| c.name()).to_string();
+    Ok(format!(
+        "two-phase: pending 300 then posted 250 of it -> {}; pending 200 then voided -> {}",
+        name(&post),
+        name(&void)
+    ))
+}
+
+/// Pages through every account of the ledger and checks that debits equal credits.
+fn conservation(client: &mut Client) -> Result<(), String> {
+    let (mut debits, mut credits, mut pending_d, mut pending_c, mut count) =
+        (0u128, 0u128, 0u128, 0u128, 0u64);
+    let mut after = 0u64;
+    loop {
+        let r = client
+            .request(&Request::ListAccounts {
+                ledger: Some(LEDGER),
+                after_id: after,
+                limit: 256,
+                min_position: 0,
+            })
+            .map_err(|e| e.to_string())?;
+        let Response::Accounts { accounts, .. } = r else {
+            return Err("unexpected reply to list accounts".into());
+        };
+        if accounts.is_empty() {
+            break;
+        }
+        for a in &accounts {
+            debits += u128::from(a.debits_posted);
+            credits += u128::from(a.credits_posted);
+            pending_d += u128::from(a.debits_pending);
+            pending_c += u128::from(a.credits_pending);
+            count += 1;
+            after = a.account_id;
+        }
+    }
+    let ok = debits == credits && pending_d == pending_c;
+    println!();
+    println!(
+        "conservation over {count} accounts of ledger {LEDGER}: debits {debits} {} credits {credits}, pending {pending_d} {} {pending_c} -> {}",
+        if debits == credits { "=" } else { "!=" },
+        if pending_d == pending_c { "=" } else { "!=" },
+        if ok { "money neither created nor lost" } else { "VIOLATED" }
+    );
+    if ok {
+        Ok(())
+    } else {
+        Err("conservation check failed".into())
+    }
+}

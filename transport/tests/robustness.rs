@@ -1,0 +1,274 @@
+//! The sans-IO endpoints refuse bad input with counted drops, never panics, and the sender's
+//! offer API says why it refused.
+
+use std::net::SocketAddr;
+
+use transport::frame::{self, flags, frame_type, DataHeader, Nak, Setup, StatusMessage};
+use transport::{Config, CounterId, OfferError, Receiver, Sender};
+
+const STREAM: i32 = 7;
+const SESSION: i32 = 3;
+
+fn source() -> SocketAddr {
+    "10.0.0.1:1000".parse().unwrap()
+}
+
+fn setup() -> [u8; frame::SETUP_LENGTH] {
+    Setup {
+        flags: 0,
+        term_offset: 0,
+        session_id: SESSION,
+        stream_id: STREAM,
+        initial_term_id: 5,
+        active_term_id: 5,
+        term_length: 64 * 1024,
+        mtu: 1408,
+        ttl: 0,
+    }
+    .encode()
+}
+
+fn data(term_offset: i32, payload: &[u8], session_id: i32) -> Vec<u8> {
+    let length = frame::DATA_HEADER_LENGTH + payload.len();
+    let mut b = vec![0u8; frame::align_frame(length)];
+    DataHeader {
+        frame_length: length as i32,
+        flags: flags::UNFRAGMENTED,
+        frame_type: frame_type::DATA,
+        term_offset,
+        session_id,
+        stream_id: STREAM,
+        term_id: 5,
+        reserved_value: 0,
+    }
+    .write(&mut b);
+    b[frame::DATA_HEADER_LENGTH..length].copy_from_slice(payload);
+    b
+}
+
+fn receiver() -> Receiver {
+    let mut r = Receiver::new(Config::with_term_length(64 * 1024), STREAM, 1).unwrap();
+    r.handle_datagram(0, source(), &setup());
+    assert_eq!(r.image_count(), 1);
+    r
+}
+
+fn delivered(r: &mut Receiver) -> Vec<Vec<u8>> {
+    let mut v = Vec::new();
+    r.poll(|m, _| v.push(m.to_vec()), usize::MAX);
+    v
+}
+
+#[test]
+fn truncated_wrong_version_and_lying_length_datagrams_are_dropped_and_counted() {
+    let mut r = receiver();
+    let good = data(0, b"hello", SESSION);
+    r.handle_datagram(1, source(), &good[..20]);
+    let mut bad_version = good.clone();
+    bad_version[4] = 9;
+    r.handle_datagram(1, source(), &bad_version);
+    let mut lying = good.clone();
+    lying[0..4].copy_from_slice(&5000i32.to_le_bytes());
+    r.handle_datagram(1, source(), &lying);
+    let mut past_term_end = data(65536 - 32, b"hello", SESSION);
+    past_term_end[0..4].copy_from_slice(&64i32.to_le_bytes());
+    r.handle_datagram(1, source(), &past_term_end);
+    assert_eq!(r.counters().get(CounterId::DropsMalformed), 4);
+    assert!(delivered(&mut r).is_empty());
+    r.handle_datagram(1, source(), &good);
+    assert_eq!(delivered(&mut r), vec![b"hello".to_vec()]);
+}
+
+#[test]
+fn unknown_sessions_replays_and_strangers_are_dropped_and_counted() {
+    let mut r = receiver();
+    r.handle_datagram(1, source(), &data(0, b"a", SESSION + 1));
+    assert_eq!(r.counters().get(CounterId::DropsUnknownSession), 1);
+    let stranger: SocketAddr = "10.9.9.9:1000".parse().unwrap();
+    r.handle_datagram(1, stranger, &data(0, b"evil", SESSION));
+    assert_eq!(r.counters().get(CounterId::DropsUnexpectedSource), 1);
+    let frame = data(0, b"once", SESSION);
+    r.handle_datagram(1, source(), &frame);
+    r.handle_datagram(2, source(), &frame);
+    assert_eq!(delivered(&mut r), vec![b"once".to_vec()]);
+    r.handle_datagram(3, source(), &frame);
+    assert_eq!(r.counters().get(CounterId::DropsDuplicate), 2);
+    assert!(
+        delivered(&mut r).is_empty(),
+        "a replay is never delivered twice"
+    );
+}
+
+#[test]
+fn an_unknown_session_gets_a_status_message_asking_for_setup() {
+    let mut r = Receiver::new(Config::with_term_length(64 * 1024), STREAM, 1).unwrap();
+    r.handle_datagram(1, source(), &data(0, b"a", SESSION));
+    let mut buf = [0u8; 256];
+    let t = r.poll_transmit(1, &mut buf).unwrap();
+    assert_eq!(t.destination, Some(source()));
+    match frame::decode(&buf[..t.length]).unwrap().0 {
+        frame::Frame::StatusMessage(sm) => assert_ne!(sm.flags & flags::SM_SEND_SETUP, 0),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn out_of_order_frames_are_delivered_in_order_after_the_gap_is_filled() {
+    let mut r = receiver();
+    r.handle_datagram(1, source(), &data(64, b"second", SESSION));
+    assert!(delivered(&mut r).is_empty());
+    r.handle_datagram(2, source(), &data(0, b"first", SESSION));
+    assert_eq!(
+        delivered(&mut r),
+        vec![b"first".to_vec(), b"second".to_vec()]
+    );
+}
+
+#[test]
+fn a_gap_is_naked_after_the_delay_with_its_term_offset_and_length() {
+    let mut r = receiver();
+    let mut buf = [0u8; 256];
+    while r.poll_transmit(0, &mut buf).is_some() {}
+    r.handle_datagram(1_000, source(), &data(64, b"second", SESSION));
+    let delay = Config::default().nak_delay_unicast_ns;
+    let mut nak = None;
+    let mut now = 1_000;
+    while nak.is_none() && now < 1_000 + 2 * delay {
+        while let Some(t) = r.poll_transmit(now, &mut buf) {
+            if let Ok((frame::Frame::Nak(n), _)) = frame::decode(&buf[..t.length]) {
+                nak = Some((now, n));
+            }
+        }
+        now += 10_000;
+    }
+    let (at, n) = nak.expect("a NAK");
+    assert!(at >= 1_000 + delay);
+    assert_eq!((n.term_id, n.term_offset, n.length), (5, 0, 64));
+}
+
+fn connected_sender(cfg: Config) -> Sender {
+    let mut s = Sender::new(cfg, SESSION, STREAM, 5, 0).unwrap();
+    let mut sm = [0u8; frame::SM_WITH_GROUP_TAG_LENGTH];
+    let n = StatusMessage {
+        flags: 0,
+        session_id: SESSION,
+        stream_id: STREAM,
+        consumption_term_id: 5,
+        consumption_term_offset: 0,
+        receiver_window: 64 * 1024,
+        receiver_id: 1,
+        group_tag: None,
+    }
+    .encode(&mut sm);
+    s.handle_datagram(0, source(), &sm[..n]);
+    assert!(s.is_connected());
+    s
+}
+
+#[test]
+fn offer_refuses_with_not_connected_too_long_back_pressured_and_closed() {
+    let cfg = Config::with_term_length(64 * 1024);
+    let mut s = Sender::new(cfg.clone(), SESSION, STREAM, 5, 0).unwrap();
+    assert_eq!(s.offer(b"x"), Err(OfferError::NotConnected));
+    let mut s = connected_sender(cfg.clone());
+    let too_long = vec![0u8; cfg.message_length_max + 1];
+    assert!(matches!(
+        s.offer(&too_long),
+        Err(OfferError::MessageTooLong { .. })
+    ));
+    let mut offered = 0;
+    let err = loop {
+        match s.offer(&[1u8; 1000]) {
+            Ok(_) => offered += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err, OfferError::BackPressured);
+    assert!(offered * 1056 <= cfg.publication_window);
+    assert_eq!(s.counters().get(CounterId::BackPressureEvents), 1);
+    s.close(0);
+    assert_eq!(s.offer(b"x"), Err(OfferError::Closed));
+}
+
+#[test]
+fn several_small_messages_are_batched_into_one_datagram_up_to_the_mtu() {
+    let mut s = connected_sender(Config::with_term_length(64 * 1024));
+    for _ in 0..20 {
+        s.offer(&[9u8; 64]).unwrap();
+    }
+    let mut buf = vec![0u8; 2048];
+    // The first datagram is the SETUP; then data.
+    let mut lengths = Vec::new();
+    while let Some(t) = s.poll_transmit(0, &mut buf) {
+        if frame::decode(&buf[..t.length])
+            .is_ok_and(|(f, _)| matches!(f, frame::Frame::Data { .. }))
+        {
+            lengths.push(t.length);
+        }
+    }
+    assert_eq!(
+        lengths,
+        vec![14 * 96, 6 * 96],
+        "96-byte frames packed into 1,408-byte datagrams"
+    );
+}
+
+#[test]
+fn a_nak_is_answered_with_one_retransmit_and_duplicates_linger() {
+    let mut s = connected_sender(Config::with_term_length(64 * 1024));
+    s.offer(&[1u8; 64]).unwrap();
+    let mut buf = vec![0u8; 2048];
+    while s.poll_transmit(0, &mut buf).is_some() {}
+    let nak = Nak {
+        session_id: SESSION,
+        stream_id: STREAM,
+        term_id: 5,
+        term_offset: 0,
+        length: 96,
+    }
+    .encode();
+    s.handle_datagram(10, source(), &nak);
+    s.handle_datagram(11, source(), &nak);
+    let mut sent = 0;
+    while s.poll_transmit(12, &mut buf).is_some() {
+        sent += 1;
+    }
+    assert_eq!(sent, 1);
+    assert_eq!(s.counters().get(CounterId::Retransmits), 1);
+    assert_eq!(s.counters().get(CounterId::NaksCoalesced), 1);
+    let bogus = Nak {
+        term_offset: 32,
+        ..Nak {
+            session_id: SESSION,
+            stream_id: STREAM,
+            term_id: 5,
+            term_offset: 0,
+            length: 64,
+        }
+    }
+    .encode();
+    s.handle_datagram(13, source(), &bogus);
+    assert_eq!(
+        s.counters().get(CounterId::NaksUnavailable),
+        1,
+        "not a frame start"
+    );
+}
+
+#[test]
+fn try_claim_publishes_only_on_commit() {
+    let mut s = connected_sender(Config::with_term_length(64 * 1024));
+    let p0 = s.position();
+    {
+        let mut c = s.try_claim(10).unwrap();
+        c.buffer_mut().copy_from_slice(b"0123456789");
+    }
+    assert_eq!(s.position(), p0, "an uncommitted claim publishes nothing");
+    let mut c = s.try_claim(10).unwrap();
+    c.buffer_mut().copy_from_slice(b"0123456789");
+    assert_eq!(c.commit(), p0 + 64);
+    assert!(matches!(
+        s.try_claim(5000),
+        Err(OfferError::MessageTooLong { .. })
+    ));
+}
