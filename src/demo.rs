@@ -285,32 +285,34 @@ fn load(
                 let r = next();
                 let a = 1 + r % accounts;
                 let b = 1 + (a + (r >> 20) % (accounts - 1)) % accounts;
+                let transfer = |id, amount| Request::Transfers {
+                    atomic: false,
+                    transfers: vec![Transfer {
+                        id,
+                        debit_account_id: a,
+                        credit_account_id: b,
+                        amount,
+                        ledger: LEDGER,
+                        pending: false,
+                        timeout_s: 0,
+                        code: 0,
+                    }],
+                };
                 let request = match r % 100 {
-                    // Amounts up to 2,000 against ~10,000 balances, deposits outweighing
-                    // withdrawals: most succeed, and accounts that run dry answer
-                    // insufficient_funds (the no-overdraft rule at work).
-                    0..=69 => Request::Transfers {
-                        atomic: false,
-                        transfers: vec![Transfer {
-                            id: ids.next_u128(),
-                            debit_account_id: a,
-                            credit_account_id: b,
-                            amount: 1 + (r >> 40) % 2_000,
-                            ledger: LEDGER,
-                            pending: false,
-                            timeout_s: 0,
-                            code: 0,
-                        }],
-                    },
+                    // Small amounts against 10,000 opening balances keep most accounts
+                    // solvent; 2 % are deliberate overdraft attempts that the no-overdraft
+                    // rule refuses with insufficient_funds.
+                    0..=1 => transfer(ids.next_u128(), 1_000_000_000),
+                    2..=69 => transfer(ids.next_u128(), 1 + (r >> 40) % 100),
                     70..=84 => Request::Deposit {
                         id: ids.next_u128(),
                         account_id: a,
-                        amount: 1 + (r >> 40) % 4_000,
+                        amount: 1 + (r >> 40) % 200,
                     },
                     _ => Request::Withdraw {
                         id: ids.next_u128(),
                         account_id: a,
-                        amount: 1 + (r >> 40) % 1_000,
+                        amount: 1 + (r >> 40) % 100,
                     },
                 };
                 match client.try_send(&request) {

@@ -38,8 +38,10 @@ pub const TIMEOUT_MS_DEFAULT: u64 = 2000;
 pub const RETRIES_DEFAULT: u32 = 3;
 /// Default maximum of requests in flight.
 pub const IN_FLIGHT_MAX_DEFAULT: usize = 1024;
-/// Longest a [`Client::close`] waits for the node to acknowledge everything, in milliseconds.
+/// Longest a [`Client::close`] waits for what is left to be sent, in milliseconds.
 pub const CLOSE_LINGER_MS: u64 = 200;
+/// Duty cycles [`Client::close`] runs after everything was sent (end-of-stream included).
+const CLOSE_FLUSH_CYCLES: u32 = 3;
 
 /// How to reach the node and how patient to be.
 #[derive(Clone, Debug)]
@@ -483,19 +485,30 @@ impl Client {
         work
     }
 
-    /// Closes the session's transport cleanly (waits at most [`CLOSE_LINGER_MS`] for the
-    /// node to acknowledge what was sent). Requests still in flight are abandoned.
+    /// Closes the session's transport cleanly: sends what is left and the end-of-stream
+    /// mark, so the node ends the session at once (instead of after its image liveness
+    /// timeout). Waits at most [`CLOSE_LINGER_MS`]. Requests still in flight are abandoned.
     pub fn close(mut self) {
         self.publication.close();
         self.subscription.close();
         let start = now_ns();
         let mut idle = IdleStrategy::backoff();
+        let mut flushed_cycles = 0;
         while !self.publication.is_closed()
             && now_ns().saturating_sub(start) < CLOSE_LINGER_MS * 1_000_000
         {
             let work = self.drive_transport(now_ns());
+            // The end-of-stream frame leaves in the same round as the last data, so once
+            // everything is sent a couple more cycles are enough; the node does not always
+            // acknowledge it (its image ends), so waiting for `is_closed` alone would linger.
+            let sender = self.publication.sender();
+            if sender.sender_position() >= sender.position() {
+                flushed_cycles += 1;
+                if flushed_cycles >= CLOSE_FLUSH_CYCLES {
+                    break;
+                }
+            }
             idle.idle(work);
         }
-        self.drive_transport(now_ns());
     }
 }
