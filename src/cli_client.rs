@@ -8,7 +8,7 @@
 //! |---|---|
 //! | 0 | the result is `ok` |
 //! | 1 | a business rejection: the result code is printed (`insufficient_funds`, `account_exists`, ...) |
-//! | 2 | usage, connection or timeout error: the message on stderr says what to do |
+//! | 2 | usage, connection or timeout error, or `busy`/`not_ready` through every retry: the message on stderr says what to do |
 //!
 //! Decisions:
 //! - `create-account` without `--flags` sets `debits_must_not_exceed_credits` (no overdraft);
@@ -401,6 +401,11 @@ fn execute(client: &mut Client, args: &ClientArgs) -> Result<ExitCode, ClientErr
     let (request, transfer_id) = request_of(&args.command, debit_ledger, client);
     let response = client.request(&request)?;
     let status = print(&response, transfer_id, args.json);
+    if let (ClientCommand::Account { id, .. }, Some(ResultCode::AccountNotFound)) =
+        (&args.command, response.result())
+    {
+        eprintln!("tally client: no account {id}");
+    }
     if response.result() == Some(ResultCode::AccountNotFound) {
         if let ClientCommand::Deposit { account, .. } | ClientCommand::Withdraw { account, .. } =
             &args.command
@@ -445,10 +450,24 @@ fn print(response: &Response, transfer_id: Option<u128>, json: bool) -> ExitCode
     } else {
         println!("{}", human(response, transfer_id));
     }
-    if response.result() == Some(ResultCode::Ok) {
-        ExitCode::from(EXIT_OK)
-    } else {
-        ExitCode::from(EXIT_REJECTED)
+    match response.result() {
+        Some(ResultCode::Ok) => ExitCode::from(EXIT_OK),
+        // Not a business answer: the node could not take the request in time.
+        Some(ResultCode::Busy) => {
+            eprintln!(
+                "tally client: the node stayed busy (overloaded) through every retry; \
+                 nothing was applied: try again, or raise --timeout-ms/--retries"
+            );
+            ExitCode::from(EXIT_ERROR)
+        }
+        Some(ResultCode::NotReady) => {
+            eprintln!(
+                "tally client: the node had not applied --min-position in time; \
+                 try again, or raise --timeout-ms/--retries"
+            );
+            ExitCode::from(EXIT_ERROR)
+        }
+        _ => ExitCode::from(EXIT_REJECTED),
     }
 }
 
@@ -499,16 +518,10 @@ fn human(response: &Response, transfer_id: Option<u128>) -> String {
             account,
             ..
         } => format!("{} (position {position})", balance_line(account)),
+        // A refused query carries no id: the caller names the account it asked for.
         Response::Account {
-            position,
-            result,
-            account,
-            ..
-        } => format!(
-            "{}: account {} (position {position})",
-            result_name(*result),
-            account.account_id
-        ),
+            position, result, ..
+        } => format!("{} (position {position})", result_name(*result)),
         Response::Accounts {
             position,
             result,

@@ -49,6 +49,12 @@ pub enum ClientError {
     Config(String),
     /// A socket could not be opened or bound.
     Io(String),
+    /// [`crate::Client::wait`] on a request that is not in flight (its completion was
+    /// already taken, or it was never started).
+    NotInFlight {
+        /// The request's `clientSeq` or correlation id.
+        client_seq: u64,
+    },
 }
 
 impl std::fmt::Display for ClientError {
@@ -93,6 +99,10 @@ impl std::fmt::Display for ClientError {
             ClientError::Encode(e) => write!(f, "the request does not encode: {e}"),
             ClientError::Config(e) => write!(f, "bad client configuration: {e}"),
             ClientError::Io(e) => write!(f, "socket error: {e}"),
+            ClientError::NotInFlight { client_seq } => write!(
+                f,
+                "request {client_seq} is not in flight: its completion was already taken"
+            ),
         }
     }
 }

@@ -10,6 +10,9 @@
 //!   ([`Client::request`]) and a pipelined one ([`Client::try_send`] + [`Client::poll`]).
 //! - [`ids`]: random session and transfer ids.
 //!
+//! Examples: `examples/pipelined.rs` (the poll API at full speed), `tests/fake_node.rs` (a
+//! node written against [`wire`] alone), `tests/node_e2e.rs` (the real node).
+//!
 //! Business rejections (`insufficient_funds`, `account_not_found`, ...) are not errors: they
 //! are responses whose [`Response::result`] is not `ok`. [`ClientError`] is for everything
 //! else, and its messages say what to do.

@@ -418,12 +418,8 @@ impl Client {
                     return result;
                 }
             }
-            if self.ended.is_some() && self.tracker.in_flight() == 0 {
-                // Completed (and taken) already, or never started in this session.
-                return Err(self.ended.clone().unwrap_or(ClientError::Session {
-                    code: "closed".into(),
-                    detail: String::new(),
-                }));
+            if !self.tracker.is_in_flight(id) {
+                return Err(ClientError::NotInFlight { client_seq: id.0 });
             }
             let work = self.do_work();
             self.idle.idle(work);

@@ -140,6 +140,11 @@ impl Tracker {
         self.entries.len()
     }
 
+    /// Whether `id` was started and has not completed.
+    pub fn is_in_flight(&self, id: RequestId) -> bool {
+        self.entries.contains_key(&id.0)
+    }
+
     /// Counts for diagnostics.
     pub fn stats(&self) -> Stats {
         self.stats

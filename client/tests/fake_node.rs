@@ -219,6 +219,11 @@ fn a_blocking_request_gets_its_typed_reply_after_the_handshake() {
     let reply = client.request(&deposit(1)).unwrap();
     assert_eq!(reply.result(), Some(ResultCode::Ok));
     assert_eq!(reply.to_json()["client_seq"], 1);
+    assert_eq!(
+        client.wait(client::RequestId(1)),
+        Err(ClientError::NotInFlight { client_seq: 1 }),
+        "a completion is delivered once"
+    );
     let status = client
         .request(&Request::GetStatus { min_position: 0 })
         .unwrap();

@@ -145,6 +145,7 @@ impl Node {
             closed: Vec::new(),
             inbound: Vec::with_capacity(INGRESS_POLL_LIMIT),
             bodies: Vec::with_capacity(1 << 16),
+            cursor: 0,
         };
         let (pipeline, report) = Pipeline::start_with(config.pipeline, Box::new(frontend))?;
         Ok((
@@ -198,9 +199,12 @@ struct NodeFrontend {
     /// Per-cycle buffers, kept to avoid allocating each cycle.
     inbound: Vec<(Inbound, usize)>,
     bodies: Vec<u8>,
+    /// Next entry of `inbound` to hand to the pipeline.
+    cursor: usize,
 }
 
 /// What one ingress message asked for.
+#[derive(Clone, Copy)]
 enum Inbound {
     Connect {
         client: u64,
@@ -457,28 +461,35 @@ impl Frontend for NodeFrontend {
             }
         }
 
-        // Requests in.
+        // Requests in. Messages left over from a cycle where the pipeline was full go first,
+        // in order; new ones are polled only once those are taken. While the node does not
+        // poll, the transport's receiver window closes and clients see back-pressure: a
+        // session's commands are never reordered or refused for lack of room.
         let mut inbound = std::mem::take(&mut self.inbound);
         let mut bodies = std::mem::take(&mut self.bodies);
-        inbound.clear();
-        bodies.clear();
-        work += self.ingress.poll(
-            |bytes, header| {
-                let kind = classify(bytes, header.session_id);
-                if let Inbound::Request { start, .. } = kind {
-                    let at = bodies.len();
-                    bodies.extend_from_slice(&bytes[start..]);
-                    inbound.push((kind, at));
-                } else {
-                    inbound.push((kind, bodies.len()));
-                }
-            },
-            INGRESS_POLL_LIMIT,
-        );
-        for i in 0..inbound.len() {
+        if self.cursor >= inbound.len() {
+            inbound.clear();
+            bodies.clear();
+            self.cursor = 0;
+            work += self.ingress.poll(
+                |bytes, header| {
+                    let kind = classify(bytes, header.session_id);
+                    if let Inbound::Request { start, .. } = kind {
+                        let at = bodies.len();
+                        bodies.extend_from_slice(&bytes[start..]);
+                        inbound.push((kind, at));
+                    } else {
+                        inbound.push((kind, bodies.len()));
+                    }
+                },
+                INGRESS_POLL_LIMIT,
+            );
+        }
+        while self.cursor < inbound.len() {
+            let i = self.cursor;
             let end = inbound.get(i + 1).map_or(bodies.len(), |(_, at)| *at);
-            let (kind, at) = std::mem::replace(&mut inbound[i], (Inbound::Malformed, 0));
-            match kind {
+            let at = inbound[i].1;
+            match inbound[i].0 {
                 Inbound::Connect {
                     client,
                     channel,
@@ -491,6 +502,7 @@ impl Frontend for NodeFrontend {
                         self.counters
                             .unknown_session
                             .fetch_add(1, Ordering::Relaxed);
+                        self.cursor += 1;
                         continue;
                     }
                     let body = &bodies[at..end];
@@ -501,13 +513,15 @@ impl Frontend for NodeFrontend {
                     };
                     match offered {
                         Ok(()) => {}
-                        Err(OfferError::BackPressured) => self.busy(client, seq),
+                        // Full: keep this and the rest for the next cycle.
+                        Err(OfferError::BackPressured) => break,
                         Err(OfferError::TooLarge) => {
                             self.counters
                                 .invalid_request
                                 .fetch_add(1, Ordering::Relaxed);
                             self.refuse(client, seq, ResultCode::InvalidCommand)
                         }
+                        // Shutting down: never applied; the client retries elsewhere or later.
                         Err(OfferError::Closed) => self.busy(client, seq),
                     }
                 }
@@ -527,6 +541,7 @@ impl Frontend for NodeFrontend {
                     self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            self.cursor += 1;
         }
         self.inbound = inbound;
         self.bodies = bodies;

@@ -4,8 +4,11 @@
 //!
 //! Set-up (untimed): `--accounts N` accounts with `debits_must_not_exceed_credits` on one
 //! ledger, each funded by a deposit from the external account. A pool of `--pool` transfers is
-//! encoded once, `--batch` per command; the timed run applies the pool `rounds` times (the ids
-//! of each round are rewritten between rounds, untimed, so every transfer is new). Memory per
+//! encoded once, `--batch` per command, and applied pass after pass (the ids of each pass are
+//! rewritten between passes, untimed, so every transfer is new): first `--warmup` transfers
+//! untimed (by default as many as the engine retains, so that the retention ring is full and
+//! its pages mapped), then `--transfers` timed in wall and thread-CPU seconds: the steady
+//! state, where every new transfer also evicts the oldest. Memory per
 //! account is the RSS growth while the accounts are created (before any transfer), so it counts
 //! the account table and its index but not the retention tables sized by
 //! `transfers_retained_max`.
@@ -35,6 +38,7 @@ struct Options {
     pool: u64,
     batch: usize,
     retained: u32,
+    warmup: u64,
     json: bool,
 }
 
@@ -45,8 +49,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
         pool: 2_000_000,
         batch: 256,
         retained: EngineConfig::default().transfers_retained_max,
+        warmup: 0,
         json: false,
     };
+    let mut warmup = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut number = |name: &str| -> Result<u64, String> {
@@ -62,10 +68,12 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--pool" => o.pool = number("--pool")?,
             "--batch" => o.batch = number("--batch")? as usize,
             "--retained" => o.retained = number("--retained")? as u32,
+            "--warmup" => warmup = Some(number("--warmup")?),
             "--help" | "-h" => {
                 println!(
                     "bench engine [--accounts N (10000)] [--transfers N (20000000)] [--pool N (2000000)]\n\
-                     \x20            [--batch N (256, max {})] [--retained N (engine default)] [--json]",
+                     \x20            [--batch N (256, max {})] [--retained N (engine default)]\n\
+                     \x20            [--warmup N (untimed transfers first; default: --retained)] [--json]",
                     engine::TRANSFERS_PER_COMMAND_MAX
                 );
                 std::process::exit(0);
@@ -87,6 +95,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             engine::TRANSFERS_PER_COMMAND_MAX
         ));
     }
+    o.warmup = warmup.unwrap_or(u64::from(o.retained));
     if o.pool == 0 || o.transfers == 0 {
         return Err("--pool and --transfers must be positive".into());
     }
@@ -266,6 +275,68 @@ fn fund(o: &Options, e: &mut Engine, clock: &mut Clock, reply: &mut [u8]) -> Res
     Ok(())
 }
 
+/// What one stretch of applying the pool measured.
+struct Stretch {
+    applied: u64,
+    /// Transfers whose result was looked at (every 64th command's reply) and how many failed.
+    sampled: u64,
+    failed: u64,
+    elapsed_s: f64,
+    cpu_s: f64,
+}
+
+/// Applies `count` transfers from the pool (rewriting the ids, untimed, before each pass), and
+/// times the applying in wall and thread-CPU seconds.
+fn run_rounds(
+    count: u64,
+    e: &mut Engine,
+    pool: &mut Encoded,
+    clock: &mut Clock,
+    reply: &mut [u8],
+    round: &mut u64,
+) -> Result<Stretch, String> {
+    let mut s = Stretch {
+        applied: 0,
+        sampled: 0,
+        failed: 0,
+        elapsed_s: 0.0,
+        cpu_s: 0.0,
+    };
+    while s.applied < count {
+        *round += 1;
+        set_round(pool, *round);
+        let t0 = Instant::now();
+        let cpu0 = thread_cpu_s();
+        for (i, &(start, end)) in pool.ranges.iter().enumerate() {
+            if s.applied >= count {
+                break;
+            }
+            let command = std::hint::black_box(&pool.bytes[start..end]);
+            let n = e.apply(&clock.next(), command, reply);
+            s.applied += ((end - start - 14) / 52) as u64;
+            if i % 64 == 0 {
+                let r = CommandReplyDecoder::wrap_with_header(&reply[..n])
+                    .map_err(|e| e.to_string())?;
+                for x in r.results().map_err(|e| e.to_string())? {
+                    s.sampled += 1;
+                    s.failed += u64::from(x.result_raw() != 0);
+                }
+            }
+        }
+        s.elapsed_s += t0.elapsed().as_secs_f64();
+        s.cpu_s += thread_cpu_s() - cpu0;
+    }
+    Ok(s)
+}
+
+/// The 1-minute load average (`/proc/loadavg`), to judge how contended the machine was.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
 pub fn run(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
     // Before pinning: pinning narrows what `available_parallelism` reports.
@@ -287,36 +358,23 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let bytes_per_account = rss_accounts.saturating_sub(rss_before) as f64 / o.accounts as f64;
     fund(&o, &mut e, &mut clock, &mut reply)?;
 
-    let mut applied = 0u64;
-    let mut failed = 0u64;
-    let mut elapsed = 0f64;
-    let mut cpu = 0f64;
+    // Warm-up (untimed): fill the retention ring so that the timed run is the steady state,
+    // where every new transfer also evicts the oldest, and the ring's pages are mapped.
     let mut round = 0u64;
-    while applied < o.transfers {
-        round += 1;
-        set_round(&mut pool, round);
-        let t0 = Instant::now();
-        let cpu0 = thread_cpu_s();
-        let mut sampled = 0u64;
-        for (i, &(start, end)) in pool.ranges.iter().enumerate() {
-            if applied >= o.transfers {
-                break;
-            }
-            let n = e.apply(&clock.next(), &pool.bytes[start..end], &mut reply);
-            applied += ((end - start - 14) / 52) as u64;
-            if i % 64 == 0 {
-                let r = CommandReplyDecoder::wrap_with_header(&reply[..n])
-                    .map_err(|e| e.to_string())?;
-                let results = r.results().map_err(|e| e.to_string())?;
-                sampled += results.filter(|x| x.result_raw() != 0).count() as u64;
-            }
-        }
-        elapsed += t0.elapsed().as_secs_f64();
-        cpu += thread_cpu_s() - cpu0;
-        failed += sampled;
-    }
-    let sampled_transfers = (pool.ranges.len().div_ceil(64) as u64 * o.batch as u64 * round).max(1);
-    let throughput = applied as f64 / elapsed;
+    let warmup = run_rounds(
+        o.warmup, &mut e, &mut pool, &mut clock, &mut reply, &mut round,
+    )?;
+    let load_before = load_average();
+    let timed = run_rounds(
+        o.transfers,
+        &mut e,
+        &mut pool,
+        &mut clock,
+        &mut reply,
+        &mut round,
+    )?;
+    let load_after = load_average();
+    let throughput = timed.applied as f64 / timed.elapsed_s;
     let peak_rss = peak_rss_bytes();
 
     // Snapshot: the engine is held only for `freeze`; the copy is encoded and written (with
@@ -354,20 +412,23 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let v = json!({
         "scenario": "engine",
         "command": format!(
-            "cargo run --release -p bench -- engine --accounts {} --transfers {} --pool {} --batch {} --retained {} --json",
-            o.accounts, o.transfers, o.pool, o.batch, o.retained
+            "cargo run --release -p bench -- engine --accounts {} --transfers {} --warmup {} --pool {} --batch {} --retained {} --json",
+            o.accounts, o.transfers, o.warmup, o.pool, o.batch, o.retained
         ),
         "machine": machine,
         "pinned_core": if pinned { json!(1) } else { json!(null) },
         "accounts": o.accounts,
-        "transfers": applied,
+        "transfers": timed.applied,
+        "warmup_transfers": warmup.applied,
+        "warmup_throughput_per_s": (warmup.applied as f64 / warmup.elapsed_s.max(1e-9)).round(),
         "batch": o.batch,
         "transfers_retained_max": o.retained,
         "throughput_per_s": throughput.round(),
-        "elapsed_s": elapsed,
-        "cpu_s": cpu,
-        "throughput_per_cpu_s": (applied as f64 / cpu).round(),
-        "failed_fraction_sampled": failed as f64 / sampled_transfers as f64,
+        "elapsed_s": timed.elapsed_s,
+        "cpu_s": timed.cpu_s,
+        "throughput_per_cpu_s": (timed.applied as f64 / timed.cpu_s.max(1e-9)).round(),
+        "failed_fraction_sampled": timed.failed as f64 / timed.sampled.max(1) as f64,
+        "load_average_1m": [load_before, load_after],
         "peak_rss_bytes": peak_rss,
         "bytes_per_account": bytes_per_account.round(),
         "engine_reserved_bytes": e.reserved_bytes(),

@@ -1,5 +1,6 @@
 //! The scenario table. Each scenario lives in its own module with `pub fn run(args) -> Result`.
 
+mod e2e;
 mod engine;
 mod pipeline;
 
@@ -10,6 +11,16 @@ pub struct Scenario {
 }
 
 pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "e2e",
+        about: "client sessions over UDP loopback to a node process, durable replies; node peak RSS",
+        run: e2e::run,
+    },
+    Scenario {
+        name: "e2e-node",
+        about: "(internal) the node process the e2e scenario starts",
+        run: e2e::run_node,
+    },
     Scenario {
         name: "engine",
         about: "the ledger engine alone: pre-encoded transfers applied in one thread, snapshot write/restore",

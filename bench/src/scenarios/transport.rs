@@ -448,6 +448,7 @@ fn transport_rtt(mtu: usize, samples: u64) -> Result<Histogram<u64>, String> {
 /// Runs the scenario.
 pub fn run(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
+    let machine = machine(); // before pinning, which narrows the visible cores
     config(o.mtu)
         .validate()
         .map_err(|e| format!("--mtu {}: {e}", o.mtu))?;
@@ -472,7 +473,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
     let v = json!({
         "scenario": "transport",
-        "machine": machine(),
+        "machine": machine,
         "command": format!("cargo run --release -p bench -- transport --mtu {} --seconds {} --rtt-samples {}{}",
             o.mtu, o.seconds, o.rtt_samples, if o.json { " --json" } else { "" }),
         "mtu": o.mtu,

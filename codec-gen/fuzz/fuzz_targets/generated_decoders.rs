@@ -70,8 +70,8 @@ fn constructs_walk(buf: &[u8]) -> R<usize> {
                 }
                 l.leg_note()?;
             }
-            let _ = d.tags()?.map(|t| t.tag()).count();
-            let _ = d.later()?.map(|t| t.value()).count();
+            let _ = d.tags()?.fold(0u64, |a, t| a.wrapping_add(u64::from(t.tag())));
+            let _ = d.later()?.fold(0u64, |a, t| a.wrapping_add(t.value()));
             d.note()?;
             d.blob()?;
             d.later_note()?;

@@ -1,0 +1,392 @@
+//! `e2e`: client sessions over UDP loopback to a leader node in its own process (this binary
+//! re-run as `bench e2e-node`), replies acknowledged only once durable.
+//!
+//! Closed loop (no `--rate`): every client keeps `--in-flight` requests outstanding; the figure
+//! is acknowledged durable throughput at saturation. Open loop (`--rate N`, total over all
+//! clients): requests go out on a fixed schedule and the round trip is measured from each
+//! request's scheduled time (coordinated-omission correction). The disk's own sync cost is
+//! measured on the same folder, and the node's peak RSS is read from /proc after it has held
+//! `--rss-accounts` accounts with its default tables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use client::{Client, ClientConfig, Request, Transfer};
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::report;
+
+const USAGE: &str = "usage: bench e2e [--clients N] [--rate N] [--duration-s S] [--in-flight N] [--accounts N]
+                 [--rss-accounts N] [--data DIR] [--json]
+
+  --clients N       client sessions, one thread each (default 2)
+  --rate N          offered transfers per second in total, open loop (default: closed loop)
+  --duration-s S    measured seconds (default 5)
+  --in-flight N     requests each client keeps outstanding in closed loop (default 1024)
+  --accounts N      accounts transfers move between (default 10000)
+  --rss-accounts N  accounts created before measuring the node's peak RSS (default 1000000; 0 = skip)
+  --data DIR        folder for the node's data (default ./target/bench-e2e)
+  --json            print one JSON object";
+
+struct Args {
+    clients: usize,
+    rate: Option<u64>,
+    duration_s: u64,
+    in_flight: usize,
+    accounts: u64,
+    rss_accounts: u64,
+    data: PathBuf,
+    json: bool,
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
+    let mut a = Args {
+        clients: 2,
+        rate: None,
+        duration_s: 5,
+        in_flight: 1024,
+        accounts: 10_000,
+        rss_accounts: 1_000_000,
+        data: PathBuf::from("target/bench-e2e"),
+        json: false,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or(format!("{name} needs a value\n\n{USAGE}"))
+        };
+        let number = |name: &str, v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{name}: '{v}' is not a number"))
+        };
+        match arg.as_str() {
+            "--clients" => a.clients = number("--clients", value("--clients")?)? as usize,
+            "--rate" => a.rate = Some(number("--rate", value("--rate")?)?),
+            "--duration-s" => a.duration_s = number("--duration-s", value("--duration-s")?)?,
+            "--in-flight" => a.in_flight = number("--in-flight", value("--in-flight")?)? as usize,
+            "--accounts" => a.accounts = number("--accounts", value("--accounts")?)?,
+            "--rss-accounts" => {
+                a.rss_accounts = number("--rss-accounts", value("--rss-accounts")?)?
+            }
+            "--data" => a.data = PathBuf::from(value("--data")?),
+            "--json" => a.json = true,
+            "--help" | "-h" => return Err(USAGE.into()),
+            other => return Err(format!("unknown option '{other}'\n\n{USAGE}")),
+        }
+    }
+    if a.clients == 0
+        || a.accounts < 2
+        || a.duration_s == 0
+        || a.in_flight == 0
+        || a.rate == Some(0)
+    {
+        return Err(format!("--clients, --duration-s, --in-flight, --rate must be positive, --accounts >= 2\n\n{USAGE}"));
+    }
+    Ok(a)
+}
+
+/// The node side: `bench e2e-node DIR` runs a leader with default tables on 127.0.0.1:0,
+/// prints its address, and stops when stdin closes.
+pub fn run_node(args: &[String]) -> Result<(), String> {
+    let dir = args.first().ok_or("usage: bench e2e-node DIR")?;
+    let mut config = sequencer::node::NodeConfig::new(dir);
+    config.listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
+    config.pipeline.snapshot_interval_commands = 0;
+    config.pipeline.batches_in_flight_max = 16;
+    let (node, _) = sequencer::node::Node::start(config)?;
+    println!("{}", node.local_addr());
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    let status = node.shutdown();
+    match status.fatal {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
+}
+
+struct NodeProcess(Child);
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn peak_rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn connect(addr: SocketAddr, in_flight: usize) -> Result<Client, String> {
+    let mut config = ClientConfig::new(addr);
+    config.in_flight_max = in_flight;
+    config.timeout = Duration::from_secs(5);
+    Client::connect(config).map_err(|e| e.to_string())
+}
+
+/// Sends every request pipelined, failing on any non-`ok` reply.
+fn pipelined(
+    client: &mut Client,
+    mut requests: impl Iterator<Item = Request>,
+) -> Result<(), String> {
+    let mut next = requests.next();
+    let mut in_flight = 0usize;
+    let mut failure = None;
+    while next.is_some() || in_flight > 0 {
+        while let Some(r) = &next {
+            match client.try_send(r) {
+                Ok(_) => {
+                    in_flight += 1;
+                    next = requests.next();
+                }
+                Err(client::ClientError::BackPressured { .. }) => break,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        client.poll(
+            |_, result| {
+                in_flight -= 1;
+                match result {
+                    Ok(r) if r.result() == Some(client::ResultCode::Ok) => {}
+                    Ok(r) => failure = Some(format!("{:?}", r.result())),
+                    Err(e) => failure = Some(e.to_string()),
+                }
+            },
+            usize::MAX,
+        );
+        if let Some(f) = failure.take() {
+            return Err(format!("set-up request failed: {f}"));
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let a = parse(args)?;
+    let dir = a.data.join(std::process::id().to_string());
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let result = measure(&a, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let v = result?;
+    report::print(a.json, &v);
+    Ok(())
+}
+
+fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String> {
+    let probe_dir = dir.join("probe");
+    std::fs::create_dir_all(&probe_dir).map_err(|e| e.to_string())?;
+    let probe = journal::disk_probe(&probe_dir, 16 * 1024, 300).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&probe_dir);
+
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args(["e2e-node", &dir.join("node").display().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("start node process: {e}"))?;
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let stdout = child.stdout.take().ok_or("no node stdout")?;
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+    }
+    let node_pid = child.id();
+    let node = NodeProcess(child);
+    let addr: SocketAddr = line
+        .trim()
+        .parse()
+        .map_err(|_| format!("node printed '{}' instead of its address", line.trim()))?;
+
+    // Set-up: external account, accounts with opening balances (not measured).
+    let mut setup = connect(addr, 4096)?;
+    let create = |id: u64, external: bool| Request::CreateAccount {
+        id,
+        ledger: 1,
+        debits_must_not_exceed_credits: false,
+        credits_must_not_exceed_debits: false,
+        external,
+        code: 0,
+    };
+    pipelined(&mut setup, std::iter::once(create(u64::MAX, true)))?;
+    let accounts_total = a.accounts.max(a.rss_accounts);
+    pipelined(&mut setup, (1..=accounts_total).map(|id| create(id, false)))?;
+    let mut ids = client::IdSource::with_seed(7);
+    pipelined(
+        &mut setup,
+        (1..=a.accounts).map(|id| Request::Deposit {
+            id: ids.next_u128(),
+            account_id: id,
+            amount: 1 << 40,
+        }),
+    )?;
+
+    // The measured run.
+    let start = Instant::now() + Duration::from_millis(50);
+    let deadline = start + Duration::from_secs(a.duration_s);
+    let workers: Vec<_> = (0..a.clients)
+        .map(|w| {
+            let (accounts, in_flight, rate) = (
+                a.accounts,
+                a.in_flight,
+                a.rate.map(|r| r as f64 / a.clients as f64),
+            );
+            std::thread::spawn(move || {
+                load(addr, w as u64, accounts, in_flight, rate, start, deadline)
+            })
+        })
+        .collect();
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?;
+    let (mut done, mut failed) = (0u64, 0u64);
+    let mut last_reply = start;
+    for w in workers {
+        let r = w
+            .join()
+            .map_err(|_| "client thread panicked".to_string())??;
+        hist.add(&r.hist).map_err(|e| e.to_string())?;
+        done += r.ok;
+        failed += r.failed;
+        last_reply = last_reply.max(r.last_reply);
+    }
+    let elapsed = last_reply
+        .saturating_duration_since(start)
+        .as_secs_f64()
+        .max(1e-9);
+    setup.close();
+    let node_peak_rss = peak_rss_of(node_pid);
+    drop(node);
+
+    let lat = report::latency_us(&hist);
+    let mut command = format!(
+        "cargo run --release -p bench -- e2e --clients {} --duration-s {} --accounts {} --rss-accounts {}",
+        a.clients, a.duration_s, a.accounts, a.rss_accounts
+    );
+    match a.rate {
+        Some(r) => command.push_str(&format!(" --rate {r}")),
+        None => command.push_str(&format!(" --in-flight {}", a.in_flight)),
+    }
+    Ok(json!({
+        "scenario": "e2e",
+        "mode": if a.rate.is_some() { "open_loop" } else { "closed_loop" },
+        "clients": a.clients,
+        "offered_rate_per_s": a.rate,
+        "acknowledged": done,
+        "failed": failed,
+        "throughput_per_s": (done as f64 / elapsed).round(),
+        "rtt_p50_us": lat["p50_us"], "rtt_p99_us": lat["p99_us"], "rtt_p999_us": lat["p999_us"], "rtt_max_us": lat["max_us"],
+        "disk_sync_p50_us": probe.sync_p50_us,
+        "disk_sync_p99_us": probe.sync_p99_us,
+        "disk_write_mb_per_s": probe.write_mb_per_s,
+        "node_accounts": accounts_total + 1,
+        "peak_rss_bytes": node_peak_rss,
+        "machine": report::machine(),
+        "command": command,
+    }))
+}
+
+struct LoadResult {
+    hist: Histogram<u64>,
+    ok: u64,
+    failed: u64,
+    last_reply: Instant,
+}
+
+fn load(
+    addr: SocketAddr,
+    worker: u64,
+    accounts: u64,
+    in_flight: usize,
+    rate_per_client: Option<f64>,
+    start: Instant,
+    deadline: Instant,
+) -> Result<LoadResult, String> {
+    let mut client = connect(addr, in_flight.max(64))?;
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?;
+    // Scheduled (open loop) or actual (closed loop) send time per request id.
+    let mut sent_at: std::collections::HashMap<u64, Instant> =
+        std::collections::HashMap::with_capacity(in_flight * 2);
+    let mut ids = client::IdSource::with_seed(0xE2E0 + worker);
+    let mut rng = 0x2545_F491_4F6C_DD1Du64 ^ (worker + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let (mut ok, mut failed, mut sent) = (0u64, 0u64, 0u64);
+    let mut last_reply = start;
+    while Instant::now() < start {
+        std::thread::yield_now();
+    }
+    loop {
+        let now = Instant::now();
+        if now < deadline {
+            loop {
+                let due = match rate_per_client {
+                    Some(r) => start + Duration::from_secs_f64(sent as f64 / r),
+                    None => now,
+                };
+                if due > now || (rate_per_client.is_none() && sent_at.len() >= in_flight) {
+                    break;
+                }
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let from = 1 + rng % accounts;
+                let to = 1 + (from + (rng >> 24) % (accounts - 1)) % accounts;
+                let request = Request::Transfers {
+                    atomic: false,
+                    transfers: vec![Transfer {
+                        id: ids.next_u128(),
+                        debit_account_id: from,
+                        credit_account_id: to,
+                        amount: 1,
+                        ledger: 1,
+                        pending: false,
+                        timeout_s: 0,
+                        code: 0,
+                    }],
+                };
+                match client.try_send(&request) {
+                    Ok(id) => {
+                        sent_at.insert(id.0, due);
+                        sent += 1;
+                    }
+                    Err(client::ClientError::BackPressured { .. }) => break,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        } else if sent_at.is_empty() {
+            break;
+        }
+        client.poll(
+            |id, result| {
+                let now = Instant::now();
+                if let Some(t) = sent_at.remove(&id.0) {
+                    let _ = hist.record(now.saturating_duration_since(t).as_nanos() as u64);
+                }
+                last_reply = now;
+                match result {
+                    Ok(r) if r.result() == Some(client::ResultCode::Ok) => ok += 1,
+                    _ => failed += 1,
+                }
+            },
+            usize::MAX,
+        );
+    }
+    client.close();
+    Ok(LoadResult {
+        hist,
+        ok,
+        failed,
+        last_reply,
+    })
+}
