@@ -399,13 +399,14 @@ fn execute(client: &mut Client, args: &ClientArgs) -> Result<ExitCode, ClientErr
         }
     }
     let (request, transfer_id) = request_of(&args.command, debit_ledger, client);
-    let response = client.request(&request)?;
-    let status = print(&response, transfer_id, args.json);
-    if let (ClientCommand::Account { id, .. }, Some(ResultCode::AccountNotFound)) =
-        (&args.command, response.result())
+    let mut response = client.request(&request)?;
+    if let (ClientCommand::Account { id, .. }, Response::Account { account, .. }) =
+        (&args.command, &mut response)
     {
-        eprintln!("tally client: no account {id}");
+        // A refused query carries id 0: report the id that was asked for.
+        account.account_id = *id;
     }
+    let status = print(&response, transfer_id, args.json);
     if response.result() == Some(ResultCode::AccountNotFound) {
         if let ClientCommand::Deposit { account, .. } | ClientCommand::Withdraw { account, .. } =
             &args.command
@@ -518,10 +519,16 @@ fn human(response: &Response, transfer_id: Option<u128>) -> String {
             account,
             ..
         } => format!("{} (position {position})", balance_line(account)),
-        // A refused query carries no id: the caller names the account it asked for.
         Response::Account {
-            position, result, ..
-        } => format!("{} (position {position})", result_name(*result)),
+            position,
+            result,
+            account,
+            ..
+        } => format!(
+            "{}: account {} (position {position})",
+            result_name(*result),
+            account.account_id
+        ),
         Response::Accounts {
             position,
             result,

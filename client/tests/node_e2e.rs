@@ -88,9 +88,18 @@ fn a_ledger_life_cycle_through_the_real_node() {
     let node = start_node(&dir.0);
     let mut c = connect(&node);
 
-    assert_eq!(result(&c.request(&create(1, 7, false, true)).unwrap()), "ok");
-    assert_eq!(result(&c.request(&create(10, 7, true, false)).unwrap()), "ok");
-    assert_eq!(result(&c.request(&create(20, 7, true, false)).unwrap()), "ok");
+    assert_eq!(
+        result(&c.request(&create(1, 7, false, true)).unwrap()),
+        "ok"
+    );
+    assert_eq!(
+        result(&c.request(&create(10, 7, true, false)).unwrap()),
+        "ok"
+    );
+    assert_eq!(
+        result(&c.request(&create(20, 7, true, false)).unwrap()),
+        "ok"
+    );
     assert_eq!(
         result(&c.request(&create(10, 7, true, false)).unwrap()),
         "account_exists"
@@ -108,8 +117,17 @@ fn a_ledger_life_cycle_through_the_real_node() {
     let Response::Command { balances, .. } = &r else {
         panic!("expected a command reply");
     };
-    let of = |id| balances.iter().find(|b| b.account_id == id).map(|b| b.balance());
-    assert_eq!((of(10), of(1)), (Some(500), Some(-500)), "money is conserved");
+    let of = |id| {
+        balances
+            .iter()
+            .find(|b| b.account_id == id)
+            .map(|b| b.balance())
+    };
+    assert_eq!(
+        (of(10), of(1)),
+        (Some(500), Some(-500)),
+        "money is conserved"
+    );
 
     let id = c.new_transfer_id();
     let r = c
@@ -177,21 +195,26 @@ fn many_pipelined_deposits_through_one_session_all_apply_once() {
     let dir = TempDir::new("client-e2e-pipe");
     let node = start_node(&dir.0);
     let mut c = connect(&node);
-    assert_eq!(result(&c.request(&create(1, 1, false, true)).unwrap()), "ok");
-    assert_eq!(result(&c.request(&create(10, 1, true, false)).unwrap()), "ok");
+    assert_eq!(
+        result(&c.request(&create(1, 1, false, true)).unwrap()),
+        "ok"
+    );
+    assert_eq!(
+        result(&c.request(&create(10, 1, true, false)).unwrap()),
+        "ok"
+    );
 
     let total = 2_000u64;
     let (mut started, mut ok, mut last_position) = (0u64, 0u64, 0u64);
     while ok < total {
         while started < total {
             let id = c.new_transfer_id();
-            if c
-                .try_send(&Request::Deposit {
-                    id,
-                    account_id: 10,
-                    amount: 1,
-                })
-                .is_err()
+            if c.try_send(&Request::Deposit {
+                id,
+                account_id: 10,
+                amount: 1,
+            })
+            .is_err()
             {
                 break;
             }

@@ -63,6 +63,7 @@ fn main() {
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     println!("cargo:rerun-if-env-changed=TALLY_SBE_CONFORMANCE_DIR");
+    println!("cargo::rustc-check-cfg=cfg(sbe_conformance_present)");
     let dir = match std::env::var_os("TALLY_SBE_CONFORMANCE_DIR") {
         Some(d) => PathBuf::from(d),
         None => manifest.join("../../../shared/conformance"),
@@ -81,6 +82,10 @@ fn main() {
             .filter(|p| p.extension().is_some_and(|e| e == "xml"))
             .collect(),
         Err(_) => {
+            println!(
+                "cargo:warning=SBE conformance schemas not found at {}: set TALLY_SBE_CONFORMANCE_DIR; the conformance tests skip (and fail when CI is set)",
+                valid.display()
+            );
             let _ = writeln!(all, "/// Set when the conformance folder was not found at build time.\npub const CONFORMANCE_DIR_MISSING: Option<&str> = Some({:?});\n/// Schemas compiled: none.\npub const SCHEMAS: &[&str] = &[];", valid.display().to_string());
             std::fs::write(out.join("all.rs"), all).expect("OUT_DIR is writable");
             return;
@@ -88,6 +93,7 @@ fn main() {
     };
     files.sort();
     println!("cargo:rerun-if-changed={}", valid.display());
+    println!("cargo:rustc-cfg=sbe_conformance_present");
     let _ = writeln!(all, "/// Set when the conformance folder was not found at build time.\npub const CONFORMANCE_DIR_MISSING: Option<&str> = None;");
     let mut names = Vec::new();
     for path in files {

@@ -19,7 +19,7 @@ use std::fmt;
 
 /// Most group entries (all groups, all nesting levels) decoded for one message: bounds the
 /// memory and time a hostile message with empty entries and huge counts can cost.
-pub const ENTRIES_MAX: usize = 1 << 20;
+pub const ENTRIES_MAX: usize = 1 << 17;
 
 /// A decoding failure at a byte offset of the input.
 #[derive(Debug, Clone, PartialEq, Eq)]

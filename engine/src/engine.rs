@@ -295,6 +295,7 @@ impl Ring {
     }
 
     /// Evicts the oldest records down to `retained_max`: their index entries go stale with them.
+    /// Then sweeps the index for the inserts since the last trim.
     fn trim(&mut self) {
         let excess = self.len().saturating_sub(self.retained_max);
         if excess > 0 {
@@ -304,6 +305,7 @@ impl Ring {
                 self.head_slot -= self.capacity;
             }
         }
+        self.index.sweep(self.head_seq, self.len());
     }
 
     /// Live records, oldest first, as at most two slices.
@@ -1457,6 +1459,8 @@ impl Engine {
             }
             e.ring.push(r);
         }
+        // A bulk load leaves nothing stale: no sweeping is owed.
+        e.ring.index.forgive_sweep();
         for p in parts.pending() {
             let (Some(debit), Some(credit)) =
                 (e.find_account(p.debit_id), e.find_account(p.credit_id))

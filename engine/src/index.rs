@@ -158,9 +158,10 @@ impl Index {
 const SEQ_TAG_BIT: u32 = 1 << 31;
 
 /// Buckets the [`SeqIndex`] sweeper examines per insert. Stale entries are removed within one
-/// sweep of the table, i.e. within `buckets / SEQ_SWEEP_PER_INSERT` inserts, so at most that
-/// many (one sixteenth of the table) are ever stale: with live keys at most 2/3 of the buckets,
-/// the load stays below 0.73 and every probe run ends at an empty bucket.
+/// sweep of the table, i.e. within `buckets / SEQ_SWEEP_PER_INSERT` inserts (plus the few
+/// inserts of one command, after which the engine sweeps), so about that many (one sixteenth
+/// of the table) are ever stale: with live keys at most 2/3 of the buckets, the load stays
+/// below 0.73 and every probe run ends at an empty bucket.
 const SEQ_SWEEP_PER_INSERT: usize = 16;
 
 /// Largest [`SeqIndex`] bucket count: the home bucket comes from the tag's low 31 bits.
@@ -174,7 +175,8 @@ const SEQ_BUCKETS_MAX: usize = 1 << 31;
 /// in the window the caller passes in, *stale* otherwise. Evicting from the ring therefore only
 /// moves the window: no random access into the table. Stale entries are reclaimed in two ways:
 /// an insert reuses the first stale-or-empty bucket on its probe run (like a tombstone), and a
-/// sweeper walks the table sequentially, `SEQ_SWEEP_PER_INSERT` buckets per insert, removing
+/// sweeper walks the table sequentially, `SEQ_SWEEP_PER_INSERT` buckets per insert (in one go
+/// per command: [`SeqIndex::sweep`]), removing
 /// stale entries with backward-shift deletion so that probe runs stay short and end at an
 /// empty bucket. Sequences are compared modulo 2^32: the window is far shorter than 2^31, and a
 /// stale entry is swept long before 2^32 further inserts could make it look live again; even
@@ -190,6 +192,8 @@ pub(crate) struct SeqIndex {
     mask: usize,
     /// Next bucket the sweeper examines.
     sweep: usize,
+    /// Buckets the sweeper still has to examine (`SEQ_SWEEP_PER_INSERT` per insert).
+    sweep_owed: usize,
     /// Whether anything was inserted since the buckets were last zeroed.
     dirty: bool,
 }
@@ -207,6 +211,7 @@ impl SeqIndex {
             buckets,
             mask: size - 1,
             sweep: 0,
+            sweep_owed: 0,
             dirty: false,
         }
     }
@@ -261,7 +266,8 @@ impl SeqIndex {
     }
 
     /// Adds `seq` under `hash`, where `[head, head + len)` is the window *including* `seq`; the
-    /// caller guarantees the key is not live. Then sweeps a few buckets.
+    /// caller guarantees the key is not live, and calls [`SeqIndex::sweep`] after a few inserts.
+    #[inline]
     pub(crate) fn insert(&mut self, hash: u64, seq: u64, head: u64, len: u64) {
         let tag = Self::tag(hash);
         let mut i = self.home_of_tag(tag);
@@ -274,21 +280,32 @@ impl SeqIndex {
         }
         self.buckets[i] = (tag << 32) | u64::from(seq as u32);
         self.dirty = true;
-        self.sweep(head, len);
+        self.sweep_owed = (self.sweep_owed + SEQ_SWEEP_PER_INSERT).min(self.buckets.len());
     }
 
-    /// Removes up to `SEQ_SWEEP_PER_INSERT` buckets' worth of stale entries at the sweeper.
-    fn sweep(&mut self, head: u64, len: u64) {
-        for _ in 0..SEQ_SWEEP_PER_INSERT {
-            let at = self.sweep;
+    /// Examines the `SEQ_SWEEP_PER_INSERT` buckets owed per insert since the last sweep (one
+    /// sequential pass over a few cache lines), removing stale entries: those outside the
+    /// window `[head, head + len)`.
+    pub(crate) fn sweep(&mut self, head: u64, len: u64) {
+        let mut left = self.sweep_owed;
+        self.sweep_owed = 0;
+        let mut at = self.sweep;
+        while left > 0 {
             let bucket = self.buckets[at];
+            left -= 1;
             if bucket != 0 && !Self::is_live(bucket, head, len) {
                 // The hole may be refilled by a later entry of the run: look at it again.
                 self.delete_at(at);
             } else {
-                self.sweep = (at + 1) & self.mask;
+                at = (at + 1) & self.mask;
             }
         }
+        self.sweep = at;
+    }
+
+    /// Forgets the sweeping owed (after a bulk load, which leaves nothing stale).
+    pub(crate) fn forgive_sweep(&mut self) {
+        self.sweep_owed = 0;
     }
 
     /// Empties bucket `hole`, moving later entries of its probe run back over it.
@@ -317,6 +334,7 @@ impl SeqIndex {
             self.dirty = false;
         }
         self.sweep = 0;
+        self.sweep_owed = 0;
     }
 
     #[cfg(test)]
@@ -371,6 +389,9 @@ mod tests {
         for seq in (1u64 << 32) - 100_000..(1u64 << 32) + 100_000 {
             let head = (seq + 1).saturating_sub(window);
             index.insert(key_hash(seq), seq, head, seq + 1 - head);
+            if seq % 3 == 0 {
+                index.sweep(head, seq + 1 - head);
+            }
             if seq % 997 == 0 {
                 for probe in seq.saturating_sub(2 * window)..=seq {
                     let found = index.find(key_hash(probe), head, seq + 1 - head, |s| s == probe);

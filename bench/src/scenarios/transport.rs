@@ -351,6 +351,16 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
     run(&mut subs, &mut counts, start + Duration::from_secs_f64(seconds));
     let elapsed = start.elapsed().as_secs_f64();
     let w1 = wire(&subs);
+    for s in &subs {
+        let c = s.counters();
+        eprintln!(
+            "bench transport: receiver naks_sent={} drops_duplicate={} drops_out_of_window={} datagrams_received={}",
+            c.get(transport::CounterId::NaksSent),
+            c.get(transport::CounterId::DropsDuplicate),
+            c.get(transport::CounterId::DropsOutOfWindow),
+            c.get(transport::CounterId::DatagramsReceived)
+        );
+    }
     stop.store(true, Ordering::Relaxed);
     publisher.join().map_err(|_| "publisher panicked")??;
     let msgs = (0..receivers)

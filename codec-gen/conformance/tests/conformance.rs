@@ -118,7 +118,8 @@ fn every_invalid_schema_is_refused_with_every_error_named() {
     }
 }
 
-#[cfg(test)]
+/// Needs the schema modules, compiled only when the folder was found at build time.
+#[cfg(sbe_conformance_present)]
 mod cme {
     use sbe_conformance::fix_binary::*;
 
@@ -188,7 +189,7 @@ mod cme {
     }
 }
 
-#[cfg(test)]
+#[cfg(sbe_conformance_present)]
 mod aeron {
     use sbe_conformance::aeron_cluster_codecs::*;
 

@@ -1,0 +1,474 @@
+//! End to end: a `tally node` process on loopback, driven by the `tally client` CLI and by the
+//! client library. Covers the ledger operations, exit codes, restart, and SIGKILL under load.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use client::{Client, ClientConfig, Request, Response, Transfer};
+use serde_json::Value;
+
+const TALLY: &str = env!("CARGO_BIN_EXE_tally");
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = base.join(format!("cli-{name}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A node process; SIGKILLed on drop if still running.
+struct NodeProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl NodeProcess {
+    fn start(data: &Path) -> NodeProcess {
+        // Pick a free port (bind, read, release): the node needs a fixed one to restart on.
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(data, format!("127.0.0.1:{port}").parse().unwrap())
+    }
+
+    fn start_on(data: &Path, addr: SocketAddr) -> NodeProcess {
+        let child = Command::new(TALLY)
+            .args([
+                "node",
+                "--data",
+                data.to_str().unwrap(),
+                "--listen",
+                &addr.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let node = NodeProcess { child, addr };
+        // Ready once it answers status.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = node.cli(&["status", "--json"]);
+            if out.status.code() == Some(0) {
+                return node;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not come up: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(TALLY)
+            .args([
+                "client",
+                "--connect",
+                &self.addr.to_string(),
+                "--timeout-ms",
+                "1000",
+                "--retries",
+                "2",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a CLI command with `--json`; returns (exit code, reply).
+    fn json(&self, args: &[&str]) -> (i32, Value) {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.cli(&all);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().last().unwrap_or("null");
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|_| {
+            panic!(
+                "{args:?}: not JSON: {stdout} / {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), v)
+    }
+
+    fn terminate(mut self) {
+        // SIGTERM: clean shutdown.
+        unsafe_free_kill(self.child.id(), "TERM");
+        let _ = self.child.wait();
+    }
+
+    fn kill9(mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal with the `kill` command (no unsafe code in tests).
+fn unsafe_free_kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status();
+}
+
+fn balance(node: &NodeProcess, account: u64) -> Value {
+    let (code, v) = node.json(&["account", &account.to_string()]);
+    assert_eq!(code, 0, "{v}");
+    v
+}
+
+#[test]
+fn the_cli_drives_every_ledger_operation_with_meaningful_exit_codes() {
+    let dir = TempDir::new("ops");
+    let node = NodeProcess::start(&dir.0);
+    let ok = |args: &[&str]| {
+        let (code, v) = node.json(args);
+        assert_eq!(
+            (code, v["result"].as_str()),
+            (0, Some("ok")),
+            "{args:?} -> {v}"
+        );
+        v
+    };
+    ok(&[
+        "create-account",
+        "--id",
+        "99",
+        "--ledger",
+        "1",
+        "--flags",
+        "external",
+    ]);
+    ok(&["create-account", "--id", "1", "--ledger", "1"]);
+    ok(&["create-account", "--id", "2", "--ledger", "1"]);
+    ok(&["deposit", "--account", "1", "--amount", "1000"]);
+    ok(&["withdraw", "--account", "1", "--amount", "100"]);
+    assert_eq!(balance(&node, 1)["balance"], 900);
+
+    // Overdraft: refused with exit 1, and nothing moves.
+    let (code, v) = node.json(&[
+        "transfer", "--id", "5", "--from", "1", "--to", "2", "--amount", "2000",
+    ]);
+    assert_eq!(
+        (code, v["result"].as_str()),
+        (1, Some("insufficient_funds")),
+        "{v}"
+    );
+    assert_eq!(balance(&node, 1)["balance"], 900);
+
+    // The same transfer id twice is applied once.
+    ok(&[
+        "transfer", "--id", "77", "--from", "1", "--to", "2", "--amount", "100",
+    ]);
+    let (code, v) = node.json(&[
+        "transfer", "--id", "77", "--from", "1", "--to", "2", "--amount", "100",
+    ]);
+    assert_eq!(
+        (code, v["result"].as_str()),
+        (1, Some("transfer_exists")),
+        "{v}"
+    );
+    assert_eq!(balance(&node, 1)["balance"], 800);
+    assert_eq!(balance(&node, 2)["balance"], 100);
+
+    // Two-phase: post part of one, void another, let a third expire.
+    ok(&[
+        "transfer",
+        "--id",
+        "80",
+        "--from",
+        "1",
+        "--to",
+        "2",
+        "--amount",
+        "300",
+        "--pending",
+    ]);
+    assert_eq!(balance(&node, 1)["debits_pending"], 300);
+    ok(&[
+        "post",
+        "--pending-id",
+        "80",
+        "--id",
+        "81",
+        "--amount",
+        "200",
+    ]);
+    let a1 = balance(&node, 1);
+    assert_eq!(
+        (a1["debits_pending"].as_u64(), a1["balance"].as_i64()),
+        (Some(0), Some(600))
+    );
+    ok(&[
+        "transfer",
+        "--id",
+        "82",
+        "--from",
+        "1",
+        "--to",
+        "2",
+        "--amount",
+        "100",
+        "--pending",
+    ]);
+    ok(&["void", "--pending-id", "82", "--id", "83"]);
+    let (code, v) = node.json(&["post", "--pending-id", "82", "--id", "86"]);
+    assert_eq!(
+        (code, v["result"].as_str()),
+        (1, Some("pending_already_voided")),
+        "{v}"
+    );
+    ok(&[
+        "transfer",
+        "--id",
+        "84",
+        "--from",
+        "1",
+        "--to",
+        "2",
+        "--amount",
+        "50",
+        "--pending",
+        "--timeout-s",
+        "1",
+    ]);
+    std::thread::sleep(Duration::from_millis(1_300));
+    ok(&["deposit", "--account", "2", "--amount", "1"]); // advances log time past the deadline
+    let (code, v) = node.json(&["post", "--pending-id", "84", "--id", "85"]);
+    assert_eq!(
+        (code, v["result"].as_str()),
+        (1, Some("pending_expired")),
+        "{v}"
+    );
+    assert_eq!(balance(&node, 1)["debits_pending"], 0);
+
+    // Queries.
+    let (code, v) = node.json(&["accounts", "--ledger", "1", "--limit", "10"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["accounts"].as_array().map(Vec::len), Some(3));
+    let (code, v) = node.json(&["transfer-get", "77"]);
+    assert_eq!((code, v["amount"].as_u64()), (0, Some(100)), "{v}");
+    let (code, v) = node.json(&["status"]);
+    assert_eq!((code, v["role"].as_str()), (0, Some("leader")), "{v}");
+    assert!(v["durable_position"].as_u64().unwrap() >= v["position"].as_u64().unwrap() - 1);
+    for key in ["position", "durable_position", "state_hash", "sessions"] {
+        assert!(v.get(key).is_some(), "status lacks {key}: {v}");
+    }
+
+    // Usage errors exit 2.
+    let out = node.cli(&["deposit", "--account", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // A clean restart keeps every acknowledged effect.
+    let addr = node.addr;
+    let before = (balance(&node, 1), balance(&node, 2));
+    node.terminate();
+    let node = NodeProcess::start_on(&dir.0, addr);
+    let after = (balance(&node, 1), balance(&node, 2));
+    assert_eq!(before.0["balance"], after.0["balance"]);
+    assert_eq!(before.1["balance"], after.1["balance"]);
+}
+
+#[test]
+fn a_client_without_a_node_gets_exit_2_and_a_hint() {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(TALLY)
+        .args([
+            "client",
+            "--connect",
+            &format!("127.0.0.1:{port}"),
+            "--timeout-ms",
+            "200",
+            "--retries",
+            "0",
+            "status",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tally node"),
+        "the message says what to do: {err}"
+    );
+}
+
+#[test]
+fn an_atomic_group_with_one_bad_member_applies_none() {
+    let dir = TempDir::new("atomic");
+    let node = NodeProcess::start(&dir.0);
+    let mut c = Client::connect(ClientConfig::new(node.addr)).unwrap();
+    let create = |id: u64, external: bool| Request::CreateAccount {
+        id,
+        ledger: 1,
+        debits_must_not_exceed_credits: !external,
+        credits_must_not_exceed_debits: false,
+        external,
+        code: 0,
+    };
+    for r in [
+        create(99, true),
+        create(1, false),
+        create(2, false),
+        create(3, false),
+    ] {
+        assert_eq!(
+            c.request(&r).unwrap().result(),
+            Some(client::ResultCode::Ok)
+        );
+    }
+    c.request(&Request::Deposit {
+        id: 1,
+        account_id: 1,
+        amount: 100,
+    })
+    .unwrap();
+    let t = |id, from, to, amount| Transfer {
+        id,
+        debit_account_id: from,
+        credit_account_id: to,
+        amount,
+        ledger: 1,
+        pending: false,
+        timeout_s: 0,
+        code: 0,
+    };
+    let r = c
+        .request(&Request::Transfers {
+            atomic: true,
+            transfers: vec![t(10, 1, 2, 50), t(11, 2, 3, 500)],
+        })
+        .unwrap();
+    let Response::Command { results, .. } = &r else {
+        panic!("{r:?}")
+    };
+    assert_ne!(r.result(), Some(client::ResultCode::Ok));
+    assert_eq!(results[0], Some(client::ResultCode::LinkedTransferFailed));
+    assert_eq!(results[1], Some(client::ResultCode::InsufficientFunds));
+    let Response::Account { account, .. } = c
+        .request(&Request::GetAccount {
+            id: 1,
+            min_position: 0,
+        })
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        account.credits_posted - account.debits_posted,
+        100,
+        "the good member left no trace"
+    );
+}
+
+#[test]
+fn sigkill_under_load_loses_no_acknowledged_deposit() {
+    let dir = TempDir::new("sigkill");
+    let node = NodeProcess::start(&dir.0);
+    let addr = node.addr;
+    let mut config = ClientConfig::new(addr);
+    config.timeout = Duration::from_millis(300);
+    config.retries = 1;
+    let mut c = Client::connect(config).unwrap();
+    for r in [
+        Request::CreateAccount {
+            id: 99,
+            ledger: 1,
+            debits_must_not_exceed_credits: false,
+            credits_must_not_exceed_debits: false,
+            external: true,
+            code: 0,
+        },
+        Request::CreateAccount {
+            id: 1,
+            ledger: 1,
+            debits_must_not_exceed_credits: true,
+            credits_must_not_exceed_debits: false,
+            external: false,
+            code: 0,
+        },
+    ] {
+        assert_eq!(
+            c.request(&r).unwrap().result(),
+            Some(client::ResultCode::Ok)
+        );
+    }
+    // Pipelined deposits of 1 until the node dies.
+    let loader = std::thread::spawn(move || {
+        let (mut sent, mut acked) = (0u64, 0u64);
+        let started = Instant::now();
+        let mut next_id = 1_000u128;
+        'outer: while started.elapsed() < Duration::from_secs(10) {
+            while c.in_flight() < 256 {
+                match c.try_send(&Request::Deposit {
+                    id: next_id,
+                    account_id: 1,
+                    amount: 1,
+                }) {
+                    Ok(_) => {
+                        sent += 1;
+                        next_id += 1;
+                    }
+                    Err(client::ClientError::BackPressured { .. }) => break,
+                    Err(_) => break 'outer,
+                }
+            }
+            let mut dead = false;
+            c.poll(
+                |_, r| match r {
+                    Ok(r) if r.result() == Some(client::ResultCode::Ok) => acked += 1,
+                    Ok(_) => {}
+                    Err(_) => dead = true,
+                },
+                usize::MAX,
+            );
+            if dead {
+                break;
+            }
+        }
+        (sent, acked)
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    node.kill9();
+    let (sent, acked) = loader.join().unwrap();
+    assert!(
+        acked > 0,
+        "nothing was acknowledged before the kill: the test tested nothing"
+    );
+    let node = NodeProcess::start_on(&dir.0, addr);
+    let credits = balance(&node, 1)["credits_posted"].as_u64().unwrap();
+    assert!(
+        acked <= credits && credits <= sent,
+        "acknowledged {acked} <= balance {credits} <= sent {sent}"
+    );
+}
