@@ -300,3 +300,105 @@ fn a_restarted_node_keeps_every_acknowledged_effect() {
     assert_eq!(a.credits_posted(), 100);
     node.shutdown();
 }
+
+#[test]
+fn a_flooding_client_does_not_starve_another_and_a_vanished_one_is_forgotten() {
+    let dir = TempDir::new("node-flood");
+    let mut config = NodeConfig::new(dir.path());
+    config.pipeline = test_config(dir.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.transport.image_liveness_timeout_ns = 300_000_000;
+    let node = Node::start(config).unwrap().0;
+    let mut quiet = RawClient::connect(node.local_addr(), 1);
+    assert_eq!(
+        result_of(&quiet.request(1, &create_external(99, 1))),
+        ResultCode::Ok
+    );
+    assert_eq!(
+        result_of(&quiet.request(2, &create_account(1, 1, false))),
+        ResultCode::Ok
+    );
+
+    // The flooder offers as fast as its publication takes requests and never reads a reply.
+    let mut flooder = RawClient::connect(node.local_addr(), 2);
+    let started = Instant::now();
+    let mut flooded = 0u64;
+    while started.elapsed() < Duration::from_millis(500) {
+        let mut buf = vec![0u8; 24];
+        {
+            let mut h = RequestHeaderEncoder::wrap_with_header(&mut buf).unwrap();
+            h.set_client_session_id(2).set_client_seq(flooded + 1);
+        }
+        buf.extend_from_slice(&deposit(1_000_000 + u128::from(flooded), 1, 1));
+        if flooder.publication.offer(&buf).is_ok() {
+            flooded += 1;
+        }
+        flooder.publication.do_work(transport::now_ns());
+        // The quiet client stays alive (heartbeats) while the flood goes on.
+        if flooded % 64 == 0 {
+            quiet.pump();
+        }
+    }
+    assert!(flooded > 100, "the flood was a flood");
+    // The quiet client is still answered promptly.
+    let t = Instant::now();
+    assert_eq!(
+        result_of(&quiet.request(3, &deposit(7, 1, 5))),
+        ResultCode::Ok
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+
+    // The flooder vanishes without closing: its session is dropped after the liveness timeout.
+    drop(flooder);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node
+        .counters()
+        .sessions_closed
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the vanished session was never closed"
+        );
+        quiet.pump();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        result_of(&quiet.request(4, &deposit(8, 1, 5))),
+        ResultCode::Ok
+    );
+    node.shutdown();
+}
+
+#[test]
+fn a_command_with_too_many_transfers_is_answered_invalid_command() {
+    let dir = TempDir::new("node-large");
+    let node = start_node(dir.path());
+    let mut c = RawClient::connect(node.local_addr(), 3);
+    let mut buf = vec![0u8; 64 * 1024];
+    let len = {
+        let mut e = schemas::ledger::TransfersEncoder::wrap_with_header(&mut buf).unwrap();
+        {
+            let mut g = e.transfers().unwrap();
+            for i in 0..(engine::TRANSFERS_PER_COMMAND_MAX as u64 + 1) {
+                let mut t = g.next_entry().unwrap();
+                t.id_mut().set_lo(i + 1);
+                t.set_debit_account_id(1)
+                    .set_credit_account_id(2)
+                    .set_amount(1)
+                    .set_ledger(1);
+            }
+        }
+        e.finish().unwrap()
+    };
+    assert_eq!(
+        result_of(&c.request(1, &buf[..len])),
+        ResultCode::InvalidCommand
+    );
+    assert_eq!(
+        result_of(&c.request(2, &create_external(99, 1))),
+        ResultCode::Ok
+    );
+    node.shutdown();
+}

@@ -300,9 +300,11 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
         pin_to(0);
         let mut p = Publication::new(&channel, STREAM_ID, config(mtu)).map_err(|e| e.to_string())?;
         let msg = [42u8; MESSAGE_LENGTH];
+        let offers_per_cycle = (mtu / 96).max(1) * 16;
         let mut back_pressure = 0u64;
         while !stop2.load(Ordering::Relaxed) {
-            for _ in 0..64 {
+            // Offer up to a few datagrams' worth per duty cycle so each sendmmsg carries many.
+            for _ in 0..offers_per_cycle {
                 match p.offer(&msg) {
                     Ok(_) => {}
                     Err(OfferError::BackPressured) => {
