@@ -452,8 +452,8 @@ impl Writer {
             let known = body.fields.iter().any(|f| &f.name == k)
                 || body.groups.iter().any(|g| &g.name == k)
                 || body.datas.iter().any(|d| &d.name == k);
-            let header_key = what == "message"
-                && matches!(k.as_str(), "message" | "templateId" | "version");
+            let header_key =
+                what == "message" && matches!(k.as_str(), "message" | "templateId" | "version");
             if !known && !header_key {
                 return efail(format!("{what}: unknown field \"{k}\""));
             }

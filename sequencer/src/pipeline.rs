@@ -447,7 +447,7 @@ impl Pipeline {
                 .map_err(|e| format!("create folder {}: {e}", dir.display()))?;
         }
         let (journal, journal_report) =
-            Journal::open(&journal_dir, config.journal.clone()).map_err(|e| e.to_string())?;
+            Journal::open(&journal_dir, config.journal).map_err(|e| e.to_string())?;
         let (mut engine, loaded) = snapshots::load_newest(&snapshot_dir, &config.engine)?;
         let last = journal.last_position();
         if engine.position() > last {
@@ -929,10 +929,7 @@ fn journal_loop(
             if let Some(index) = journal.take_spare_request() {
                 let _ = to_preparer.send(index);
             }
-            next = match batches.try_recv() {
-                Ok(batch) => Some(batch),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-            };
+            next = batches.try_recv().ok();
         }
         if let Err(e) = journal.sync() {
             shared.fail(format!("journal fdatasync failed: {e}"));

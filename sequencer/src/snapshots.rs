@@ -109,7 +109,7 @@ pub fn load_newest(dir: &Path, config: &EngineConfig) -> Result<(Engine, Loaded)
     for position in positions {
         let path = dir.join(file_name(position));
         let restored = File::open(&path).map_err(|e| e.to_string()).and_then(|f| {
-            Engine::restore(config.clone(), BufReader::with_capacity(1 << 20, f))
+            Engine::restore(*config, BufReader::with_capacity(1 << 20, f))
                 .map_err(|e| e.to_string())
         });
         match restored {
@@ -127,6 +127,6 @@ pub fn load_newest(dir: &Path, config: &EngineConfig) -> Result<(Engine, Loaded)
             Err(e) => loaded.refused.push((path, e)),
         }
     }
-    let engine = Engine::new(config.clone()).map_err(|e| e.to_string())?;
+    let engine = Engine::new(*config).map_err(|e| e.to_string())?;
     Ok((engine, loaded))
 }

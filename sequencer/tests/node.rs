@@ -99,8 +99,7 @@ impl RawClient {
         }
         buf[24..].copy_from_slice(message);
         self.send_raw(&buf);
-        let reply = self.wait_seq(seq);
-        reply
+        self.wait_seq(seq)
     }
 
     fn wait_seq(&mut self, seq: u64) -> Vec<u8> {
@@ -335,7 +334,7 @@ fn a_flooding_client_does_not_starve_another_and_a_vanished_one_is_forgotten() {
         }
         flooder.publication.do_work(transport::now_ns());
         // The quiet client stays alive (heartbeats) while the flood goes on.
-        if flooded % 64 == 0 {
+        if flooded.is_multiple_of(64) {
             quiet.pump();
         }
     }

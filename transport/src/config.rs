@@ -54,7 +54,8 @@ pub struct Config {
     /// Sender: how far the publisher may run ahead of what was sent, in bytes
     /// (at most `term_length / 2`).
     pub publication_window: usize,
-    /// Receiver: window advertised in status messages, in bytes (at most `term_length / 2`).
+    /// Receiver: window advertised in status messages, in bytes (at most `term_length / 2`;
+    /// the socket driver also keeps it within a quarter of the socket's receive buffer).
     pub receiver_window: usize,
     /// Sender: flow control strategy.
     pub flow_control: FlowControl,

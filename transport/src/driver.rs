@@ -18,6 +18,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::config::{Config, ConfigError, FlowControl};
 use crate::counters::{CounterId, Counters};
+use crate::frame::FRAME_ALIGNMENT;
 use crate::idle::Agent;
 use crate::mmsg::Batch;
 use crate::receiver::{ImageEvent, MessageHeader, Receiver};
@@ -395,8 +396,13 @@ impl Subscription {
     /// Invalid config, or a socket error (e.g. the endpoint is in use).
     pub fn new(channel: &Channel, stream_id: i32, mut cfg: Config) -> io::Result<Self> {
         cfg.multicast = channel.is_multicast();
-        let receiver = Receiver::new(cfg, stream_id, session_id_seed()).map_err(config_error)?;
         let socket = new_socket()?;
+        // A window larger than the socket can queue turns bursts into kernel drops and NAK
+        // storms: keep it within a quarter of the (kernel-doubled) receive buffer.
+        let rcvbuf = socket.recv_buffer_size().unwrap_or(0);
+        let window_max = (rcvbuf / 4) & !(FRAME_ALIGNMENT - 1);
+        cfg.receiver_window = cfg.receiver_window.min(window_max).max(cfg.mtu);
+        let receiver = Receiver::new(cfg, stream_id, session_id_seed()).map_err(config_error)?;
         if channel.is_multicast() {
             socket.set_reuse_address(true)?;
             socket.bind(&SocketAddr::V4(channel.endpoint).into())?;

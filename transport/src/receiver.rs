@@ -96,6 +96,8 @@ struct Image {
     sm_next_ns: u64,
     sm_position: i64,
     gap: Option<(i64, i32)>,
+    /// Whether the gap must be rescanned (a frame landed inside it or rebuild moved).
+    gap_stale: bool,
     nak_next_ns: u64,
     rttm_due: bool,
     rtt_ns: Option<u64>,
@@ -216,7 +218,7 @@ impl Receiver {
         self.counters.incr(CounterId::DatagramsReceived);
         self.counters
             .add(CounterId::BytesReceived, datagram.len() as u64);
-        if self.closing {
+        if self.closing || self.try_append_in_order(now_ns, source, datagram) {
             return;
         }
         let mut touched: u64 = 0;
@@ -261,6 +263,66 @@ impl Receiver {
                 self.update_gap(i, now_ns);
             }
         }
+    }
+
+    /// Fast path for the common case: a datagram of whole DATA frames that continues its
+    /// image exactly at the rebuild position with no gap pending. Every header is validated as
+    /// in the general path; the frames are then stored with one copy. Returns false (and
+    /// changes nothing) when the datagram needs the general path.
+    fn try_append_in_order(&mut self, now_ns: u64, source: SocketAddr, datagram: &[u8]) -> bool {
+        let length = datagram.len();
+        if length < DATA_HEADER_LENGTH || length % FRAME_ALIGNMENT != 0 {
+            return false;
+        }
+        let first = DataHeader::read_unchecked(datagram);
+        if datagram[4] != frame::VERSION
+            || first.frame_type != frame_type::DATA
+            || first.stream_id != self.stream_id
+        {
+            return false;
+        }
+        let Some(img) = self.images.iter_mut().find(|i| i.session_id == first.session_id) else {
+            return false;
+        };
+        if img.source != source || img.end.is_some() || img.hwm != img.rebuild {
+            return false;
+        }
+        let position = img.log.position(first.term_id, first.term_offset);
+        let end = position + length as i64;
+        if position != img.rebuild
+            || first.term_offset < 0
+            || first.term_offset as usize + length > img.log.term_length
+            || end > img.cleaned_until
+        {
+            return false;
+        }
+        let mut at = 0;
+        let mut frames = 0;
+        while at < length {
+            let h = DataHeader::read_unchecked(&datagram[at..]);
+            if h.frame_length < DATA_HEADER_LENGTH as i32
+                || datagram[at + 4] != frame::VERSION
+                || h.frame_type != frame_type::DATA
+                || h.term_offset as i64 != first.term_offset as i64 + at as i64
+                || h.session_id != first.session_id
+                || h.stream_id != first.stream_id
+                || h.term_id != first.term_id
+            {
+                return false;
+            }
+            at += align_frame(h.frame_length as usize);
+            frames += 1;
+        }
+        if at != length {
+            return false;
+        }
+        let index = img.log.index(position);
+        img.log.buf[index..index + length].copy_from_slice(datagram);
+        img.rebuild = end;
+        img.hwm = end;
+        img.last_packet_ns = now_ns;
+        self.counters.add(CounterId::DataFramesReceived, frames);
+        true
     }
 
     fn request_setup(&mut self, now_ns: u64, session_id: i32, source: SocketAddr) {
@@ -340,6 +402,7 @@ impl Receiver {
         if h.is_heartbeat() {
             if position > img.hwm && position <= img.rebuild + 2 * term_length {
                 img.hwm = position;
+                img.gap_stale = true;
             }
             if h.flags & flags::EOS != 0 {
                 img.eos_position = Some(position);
@@ -367,9 +430,17 @@ impl Receiver {
         let stored = bytes.len().min(advance as usize);
         img.log.buf[at..at + stored].copy_from_slice(&bytes[..stored]);
         self.counters.incr(CounterId::DataFramesReceived);
+        let hwm_before = img.hwm;
         img.hwm = img.hwm.max(position + advance);
+        if img.gap.is_none_or(|(start, length)| {
+            let end = start + length as i64;
+            position < end || end >= hwm_before
+        }) {
+            img.gap_stale = true;
+        }
         if position == img.rebuild {
             img.scan_rebuild();
+            img.gap_stale = true;
         }
         Some(idx)
     }
@@ -423,6 +494,7 @@ impl Receiver {
             sm_next_ns: now_ns,
             sm_position: join,
             gap: None,
+            gap_stale: true,
             nak_next_ns: 0,
             rttm_due: true,
             rtt_ns: None,
@@ -457,6 +529,10 @@ impl Receiver {
             img.gap = None;
             return;
         }
+        if !img.gap_stale && img.gap.is_some_and(|(start, _)| start == img.rebuild) {
+            return; // same gap as last scan: keep its NAK timer
+        }
+        img.gap_stale = false;
         let term_end = img.log.term_start(img.rebuild) + img.log.term_length as i64;
         let limit = img.hwm.min(term_end).min(img.cleaned_until);
         let mut p = img.rebuild;

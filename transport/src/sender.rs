@@ -495,20 +495,21 @@ impl Sender {
         let mut position = from;
         let mut length = 0;
         let mut count = 0;
+        let start = self.log.index(from);
         let term_end = self.log.term_start(from) + self.cfg.term_length as i64;
+        // Frames of one term are contiguous in the log: find the span, then copy it at once.
         while position < limit && position < term_end && position < stop_at {
-            let idx = self.log.index(position);
-            let h = DataHeader::read_unchecked(&self.log.buf[idx..idx + DATA_HEADER_LENGTH]);
-            if h.frame_length < DATA_HEADER_LENGTH as i32 {
+            let idx = start + length;
+            let frame_length = frame::read_i32(&self.log.buf, idx);
+            if frame_length < DATA_HEADER_LENGTH as i32 {
                 break; // defensive: never reached for frames we wrote
             }
-            let advance = align_frame(h.frame_length as usize);
-            let is_pad = h.frame_type == frame_type::PAD;
+            let advance = align_frame(frame_length as usize);
+            let is_pad = frame::read_u16(&self.log.buf, idx + 6) == frame_type::PAD;
             let wire = if is_pad { DATA_HEADER_LENGTH } else { advance };
             if position + advance as i64 > limit.min(term_end) || length + wire > self.cfg.mtu {
                 break;
             }
-            buf[length..length + wire].copy_from_slice(&self.log.buf[idx..idx + wire]);
             length += wire;
             position += advance as i64;
             if is_pad {
@@ -516,6 +517,7 @@ impl Sender {
             }
             count += 1;
         }
+        buf[..length].copy_from_slice(&self.log.buf[start..start + length]);
         (length, position, count)
     }
 

@@ -306,7 +306,9 @@ fn walk(buf: &[u8]) -> Result<usize, DecodeError> {
                 }
                 l.leg_note()?;
             }
-            let _ = d.tags()?.fold(0u64, |a, t| a.wrapping_add(u64::from(t.tag())));
+            let _ = d
+                .tags()?
+                .fold(0u64, |a, t| a.wrapping_add(u64::from(t.tag())));
             let _ = d.later()?.fold(0u64, |a, t| a.wrapping_add(t.value()));
             d.note()?;
             d.blob()?;

@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use schemas::ledger::{self, Decoded};
 use sbe_conformance::local::constructs as c;
+use schemas::ledger::{self, Decoded};
 
 type R<T> = Result<T, codec_gen::runtime::DecodeError>;
 
@@ -13,7 +13,13 @@ fn ledger_walk(buf: &[u8]) -> R<usize> {
         Decoded::Transfers(d) => {
             let _ = d.flags();
             for t in d.transfers()? {
-                let _ = (t.id().lo(), t.id().hi(), t.debit_account_id(), t.credit_account_id(), t.amount());
+                let _ = (
+                    t.id().lo(),
+                    t.id().hi(),
+                    t.debit_account_id(),
+                    t.credit_account_id(),
+                    t.amount(),
+                );
                 let _ = (t.ledger(), t.flags(), t.code(), t.timeout_s());
             }
             let g = d.transfers()?;
@@ -59,8 +65,25 @@ fn ledger_walk(buf: &[u8]) -> R<usize> {
 fn constructs_walk(buf: &[u8]) -> R<usize> {
     match c::decode(buf)? {
         c::Decoded::Everything(d) => {
-            let _ = (d.id(), d.symbol(), d.side(), d.level(), d.flags(), d.price(), d.qty(), d.ratio(), d.weights());
-            let _ = (d.stamp().unit(), d.stamp().spare(), d.extra(), d.extra2(), d.f32(), d.type_());
+            let _ = (
+                d.id(),
+                d.symbol(),
+                d.side(),
+                d.level(),
+                d.flags(),
+                d.price(),
+                d.qty(),
+                d.ratio(),
+                d.weights(),
+            );
+            let _ = (
+                d.stamp().unit(),
+                d.stamp().spare(),
+                d.extra(),
+                d.extra2(),
+                d.f32(),
+                d.type_(),
+            );
             for l in d.legs()? {
                 let l = l?;
                 let _ = (l.leg_id(), l.side());
@@ -70,7 +93,9 @@ fn constructs_walk(buf: &[u8]) -> R<usize> {
                 }
                 l.leg_note()?;
             }
-            let _ = d.tags()?.fold(0u64, |a, t| a.wrapping_add(u64::from(t.tag())));
+            let _ = d
+                .tags()?
+                .fold(0u64, |a, t| a.wrapping_add(u64::from(t.tag())));
             let _ = d.later()?.fold(0u64, |a, t| a.wrapping_add(t.value()));
             d.note()?;
             d.blob()?;

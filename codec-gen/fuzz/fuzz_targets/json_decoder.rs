@@ -23,16 +23,23 @@ fuzz_target!(|data: &[u8]| {
         }
         let (msgs, err) = codec_gen::json::decode_all(schema, &buf);
         if let Some(e) = err {
-            assert!(e.offset <= buf.len(), "offset {} beyond {} bytes", e.offset, buf.len());
+            assert!(
+                e.offset <= buf.len(),
+                "offset {} beyond {} bytes",
+                e.offset,
+                buf.len()
+            );
         }
         for m in msgs {
             let line = codec_gen::json::to_line(schema, &m);
-            let v: serde_json::Value = serde_json::from_str(&line).expect("the decoder prints valid JSON");
+            let v: serde_json::Value =
+                serde_json::from_str(&line).expect("the decoder prints valid JSON");
             // A message can decode yet not re-encode (a group count above the schema's maxValue);
             // whatever does encode must decode again, to the same JSON when it was written with
             // the current version and block lengths.
             if let Ok(bytes) = codec_gen::json::encode_message(schema, &v) {
-                let (again, end) = codec_gen::json::decode_message(schema, &bytes, 0).expect("encoded bytes decode");
+                let (again, end) = codec_gen::json::decode_message(schema, &bytes, 0)
+                    .expect("encoded bytes decode");
                 assert_eq!(end, bytes.len());
                 let again = codec_gen::json::encode_message(schema, &again).expect("re-encodes");
                 assert_eq!(again, bytes, "encode(decode(encode(x))) == encode(x)");
