@@ -61,41 +61,6 @@ fn check(what: &str, r: Response) -> Result<Response, String> {
     }
 }
 
-/// Sends all `requests` pipelined; returns how many came back `ok`.
-fn pipelined(client: &mut Client, requests: impl Iterator<Item = Request>) -> Result<u64, String> {
-    let mut ok = 0u64;
-    let mut in_flight = 0usize;
-    let mut failure = None;
-    let mut pending = requests.peekable();
-    while pending.peek().is_some() || in_flight > 0 {
-        while let Some(r) = pending.peek() {
-            match client.try_send(r) {
-                Ok(_) => {
-                    pending.next();
-                    in_flight += 1;
-                }
-                Err(client::ClientError::BackPressured { .. }) => break,
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        client.poll(
-            |_, result| {
-                in_flight -= 1;
-                match result {
-                    Ok(r) if r.result() == Some(ResultCode::Ok) => ok += 1,
-                    Ok(r) => failure = Some(format!("{:?}", r.result())),
-                    Err(e) => failure = Some(e.to_string()),
-                }
-            },
-            usize::MAX,
-        );
-    }
-    match failure {
-        Some(f) => Err(format!("set-up request failed: {f}")),
-        None => Ok(ok),
-    }
-}
-
 fn demo(args: &DemoArgs) -> Result<(), String> {
     if args.accounts < 2 || args.clients == 0 || args.seconds == 0 {
         return Err("--accounts must be at least 2, --clients and --seconds at least 1".into());
@@ -142,7 +107,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         external: false,
         code: 0,
     });
-    pipelined(&mut setup, creates)?;
+    setup.send_all_ok(creates)?;
     let mut ids = client::IdSource::new();
     let deposits: Vec<Request> = (1..=args.accounts)
         .map(|id| Request::Deposit {
@@ -151,7 +116,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
             amount: OPENING_DEPOSIT,
         })
         .collect();
-    pipelined(&mut setup, deposits.into_iter())?;
+    setup.send_all_ok(deposits.into_iter())?;
     println!(
         "created {} accounts (no overdraft) with {OPENING_DEPOSIT} each",
         args.accounts

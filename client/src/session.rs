@@ -405,6 +405,77 @@ impl Client {
         self.wait(id)
     }
 
+    /// Sends every request pipelined (as many in flight as `in_flight_max` allows) and waits
+    /// until all have completed, calling `on_reply` for each completion as it arrives. Returns
+    /// how many requests were sent. Completions of requests started earlier with
+    /// [`Client::try_send`] are delivered to `on_reply` too.
+    ///
+    /// # Errors
+    /// A request that cannot be started (encode error, ended session); requests already in
+    /// flight still complete through `on_reply` first.
+    pub fn send_all(
+        &mut self,
+        requests: impl IntoIterator<Item = Request>,
+        mut on_reply: impl FnMut(RequestId, Result<Response, ClientError>),
+    ) -> Result<u64, ClientError> {
+        let mut requests = requests.into_iter().peekable();
+        let mut sent = 0u64;
+        let mut failure = None;
+        while failure.is_none() && requests.peek().is_some() || self.tracker.in_flight() > 0 {
+            while failure.is_none() {
+                let Some(request) = requests.peek() else {
+                    break;
+                };
+                match self.try_send(request) {
+                    Ok(_) => {
+                        requests.next();
+                        sent += 1;
+                    }
+                    Err(ClientError::BackPressured { .. }) => break,
+                    Err(e) => failure = Some(e),
+                }
+            }
+            self.poll(&mut on_reply, usize::MAX);
+        }
+        while let Some((id, result)) = self.completed.pop_front() {
+            on_reply(id, result);
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(sent),
+        }
+    }
+
+    /// [`Client::send_all`] for set-up work where every reply must be `ok`.
+    ///
+    /// # Errors
+    /// The first reply that is not `ok` (its result code name) or the first error, as text.
+    pub fn send_all_ok(
+        &mut self,
+        requests: impl IntoIterator<Item = Request>,
+    ) -> Result<u64, String> {
+        let mut failure = None;
+        let sent = self
+            .send_all(requests, |_, result| match result {
+                Ok(r) if r.result() == Some(schemas::ledger::ResultCode::Ok) => {}
+                Ok(r) => {
+                    failure.get_or_insert(
+                        r.result()
+                            .map_or("unknown result", |c| c.name())
+                            .to_string(),
+                    );
+                }
+                Err(e) => {
+                    failure.get_or_insert(e.to_string());
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        match failure {
+            Some(f) => Err(format!("a request was not ok: {f}")),
+            None => Ok(sent),
+        }
+    }
+
     /// Waits for the completion of `id` (started with [`Client::try_send`]); other
     /// completions stay queued for [`Client::poll`].
     ///

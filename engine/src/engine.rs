@@ -14,7 +14,7 @@
 //!   is oldest is forgotten.
 
 use crate::command::{Command, TransferSpec};
-use crate::index::{hash128, hash64, Index, SeqIndex};
+use crate::index::{hash128, hash64, Index};
 use crate::{
     account_flags as af, batch_flags, transfer_flags, ConfigError, EngineConfig, EntryMeta,
     ResultCode, TransferKind, TransferState, LIST_LIMIT_MAX, NS_PER_S, TRANSFERS_PER_COMMAND_MAX,
@@ -173,9 +173,7 @@ const HEAP_NONE: u32 = u32::MAX;
 /// (records are prefetched at half this distance, once their buckets have arrived).
 const PREFETCH_DISTANCE: usize = 16;
 
-/// FIFO ring of retained transfers with an index by id. The index ([`SeqIndex`]) maps ids to
-/// sequences and treats entries outside `[head_seq, next_seq)` as deleted, so evicting the
-/// oldest records and undoing the newest only move the window.
+/// FIFO ring of retained transfers with an index by id.
 #[derive(Clone)]
 pub(crate) struct Ring {
     pub(crate) records: Vec<Retained>,
@@ -190,7 +188,7 @@ pub(crate) struct Ring {
     /// `slot(head_seq)` and `slot(next_seq)`, kept incrementally (no division on the hot path).
     head_slot: u64,
     next_slot: u64,
-    index: SeqIndex,
+    index: Index,
 }
 
 impl Ring {
@@ -207,24 +205,13 @@ impl Ring {
             next_seq: 0,
             head_slot: 0,
             next_slot: 0,
-            index: SeqIndex::with_capacity(capacity),
+            index: Index::with_capacity(capacity),
         }
     }
 
     /// Slot of a live `seq` (a division: off the hot path, which keeps slots incrementally).
     fn slot(&self, seq: u64) -> usize {
         ((seq - self.base_seq) % self.capacity) as usize
-    }
-
-    /// Slot of a live `seq`, from the head slot (no division).
-    #[inline]
-    fn slot_near(&self, seq: u64) -> usize {
-        let slot = self.head_slot + (seq - self.head_seq);
-        (if slot >= self.capacity {
-            slot - self.capacity
-        } else {
-            slot
-        }) as usize
     }
 
     fn wrap_forward(&self, slot: u64) -> u64 {
@@ -239,19 +226,18 @@ impl Ring {
         self.next_seq - self.head_seq
     }
 
-    /// Prefetches the index bucket where `id` would be found.
-    #[inline]
-    fn prefetch(&self, id: u128) {
-        self.index.prefetch(hash128(id));
-    }
-
-    #[inline]
     fn find(&self, id: u128) -> Option<u64> {
         let records = &self.records;
-        self.index
-            .find(hash128(id), self.head_seq, self.len(), |seq| {
-                records[self.slot_near(seq)].id() == id
-            })
+        let slot = u64::from(
+            self.index
+                .find(hash128(id), |s| records[s as usize].id() == id)?,
+        );
+        let offset = if slot >= self.head_slot {
+            slot - self.head_slot
+        } else {
+            slot + self.capacity - self.head_slot
+        };
+        Some(self.head_seq + offset)
     }
 
     fn get(&self, seq: u64) -> Option<&Retained> {
@@ -276,14 +262,18 @@ impl Ring {
             assert_eq!(slot, self.records.len());
             self.records.push(record);
         }
+        self.index.insert(hash128(record.id()), slot as u32);
         self.next_seq += 1;
         self.next_slot = self.wrap_forward(self.next_slot);
-        self.index
-            .insert(hash128(record.id()), seq, self.head_seq, self.len());
         seq
     }
 
-    /// Undoes the newest push (its index entry goes stale with it).
+    fn unlink_slot(&mut self, slot: u64) {
+        let slot = slot as usize;
+        self.index
+            .remove(hash128(self.records[slot].id()), slot as u32);
+    }
+
     fn pop_newest(&mut self) {
         assert!(self.len() > 0);
         self.next_slot = if self.next_slot == 0 {
@@ -291,21 +281,27 @@ impl Ring {
         } else {
             self.next_slot - 1
         };
+        self.unlink_slot(self.next_slot);
         self.next_seq -= 1;
     }
 
-    /// Evicts the oldest records down to `retained_max`: their index entries go stale with them.
-    /// Then sweeps the index for the inserts since the last trim.
+    /// Evicts the oldest records down to `retained_max`, prefetching the index buckets of
+    /// records a few evictions ahead.
     fn trim(&mut self) {
-        let excess = self.len().saturating_sub(self.retained_max);
-        if excess > 0 {
-            self.head_seq += excess;
-            self.head_slot += excess;
-            if self.head_slot >= self.capacity {
-                self.head_slot -= self.capacity;
+        const AHEAD: u64 = 16;
+        while self.len() > self.retained_max {
+            if self.len() - self.retained_max > AHEAD {
+                let mut ahead = self.head_slot + AHEAD;
+                if ahead >= self.capacity {
+                    ahead -= self.capacity;
+                }
+                self.index
+                    .prefetch(hash128(self.records[ahead as usize].id()));
             }
+            self.unlink_slot(self.head_slot);
+            self.head_seq += 1;
+            self.head_slot = self.wrap_forward(self.head_slot);
         }
-        self.index.sweep(self.head_seq, self.len());
     }
 
     /// Live records, oldest first, as at most two slices.
@@ -506,7 +502,7 @@ impl Engine {
     fn prefetch_buckets(&self, t: &TransferSpec) {
         self.account_index.prefetch(hash64(t.debit_account_id));
         self.account_index.prefetch(hash64(t.credit_account_id));
-        self.ring.prefetch(t.id);
+        self.ring.index.prefetch(hash128(t.id));
     }
 
     /// Second stage, a few entries later: the buckets are in cache, so peek the slots and
@@ -1446,7 +1442,7 @@ impl Engine {
         const RESTORE_PREFETCH_DISTANCE: usize = 16;
         for (i, r) in parts.retained().enumerate() {
             if let Some(ahead) = parts.retained_id(i + RESTORE_PREFETCH_DISTANCE) {
-                e.ring.prefetch(ahead);
+                e.ring.index.prefetch(hash128(ahead));
             }
             let slots = e.accounts.len() as u32;
             if r.debit >= slots || r.credit >= slots {
@@ -1459,8 +1455,6 @@ impl Engine {
             }
             e.ring.push(r);
         }
-        // A bulk load leaves nothing stale: no sweeping is owed.
-        e.ring.index.forgive_sweep();
         for p in parts.pending() {
             let (Some(debit), Some(credit)) =
                 (e.find_account(p.debit_id), e.find_account(p.credit_id))

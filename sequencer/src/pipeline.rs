@@ -665,6 +665,16 @@ fn pin(core: usize) {
     }
 }
 
+/// The engine's view of a journal entry's header.
+pub fn entry_meta(entry: &journal::Entry<'_>) -> engine::EntryMeta {
+    engine::EntryMeta {
+        position: entry.position,
+        timestamp_ns: entry.timestamp_ns,
+        session_id: entry.session_id,
+        client_seq: entry.client_seq,
+    }
+}
+
 /// Applies every journal entry after the engine's position up to `last`.
 fn replay(journal_dir: &std::path::Path, engine: &mut Engine, last: u64) -> Result<u64, String> {
     let from = engine.position() + 1;
@@ -684,12 +694,7 @@ fn replay(journal_dir: &std::path::Path, engine: &mut Engine, last: u64) -> Resu
             ));
         };
         for entry in batch.entries_from(engine.position() + 1) {
-            let meta = engine::EntryMeta {
-                position: entry.position,
-                timestamp_ns: entry.timestamp_ns,
-                session_id: entry.session_id,
-                client_seq: entry.client_seq,
-            };
+            let meta = entry_meta(&entry);
             engine.apply(&meta, entry.command, &mut scratch);
             replayed += 1;
         }
@@ -966,12 +971,7 @@ fn engine_loop(
             Err(TryRecvError::Disconnected) => return,
         };
         for entry in batch.entries() {
-            let meta = engine::EntryMeta {
-                position: entry.position,
-                timestamp_ns: entry.timestamp_ns,
-                session_id: entry.session_id,
-                client_seq: entry.client_seq,
-            };
+            let meta = entry_meta(&entry);
             let len = engine.apply(&meta, entry.command, &mut scratch);
             let reply = &scratch[..len];
             loop {

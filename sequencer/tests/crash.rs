@@ -164,12 +164,7 @@ fn check_recovery(dir: &std::path::Path, acked: &HashSet<u128>, sent: u64, round
                     u128::from(d.transfer_id().hi()) << 64 | u128::from(d.transfer_id().lo()),
                 );
             }
-            let meta = engine::EntryMeta {
-                position: entry.position,
-                timestamp_ns: entry.timestamp_ns,
-                session_id: entry.session_id,
-                client_seq: entry.client_seq,
-            };
+            let meta = sequencer::pipeline::entry_meta(&entry);
             engine.apply(&meta, entry.command, &mut scratch);
         }
     }

@@ -2,7 +2,9 @@
 //!
 //! Owns: preallocated slots (buffers, addresses, iovecs, headers) for a batch of datagrams.
 //! Invariant: every pointer handed to the kernel points into this struct's heap buffers, which
-//! are allocated once in `new` and never resized, and is rebuilt before every call.
+//! are allocated once in `new` and never resized (so they never move, even when the struct
+//! does); send headers are rebuilt before every call, receive headers once and then only their
+//! kernel-written fields are reset.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -25,10 +27,12 @@ pub(crate) struct Batch {
     pub count: usize,
     /// Send: slots before this one are already sent.
     pub sent: usize,
+    /// Recv: headers hold valid receive pointers (set on the first `recv`).
+    receive_ready: bool,
 }
 
 // SAFETY: the raw pointers inside `iovecs`/`headers` only ever point into this struct's own
-// heap buffers and are rebuilt before each system call; nothing is shared across threads.
+// heap buffers, which never move; moving the struct to another thread moves their only owner.
 unsafe impl Send for Batch {}
 
 impl Batch {
@@ -45,6 +49,7 @@ impl Batch {
             headers: vec![unsafe { zeroed() }; slots],
             count: 0,
             sent: 0,
+            receive_ready: false,
         }
     }
 
@@ -129,7 +134,16 @@ impl Batch {
     /// Receives up to a batch of datagrams without blocking. Returns how many arrived.
     pub fn recv(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
         let n = self.capacity();
-        self.prepare(0, n, true);
+        if !self.receive_ready {
+            self.prepare(0, n, true);
+            self.receive_ready = true;
+        } else {
+            // Pointers are still valid (heap buffers never move); reset what the kernel wrote.
+            for h in &mut self.headers[..self.count] {
+                h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                h.msg_hdr.msg_flags = 0;
+            }
+        }
         let fd: RawFd = socket.as_raw_fd();
         // SAFETY: `headers[..n]` are initialised and point into live buffers of this struct
         // (see `prepare`); the kernel writes at most `iov_len`/`msg_namelen` bytes into them.
@@ -163,6 +177,7 @@ impl Batch {
             self.clear();
             return Ok(0);
         }
+        self.receive_ready = false;
         self.prepare(from, to, false);
         let fd: RawFd = socket.as_raw_fd();
         // SAFETY: `headers[from..to]` are initialised by `prepare` and point into live

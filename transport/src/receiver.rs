@@ -271,7 +271,7 @@ impl Receiver {
     /// changes nothing) when the datagram needs the general path.
     fn try_append_in_order(&mut self, now_ns: u64, source: SocketAddr, datagram: &[u8]) -> bool {
         let length = datagram.len();
-        if length < DATA_HEADER_LENGTH || length % FRAME_ALIGNMENT != 0 {
+        if length < DATA_HEADER_LENGTH || !length.is_multiple_of(FRAME_ALIGNMENT) {
             return false;
         }
         let first = DataHeader::read_unchecked(datagram);
@@ -281,7 +281,11 @@ impl Receiver {
         {
             return false;
         }
-        let Some(img) = self.images.iter_mut().find(|i| i.session_id == first.session_id) else {
+        let Some(img) = self
+            .images
+            .iter_mut()
+            .find(|i| i.session_id == first.session_id)
+        else {
             return false;
         };
         if img.source != source || img.end.is_some() || img.hwm != img.rebuild {

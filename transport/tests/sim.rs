@@ -325,16 +325,6 @@ fn unicast_delivers_every_message_once_in_order_under_1_to_20_percent_loss() {
 }
 
 #[test]
-#[ignore = "diagnostic"]
-fn diagnostic_duplicates_at_large_mtu() {
-    let cfg = Config { mtu: 8192, ..Config::with_term_length(16 * 1024 * 1024) };
-    let mut net = Net::new(1, 1, cfg, Faults::lossy(0.05));
-    run_to_completion(&mut net, 20000, 60_000_000_000);
-    eprintln!("{:?}", net.receivers[0].counters().iter().filter(|c| c.1 > 0).collect::<Vec<_>>());
-    eprintln!("{:?}", net.sender.counters().iter().filter(|c| c.1 > 0).collect::<Vec<_>>());
-}
-
-#[test]
 fn multicast_delivers_every_message_once_in_order_to_three_receivers_under_loss() {
     for seed in seeds(100, 16) {
         let loss = 0.01 + (seed % 20) as f64 * 0.01;

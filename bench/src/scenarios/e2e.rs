@@ -134,43 +134,6 @@ fn connect(addr: SocketAddr, in_flight: usize) -> Result<Client, String> {
     Client::connect(config).map_err(|e| e.to_string())
 }
 
-/// Sends every request pipelined, failing on any non-`ok` reply.
-fn pipelined(
-    client: &mut Client,
-    mut requests: impl Iterator<Item = Request>,
-) -> Result<(), String> {
-    let mut next = requests.next();
-    let mut in_flight = 0usize;
-    let mut failure = None;
-    while next.is_some() || in_flight > 0 {
-        while let Some(r) = &next {
-            match client.try_send(r) {
-                Ok(_) => {
-                    in_flight += 1;
-                    next = requests.next();
-                }
-                Err(client::ClientError::BackPressured { .. }) => break,
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        client.poll(
-            |_, result| {
-                in_flight -= 1;
-                match result {
-                    Ok(r) if r.result() == Some(client::ResultCode::Ok) => {}
-                    Ok(r) => failure = Some(format!("{:?}", r.result())),
-                    Err(e) => failure = Some(e.to_string()),
-                }
-            },
-            usize::MAX,
-        );
-        if let Some(f) = failure.take() {
-            return Err(format!("set-up request failed: {f}"));
-        }
-    }
-    Ok(())
-}
-
 pub fn run(args: &[String]) -> Result<(), String> {
     let a = parse(args)?;
     let dir = a.data.join(std::process::id().to_string());
@@ -220,18 +183,15 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
         external,
         code: 0,
     };
-    pipelined(&mut setup, std::iter::once(create(u64::MAX, true)))?;
+    setup.send_all_ok(std::iter::once(create(u64::MAX, true)))?;
     let accounts_total = a.accounts.max(a.rss_accounts);
-    pipelined(&mut setup, (1..=accounts_total).map(|id| create(id, false)))?;
+    setup.send_all_ok((1..=accounts_total).map(|id| create(id, false)))?;
     let mut ids = client::IdSource::with_seed(7);
-    pipelined(
-        &mut setup,
-        (1..=a.accounts).map(|id| Request::Deposit {
-            id: ids.next_u128(),
-            account_id: id,
-            amount: 1 << 40,
-        }),
-    )?;
+    setup.send_all_ok((1..=a.accounts).map(|id| Request::Deposit {
+        id: ids.next_u128(),
+        account_id: id,
+        amount: 1 << 40,
+    }))?;
 
     // The measured run.
     let start = Instant::now() + Duration::from_millis(50);

@@ -180,7 +180,11 @@ fn raw_throughput(
     }
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
-    let target = if multicast { group } else { Ipv4Addr::LOCALHOST };
+    let target = if multicast {
+        group
+    } else {
+        Ipv4Addr::LOCALHOST
+    };
     let sender = std::thread::spawn(move || -> Result<(), String> {
         pin_to(0);
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
@@ -227,8 +231,10 @@ fn raw_throughput(
 fn raw_rtt(datagram_length: usize, samples: u64) -> Result<Histogram<u64>, String> {
     let a = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let b = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    a.connect(b.local_addr().unwrap()).map_err(|e| e.to_string())?;
-    b.connect(a.local_addr().unwrap()).map_err(|e| e.to_string())?;
+    a.connect(b.local_addr().unwrap())
+        .map_err(|e| e.to_string())?;
+    b.connect(a.local_addr().unwrap())
+        .map_err(|e| e.to_string())?;
     a.set_nonblocking(true).map_err(|e| e.to_string())?;
     b.set_nonblocking(true).map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -243,7 +249,8 @@ fn raw_rtt(datagram_length: usize, samples: u64) -> Result<Histogram<u64>, Strin
         }
     });
     pin_to(0);
-    let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).map_err(|e| e.to_string())?;
+    let mut h =
+        Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).map_err(|e| e.to_string())?;
     let mut buf = vec![1u8; datagram_length];
     let mut rbuf = vec![0u8; 65536];
     let mut lost = 0u64;
@@ -298,7 +305,8 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
     let offered2 = offered.clone();
     let publisher = std::thread::spawn(move || -> Result<u64, String> {
         pin_to(0);
-        let mut p = Publication::new(&channel, STREAM_ID, config(mtu)).map_err(|e| e.to_string())?;
+        let mut p =
+            Publication::new(&channel, STREAM_ID, config(mtu)).map_err(|e| e.to_string())?;
         let msg = [42u8; MESSAGE_LENGTH];
         let offers_per_cycle = (mtu / 96).max(1) * 16;
         let mut back_pressure = 0u64;
@@ -343,14 +351,29 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
         if Instant::now() > connect_deadline {
             stop.store(true, Ordering::Relaxed);
             let _ = publisher.join();
-            return Err(format!("transport did not connect on {:?}", channel.endpoint));
+            return Err(format!(
+                "transport did not connect on {:?}",
+                channel.endpoint
+            ));
         }
-        run(&mut subs, &mut counts, Instant::now() + Duration::from_millis(10));
+        run(
+            &mut subs,
+            &mut counts,
+            Instant::now() + Duration::from_millis(10),
+        );
     }
-    run(&mut subs, &mut counts, Instant::now() + Duration::from_millis(300));
+    run(
+        &mut subs,
+        &mut counts,
+        Instant::now() + Duration::from_millis(300),
+    );
     let (c0, w0) = (counts.clone(), wire(&subs));
     let start = Instant::now();
-    run(&mut subs, &mut counts, start + Duration::from_secs_f64(seconds));
+    run(
+        &mut subs,
+        &mut counts,
+        start + Duration::from_secs_f64(seconds),
+    );
     let elapsed = start.elapsed().as_secs_f64();
     let w1 = wire(&subs);
     for s in &subs {
@@ -379,14 +402,18 @@ fn transport_rtt(mtu: usize, samples: u64) -> Result<Histogram<u64>, String> {
     let (port_a, port_b) = (free_port()?, free_port()?);
     let ch_a = Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port_a));
     let ch_b = Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port_b));
-    let mut ping_sub = Subscription::new(&ch_b, STREAM_ID, config(mtu)).map_err(|e| e.to_string())?;
-    let mut ping_pub = Publication::new(&ch_a, STREAM_ID, config(mtu)).map_err(|e| e.to_string())?;
+    let mut ping_sub =
+        Subscription::new(&ch_b, STREAM_ID, config(mtu)).map_err(|e| e.to_string())?;
+    let mut ping_pub =
+        Publication::new(&ch_a, STREAM_ID, config(mtu)).map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let pong = std::thread::spawn(move || -> Result<(), String> {
         pin_to(1);
-        let mut sub = Subscription::new(&ch_a, STREAM_ID, config(mtu)).map_err(|e| e.to_string())?;
-        let mut publication = Publication::new(&ch_b, STREAM_ID, config(mtu)).map_err(|e| e.to_string())?;
+        let mut sub =
+            Subscription::new(&ch_a, STREAM_ID, config(mtu)).map_err(|e| e.to_string())?;
+        let mut publication =
+            Publication::new(&ch_b, STREAM_ID, config(mtu)).map_err(|e| e.to_string())?;
         let mut pending: Option<[u8; MESSAGE_LENGTH]> = None;
         while !stop2.load(Ordering::Relaxed) {
             let now = now_ns();
@@ -395,7 +422,8 @@ fn transport_rtt(mtu: usize, samples: u64) -> Result<Histogram<u64>, String> {
                 sub.poll(
                     |m, _| {
                         let mut b = [0u8; MESSAGE_LENGTH];
-                        b[..m.len().min(MESSAGE_LENGTH)].copy_from_slice(&m[..m.len().min(MESSAGE_LENGTH)]);
+                        b[..m.len().min(MESSAGE_LENGTH)]
+                            .copy_from_slice(&m[..m.len().min(MESSAGE_LENGTH)]);
                         pending = Some(b);
                     },
                     1,
@@ -411,7 +439,8 @@ fn transport_rtt(mtu: usize, samples: u64) -> Result<Histogram<u64>, String> {
         Ok(())
     });
     pin_to(0);
-    let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).map_err(|e| e.to_string())?;
+    let mut h =
+        Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !(ping_pub.is_connected() && ping_sub.receiver().image_count() > 0) {
         if Instant::now() > deadline {
@@ -440,10 +469,7 @@ fn transport_rtt(mtu: usize, samples: u64) -> Result<Histogram<u64>, String> {
             let now = now_ns();
             ping_pub.do_work(now);
             ping_sub.do_work(now);
-            ping_sub.poll(
-                |m, _| got |= m.len() >= 8 && m[..8] == i.to_le_bytes(),
-                16,
-            );
+            ping_sub.poll(|m, _| got |= m.len() >= 8 && m[..8] == i.to_le_bytes(), 16);
             if t0.elapsed() > Duration::from_secs(1) {
                 break; // a lost datagram waits for a NAK round; record it as measured
             }
