@@ -23,12 +23,15 @@
 //!   `from_raw()`, `empty()`, `is_empty()`, `unknown_bits()`, `union()`, `KNOWN_BITS`, `CHOICES`.
 //! - Per message `M`: `MDecoder<'a>` (`wrap_with_header(&[u8])`, `wrap(&[u8], block_length,
 //!   version)`, `TEMPLATE_ID`, `BLOCK_LENGTH`, `acting_version()`, `encoded_length()`, one getter
-//!   per field, `group()` -> `Result<MGroupGroupDecoder>` (an `Iterator` of
-//!   `MGroupDecoder` entries; items are `Result`s when entries hold nested groups or var data),
-//!   `data()` -> `Result<&[u8]>`), and `MEncoder<'a>` (`wrap_with_header(&mut [u8])`, `wrap`,
-//!   `set_field(v) -> &mut Self`, `group()` -> `Result<MGroupGroupEncoder>` with
-//!   `next_entry() -> Result<MGroupEncoder>`, `set_data(&[u8]) -> Result<&mut Self>`,
-//!   `finish() -> Result<usize>` = bytes written).
+//!   per field, one method per group `g()` returning `Result<MGGroupDecoder>` (an `Iterator` over
+//!   entry decoders `MGDecoder`, with `count()` and, for fixed-size entries, `get(i)`; items are
+//!   `Result`s when entries hold nested groups or var data), one method per var data `d()`
+//!   returning `Result<&[u8]>`), and `MEncoder<'a>` (`wrap_with_header(&mut [u8])`, `wrap`,
+//!   setters `set_f(v) -> &mut Self`, `f_mut() -> &mut Composite`, `g()` returning
+//!   `Result<MGGroupEncoder>` whose `next_entry()` returns `Result<MGEncoder>`,
+//!   `set_d(&[u8]) -> Result<&mut Self>`, `finish() -> Result<usize>` = bytes written). Nested
+//!   group names chain: `MGHDecoder` for group `h` inside group `g`. The fixed blocks are
+//!   `zerocopy` structs `MBlock` / `MGBlock`.
 //! - Getters return plain values for required fields, `Option` for optional fields (null → `None`)
 //!   and for fields newer than the message's own version (older senders → `None`); enums read as
 //!   `field() -> Option<E>` plus `field_raw()`; sets as `S`; composites as `&C`; byte arrays as

@@ -169,6 +169,15 @@ pub(crate) struct Session {
 
 const HEAP_NONE: u32 = u32::MAX;
 
+/// Index hashes of one transfer of a batch, computed once and used by both prefetch stages
+/// and the lookups.
+#[derive(Clone, Copy, Debug, Default)]
+struct Keys {
+    debit: u64,
+    credit: u64,
+    id: u64,
+}
+
 /// How many transfers ahead of the one being applied the batch loop prefetches index buckets
 /// (records are prefetched at half this distance, once their buckets have arrived).
 const PREFETCH_DISTANCE: usize = 16;
@@ -227,11 +236,14 @@ impl Ring {
     }
 
     fn find(&self, id: u128) -> Option<u64> {
+        self.find_hashed(id, hash128(id))
+    }
+
+    /// [`Ring::find`] with `hash128(id)` already computed.
+    #[inline]
+    fn find_hashed(&self, id: u128, hash: u64) -> Option<u64> {
         let records = &self.records;
-        let slot = u64::from(
-            self.index
-                .find(hash128(id), |s| records[s as usize].id() == id)?,
-        );
+        let slot = u64::from(self.index.find(hash, |s| records[s as usize].id() == id)?);
         let offset = if slot >= self.head_slot {
             slot - self.head_slot
         } else {
@@ -253,6 +265,12 @@ impl Ring {
     }
 
     fn push(&mut self, record: Retained) -> u64 {
+        self.push_hashed(record, hash128(record.id()))
+    }
+
+    /// [`Ring::push`] with `hash128(record.id())` already computed.
+    #[inline]
+    fn push_hashed(&mut self, record: Retained, hash: u64) -> u64 {
         assert!(self.len() < self.capacity, "ring slack exhausted");
         let seq = self.next_seq;
         let slot = self.next_slot as usize;
@@ -262,7 +280,7 @@ impl Ring {
             assert_eq!(slot, self.records.len());
             self.records.push(record);
         }
-        self.index.insert(hash128(record.id()), slot as u32);
+        self.index.insert(hash, slot as u32);
         self.next_seq += 1;
         self.next_slot = self.wrap_forward(self.next_slot);
         seq
@@ -319,6 +337,19 @@ impl Ring {
         }
     }
 
+    /// Appends a record without indexing it (restore indexes a whole chunk afterwards).
+    fn push_unindexed(&mut self, record: Retained) {
+        assert!(self.len() < self.capacity, "ring slack exhausted");
+        assert_eq!(
+            self.next_slot as usize,
+            self.records.len(),
+            "restore fills from slot 0"
+        );
+        self.records.push(record);
+        self.next_seq += 1;
+        self.next_slot = self.wrap_forward(self.next_slot);
+    }
+
     /// Empties the ring and makes `head_seq` its first sequence (restore).
     fn reset(&mut self, head_seq: u64) {
         self.records.clear();
@@ -358,6 +389,7 @@ pub struct Engine {
     pub(crate) hash: u64,
     // Per-command scratch, preallocated.
     pub(crate) transfers_scratch: Vec<TransferSpec>,
+    keys: Vec<Keys>,
     results: Vec<ResultCode>,
     touched: Vec<u32>,
     balances: Vec<Balance>,
@@ -419,6 +451,7 @@ impl Engine {
             now_ns: 0,
             hash: 0,
             transfers_scratch: Vec::with_capacity(TRANSFERS_PER_COMMAND_MAX),
+            keys: Vec::with_capacity(TRANSFERS_PER_COMMAND_MAX),
             results: Vec::with_capacity(TRANSFERS_PER_COMMAND_MAX),
             touched: Vec::with_capacity(TRANSFERS_PER_COMMAND_MAX * 2),
             balances: Vec::with_capacity(TRANSFERS_PER_COMMAND_MAX * 2),
@@ -491,26 +524,32 @@ impl Engine {
 
     #[inline]
     fn find_account(&self, id: u64) -> Option<u32> {
+        self.find_account_hashed(id, hash64(id))
+    }
+
+    /// [`Engine::find_account`] with `hash64(id)` already computed.
+    #[inline]
+    fn find_account_hashed(&self, id: u64, hash: u64) -> Option<u32> {
         let accounts = &self.accounts;
         self.account_index
-            .find(hash64(id), |s| accounts[s as usize].account.id == id)
+            .find(hash, |s| accounts[s as usize].account.id == id)
     }
 
     /// First prefetch stage for a transfer some entries ahead: the index buckets of its
     /// accounts and of its id.
     #[inline]
-    fn prefetch_buckets(&self, t: &TransferSpec) {
-        self.account_index.prefetch(hash64(t.debit_account_id));
-        self.account_index.prefetch(hash64(t.credit_account_id));
-        self.ring.index.prefetch(hash128(t.id));
+    fn prefetch_buckets(&self, k: &Keys) {
+        self.account_index.prefetch(k.debit);
+        self.account_index.prefetch(k.credit);
+        self.ring.index.prefetch(k.id);
     }
 
     /// Second stage, a few entries later: the buckets are in cache, so peek the slots and
     /// prefetch the account records.
     #[inline]
-    fn prefetch_records(&self, t: &TransferSpec) {
-        for id in [t.debit_account_id, t.credit_account_id] {
-            if let Some(slot) = self.account_index.peek(hash64(id)) {
+    fn prefetch_records(&self, k: &Keys) {
+        for hash in [k.debit, k.credit] {
+            if let Some(slot) = self.account_index.peek(hash) {
                 if let Some(rec) = self.accounts.get(slot as usize) {
                     crate::prefetch::read(rec);
                 }
@@ -868,6 +907,7 @@ impl Engine {
         self.transfer_checked(
             kind,
             transfer_id,
+            hash128(transfer_id),
             debit,
             credit,
             amount,
@@ -891,20 +931,29 @@ impl Engine {
         self.undo.clear();
         self.undo_active = atomic;
         let mut overall = ResultCode::Ok;
-        for t in transfers.iter().take(PREFETCH_DISTANCE) {
-            self.prefetch_buckets(t);
+        // Every hash once, in one pass (independent multiplies overlap), then two prefetch
+        // stages ahead of the transfer being applied.
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        keys.extend(transfers.iter().map(|t| Keys {
+            debit: hash64(t.debit_account_id),
+            credit: hash64(t.credit_account_id),
+            id: hash128(t.id),
+        }));
+        for k in keys.iter().take(PREFETCH_DISTANCE) {
+            self.prefetch_buckets(k);
         }
-        for t in transfers.iter().take(PREFETCH_DISTANCE / 2) {
-            self.prefetch_records(t);
+        for k in keys.iter().take(PREFETCH_DISTANCE / 2) {
+            self.prefetch_records(k);
         }
-        for (i, t) in transfers.iter().enumerate() {
-            if let Some(ahead) = transfers.get(i + PREFETCH_DISTANCE) {
+        for (i, (t, k)) in transfers.iter().zip(&keys).enumerate() {
+            if let Some(ahead) = keys.get(i + PREFETCH_DISTANCE) {
                 self.prefetch_buckets(ahead);
             }
-            if let Some(ahead) = transfers.get(i + PREFETCH_DISTANCE / 2) {
+            if let Some(ahead) = keys.get(i + PREFETCH_DISTANCE / 2) {
                 self.prefetch_records(ahead);
             }
-            let r = self.create_transfer(t);
+            let r = self.create_transfer(t, k);
             if r != ResultCode::Ok && atomic {
                 self.rollback();
                 self.results.clear();
@@ -920,6 +969,7 @@ impl Engine {
                 overall = r;
             }
         }
+        self.keys = keys;
         self.undo_active = false;
         self.undo.clear();
         overall
@@ -935,7 +985,7 @@ impl Engine {
         }
     }
 
-    fn create_transfer(&mut self, t: &TransferSpec) -> ResultCode {
+    fn create_transfer(&mut self, t: &TransferSpec, k: &Keys) -> ResultCode {
         if t.id == 0 || t.debit_account_id == 0 || t.credit_account_id == 0 {
             return ResultCode::InvalidId;
         }
@@ -953,8 +1003,8 @@ impl Engine {
             return ResultCode::SameAccount;
         }
         let (Some(debit), Some(credit)) = (
-            self.find_account(t.debit_account_id),
-            self.find_account(t.credit_account_id),
+            self.find_account_hashed(t.debit_account_id, k.debit),
+            self.find_account_hashed(t.credit_account_id, k.credit),
         ) else {
             return ResultCode::AccountNotFound;
         };
@@ -967,6 +1017,7 @@ impl Engine {
         self.transfer_checked(
             TransferKind::Transfer,
             t.id,
+            k.id,
             debit,
             credit,
             t.amount,
@@ -979,8 +1030,13 @@ impl Engine {
 
     /// Checks an id already in use: the retained record, or an open pending transfer whose
     /// record has been evicted. `same` compares the stored fields with the request.
-    fn existing(&self, id: u128, same: impl Fn(&Retained) -> bool) -> Option<ResultCode> {
-        let rec = if let Some(seq) = self.ring.find(id) {
+    fn existing(
+        &self,
+        id: u128,
+        id_hash: u64,
+        same: impl Fn(&Retained) -> bool,
+    ) -> Option<ResultCode> {
+        let rec = if let Some(seq) = self.ring.find_hashed(id, id_hash) {
             *self.ring.get(seq).expect("indexed records are live")
         } else {
             if self.pending_open == 0 {
@@ -1012,6 +1068,7 @@ impl Engine {
         &mut self,
         kind: TransferKind,
         id: u128,
+        id_hash: u64,
         debit: u32,
         credit: u32,
         amount: u64,
@@ -1031,7 +1088,7 @@ impl Engine {
                 && r.extra == extra
                 && (r.state != TransferState::Posted as u8) == pending
         };
-        if let Some(r) = self.existing(id, same) {
+        if let Some(r) = self.existing(id, id_hash, same) {
             return r;
         }
         let (d_new, c_new) = if pending {
@@ -1094,23 +1151,26 @@ impl Engine {
         }
         self.touch(debit);
         self.touch(credit);
-        let seq = self.ring.push(Retained {
-            id_lo: id as u64,
-            id_hi: (id >> 64) as u64,
-            debit,
-            credit,
-            amount,
-            position: self.position,
-            timestamp_ns: self.now_ns,
-            extra,
-            ledger,
-            kind: kind as u8,
-            state: if pending {
-                TransferState::Pending
-            } else {
-                TransferState::Posted
-            } as u8,
-        });
+        let seq = self.ring.push_hashed(
+            Retained {
+                id_lo: id as u64,
+                id_hi: (id >> 64) as u64,
+                debit,
+                credit,
+                amount,
+                position: self.position,
+                timestamp_ns: self.now_ns,
+                extra,
+                ledger,
+                kind: kind as u8,
+                state: if pending {
+                    TransferState::Pending
+                } else {
+                    TransferState::Posted
+                } as u8,
+            },
+            id_hash,
+        );
         if pending {
             let deadline_ns = if timeout_s == 0 {
                 u64::MAX
@@ -1153,7 +1213,7 @@ impl Engine {
         let same = |r: &Retained| {
             r.kind == kind as u8 && r.extra == extra && amount.is_none_or(|a| a == r.amount)
         };
-        if let Some(r) = self.existing(id, same) {
+        if let Some(r) = self.existing(id, hash128(id), same) {
             return r;
         }
         let Some(slot) = self.find_pending(pending_id) else {
@@ -1385,116 +1445,143 @@ impl Engine {
         Ok(())
     }
 
-    /// Rebuilds an engine from a verified snapshot's sections (used by `Engine::restore`).
-    pub(crate) fn from_sections(
-        config: EngineConfig,
-        parts: &crate::snapshot::Sections<'_>,
-    ) -> Result<Engine, crate::SnapshotError> {
-        use crate::SnapshotError as E;
-        let mut e = Engine::new(config).map_err(E::Config)?;
-        let over = |what: &'static str, count: usize, max: u32| {
-            if count > max as usize {
-                Err(E::CapacityExceeded {
-                    what,
-                    count: count as u64,
-                    max: u64::from(max),
-                })
-            } else {
-                Ok(())
+    // ----- restore: a snapshot's sections are fed in order into an empty engine -----
+
+    /// Restore, first step: makes `head_seq` the ring's first sequence (the engine is new).
+    pub(crate) fn restore_ring_head(&mut self, head_seq: u64) {
+        self.ring.reset(head_seq);
+    }
+
+    /// Restore: appends accounts in creation order (the caller has checked the capacity).
+    /// Prefetches index buckets ahead, and checks for duplicates in the same probe run that
+    /// inserts.
+    pub(crate) fn restore_accounts(&mut self, accounts: &[Account]) -> Result<(), &'static str> {
+        const AHEAD: usize = 16;
+        for (i, &a) in accounts.iter().enumerate() {
+            if let Some(ahead) = accounts.get(i + AHEAD) {
+                self.account_index.prefetch(hash64(ahead.id));
             }
-        };
-        over("accounts", parts.accounts().len(), config.accounts_max)?;
-        over(
-            "retained transfers",
-            parts.retained().len(),
-            config.transfers_retained_max,
-        )?;
-        over(
-            "pending transfers",
-            parts.pending().len(),
-            config.pending_max,
-        )?;
-        over("sessions", parts.sessions().len(), config.sessions_max)?;
-        for a in parts.accounts() {
-            if a.id == 0 || e.find_account(a.id).is_some() {
-                return Err(E::Invalid("duplicate or zero account id"));
+            if a.id == 0 {
+                return Err("zero account id");
             }
-            let slot = e.accounts.len() as u32;
-            e.accounts.push(AccountRecord {
+            let slot = self.accounts.len() as u32;
+            let records = &self.accounts;
+            if !self.account_index.insert_unique(hash64(a.id), slot, |s| {
+                records[s as usize].account.id == a.id
+            }) {
+                return Err("duplicate account id");
+            }
+            self.accounts.push(AccountRecord {
                 account: a,
                 touched_position: 0,
             });
-            e.account_index.insert(hash64(a.id), slot);
             if a.flags & af::EXTERNAL != 0 {
-                if e.find_external(a.ledger).is_some()
-                    || e.externals.len() >= config.ledgers_max as usize
+                if self.find_external(a.ledger).is_some()
+                    || self.externals.len() >= self.config.ledgers_max as usize
                 {
-                    return Err(E::Invalid(
-                        "second external account on a ledger or too many ledgers",
-                    ));
+                    return Err("second external account on a ledger or too many ledgers");
                 }
-                e.external_index
-                    .insert(hash64(u64::from(a.ledger)), e.externals.len() as u32);
-                e.externals.push((a.ledger, slot));
+                self.external_index
+                    .insert(hash64(u64::from(a.ledger)), self.externals.len() as u32);
+                self.externals.push((a.ledger, slot));
             }
         }
-        e.ring.reset(parts.ring_head_seq);
-        const RESTORE_PREFETCH_DISTANCE: usize = 16;
-        for (i, r) in parts.retained().enumerate() {
-            if let Some(ahead) = parts.retained_id(i + RESTORE_PREFETCH_DISTANCE) {
-                e.ring.index.prefetch(hash128(ahead));
-            }
-            let slots = e.accounts.len() as u32;
-            if r.debit >= slots || r.credit >= slots {
-                return Err(E::Invalid(
-                    "retained transfer names an unknown account slot",
-                ));
-            }
-            if e.ring.find(r.id()).is_some() {
-                return Err(E::Invalid("duplicate retained transfer id"));
-            }
-            e.ring.push(r);
+        Ok(())
+    }
+
+    /// Restore: appends retained transfers, oldest first, after every account (the caller has
+    /// checked the capacity): records first (a sequential copy), then their index entries with
+    /// buckets prefetched ahead, duplicates checked in the same probe run.
+    pub(crate) fn restore_retained(&mut self, records: &[Retained]) -> Result<(), &'static str> {
+        const AHEAD: usize = 16;
+        let slots = self.accounts.len() as u32;
+        if records
+            .iter()
+            .any(|r| r.debit >= slots || r.credit >= slots)
+        {
+            return Err("retained transfer names an unknown account slot");
         }
-        for p in parts.pending() {
-            let (Some(debit), Some(credit)) =
-                (e.find_account(p.debit_id), e.find_account(p.credit_id))
-            else {
-                return Err(E::Invalid("pending transfer names an unknown account"));
-            };
-            if p.id == 0 || e.find_pending(p.id).is_some() {
-                return Err(E::Invalid("duplicate or zero pending transfer id"));
-            }
-            e.pending_insert(Pending {
-                id_lo: p.id as u64,
-                id_hi: (p.id >> 64) as u64,
-                amount: p.amount,
-                deadline_ns: p.deadline_ns,
-                ring_seq: p.ring_seq,
-                extra: p.extra,
-                debit,
-                credit,
-                heap_pos: HEAP_NONE,
-            });
+        let first = self.ring.records.len();
+        for &r in records {
+            self.ring.push_unindexed(r);
         }
-        for s in parts.sessions() {
-            let hash = hash64(s.id);
-            let sessions = &e.sessions;
-            if s.id == 0
-                || e.session_index
-                    .find(hash, |i| sessions[i as usize].id == s.id)
-                    .is_some()
+        let ring = &mut self.ring;
+        for (i, r) in records.iter().enumerate() {
+            if let Some(ahead) = records.get(i + AHEAD) {
+                ring.index.prefetch(hash128(ahead.id()));
+            }
+            let id = r.id();
+            let stored = &ring.records;
+            if !ring
+                .index
+                .insert_unique(hash128(id), (first + i) as u32, |s| {
+                    stored[s as usize].id() == id
+                })
             {
-                return Err(E::Invalid("duplicate or zero session id"));
+                return Err("duplicate retained transfer id");
             }
-            e.session_index.insert(hash, e.sessions.len() as u32);
-            e.sessions.push(s);
         }
-        e.position = parts.position;
-        e.now_ns = parts.now_ns;
-        e.hash = parts.hash;
-        e.check_invariants()
-            .map_err(|_| E::Invalid("restored balances break an invariant"))?;
-        Ok(e)
+        Ok(())
+    }
+
+    /// Restore: adds one open pending transfer (after the retained ones).
+    pub(crate) fn restore_pending(
+        &mut self,
+        p: &crate::snapshot::PendingPart,
+    ) -> Result<(), &'static str> {
+        let (Some(debit), Some(credit)) = (
+            self.find_account(p.debit_id),
+            self.find_account(p.credit_id),
+        ) else {
+            return Err("pending transfer names an unknown account");
+        };
+        if p.id == 0 || self.find_pending(p.id).is_some() {
+            return Err("duplicate or zero pending transfer id");
+        }
+        self.pending_insert(Pending {
+            id_lo: p.id as u64,
+            id_hi: (p.id >> 64) as u64,
+            amount: p.amount,
+            deadline_ns: p.deadline_ns,
+            ring_seq: p.ring_seq,
+            extra: p.extra,
+            debit,
+            credit,
+            heap_pos: HEAP_NONE,
+        });
+        Ok(())
+    }
+
+    /// Restore: adds one client session.
+    pub(crate) fn restore_session(&mut self, s: Session) -> Result<(), &'static str> {
+        let hash = hash64(s.id);
+        let sessions = &self.sessions;
+        if s.id == 0
+            || self
+                .session_index
+                .find(hash, |i| sessions[i as usize].id == s.id)
+                .is_some()
+        {
+            return Err("duplicate or zero session id");
+        }
+        self.session_index.insert(hash, self.sessions.len() as u32);
+        self.sessions.push(s);
+        Ok(())
+    }
+
+    /// Restore, last step: the position, clock and hash, then the invariants over the whole
+    /// restored state.
+    pub(crate) fn restore_finish(
+        &mut self,
+        position: u64,
+        now_ns: u64,
+        hash: u64,
+    ) -> Result<(), &'static str> {
+        self.position = position;
+        self.now_ns = now_ns;
+        self.hash = hash;
+        self.check_invariants()
+            .map_err(|_| "restored balances break an invariant")
     }
 
     /// Open pending transfers in slab order, for snapshots. Restore rebuilds the deadline heap

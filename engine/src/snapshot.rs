@@ -138,79 +138,55 @@ pub(crate) struct Parts {
     pub(crate) sessions: Vec<Session>,
 }
 
-/// A verified snapshot's sections, borrowed from its bytes: records are decoded one at a time
-/// straight into the engine's tables (no intermediate copy of the largest sections).
-pub(crate) struct Sections<'a> {
-    pub(crate) position: u64,
-    pub(crate) now_ns: u64,
-    pub(crate) hash: u64,
-    pub(crate) ring_head_seq: u64,
-    pub(crate) accounts: &'a [u8],
-    pub(crate) retained: &'a [u8],
-    pub(crate) pending: &'a [u8],
-    pub(crate) sessions: &'a [u8],
+/// Record decoders, one per section.
+fn decode_account(b: &[u8]) -> Account {
+    Account {
+        id: le64(b, 0),
+        ledger: le32(b, 8),
+        flags: u16::from_le_bytes([b[12], b[13]]),
+        code: u16::from_le_bytes([b[14], b[15]]),
+        debits_posted: le64(b, 16),
+        credits_posted: le64(b, 24),
+        debits_pending: le64(b, 32),
+        credits_pending: le64(b, 40),
+    }
 }
 
-impl Sections<'_> {
-    pub(crate) fn accounts(&self) -> impl ExactSizeIterator<Item = Account> + '_ {
-        self.accounts.chunks_exact(ACCOUNT_SIZE).map(|b| Account {
-            id: le64(b, 0),
-            ledger: le32(b, 8),
-            flags: u16::from_le_bytes([b[12], b[13]]),
-            code: u16::from_le_bytes([b[14], b[15]]),
-            debits_posted: le64(b, 16),
-            credits_posted: le64(b, 24),
-            debits_pending: le64(b, 32),
-            credits_pending: le64(b, 40),
-        })
+fn decode_retained(b: &[u8]) -> Retained {
+    Retained {
+        id_lo: le64(b, 0),
+        id_hi: le64(b, 8),
+        amount: le64(b, 16),
+        position: le64(b, 24),
+        timestamp_ns: le64(b, 32),
+        extra: le64(b, 40),
+        debit: le32(b, 48),
+        credit: le32(b, 52),
+        ledger: le32(b, 56),
+        kind: b[60],
+        state: b[61],
     }
+}
 
-    pub(crate) fn retained(&self) -> impl ExactSizeIterator<Item = Retained> + '_ {
-        self.retained.chunks_exact(RETAINED_SIZE).map(|b| Retained {
-            id_lo: le64(b, 0),
-            id_hi: le64(b, 8),
-            amount: le64(b, 16),
-            position: le64(b, 24),
-            timestamp_ns: le64(b, 32),
-            extra: le64(b, 40),
-            debit: le32(b, 48),
-            credit: le32(b, 52),
-            ledger: le32(b, 56),
-            kind: b[60],
-            state: b[61],
-        })
+fn decode_pending(b: &[u8]) -> PendingPart {
+    PendingPart {
+        id: u128::from(le64(b, 0)) | (u128::from(le64(b, 8)) << 64),
+        debit_id: le64(b, 16),
+        credit_id: le64(b, 24),
+        amount: le64(b, 32),
+        deadline_ns: le64(b, 40),
+        ring_seq: le64(b, 48),
+        extra: le64(b, 56),
     }
+}
 
-    /// Id of retained record `i`, if there is one (to prefetch its index bucket).
-    pub(crate) fn retained_id(&self, i: usize) -> Option<u128> {
-        let b = self
-            .retained
-            .get(i * RETAINED_SIZE..i * RETAINED_SIZE + 16)?;
-        Some(u128::from(le64(b, 0)) | (u128::from(le64(b, 8)) << 64))
-    }
-
-    pub(crate) fn pending(&self) -> impl ExactSizeIterator<Item = PendingPart> + '_ {
-        self.pending
-            .chunks_exact(PENDING_SIZE)
-            .map(|b| PendingPart {
-                id: u128::from(le64(b, 0)) | (u128::from(le64(b, 8)) << 64),
-                debit_id: le64(b, 16),
-                credit_id: le64(b, 24),
-                amount: le64(b, 32),
-                deadline_ns: le64(b, 40),
-                ring_seq: le64(b, 48),
-                extra: le64(b, 56),
-            })
-    }
-
-    pub(crate) fn sessions(&self) -> impl ExactSizeIterator<Item = Session> + '_ {
-        self.sessions.chunks_exact(SESSION_SIZE).map(|b| Session {
-            id: le64(b, 0),
-            last_seq: le64(b, 8),
-            last_position: le64(b, 16),
-            last_timestamp_ns: le64(b, 24),
-            last_result: b[32],
-        })
+fn decode_session(b: &[u8]) -> Session {
+    Session {
+        id: le64(b, 0),
+        last_seq: le64(b, 8),
+        last_position: le64(b, 16),
+        last_timestamp_ns: le64(b, 24),
+        last_result: b[32],
     }
 }
 
@@ -399,24 +375,6 @@ fn write_snapshot<W: Write>(
     Ok(total)
 }
 
-struct Cursor<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.b.len());
-        let Some(end) = end else {
-            return Err(SnapshotError::Invalid("section extends past the end"));
-        };
-        let b: &'a [u8] = self.b;
-        let s = &b[self.at..end];
-        self.at = end;
-        Ok(s)
-    }
-}
-
 fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
@@ -425,75 +383,157 @@ fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-fn decode(bytes: &[u8]) -> Result<Sections<'_>, SnapshotError> {
-    let len = bytes.len() as u64;
-    if bytes.len() < HEADER_SIZE + TRAILER_SIZE {
-        return Err(SnapshotError::Truncated { len });
+/// Bytes read per `read` call while restoring: large enough for few calls, small enough to
+/// stay in the L2 cache while it is checksummed and decoded.
+const RESTORE_CHUNK_SIZE: usize = 1 << 20;
+
+/// The snapshot being read: counts and checksums every byte before the trailer.
+struct Source<R: Read> {
+    r: R,
+    crc: u32,
+    len: u64,
+}
+
+impl<R: Read> Source<R> {
+    /// Fills `buf` completely (adding it to the checksum when `body`), or says how long the
+    /// snapshot turned out to be.
+    fn fill(&mut self, buf: &mut [u8], body: bool) -> Result<(), SnapshotError> {
+        let mut at = 0;
+        while at < buf.len() {
+            match self.r.read(&mut buf[at..]) {
+                Ok(0) => {
+                    return Err(SnapshotError::Truncated {
+                        len: self.len + at as u64,
+                    })
+                }
+                Ok(n) => at += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if body {
+            self.crc = crc32c::crc32c_append(self.crc, buf);
+        }
+        self.len += buf.len() as u64;
+        Ok(())
     }
-    if bytes[0..8] != MAGIC {
+
+    /// Reads `count` records of `size` bytes, a chunk at a time, handing each chunk to `f`.
+    fn records(
+        &mut self,
+        chunk: &mut [u8],
+        count: u64,
+        size: usize,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<(), SnapshotError> {
+        let per_chunk = (chunk.len() / size) as u64;
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(per_chunk) as usize;
+            let bytes = &mut chunk[..n * size];
+            self.fill(bytes, true)?;
+            f(bytes);
+            left -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Streams a snapshot into a new engine. Structural checks that fail before the checksum has
+/// been verified are held back: a damaged snapshot is reported as a checksum mismatch.
+fn restore_stream(config: EngineConfig, r: impl Read) -> Result<Engine, SnapshotError> {
+    let mut src = Source { r, crc: 0, len: 0 };
+    let mut h = [0u8; HEADER_SIZE];
+    src.fill(&mut h, true)?;
+    if h[0..8] != MAGIC {
         return Err(SnapshotError::BadMagic);
     }
-    let trailer = &bytes[bytes.len() - TRAILER_SIZE..];
-    let recorded_len = le64(trailer, 8);
-    if recorded_len != len {
-        return Err(if recorded_len > len {
-            SnapshotError::Truncated { len }
-        } else {
-            SnapshotError::ChecksumMismatch {
-                stored: 0,
-                computed: 0,
+    let version = le32(&h, 8);
+    if version != FORMAT_VERSION {
+        return Err(SnapshotError::UnsupportedVersion { found: version });
+    }
+    let (position, now_ns, hash, ring_head_seq) =
+        (le64(&h, 16), le64(&h, 24), le64(&h, 32), le64(&h, 40));
+    let counts = [le64(&h, 48), le64(&h, 56), le64(&h, 64), le64(&h, 72)];
+    config.validate().map_err(SnapshotError::Config)?;
+    let limits = [
+        ("accounts", config.accounts_max),
+        ("retained transfers", config.transfers_retained_max),
+        ("pending transfers", config.pending_max),
+        ("sessions", config.sessions_max),
+    ];
+    for ((what, max), count) in limits.into_iter().zip(counts) {
+        if count > u64::from(max) {
+            return Err(SnapshotError::CapacityExceeded {
+                what,
+                count,
+                max: u64::from(max),
+            });
+        }
+    }
+    let mut e = Engine::new(config).map_err(SnapshotError::Config)?;
+    e.restore_ring_head(ring_head_seq);
+    // The first inconsistency found; once there is one, records are read but not applied.
+    let mut invalid: Option<&'static str> = None;
+    let mut chunk = vec![0u8; RESTORE_CHUNK_SIZE];
+    let mut accounts: Vec<Account> = Vec::with_capacity(RESTORE_CHUNK_SIZE / ACCOUNT_SIZE);
+    src.records(&mut chunk, counts[0], ACCOUNT_SIZE, |bytes| {
+        if invalid.is_none() {
+            accounts.clear();
+            accounts.extend(bytes.chunks_exact(ACCOUNT_SIZE).map(decode_account));
+            invalid = e.restore_accounts(&accounts).err();
+        }
+    })?;
+    drop(accounts);
+    let mut retained: Vec<Retained> = Vec::with_capacity(RESTORE_CHUNK_SIZE / RETAINED_SIZE);
+    src.records(&mut chunk, counts[1], RETAINED_SIZE, |bytes| {
+        if invalid.is_none() {
+            retained.clear();
+            retained.extend(bytes.chunks_exact(RETAINED_SIZE).map(decode_retained));
+            invalid = e.restore_retained(&retained).err();
+        }
+    })?;
+    drop(retained);
+    src.records(&mut chunk, counts[2], PENDING_SIZE, |bytes| {
+        for b in bytes.chunks_exact(PENDING_SIZE) {
+            if invalid.is_none() {
+                invalid = e.restore_pending(&decode_pending(b)).err();
             }
-        });
+        }
+    })?;
+    src.records(&mut chunk, counts[3], SESSION_SIZE, |bytes| {
+        for b in bytes.chunks_exact(SESSION_SIZE) {
+            if invalid.is_none() {
+                invalid = e.restore_session(decode_session(b)).err();
+            }
+        }
+    })?;
+    let computed = src.crc;
+    let mut trailer = [0u8; TRAILER_SIZE];
+    src.fill(&mut trailer, false)?;
+    let stored = le32(&trailer, 0);
+    let recorded_len = le64(&trailer, 8);
+    if recorded_len > src.len {
+        return Err(SnapshotError::Truncated { len: src.len });
+    }
+    if recorded_len != src.len || stored != computed {
+        return Err(SnapshotError::ChecksumMismatch { stored, computed });
     }
     if trailer[4..8] != [0; 4] {
         return Err(SnapshotError::Invalid(
             "reserved trailer bytes are not zero",
         ));
     }
-    let stored = u32::from_le_bytes(trailer[0..4].try_into().expect("4 bytes"));
-    let body = &bytes[..bytes.len() - TRAILER_SIZE];
-    let computed = crc32c::crc32c(body);
-    if stored != computed {
-        return Err(SnapshotError::ChecksumMismatch { stored, computed });
+    let mut extra = [0u8; 1];
+    if src.fill(&mut extra, false).is_ok() {
+        return Err(SnapshotError::Invalid("bytes after the trailer"));
     }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
-        return Err(SnapshotError::UnsupportedVersion { found: version });
+    if let Some(why) = invalid {
+        return Err(SnapshotError::Invalid(why));
     }
-    let mut c = Cursor { b: body, at: 16 };
-    let h = c.take(HEADER_SIZE - 16)?;
-    let header = Sections {
-        position: le64(h, 0),
-        now_ns: le64(h, 8),
-        hash: le64(h, 16),
-        ring_head_seq: le64(h, 24),
-        accounts: &[],
-        retained: &[],
-        pending: &[],
-        sessions: &[],
-    };
-    let counts = [le64(h, 32), le64(h, 40), le64(h, 48), le64(h, 56)];
-    let sizes = [ACCOUNT_SIZE, RETAINED_SIZE, PENDING_SIZE, SESSION_SIZE];
-    let mut expected = HEADER_SIZE as u128;
-    for (n, size) in counts.iter().zip(sizes) {
-        expected += u128::from(*n) * size as u128;
-    }
-    if expected != body.len() as u128 {
-        return Err(SnapshotError::Invalid(
-            "section counts do not match the length",
-        ));
-    }
-    let accounts = c.take(counts[0] as usize * sizes[0])?;
-    let retained = c.take(counts[1] as usize * sizes[1])?;
-    let pending = c.take(counts[2] as usize * sizes[2])?;
-    let sessions = c.take(counts[3] as usize * sizes[3])?;
-    Ok(Sections {
-        accounts,
-        retained,
-        pending,
-        sessions,
-        ..header
-    })
+    e.restore_finish(position, now_ns, hash)
+        .map_err(SnapshotError::Invalid)?;
+    Ok(e)
 }
 
 impl Engine {
@@ -549,17 +589,17 @@ impl Engine {
     }
 
     /// Rebuilds an engine from a snapshot, with tables sized by `config` (which must hold
-    /// everything the snapshot holds). Verifies length and checksum before parsing.
-    pub fn restore(config: EngineConfig, mut r: impl Read) -> Result<Engine, SnapshotError> {
-        let mut bytes = Vec::new();
-        r.read_to_end(&mut bytes)?;
-        Engine::restore_from_bytes(config, &bytes)
+    /// everything the snapshot holds). Streams: reads a chunk at a time (pass the file itself;
+    /// buffering adds nothing), checksums it and decodes it straight into the tables, so memory
+    /// is the engine's plus one chunk. Nothing is returned unless the length and the CRC32C
+    /// check out; a snapshot damaged anywhere is refused with a [`SnapshotError`] that says how
+    /// (mostly `ChecksumMismatch` or `Truncated`).
+    pub fn restore(config: EngineConfig, r: impl Read) -> Result<Engine, SnapshotError> {
+        restore_stream(config, r)
     }
 
-    /// [`Engine::restore`] from bytes already in memory (e.g. `std::fs::read` of the file,
-    /// which sizes the buffer once).
+    /// [`Engine::restore`] from bytes already in memory.
     pub fn restore_from_bytes(config: EngineConfig, bytes: &[u8]) -> Result<Engine, SnapshotError> {
-        let sections = decode(bytes)?;
-        Engine::from_sections(config, &sections)
+        restore_stream(config, bytes)
     }
 }

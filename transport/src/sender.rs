@@ -660,10 +660,13 @@ impl Sender {
         if self.state == State::Closed {
             return None;
         }
-        let mut t = self.last_send_ns + self.cfg.heartbeat_interval_ns;
-        if !self.is_connected() {
-            t = t.min(self.setup_next_ns);
-        }
+        let closing = matches!(self.state, State::Closing { .. });
+        // Heartbeats go out only when connected or closing; otherwise SETUP is what is due.
+        let mut t = if self.is_connected() || closing {
+            self.last_send_ns + self.cfg.heartbeat_interval_ns
+        } else {
+            self.setup_next_ns
+        };
         for r in &self.receivers {
             t = t.min(r.last_seen_ns + self.cfg.receiver_timeout_ns + 1);
         }

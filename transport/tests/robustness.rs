@@ -272,3 +272,67 @@ fn try_claim_publishes_only_on_commit() {
         Err(OfferError::MessageTooLong { .. })
     ));
 }
+
+fn status(receiver_id: i64, offset: i32, window: i32, group_tag: Option<i64>) -> Vec<u8> {
+    let mut b = [0u8; frame::SM_WITH_GROUP_TAG_LENGTH];
+    let n = StatusMessage {
+        flags: 0,
+        session_id: SESSION,
+        stream_id: STREAM,
+        consumption_term_id: 5,
+        consumption_term_offset: offset,
+        receiver_window: window,
+        receiver_id,
+        group_tag,
+    }
+    .encode(&mut b);
+    b[..n].to_vec()
+}
+
+fn limit_with(flow_control: transport::FlowControl, timeout_at: Option<u64>) -> i64 {
+    let cfg = Config {
+        flow_control,
+        multicast: true,
+        ..Config::with_term_length(64 * 1024)
+    };
+    let mut s = Sender::new(cfg, SESSION, STREAM, 5, 0).unwrap();
+    // Positions must not exceed what was published: let the first SM connect, then publish.
+    s.handle_datagram(0, source(), &status(1, 0, 4096, None));
+    for _ in 0..8 {
+        s.offer(&[0u8; 1000]).unwrap();
+    }
+    s.handle_datagram(1, source(), &status(1, 1024, 4096, None));
+    s.handle_datagram(1, source(), &status(2, 2048, 4096, Some(9)));
+    s.handle_datagram(1, source(), &status(3, 4096, 4096, Some(9)));
+    if let Some(t) = timeout_at {
+        s.handle_datagram(t - 1, source(), &status(3, 4096, 4096, Some(9)));
+        s.handle_timeout(t);
+    }
+    s.sender_limit()
+}
+
+#[test]
+fn multicast_flow_control_follows_the_slowest_fastest_or_tagged_receivers() {
+    use transport::FlowControl::*;
+    assert_eq!(
+        limit_with(Min, None),
+        1024 + 4096,
+        "min: the slowest receiver"
+    );
+    assert_eq!(
+        limit_with(Max, None),
+        4096 + 4096,
+        "max: the fastest receiver"
+    );
+    assert_eq!(
+        limit_with(Tagged(9), None),
+        2048 + 4096,
+        "tagged: slowest of group 9"
+    );
+    let timeout = Config::default().receiver_timeout_ns + 10;
+    assert_eq!(
+        limit_with(Min, Some(timeout)),
+        4096 + 4096,
+        "receivers that time out leave the set"
+    );
+}

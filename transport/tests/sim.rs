@@ -313,7 +313,7 @@ fn sim_config(multicast: bool) -> Config {
 
 #[test]
 fn unicast_delivers_every_message_once_in_order_under_1_to_20_percent_loss() {
-    for seed in seeds(0, 24) {
+    for seed in seeds(0, 100) {
         let loss = 0.01 + (seed % 20) as f64 * 0.01;
         let mut net = Net::new(seed, 1, sim_config(false), Faults::lossy(loss));
         run_to_completion(&mut net, 1500, 60_000_000_000);
@@ -326,7 +326,7 @@ fn unicast_delivers_every_message_once_in_order_under_1_to_20_percent_loss() {
 
 #[test]
 fn multicast_delivers_every_message_once_in_order_to_three_receivers_under_loss() {
-    for seed in seeds(100, 16) {
+    for seed in seeds(100, 50) {
         let loss = 0.01 + (seed % 20) as f64 * 0.01;
         let mut net = Net::new(seed, 3, sim_config(true), Faults::lossy(loss));
         run_to_completion(&mut net, 1500, 60_000_000_000);
@@ -335,7 +335,7 @@ fn multicast_delivers_every_message_once_in_order_to_three_receivers_under_loss(
 
 #[test]
 fn a_short_partition_of_one_multicast_receiver_is_recovered_by_naks() {
-    for seed in seeds(200, 6) {
+    for seed in seeds(200, 20) {
         let mut net = Net::new(seed, 3, sim_config(true), Faults::lossy(0.02));
         net.partitions.push(Partition {
             receiver: 1,
@@ -389,7 +389,7 @@ fn nak_suppression_keeps_retransmits_below_one_per_receiver_for_shared_loss() {
 
 #[test]
 fn a_receiver_cut_off_beyond_the_retransmit_window_is_told_it_fell_behind_and_rejoins_live() {
-    for seed in seeds(400, 4) {
+    for seed in seeds(400, 10) {
         let cfg = Config {
             receiver_timeout_ns: 100_000_000,
             ..sim_config(true)

@@ -17,6 +17,32 @@ fn skip(why: &str) {
     eprintln!("SKIPPED tshark_decodes_every_frame_as_aeron: {why}");
 }
 
+/// Stops tshark with SIGINT so that it also stops its `dumpcap` child and flushes the file
+/// (SIGKILL would orphan `dumpcap`); kills it only if it does not exit.
+fn stop(capture: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-INT", &capture.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = capture.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = capture.kill();
+    let _ = capture.wait();
+}
+
+/// The running capture; stopped on drop, also when the test panics.
+struct Capture(std::process::Child);
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        stop(&mut self.0);
+    }
+}
+
 #[test]
 fn tshark_decodes_every_captured_frame_as_aeron_without_malformed_or_warning_marks() {
     if Command::new("tshark").arg("--version").output().is_err() {
@@ -48,18 +74,19 @@ fn tshark_decodes_every_captured_frame_as_aeron_without_malformed_or_warning_mar
     std::fs::create_dir_all(&dir).unwrap();
     let pcap = dir.join("capture.pcapng");
     let filter = format!("udp and (port {} or port {pub_port})", endpoint.port());
-    let mut capture = match Command::new("tshark")
+    let capture = match Command::new("tshark")
         .args(["-i", "lo", "-f", &filter, "-w"])
         .arg(&pcap)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
     {
-        Ok(c) => c,
+        Ok(c) => Capture(c),
         Err(e) => return skip(&format!("cannot start tshark: {e}")),
     };
+    let mut capture = capture;
     // Wait until tshark reports that it is capturing.
-    let stderr = capture.stderr.take().unwrap();
+    let stderr = capture.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -74,8 +101,7 @@ fn tshark_decodes_every_captured_frame_as_aeron_without_malformed_or_warning_mar
         }
     };
     if !started {
-        let _ = capture.kill();
-        let _ = capture.wait();
+        drop(capture);
         return skip("tshark could not capture on lo (needs root or capture capabilities)");
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -111,8 +137,7 @@ fn tshark_decodes_every_captured_frame_as_aeron_without_malformed_or_warning_mar
         idle.idle(work);
     }
     std::thread::sleep(Duration::from_millis(500));
-    let _ = capture.kill();
-    let _ = capture.wait();
+    drop(capture);
 
     let decode = Command::new("tshark")
         .arg("-r")

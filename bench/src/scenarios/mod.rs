@@ -3,6 +3,7 @@
 mod e2e;
 mod engine;
 mod pipeline;
+mod transport;
 
 pub struct Scenario {
     pub name: &'static str,
@@ -30,5 +31,10 @@ pub const ALL: &[Scenario] = &[
         name: "pipeline",
         about: "producers -> sequencer -> journal (O_DIRECT + fdatasync) -> engine -> durable replies",
         run: pipeline::run,
+    },
+    Scenario {
+        name: "transport",
+        about: "64-byte message throughput (unicast, multicast to 2) and ping-pong RTT, beside raw UDP",
+        run: transport::run,
     },
 ];
