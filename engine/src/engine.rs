@@ -198,6 +198,9 @@ pub(crate) struct Ring {
     head_slot: u64,
     next_slot: u64,
     index: Index,
+    /// `evict_hashes[i]`: id hash of the record at `head_slot + i`, prepared during a batch
+    /// for the trim that ends the command (which then clears it).
+    evict_hashes: Vec<u64>,
 }
 
 impl Ring {
@@ -215,6 +218,7 @@ impl Ring {
             head_slot: 0,
             next_slot: 0,
             index: Index::with_capacity(capacity),
+            evict_hashes: Vec::with_capacity(TRANSFERS_PER_COMMAND_MAX),
         }
     }
 
@@ -303,23 +307,53 @@ impl Ring {
         self.next_seq -= 1;
     }
 
-    /// Evicts the oldest records down to `retained_max`, prefetching the index buckets of
-    /// records a few evictions ahead.
+    /// During a batch, once the ring is full: computes the id hash of the record that the
+    /// coming [`Ring::trim`] will evict next after those already prepared, and prefetches its
+    /// index bucket, so that evictions find their buckets in cache instead of stalling on them
+    /// one after another at the end of the command.
+    #[inline]
+    fn prepare_eviction(&mut self) {
+        let i = self.evict_hashes.len();
+        if self.len() < self.retained_max
+            || i as u64 >= self.len()
+            || i == self.evict_hashes.capacity()
+        {
+            return;
+        }
+        let mut slot = self.head_slot + i as u64;
+        if slot >= self.capacity {
+            slot -= self.capacity;
+        }
+        let hash = hash128(self.records[slot as usize].id());
+        self.index.prefetch(hash);
+        self.evict_hashes.push(hash);
+    }
+
+    /// Evicts the oldest records down to `retained_max`, with the hashes prepared during the
+    /// batch, or else prefetching the index buckets of records a few evictions ahead.
     fn trim(&mut self) {
         const AHEAD: u64 = 16;
+        let mut evicted = 0;
         while self.len() > self.retained_max {
-            if self.len() - self.retained_max > AHEAD {
-                let mut ahead = self.head_slot + AHEAD;
-                if ahead >= self.capacity {
-                    ahead -= self.capacity;
+            let hash = if let Some(&hash) = self.evict_hashes.get(evicted) {
+                hash
+            } else {
+                if self.len() - self.retained_max > AHEAD {
+                    let mut ahead = self.head_slot + AHEAD;
+                    if ahead >= self.capacity {
+                        ahead -= self.capacity;
+                    }
+                    self.index
+                        .prefetch(hash128(self.records[ahead as usize].id()));
                 }
-                self.index
-                    .prefetch(hash128(self.records[ahead as usize].id()));
-            }
-            self.unlink_slot(self.head_slot);
+                hash128(self.records[self.head_slot as usize].id())
+            };
+            self.index.remove(hash, self.head_slot as u32);
             self.head_seq += 1;
             self.head_slot = self.wrap_forward(self.head_slot);
+            evicted += 1;
         }
+        self.evict_hashes.clear();
     }
 
     /// Live records, oldest first, as at most two slices.
@@ -359,6 +393,7 @@ impl Ring {
         self.head_slot = 0;
         self.next_slot = 0;
         self.index.clear();
+        self.evict_hashes.clear();
     }
 }
 
@@ -395,6 +430,8 @@ pub struct Engine {
     balances: Vec<Balance>,
     undo: Vec<Undo>,
     undo_active: bool,
+    /// Buffers of the last dropped [`crate::snapshot::Frozen`], for the next freeze.
+    pub(crate) frozen_spare: crate::snapshot::Spare,
 }
 
 impl std::fmt::Debug for Engine {
@@ -457,6 +494,7 @@ impl Engine {
             balances: Vec::with_capacity(TRANSFERS_PER_COMMAND_MAX * 2),
             undo: Vec::with_capacity(TRANSFERS_PER_COMMAND_MAX * 4),
             undo_active: false,
+            frozen_spare: Default::default(),
         })
     }
 
@@ -953,6 +991,7 @@ impl Engine {
             if let Some(ahead) = keys.get(i + PREFETCH_DISTANCE / 2) {
                 self.prefetch_records(ahead);
             }
+            self.ring.prepare_eviction();
             let r = self.create_transfer(t, k);
             if r != ResultCode::Ok && atomic {
                 self.rollback();

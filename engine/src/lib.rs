@@ -49,20 +49,30 @@
 //! ring has filled. Per open pending transfer: 64 bytes plus index and 4 bytes of heap.
 //!
 //! # Speed
-//! A `Transfers` command is applied transfer by transfer, but the loop prefetches ahead within
-//! the batch: index buckets of the accounts and id 16 transfers ahead, account records 8 ahead
-//! (the only `unsafe` in the crate is that prefetch hint and the huge-page `madvise`, in
-//! `prefetch.rs`). Evictions from the retention ring prefetch their buckets too.
+//! A `Transfers` command is applied transfer by transfer, but the loop works ahead within the
+//! batch: every index hash of the batch (both accounts and the id) is computed once, in one
+//! pass; index buckets are prefetched 16 transfers ahead and account records 8 ahead; and, once
+//! the retention ring is full, the bucket of the record each transfer will evict is prefetched
+//! too (its hash kept for the trim that ends the command), so evictions do not stall one after
+//! another (the only `unsafe` in the crate is that prefetch hint and the huge-page `madvise`,
+//! in `prefetch.rs`). What limits throughput with a large retention table is memory traffic:
+//! each new transfer reads and dirties one random line of the retention index for its
+//! idempotency look-up and insert and another for the eviction of the oldest record, on top
+//! of the sequential ring writes; on the 2-core development VM, random lines of a 128 MB table
+//! come at about 30 million per second per core (`bench engine` reports the figures).
 //!
 //! # Snapshots and threads
 //! See [`snapshot`]. The engine thread calls [`Engine::freeze_into`], which copies the live
-//! tables into a reusable [`snapshot::Frozen`] (memcpy speed: ~80 ms with one million accounts
-//! and ten million retained transfers on this machine, far less with smaller retention), and
-//! hands it to another thread that encodes, checksums and writes it with
-//! [`snapshot::Frozen::write_to`] while the engine goes on. [`Engine::snapshot`] writes
-//! straight from the live tables instead (no copy, but it holds the engine for the write).
-//! [`Engine::restore`] verifies length and CRC32C before parsing and refuses a damaged or
-//! truncated file with a [`SnapshotError`] that says which.
+//! tables into a reusable [`snapshot::Frozen`] (memcpy speed once the `Frozen`'s pages are
+//! mapped: ~100-150 ms with ten million retained transfers on this machine, far less with
+//! smaller retention; a *fresh* `Frozen` from [`Engine::freeze`] first pays for mapping its
+//! pages, over a second at that size, so a node should keep and reuse one), and hands it to
+//! another thread that encodes, checksums and writes it with [`snapshot::Frozen::write_to`]
+//! while the engine goes on. [`Engine::snapshot`] writes straight from the live tables instead
+//! (no copy, but it holds the engine for the write). [`Engine::restore`] streams the file a
+//! chunk at a time straight into the tables (memory: the engine plus one chunk), rebuilds the
+//! indexes with prefetching, and refuses a damaged or truncated file with a [`SnapshotError`]
+//! that says which; nothing is returned unless the length and CRC32C check out.
 #![deny(unsafe_code)]
 
 mod command;

@@ -5,9 +5,18 @@
 //! head sequence, then the counts of accounts, retained transfers, pending transfers and
 //! sessions, and 16 reserved bytes), the four sections of fixed-size records in that order
 //! (accounts in creation order; retained transfers oldest first; pending transfers; sessions),
-//! and a trailer: the CRC32C of every preceding byte and the total length. Restore verifies
-//! length and checksum before it parses anything, so a bit flip or a truncation is refused with
-//! [`SnapshotError::ChecksumMismatch`] / [`SnapshotError::Truncated`].
+//! and a trailer: the CRC32C of every preceding byte and the total length.
+//!
+//! # Restore streams
+//! [`Engine::restore`] reads a chunk (`RESTORE_CHUNK_SIZE`) at a time, adds it to the
+//! checksum and decodes it straight into the new engine's tables (retained records first as a
+//! sequential copy, then their index entries with buckets prefetched ahead; a duplicate check
+//! and an insert share one probe run). No copy of the whole file is ever held. A structural
+//! problem met before the end (a duplicate id, an unknown account slot) is held back until the
+//! trailer has been checked, so a bit flip or a truncation is refused as
+//! [`SnapshotError::ChecksumMismatch`] / [`SnapshotError::Truncated`], and no engine is returned
+//! unless length and checksum match. Only the header is trusted before that, and only to
+//! refuse a snapshot larger than the configuration ([`SnapshotError::CapacityExceeded`]).
 //!
 //! # Threads: freeze, then write elsewhere
 //! Encoding and writing a snapshot takes time proportional to the state (hundreds of
@@ -190,11 +199,31 @@ fn decode_session(b: &[u8]) -> Session {
     }
 }
 
+/// Where a dropped [`Frozen`] made by [`Engine::freeze`] leaves its buffers for the engine's
+/// next `freeze` (at most one set is kept): copying into pages already mapped is a memcpy,
+/// while a fresh copy of a large state first pays for mapping every page (over a second for
+/// ten million retained transfers on the development VM), all of it holding the engine.
+pub(crate) type Spare = std::sync::Arc<std::sync::Mutex<Option<Parts>>>;
+
 /// A copy of the engine's state at one position, independent of the engine: `Send`, so another
-/// thread can write it while the engine goes on.
+/// thread can write it while the engine goes on. Dropping one made by [`Engine::freeze`] hands
+/// its buffers back to that engine for its next `freeze`.
 #[derive(Clone, Debug)]
 pub struct Frozen {
     parts: Parts,
+    spare: Option<Spare>,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            if let Ok(mut slot) = spare.lock() {
+                if slot.is_none() {
+                    *slot = Some(std::mem::take(&mut self.parts));
+                }
+            }
+        }
+    }
 }
 
 impl Frozen {
@@ -537,12 +566,21 @@ fn restore_stream(config: EngineConfig, r: impl Read) -> Result<Engine, Snapshot
 }
 
 impl Engine {
-    /// Copies the live state into a new [`Frozen`] snapshot that another thread can write.
-    /// The copy's pages are fresh, so the first freeze pays for mapping them; a node that
-    /// snapshots periodically keeps its `Frozen` and calls [`Engine::freeze_into`].
+    /// Copies the live state into a [`Frozen`] snapshot that another thread can write. The
+    /// first freeze's pages are fresh and it pays for mapping them; once that `Frozen` has been
+    /// dropped (written), the next freeze reuses its buffers, so only a memcpy holds the engine
+    /// (the price: that copy's memory stays with the engine between snapshots).
+    /// [`Engine::freeze_into`] reuses a `Frozen` the caller keeps instead.
     pub fn freeze(&self) -> Frozen {
+        let parts = self
+            .frozen_spare
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take())
+            .unwrap_or_default();
         let mut frozen = Frozen {
-            parts: Parts::default(),
+            parts,
+            spare: Some(std::sync::Arc::clone(&self.frozen_spare)),
         };
         self.freeze_into(&mut frozen);
         frozen

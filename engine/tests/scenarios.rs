@@ -646,3 +646,103 @@ fn retention_keeps_the_newest_ids_across_ring_wraps_and_snapshots() {
     );
     assert_eq!(l.balance(2), (0, 701, 0, 0));
 }
+
+/// A reader that hands out at most `step` bytes per `read`, like a pipe or a slow disk.
+struct Trickle<'a> {
+    bytes: &'a [u8],
+    step: usize,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.step).min(self.bytes.len());
+        buf[..n].copy_from_slice(&self.bytes[..n]);
+        self.bytes = &self.bytes[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_snapshot_larger_than_one_read_chunk_restores_from_short_reads_and_trailing_bytes_are_refused()
+{
+    let config = EngineConfig {
+        accounts_max: 40_000,
+        transfers_retained_max: 40_000,
+        pending_max: 4,
+        sessions_max: 2,
+        ledgers_max: 2,
+    };
+    let mut l = Ledger {
+        engine: Engine::new(config).unwrap(),
+        position: 0,
+        now_ns: SECOND_NS,
+    };
+    l.run(&Command::CreateAccount {
+        id: u64::MAX,
+        ledger: 1,
+        flags: af::EXTERNAL,
+        code: 0,
+    });
+    // 30_000 accounts (48 bytes each) and 30_000 retained deposits (64 bytes each): both
+    // sections span more than one 1 MiB restore chunk.
+    for id in 1..=30_000u64 {
+        l.run(&Command::CreateAccount {
+            id,
+            ledger: 1,
+            flags: 0,
+            code: 0,
+        });
+        let r = l.run(&Command::Deposit {
+            transfer_id: u128::from(id) << 64 | 7,
+            account_id: id,
+            amount: id,
+        });
+        assert_eq!(r.result, R::Ok);
+    }
+    let mut bytes = Vec::new();
+    l.engine.snapshot(&mut bytes).unwrap();
+    assert!(bytes.len() > 3 << 20);
+    let restored = Engine::restore(
+        config,
+        Trickle {
+            bytes: &bytes,
+            step: 4093,
+        },
+    )
+    .unwrap();
+    assert_eq!(restored.state_hash(), l.engine.state_hash());
+    assert_eq!(restored.position(), l.engine.position());
+    assert_eq!(restored.retained_count(), 30_000);
+    for id in [1u64, 16_385, 30_000] {
+        assert_eq!(restored.account(id), l.engine.account(id));
+        let t = restored.transfer(u128::from(id) << 64 | 7).unwrap();
+        assert_eq!((t.credit_account_id, t.amount), (id, id));
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(matches!(
+        Engine::restore_from_bytes(config, &longer),
+        Err(SnapshotError::Invalid(_))
+    ));
+}
+
+#[test]
+fn a_freeze_after_an_earlier_copy_was_dropped_holds_the_new_state_only() {
+    let mut l = Ledger::funded();
+    let first = l.engine.freeze();
+    let first_hash = first.state_hash();
+    drop(first);
+    l.run(&Command::Transfers {
+        flags: 0,
+        transfers: &[transfer(77, 10, 20, 9)],
+    });
+    let second = l.engine.freeze();
+    assert_ne!(second.state_hash(), first_hash);
+    assert_eq!(second.position(), l.engine.position());
+    let mut bytes = Vec::new();
+    second.write_to(&mut bytes).unwrap();
+    let restored = Engine::restore(*l.engine.config(), &bytes[..]).unwrap();
+    assert_eq!(restored.state_hash(), l.engine.state_hash());
+    assert_eq!(restored.transfer(77).unwrap().amount, 9);
+    assert_eq!(restored.account(20), l.engine.account(20));
+}

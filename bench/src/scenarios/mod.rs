@@ -1,5 +1,6 @@
 //! The scenario table. Each scenario lives in its own module with `pub fn run(args) -> Result`.
 
+mod codec;
 mod e2e;
 mod engine;
 mod pipeline;
@@ -12,6 +13,11 @@ pub struct Scenario {
 }
 
 pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "codec",
+        about: "SBE encode and decode rates of a transfer command",
+        run: codec::run,
+    },
     Scenario {
         name: "e2e",
         about: "client sessions over UDP loopback to a node process, durable replies; node peak RSS",
