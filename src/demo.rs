@@ -116,7 +116,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
             amount: OPENING_DEPOSIT,
         })
         .collect();
-    setup.send_all_ok(deposits.into_iter())?;
+    setup.send_all_ok(deposits)?;
     println!(
         "created {} accounts (no overdraft) with {OPENING_DEPOSIT} each",
         args.accounts

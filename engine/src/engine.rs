@@ -4,7 +4,7 @@
 //! Tables (all sized in [`Engine::new`], none grows afterwards):
 //! - accounts: a `Vec<AccountRecord>` (64-byte aligned, one cache line each) in creation order,
 //!   with an [`Index`] by id. `Vec::with_capacity` reserves without touching pages.
-//! - retained transfers: a FIFO ring of `Retained` records (72 bytes) with an index by id. The
+//! - retained transfers: a FIFO ring of `Retained` records (64 bytes) with an index by id. The
 //!   ring has `TRANSFERS_PER_COMMAND_MAX` slots of slack beyond the configured retention and is
 //!   trimmed only after a command completes, so that an atomic group can be undone without losing
 //!   evicted records.

@@ -247,7 +247,7 @@ pub struct EngineConfig {
     /// Accounts the engine can hold (about 88 bytes each once touched, index included).
     pub accounts_max: u32,
     /// Successful transfers remembered for idempotency and `GetTransfer`, oldest evicted first
-    /// (72 bytes each plus ~13 bytes of index).
+    /// (64 bytes each plus 13-27 bytes of index).
     pub transfers_retained_max: u32,
     /// Pending transfers that may be open at once.
     pub pending_max: u32,

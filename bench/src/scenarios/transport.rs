@@ -347,7 +347,7 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
     };
     // Connect and warm up.
     let connect_deadline = Instant::now() + Duration::from_secs(5);
-    while counts.iter().any(|&c| c == 0) {
+    while counts.contains(&0) {
         if Instant::now() > connect_deadline {
             stop.store(true, Ordering::Relaxed);
             let _ = publisher.join();
