@@ -36,7 +36,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use engine::{Engine, EngineConfig};
-use journal::{AppendRefusal, BatchBuilder, DurableWatch, Journal, JournalReader, SealedBatch};
+use journal::{
+    AppendRefusal, BatchBuilder, DurableWatch, Journal, JournalReader, Retention, SealedBatch,
+};
 use transport::idle::{IdleKind, IdleStrategy};
 
 use crate::clock::{wall_ns, LogClock};
@@ -184,6 +186,11 @@ struct Shared {
     batches: AtomicU64,
     /// Snapshots written.
     snapshots: AtomicU64,
+    /// The oldest kept snapshot's position: journal segments wholly before it are no longer
+    /// needed for recovery (0 = none yet).
+    retain_from: AtomicU64,
+    /// Journal segments removed by retention.
+    segments_retired: AtomicU64,
     /// Commands refused at ingress because they could never fit in a batch.
     too_large: AtomicU64,
     /// Set to stop taking commands; the threads drain and exit.
@@ -219,6 +226,8 @@ pub struct Status {
     pub snapshots: u64,
     /// Commands refused as too large since start.
     pub commands_too_large: u64,
+    /// Journal segments removed since start (wholly before the oldest kept snapshot).
+    pub segments_retired: u64,
     /// The fatal error that stopped the pipeline, if any.
     pub fatal: Option<String>,
 }
@@ -633,6 +642,7 @@ impl Pipeline {
             batches: s.batches.load(Ordering::Relaxed),
             snapshots: s.snapshots.load(Ordering::Relaxed),
             commands_too_large: s.too_large.load(Ordering::Relaxed),
+            segments_retired: s.segments_retired.load(Ordering::Relaxed),
             fatal: s.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
@@ -917,6 +927,7 @@ fn journal_loop(
     to_preparer: mpsc::Sender<u64>,
     shared: &Shared,
 ) {
+    let mut retained = 0u64;
     loop {
         let first = match batches.recv_timeout(WAKE_INTERVAL) {
             Ok(batch) => batch,
@@ -939,6 +950,22 @@ fn journal_loop(
         if let Err(e) = journal.sync() {
             shared.fail(format!("journal fdatasync failed: {e}"));
             return;
+        }
+        // Segments wholly before the oldest kept snapshot are not needed to recover.
+        let retain = shared.retain_from.load(Ordering::Acquire);
+        if retain > retained {
+            match journal.retain_from(retain, &Retention::Delete) {
+                Ok(n) => {
+                    shared
+                        .segments_retired
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    retained = retain;
+                }
+                Err(e) => {
+                    shared.fail(format!("journal retention failed: {e}"));
+                    return;
+                }
+            }
         }
     }
 }
@@ -1049,10 +1076,15 @@ fn snapshot_loop(
             std::thread::sleep(Duration::from_micros(200));
         }
         let written = snapshots::write_atomic(dir, state.position(), |w| state.write_to(w))
-            .and_then(|_| snapshots::prune(dir, keep));
+            .and_then(|_| snapshots::prune(dir, keep))
+            .and_then(|_| snapshots::list(dir).map_err(|e| format!("list {}: {e}", dir.display())));
         match written {
-            Ok(()) => {
+            Ok(kept) => {
                 shared.snapshots.fetch_add(1, Ordering::Relaxed);
+                // Recovery may fall back to the oldest kept snapshot: keep the log after it.
+                if let Some(&oldest) = kept.last() {
+                    shared.retain_from.store(oldest + 1, Ordering::Release);
+                }
             }
             Err(e) => {
                 shared.fail(format!("snapshot failed: {e}"));

@@ -176,3 +176,52 @@ fn a_second_pipeline_on_the_same_folder_is_refused() {
     assert!(err.to_lowercase().contains("lock"), "{err}");
     pipeline.shutdown();
 }
+
+#[test]
+fn journal_segments_before_the_oldest_kept_snapshot_are_retired_and_restart_still_recovers() {
+    let dir = TempDir::new("pipeline-retention");
+    let mut config = test_config(dir.path());
+    config.snapshot_interval_commands = 4_000;
+    config.snapshots_kept = 2;
+    let n = 40_000u64;
+    let (hash, position, retired) = {
+        let (mut pipeline, _) = Pipeline::start(config.clone()).unwrap();
+        let mut replies = pipeline.take_replies().unwrap();
+        let mut producer = pipeline.producer().unwrap();
+        offer(&mut producer, 5, 1, &create_external(99, 1));
+        offer(&mut producer, 5, 2, &create_account(1, 1, true));
+        let drainer = std::thread::spawn(move || collect(&mut replies, (n + 2) as usize).len());
+        for i in 0..n {
+            offer(&mut producer, 5, 3 + i, &deposit(u128::from(i) + 1, 1, 1));
+        }
+        assert_eq!(drainer.join().unwrap(), (n + 2) as usize);
+        wait_applied(&pipeline, n + 2);
+        // Let the last snapshots land and the journal writer retire segments.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while pipeline.status().segments_retired == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let status = pipeline.shutdown();
+        (
+            status.state_hash,
+            status.applied_position,
+            status.segments_retired,
+        )
+    };
+    assert!(retired > 0, "some segments were retired");
+    let first = std::fs::read_dir(dir.path().join("journal"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("segment-"))
+        .min()
+        .unwrap();
+    assert_ne!(
+        first,
+        journal::segment_file_name(0),
+        "the first segment is gone"
+    );
+    let (pipeline, report) = Pipeline::start(config).unwrap();
+    assert_eq!(report.position, position);
+    assert_eq!(pipeline.status().state_hash, hash);
+    pipeline.shutdown();
+}
