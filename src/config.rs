@@ -140,6 +140,7 @@ impl Default for PipelineSection {
 pub struct SnapshotSection {
     pub interval_commands: u64,
     pub kept: usize,
+    pub retain_journal: bool,
 }
 
 impl Default for SnapshotSection {
@@ -249,6 +250,7 @@ pub fn node_config(file: FileConfig) -> Result<sequencer::node::NodeConfig, Stri
     p.query_ring_bytes = file.pipeline.query_ring_bytes;
     p.snapshot_interval_commands = file.snapshot.interval_commands;
     p.snapshots_kept = file.snapshot.kept;
+    p.retain_journal = file.snapshot.retain_journal;
     n.transport.mtu = file.transport.mtu;
     n.transport.term_length = file.transport.term_length;
     n.transport.message_length_max = file.transport.term_length / 4;

@@ -87,6 +87,9 @@ pub struct PipelineConfig {
     pub snapshot_interval_commands: u64,
     /// Snapshots kept on disk (the newest ones). Default 2.
     pub snapshots_kept: usize,
+    /// Delete journal segments wholly before the oldest kept snapshot. Default true (the
+    /// journal otherwise grows without bound, and start-up scans all of it).
+    pub retain_journal: bool,
     /// Leader term written into batch headers. Default 1.
     pub term: u64,
 }
@@ -107,6 +110,7 @@ impl PipelineConfig {
             pin_cores: None,
             snapshot_interval_commands: 1_000_000,
             snapshots_kept: 2,
+            retain_journal: true,
             term: 1,
         }
     }
@@ -534,7 +538,7 @@ impl Pipeline {
 
         let sh = shared.clone();
         let snap_durable = durable.clone();
-        let snapshots_kept = config.snapshots_kept;
+        let (snapshots_kept, retain_journal) = (config.snapshots_kept, config.retain_journal);
         threads.push(spawn(
             "tally-snapshot",
             Box::new(move || {
@@ -543,6 +547,7 @@ impl Pipeline {
                     snap_durable,
                     &snapshot_dir,
                     snapshots_kept,
+                    retain_journal,
                     &sh,
                 )
             }),
@@ -931,7 +936,12 @@ fn journal_loop(
     loop {
         let first = match batches.recv_timeout(WAKE_INTERVAL) {
             Ok(batch) => batch,
-            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Timeout) => {
+                if !retire_segments(&mut journal, &mut retained, shared) {
+                    return;
+                }
+                continue;
+            }
             Err(RecvTimeoutError::Disconnected) => break,
         };
         // Group commit: write everything that is waiting, then one fdatasync.
@@ -951,21 +961,30 @@ fn journal_loop(
             shared.fail(format!("journal fdatasync failed: {e}"));
             return;
         }
-        // Segments wholly before the oldest kept snapshot are not needed to recover.
-        let retain = shared.retain_from.load(Ordering::Acquire);
-        if retain > retained {
-            match journal.retain_from(retain, &Retention::Delete) {
-                Ok(n) => {
-                    shared
-                        .segments_retired
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    retained = retain;
-                }
-                Err(e) => {
-                    shared.fail(format!("journal retention failed: {e}"));
-                    return;
-                }
-            }
+        if !retire_segments(&mut journal, &mut retained, shared) {
+            return;
+        }
+    }
+}
+
+/// Removes journal segments wholly before the oldest kept snapshot (they are not needed to
+/// recover). Returns false after a fatal error.
+fn retire_segments(journal: &mut Journal, retained: &mut u64, shared: &Shared) -> bool {
+    let retain = shared.retain_from.load(Ordering::Acquire);
+    if retain <= *retained {
+        return true;
+    }
+    match journal.retain_from(retain, &Retention::Delete) {
+        Ok(n) => {
+            shared
+                .segments_retired
+                .fetch_add(n as u64, Ordering::Relaxed);
+            *retained = retain;
+            true
+        }
+        Err(e) => {
+            shared.fail(format!("journal retention failed: {e}"));
+            false
         }
     }
 }
@@ -1065,6 +1084,7 @@ fn snapshot_loop(
     durable: DurableWatch,
     dir: &std::path::Path,
     keep: usize,
+    retain: bool,
     shared: &Shared,
 ) {
     while let Ok(state) = frozen.recv() {
@@ -1082,7 +1102,7 @@ fn snapshot_loop(
             Ok(kept) => {
                 shared.snapshots.fetch_add(1, Ordering::Relaxed);
                 // Recovery may fall back to the oldest kept snapshot: keep the log after it.
-                if let Some(&oldest) = kept.last() {
+                if let (true, Some(&oldest)) = (retain, kept.last()) {
                     shared.retain_from.store(oldest + 1, Ordering::Release);
                 }
             }
