@@ -149,6 +149,7 @@ impl Default for SnapshotSection {
         SnapshotSection {
             interval_commands: d.snapshot_interval_commands,
             kept: d.snapshots_kept,
+            retain_journal: d.retain_journal,
         }
     }
 }
