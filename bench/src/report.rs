@@ -65,3 +65,19 @@ pub fn pin_to(core: usize) -> bool {
         .map(core_affinity::set_for_current)
         .unwrap_or(false)
 }
+
+/// An idle strategy by name (`backoff`, `yield`, `busy-spin`), back-off parking at most
+/// `park_max_us` microseconds.
+pub fn idle_kind(name: &str, park_max_us: u64) -> Result<transport::IdleKind, String> {
+    match name {
+        "backoff" => Ok(transport::IdleKind::BackOff {
+            spins_max: transport::idle::BACKOFF_SPINS_DEFAULT,
+            yields_max: transport::idle::BACKOFF_YIELDS_DEFAULT,
+            park_min_ns: transport::idle::BACKOFF_PARK_MIN_NS_DEFAULT,
+            park_max_ns: park_max_us.max(1) * 1_000,
+        }),
+        "yield" => Ok(transport::IdleKind::Yield),
+        "busy-spin" => Ok(transport::IdleKind::BusySpin),
+        other => Err(format!("--idle '{other}': must be backoff, yield or busy-spin")),
+    }
+}

@@ -202,9 +202,27 @@ struct Shared {
     /// The first fatal error of a thread (journal I/O, snapshot I/O); the pipeline stops.
     fatal: Mutex<Option<String>>,
     failed: AtomicBool,
+    /// The sequencer and engine threads, so that whoever hands them work can wake them from
+    /// their idle park (`IdleStrategy` parks with `park_timeout`).
+    sequencer_thread: std::sync::OnceLock<std::thread::Thread>,
+    engine_thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl Shared {
+    /// Wakes the sequencer thread (new durable position or replies to release).
+    fn wake_sequencer(&self) {
+        if let Some(t) = self.sequencer_thread.get() {
+            t.unpark();
+        }
+    }
+
+    /// Wakes the engine thread (a new batch to apply).
+    fn wake_engine(&self) {
+        if let Some(t) = self.engine_thread.get() {
+            t.unpark();
+        }
+    }
+
     fn fail(&self, message: String) {
         let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
         fatal.get_or_insert(message);
@@ -278,7 +296,9 @@ impl Producer {
             .map_err(|e| match e {
                 TryClaimError::Full => OfferError::BackPressured,
                 TryClaimError::TooLarge => OfferError::TooLarge,
-            })
+            })?;
+        self.shared.wake_sequencer();
+        Ok(())
     }
 }
 
@@ -778,6 +798,7 @@ impl SequencerState {
         if self.to_journal.send(sealed.clone()).is_err() || self.to_engine.send(sealed).is_err() {
             shared.fail("journal writer or engine thread stopped".into());
         }
+        shared.wake_engine();
         true
     }
 
@@ -854,6 +875,7 @@ fn sequencer_loop(
     idle: IdleKind,
     shared: &Shared,
 ) {
+    let _ = shared.sequencer_thread.set(std::thread::current());
     let mut idle = IdleStrategy::new(idle);
     loop {
         let stopping = shared.stopping.load(Ordering::Acquire);
@@ -961,6 +983,8 @@ fn journal_loop(
             shared.fail(format!("journal fdatasync failed: {e}"));
             return;
         }
+        // Durable moved: replies can be released and the next batch sealed.
+        shared.wake_sequencer();
         if !retire_segments(&mut journal, &mut retained, shared) {
             return;
         }
@@ -1000,6 +1024,7 @@ fn engine_loop(
     idle: IdleKind,
     shared: &Shared,
 ) {
+    let _ = shared.engine_thread.set(std::thread::current());
     let mut idle = IdleStrategy::new(idle);
     let mut scratch = vec![0u8; engine::REPLY_LEN_MAX];
     let mut last_snapshot = engine.position();
@@ -1045,6 +1070,8 @@ fn engine_loop(
         shared
             .state_hash
             .store(engine.state_hash(), Ordering::Release);
+        // Replies are waiting (they leave once durable) and the batch buffer can be reused.
+        shared.wake_sequencer();
         if snapshot_interval > 0 && engine.position() - last_snapshot >= snapshot_interval {
             // A full channel means the previous snapshot is still being written: skip.
             if to_snapshot.try_send(engine.freeze()).is_ok() {

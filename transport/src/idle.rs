@@ -130,7 +130,9 @@ impl IdleStrategy {
                     self.yields += 1;
                     std::thread::yield_now();
                 } else {
-                    std::thread::sleep(Duration::from_nanos(self.park_ns));
+                    // `park_timeout`, not `sleep`: a producer that hands this thread work can
+                    // wake it at once with `Thread::unpark` instead of waiting out the park.
+                    std::thread::park_timeout(Duration::from_nanos(self.park_ns));
                     self.park_ns = (self.park_ns.saturating_mul(2)).clamp(park_min_ns, park_max_ns);
                 }
             }
