@@ -281,6 +281,37 @@ fn the_cli_drives_every_ledger_operation_with_meaningful_exit_codes() {
         assert!(v.get(key).is_some(), "status lacks {key}: {v}");
     }
 
+    // The journal as JSON lines, read-only while the node runs.
+    let out = Command::new(TALLY)
+        .args([
+            "log",
+            "dump",
+            "--data",
+            dir.0.to_str().unwrap(),
+            "--from",
+            "2",
+            "--limit",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["position"], 2);
+    assert_eq!(lines[0]["command"]["message"], "CreateAccount");
+    assert_eq!(lines[0]["command"]["id"], 1);
+    assert_eq!(lines[2]["command"]["message"], "Deposit");
+    assert_eq!(lines[2]["command"]["amount"], 1000);
+
     // Usage errors exit 2.
     let out = node.cli(&["deposit", "--account", "1"]);
     assert_eq!(out.status.code(), Some(2));
