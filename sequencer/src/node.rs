@@ -556,29 +556,13 @@ impl Frontend for NodeFrontend {
             &self.name,
         );
         work += io.poll_replies(EGRESS_POLL_LIMIT, |r| {
-            if ledger::decode_header(r.bytes).map(|h| h.template_id)
-                == Ok(ledger::StatusReplyDecoder::TEMPLATE_ID)
-            {
-                if let Some(patched) = patch_status(r.bytes, durable, session_count, name) {
-                    send_reply(
-                        sessions,
-                        scratch,
-                        closed,
-                        r.session_id,
-                        r.client_seq,
-                        &patched,
-                    );
-                    return;
-                }
-            }
-            send_reply(
-                sessions,
-                scratch,
-                closed,
-                r.session_id,
-                r.client_seq,
-                r.bytes,
-            );
+            let is_status = ledger::decode_header(r.bytes).map(|h| h.template_id)
+                == Ok(ledger::StatusReplyDecoder::TEMPLATE_ID);
+            let patched = is_status
+                .then(|| patch_status(r.bytes, durable, session_count, name))
+                .flatten();
+            let bytes = patched.as_deref().unwrap_or(r.bytes);
+            send_reply(sessions, scratch, closed, r.session_id, r.client_seq, bytes);
         });
 
         // Drive every reply publication; flush queued replies.
