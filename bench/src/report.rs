@@ -78,6 +78,8 @@ pub fn idle_kind(name: &str, park_max_us: u64) -> Result<transport::IdleKind, St
         }),
         "yield" => Ok(transport::IdleKind::Yield),
         "busy-spin" => Ok(transport::IdleKind::BusySpin),
-        other => Err(format!("--idle '{other}': must be backoff, yield or busy-spin")),
+        other => Err(format!(
+            "--idle '{other}': must be backoff, yield or busy-spin"
+        )),
     }
 }

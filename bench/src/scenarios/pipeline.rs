@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use schemas::ledger::{CreateAccountEncoder, DepositEncoder, TransferFlags, TransfersEncoder};
 use sequencer::{OfferError, Pipeline, PipelineConfig};
-use transport::idle::{IdleKind, IdleStrategy};
 use serde_json::json;
+use transport::idle::{IdleKind, IdleStrategy};
 
 use crate::report;
 

@@ -16,7 +16,28 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use transport::{now_ns, Agent, Channel, Config, OfferError, Publication, Subscription};
 
-use crate::report::{latency_us, machine, peak_rss_bytes, pin_to, print};
+use crate::report::{latency_us, machine, peak_rss_bytes, print};
+
+/// Pins the current thread to `core` if the machine has it. Unlike `report::pin_to`, this does
+/// not look the core up in the thread's current affinity mask: a thread spawned by an already
+/// pinned thread inherits a one-core mask, and every phase after the first would otherwise
+/// run both of its threads on that one core.
+fn pin_to(core: usize) -> bool {
+    core < core_count() && core_affinity::set_for_current(core_affinity::CoreId { id: core })
+}
+
+/// Cores online (not the current thread's affinity mask).
+fn core_count() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| {
+            s.trim()
+                .split(',')
+                .filter_map(|r| r.rsplit('-').next()?.parse::<usize>().ok())
+                .max()
+        })
+        .map_or(1, |last| last + 1)
+}
 
 const MESSAGE_LENGTH: usize = 64;
 const STREAM_ID: i32 = 1;
@@ -310,7 +331,9 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
         let msg = [42u8; MESSAGE_LENGTH];
         let offers_per_cycle = (mtu / 96).max(1) * 16;
         let mut back_pressure = 0u64;
+        let mut cycles = 0u64;
         while !stop2.load(Ordering::Relaxed) {
+            cycles += 1;
             // Offer up to a few datagrams' worth per duty cycle so each sendmmsg carries many.
             for _ in 0..offers_per_cycle {
                 match p.offer(&msg) {
@@ -326,6 +349,13 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
             p.do_work(now_ns());
         }
         offered2.store(p.position() as u64, Ordering::Relaxed);
+        let c = p.counters();
+        eprintln!(
+            "bench transport: publisher cycles={cycles} back_pressured={back_pressure} datagrams_sent={} data_frames_sent={} status_messages_received={}",
+            c.get(transport::CounterId::DatagramsSent),
+            c.get(transport::CounterId::DataFramesSent),
+            c.get(transport::CounterId::StatusMessagesReceived),
+        );
         Ok(back_pressure)
     });
     pin_to(1);
