@@ -58,12 +58,25 @@ pub fn print(json_out: bool, v: &Value) {
     }
 }
 
-/// Pins the calling thread to `core` if that core exists; returns whether it did.
+/// Pins the calling thread to `core` if the machine has it; returns whether it did. The core
+/// is checked against the cores online, not the thread's current affinity mask: a thread
+/// spawned by a pinned thread inherits a one-core mask, and looking the core up in it would
+/// refuse every other core.
 pub fn pin_to(core: usize) -> bool {
-    core_affinity::get_core_ids()
-        .and_then(|ids| ids.into_iter().find(|c| c.id == core))
-        .map(core_affinity::set_for_current)
-        .unwrap_or(false)
+    core < cores_online() && core_affinity::set_for_current(core_affinity::CoreId { id: core })
+}
+
+/// Cores online (from /sys; 1 if unknown).
+pub fn cores_online() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| {
+            s.trim()
+                .split(',')
+                .filter_map(|r| r.rsplit('-').next()?.parse::<usize>().ok())
+                .max()
+        })
+        .map_or(1, |last| last + 1)
 }
 
 /// An idle strategy by name (`backoff`, `yield`, `busy-spin`), back-off parking at most
