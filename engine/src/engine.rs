@@ -4,8 +4,9 @@
 //! Tables (all sized in [`Engine::new`], none grows afterwards):
 //! - accounts: a `Vec<AccountRecord>` (64-byte aligned, one cache line each) in creation order,
 //!   with an [`Index`] by id. `Vec::with_capacity` reserves without touching pages.
-//! - retained transfers: a FIFO ring of `Retained` records (64 bytes) with an index by id. The
-//!   ring has `TRANSFERS_PER_COMMAND_MAX` slots of slack beyond the configured retention and is
+//! - retained transfers: a FIFO ring of `Retained` records (64 bytes) with a
+//!   [`RetentionIndex`] by id, whose entries go stale when the ring's head passes them (eviction
+//!   writes nothing). The ring has `TRANSFERS_PER_COMMAND_MAX` slots of slack beyond the configured retention and is
 //!   trimmed only after a command completes, so that an atomic group can be undone without losing
 //!   evicted records.
 //! - pending transfers: a slab with a free list, an index by id and an indexed binary min-heap of
@@ -15,6 +16,7 @@
 
 use crate::command::{Command, TransferSpec};
 use crate::index::{hash128, hash64, Index};
+use crate::retention::{Live, RetentionIndex};
 use crate::{
     account_flags as af, batch_flags, transfer_flags, ConfigError, EngineConfig, EntryMeta,
     ResultCode, TransferKind, TransferState, LIST_LIMIT_MAX, NS_PER_S, TRANSFERS_PER_COMMAND_MAX,
@@ -182,7 +184,8 @@ struct Keys {
 /// (records are prefetched at half this distance, once their buckets have arrived).
 const PREFETCH_DISTANCE: usize = 16;
 
-/// FIFO ring of retained transfers with an index by id.
+/// FIFO ring of retained transfers with an index by id. Evicting the oldest record only moves
+/// the head: the index treats entries outside the live range as free (see `retention.rs`).
 #[derive(Clone)]
 pub(crate) struct Ring {
     pub(crate) records: Vec<Retained>,
@@ -197,10 +200,7 @@ pub(crate) struct Ring {
     /// `slot(head_seq)` and `slot(next_seq)`, kept incrementally (no division on the hot path).
     head_slot: u64,
     next_slot: u64,
-    index: Index,
-    /// `evict_hashes[i]`: id hash of the record at `head_slot + i`, prepared during a batch
-    /// for the trim that ends the command (which then clears it).
-    evict_hashes: Vec<u64>,
+    index: RetentionIndex,
 }
 
 impl Ring {
@@ -217,14 +217,24 @@ impl Ring {
             next_seq: 0,
             head_slot: 0,
             next_slot: 0,
-            index: Index::with_capacity(capacity),
-            evict_hashes: Vec::with_capacity(TRANSFERS_PER_COMMAND_MAX),
+            index: RetentionIndex::with_capacity(capacity),
         }
     }
 
     /// Slot of a live `seq` (a division: off the hot path, which keeps slots incrementally).
     fn slot(&self, seq: u64) -> usize {
         ((seq - self.base_seq) % self.capacity) as usize
+    }
+
+    /// Slot of the live record `offset` records after the head (no division).
+    #[inline]
+    fn slot_at(&self, offset: u64) -> usize {
+        let slot = self.head_slot + offset;
+        (if slot >= self.capacity {
+            slot - self.capacity
+        } else {
+            slot
+        }) as usize
     }
 
     fn wrap_forward(&self, slot: u64) -> u64 {
@@ -239,6 +249,14 @@ impl Ring {
         self.next_seq - self.head_seq
     }
 
+    #[inline]
+    fn live(&self) -> Live {
+        Live {
+            head_seq: self.head_seq,
+            len: self.len(),
+        }
+    }
+
     fn find(&self, id: u128) -> Option<u64> {
         self.find_hashed(id, hash128(id))
     }
@@ -246,13 +264,9 @@ impl Ring {
     /// [`Ring::find`] with `hash128(id)` already computed.
     #[inline]
     fn find_hashed(&self, id: u128, hash: u64) -> Option<u64> {
-        let records = &self.records;
-        let slot = u64::from(self.index.find(hash, |s| records[s as usize].id() == id)?);
-        let offset = if slot >= self.head_slot {
-            slot - self.head_slot
-        } else {
-            slot + self.capacity - self.head_slot
-        };
+        let offset = self.index.find(hash, self.live(), |offset| {
+            self.records[self.slot_at(offset)].id() == id
+        })?;
         Some(self.head_seq + offset)
     }
 
@@ -275,25 +289,10 @@ impl Ring {
     /// [`Ring::push`] with `hash128(record.id())` already computed.
     #[inline]
     fn push_hashed(&mut self, record: Retained, hash: u64) -> u64 {
-        assert!(self.len() < self.capacity, "ring slack exhausted");
-        let seq = self.next_seq;
-        let slot = self.next_slot as usize;
-        if slot < self.records.len() {
-            self.records[slot] = record;
-        } else {
-            assert_eq!(slot, self.records.len());
-            self.records.push(record);
-        }
-        self.index.insert(hash, slot as u32);
-        self.next_seq += 1;
-        self.next_slot = self.wrap_forward(self.next_slot);
+        let seq = self.push_unindexed(record);
+        let live = self.live();
+        self.index.insert(hash, seq, live);
         seq
-    }
-
-    fn unlink_slot(&mut self, slot: u64) {
-        let slot = slot as usize;
-        self.index
-            .remove(hash128(self.records[slot].id()), slot as u32);
     }
 
     fn pop_newest(&mut self) {
@@ -303,61 +302,25 @@ impl Ring {
         } else {
             self.next_slot - 1
         };
-        self.unlink_slot(self.next_slot);
+        let hash = hash128(self.records[self.next_slot as usize].id());
+        let live = self.live();
+        self.index.remove(hash, self.next_seq - 1, live);
         self.next_seq -= 1;
     }
 
-    /// During a batch, once the ring is full: computes the id hash of the record that the
-    /// coming [`Ring::trim`] will evict next after those already prepared, and prefetches its
-    /// index bucket, so that evictions find their buckets in cache instead of stalling on them
-    /// one after another at the end of the command.
-    #[inline]
-    fn prepare_eviction(&mut self) {
-        let i = self.evict_hashes.len();
-        if self.len() < self.retained_max
-            || i as u64 >= self.len()
-            || i == self.evict_hashes.capacity()
-        {
-            return;
-        }
-        let mut slot = self.head_slot + i as u64;
-        if slot >= self.capacity {
-            slot -= self.capacity;
-        }
-        let hash = hash128(self.records[slot as usize].id());
-        self.index.prefetch(hash);
-        self.evict_hashes.push(hash);
-    }
-
-    /// Evicts the oldest records down to `retained_max`, with the hashes prepared during the
-    /// batch, or else prefetching the index buckets of records a few evictions ahead.
+    /// Evicts the oldest records down to `retained_max`: the head moves, nothing else is
+    /// written (their index entries become stale).
     fn trim(&mut self) {
-        const AHEAD: u64 = 16;
-        let mut evicted = 0;
-        while self.len() > self.retained_max {
-            let hash = if let Some(&hash) = self.evict_hashes.get(evicted) {
-                hash
-            } else {
-                if self.len() - self.retained_max > AHEAD {
-                    let mut ahead = self.head_slot + AHEAD;
-                    if ahead >= self.capacity {
-                        ahead -= self.capacity;
-                    }
-                    self.index
-                        .prefetch(hash128(self.records[ahead as usize].id()));
-                }
-                hash128(self.records[self.head_slot as usize].id())
-            };
-            self.index.remove(hash, self.head_slot as u32);
-            self.head_seq += 1;
-            self.head_slot = self.wrap_forward(self.head_slot);
-            evicted += 1;
+        let excess = self.len().saturating_sub(self.retained_max);
+        self.head_seq += excess;
+        self.head_slot += excess;
+        if self.head_slot >= self.capacity {
+            self.head_slot -= self.capacity;
         }
-        self.evict_hashes.clear();
     }
 
     /// Live records, oldest first, as at most two slices.
-    pub(crate) fn live(&self) -> (&[Retained], &[Retained]) {
+    pub(crate) fn live_records(&self) -> (&[Retained], &[Retained]) {
         if self.len() == 0 {
             return (&[], &[]);
         }
@@ -371,17 +334,21 @@ impl Ring {
         }
     }
 
-    /// Appends a record without indexing it (restore indexes a whole chunk afterwards).
-    fn push_unindexed(&mut self, record: Retained) {
+    /// Appends a record without indexing it; returns its sequence.
+    #[inline]
+    fn push_unindexed(&mut self, record: Retained) -> u64 {
         assert!(self.len() < self.capacity, "ring slack exhausted");
-        assert_eq!(
-            self.next_slot as usize,
-            self.records.len(),
-            "restore fills from slot 0"
-        );
-        self.records.push(record);
+        let seq = self.next_seq;
+        let slot = self.next_slot as usize;
+        if slot < self.records.len() {
+            self.records[slot] = record;
+        } else {
+            assert_eq!(slot, self.records.len(), "the ring fills from slot 0");
+            self.records.push(record);
+        }
         self.next_seq += 1;
         self.next_slot = self.wrap_forward(self.next_slot);
+        seq
     }
 
     /// Empties the ring and makes `head_seq` its first sequence (restore).
@@ -393,7 +360,6 @@ impl Ring {
         self.head_slot = 0;
         self.next_slot = 0;
         self.index.clear();
-        self.evict_hashes.clear();
     }
 }
 
@@ -991,7 +957,6 @@ impl Engine {
             if let Some(ahead) = keys.get(i + PREFETCH_DISTANCE / 2) {
                 self.prefetch_records(ahead);
             }
-            self.ring.prepare_eviction();
             let r = self.create_transfer(t, k);
             if r != ResultCode::Ok && atomic {
                 self.rollback();
@@ -1116,8 +1081,9 @@ impl Engine {
         timeout_s: u32,
         extra: u64,
     ) -> ResultCode {
-        let d = self.accounts[debit as usize].account;
-        let c = self.accounts[credit as usize].account;
+        // Borrowed, not copied: the undo log copies the old balances only inside atomic groups.
+        let d = &self.accounts[debit as usize].account;
+        let c = &self.accounts[credit as usize].account;
         let same = |r: &Retained| {
             r.kind == kind as u8
                 && r.debit == debit
@@ -1162,6 +1128,7 @@ impl Engine {
         }
         // After this point the transfer must succeed.
         if self.undo_active {
+            let (d, c) = (*d, *c);
             self.undo.push(Undo::Balances {
                 account: debit,
                 old: d,
@@ -1529,8 +1496,8 @@ impl Engine {
     }
 
     /// Restore: appends retained transfers, oldest first, after every account (the caller has
-    /// checked the capacity): records first (a sequential copy), then their index entries with
-    /// buckets prefetched ahead, duplicates checked in the same probe run.
+    /// checked the capacity): each record is checked for a duplicate id, copied into the ring
+    /// and indexed, with index buckets prefetched ahead.
     pub(crate) fn restore_retained(&mut self, records: &[Retained]) -> Result<(), &'static str> {
         const AHEAD: usize = 16;
         let slots = self.accounts.len() as u32;
@@ -1540,25 +1507,17 @@ impl Engine {
         {
             return Err("retained transfer names an unknown account slot");
         }
-        let first = self.ring.records.len();
-        for &r in records {
-            self.ring.push_unindexed(r);
-        }
         let ring = &mut self.ring;
-        for (i, r) in records.iter().enumerate() {
+        for (i, &r) in records.iter().enumerate() {
             if let Some(ahead) = records.get(i + AHEAD) {
                 ring.index.prefetch(hash128(ahead.id()));
             }
             let id = r.id();
-            let stored = &ring.records;
-            if !ring
-                .index
-                .insert_unique(hash128(id), (first + i) as u32, |s| {
-                    stored[s as usize].id() == id
-                })
-            {
+            let hash = hash128(id);
+            if ring.find_hashed(id, hash).is_some() {
                 return Err("duplicate retained transfer id");
             }
+            ring.push_hashed(r, hash);
         }
         Ok(())
     }

@@ -183,15 +183,6 @@ impl Index {
         self.len -= 1;
     }
 
-    /// Empties the index. An empty index is all zeros already, and is left untouched (a fresh
-    /// one's pages stay unmapped).
-    pub(crate) fn clear(&mut self) {
-        if self.len > 0 {
-            self.buckets.fill(0);
-            self.len = 0;
-        }
-    }
-
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len

@@ -44,22 +44,24 @@
 //! buckets), so the kernel maps pages only when first touched, and large tables are advised
 //! onto transparent huge pages. Per account: a 64-byte record (one cache line, `align(64)`)
 //! plus 13-27 bytes of index (load factor at most 0.6): about 81 bytes measured at one million
-//! accounts. Per retained transfer: a 64-byte record (accounts by slot, not id) plus 13-27
-//! bytes of index: at the default 10 million, 640 MB of records and 128 MB of index once the
-//! ring has filled. Per open pending transfer: 64 bytes plus index and 4 bytes of heap.
+//! accounts. Per retained transfer: a 64-byte record (accounts by slot, not id) plus 16 bytes
+//! of index (one 64-byte bucket per 4 ids): at the default 10 million, 640 MB of records and
+//! 160 MB of index once the ring has filled. Per open pending transfer: 64 bytes plus index and 4 bytes of heap.
 //!
 //! # Speed
 //! A `Transfers` command is applied transfer by transfer, but the loop works ahead within the
 //! batch: every index hash of the batch (both accounts and the id) is computed once, in one
-//! pass; index buckets are prefetched 16 transfers ahead and account records 8 ahead; and, once
-//! the retention ring is full, the bucket of the record each transfer will evict is prefetched
-//! too (its hash kept for the trim that ends the command), so evictions do not stall one after
-//! another (the only `unsafe` in the crate is that prefetch hint and the huge-page `madvise`,
-//! in `prefetch.rs`). What limits throughput with a large retention table is memory traffic:
-//! each new transfer reads and dirties one random line of the retention index for its
-//! idempotency look-up and insert and another for the eviction of the oldest record, on top
-//! of the sequential ring writes; on the 2-core development VM, random lines of a 128 MB table
-//! come at about 30 million per second per core (`bench engine` reports the figures).
+//! pass; index buckets are prefetched 16 transfers ahead and account records 8 ahead (the
+//! only `unsafe` in the crate is that prefetch hint and the huge-page `madvise`, in
+//! `prefetch.rs`, and the SSE2 loads of the retention index's eight-lane compares, in
+//! `lanes.rs`). Evicting the oldest retained transfer writes nothing: the retention index
+//! (`retention.rs`) stores each id's ring sequence and treats entries outside the ring's live
+//! range as free, so a new transfer touches one random line of it, for its idempotency look-up
+//! and insert together, plus the sequential ring write. With that, memory is no longer the
+//! main limit: on the 2-core development VM a transfer costs about 870 instructions
+//! (callgrind), and 10 million retained ids run at about 6.5 million transfers per CPU-second
+//! against about 7.4 million with 100 thousand (all cache-resident); `bench engine` reports
+//! the figures.
 //!
 //! # Snapshots and threads
 //! See [`snapshot`]. The engine thread calls [`Engine::freeze_into`], which copies the live
@@ -78,7 +80,9 @@
 mod command;
 mod engine;
 mod index;
+mod lanes;
 mod prefetch;
+mod retention;
 pub mod snapshot;
 mod wire;
 
@@ -247,7 +251,7 @@ pub struct EngineConfig {
     /// Accounts the engine can hold (about 88 bytes each once touched, index included).
     pub accounts_max: u32,
     /// Successful transfers remembered for idempotency and `GetTransfer`, oldest evicted first
-    /// (64 bytes each plus 13-27 bytes of index).
+    /// (64 bytes each plus 16 bytes of index).
     pub transfers_retained_max: u32,
     /// Pending transfers that may be open at once.
     pub pending_max: u32,

@@ -9,11 +9,11 @@
 //!
 //! # Restore streams
 //! [`Engine::restore`] reads a chunk (`RESTORE_CHUNK_SIZE`) at a time, adds it to the
-//! checksum and decodes it straight into the new engine's tables (retained records first as a
-//! sequential copy, then their index entries with buckets prefetched ahead; a duplicate check
-//! and an insert share one probe run). No copy of the whole file is ever held. A structural
-//! problem met before the end (a duplicate id, an unknown account slot) is held back until the
-//! trailer has been checked, so a bit flip or a truncation is refused as
+//! checksum and decodes it straight into the new engine's tables (retained records in ring
+//! order, each checked for a duplicate id and indexed, with index buckets prefetched ahead).
+//! No copy of the whole file is ever held. A structural problem met before the end (a
+//! duplicate id, an unknown account slot) is held back until the trailer has been checked,
+//! so a bit flip or a truncation is refused as
 //! [`SnapshotError::ChecksumMismatch`] / [`SnapshotError::Truncated`], and no engine is returned
 //! unless length and checksum match. Only the header is trusted before that, and only to
 //! refuse a snapshot larger than the configuration ([`SnapshotError::CapacityExceeded`]).
@@ -594,7 +594,7 @@ impl Engine {
         p.now_ns = self.now_ns;
         p.hash = self.hash;
         p.ring_head_seq = self.ring.head_seq;
-        let (a, b) = self.ring.live();
+        let (a, b) = self.ring.live_records();
         reserve_huge(&mut p.retained, a.len() + b.len());
         p.retained.clear();
         p.retained.extend_from_slice(a);
@@ -620,7 +620,7 @@ impl Engine {
                 ring_head_seq: self.ring.head_seq,
             },
             self.accounts.iter().map(|r| r.account),
-            self.ring.live(),
+            self.ring.live_records(),
             self.pending_for_snapshot(),
             &self.sessions,
         )
