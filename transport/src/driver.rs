@@ -31,7 +31,18 @@ pub const SOCKET_BUFFER_LENGTH: usize = 4 * 1024 * 1024;
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
 pub const BATCH_DATAGRAMS: usize = 32;
 /// Slot size for received data datagrams, in bytes: the largest UDP payload we accept.
+/// A subscription starts with slots of its configured MTU (small slots keep a batch in cache)
+/// and grows them to this length the first time a datagram arrives truncated; the sender
+/// retransmits what was lost when the receiver NAKs the gap.
 pub const RECEIVE_SLOT_LENGTH: usize = 65536;
+/// Longest a busy publication goes without reading its control socket, in nanoseconds. A
+/// publication with data in flight and flow-control room left needs no status message yet, so
+/// it skips the (usually empty) `recvmmsg` on most duty cycles; it reads every cycle while
+/// unconnected, blocked by flow control, closing, or after a full batch of control traffic.
+pub const CONTROL_POLL_INTERVAL_NS: u64 = 20_000;
+/// Duty cycles a publication goes at most without reading its control socket, whatever the
+/// clock says (a caller may feed a frozen or coarse clock).
+pub const CONTROL_POLL_CYCLES_MAX: u32 = 64;
 /// Slot size for control datagrams (status messages, NAKs, RTTM, errors), in bytes.
 pub const CONTROL_SLOT_LENGTH: usize = 2048;
 
@@ -169,6 +180,12 @@ pub struct Publication {
     tx: Batch,
     rx: Batch,
     loss: Option<Loss>,
+    /// When the control socket is next read at the latest (see [`CONTROL_POLL_INTERVAL_NS`]).
+    control_next_ns: u64,
+    /// Duty cycles since the control socket was last read.
+    control_skipped: u32,
+    /// The socket is connected to the endpoint: datagrams for it go without an address.
+    connected: bool,
 }
 
 impl std::fmt::Debug for Publication {
@@ -225,6 +242,14 @@ impl Publication {
             };
             socket.bind(&SocketAddr::from((local, 0)).into())?;
         }
+        // Unicast: connect to the endpoint (as Aeron does), so sends reuse the socket's route
+        // and IP id state instead of looking them up per datagram. Control traffic comes from
+        // the subscriber's socket, which is bound to the endpoint, so connecting filters out
+        // nothing we want. Best effort: unconnected sockets work too, only slower.
+        let connected = !channel.is_multicast()
+            && socket
+                .connect(&SocketAddr::V4(channel.endpoint).into())
+                .is_ok();
         Ok(Publication {
             sender,
             socket,
@@ -232,6 +257,9 @@ impl Publication {
             tx: Batch::new(BATCH_DATAGRAMS, mtu),
             rx: Batch::new(BATCH_DATAGRAMS, CONTROL_SLOT_LENGTH),
             loss: None,
+            control_next_ns: 0,
+            control_skipped: 0,
+            connected,
         })
     }
 
@@ -316,6 +344,8 @@ impl Publication {
                 n
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            // An earlier ICMP port-unreachable on the connected socket: not a receive error.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => 0,
             Err(_) => {
                 self.sender.counters_mut().incr(CounterId::SocketErrors);
                 0
@@ -330,6 +360,9 @@ impl Publication {
                 match self.tx.send(&self.socket) {
                     Ok(n) => work += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return work,
+                    // A connected socket reports an earlier ICMP port-unreachable (no
+                    // subscriber yet) once; the batch was not sent: retry it next cycle.
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return work,
                     Err(_) => {
                         self.sender.counters_mut().incr(CounterId::SocketErrors);
                         self.tx.clear();
@@ -342,11 +375,11 @@ impl Publication {
             while !self.tx.is_full() {
                 let slot = self.tx.next_slot();
                 match self.sender.poll_transmit(now, slot) {
-                    Some(t) => {
-                        let dest = t.destination.map(SockAddr::from);
-                        self.tx
-                            .push(t.length, dest.as_ref().unwrap_or(&self.endpoint));
-                    }
+                    Some(t) => match t.destination {
+                        Some(d) => self.tx.push(t.length, &SockAddr::from(d)),
+                        None if self.connected => self.tx.push_connected(t.length),
+                        None => self.tx.push(t.length, &self.endpoint),
+                    },
                     None => break,
                 }
             }
@@ -359,7 +392,27 @@ impl Publication {
 
 impl Agent for Publication {
     fn do_work(&mut self, now_ns: u64) -> usize {
-        let mut work = self.receive(now_ns);
+        let s = &self.sender;
+        let blocked = s.sender_position() >= s.sender_limit() && s.position() > s.sender_position();
+        let control_due = blocked
+            || !s.is_connected()
+            || s.is_closing()
+            || now_ns >= self.control_next_ns
+            || self.control_skipped >= CONTROL_POLL_CYCLES_MAX;
+        let mut work = 0;
+        if control_due {
+            let n = self.receive(now_ns);
+            work += n;
+            self.control_skipped = 0;
+            // A full batch means more may be queued: read again next cycle.
+            self.control_next_ns = if n == BATCH_DATAGRAMS {
+                now_ns
+            } else {
+                now_ns.saturating_add(CONTROL_POLL_INTERVAL_NS)
+            };
+        } else {
+            self.control_skipped += 1;
+        }
         self.sender.handle_timeout(now_ns);
         work += self.transmit(now_ns);
         work
@@ -402,6 +455,7 @@ impl Subscription {
         let rcvbuf = socket.recv_buffer_size().unwrap_or(0);
         let window_max = (rcvbuf / 4) & !(FRAME_ALIGNMENT - 1);
         cfg.receiver_window = cfg.receiver_window.min(window_max).max(cfg.mtu);
+        let receive_slot = cfg.mtu.max(CONTROL_SLOT_LENGTH);
         let receiver = Receiver::new(cfg, stream_id, session_id_seed()).map_err(config_error)?;
         if channel.is_multicast() {
             socket.set_reuse_address(true)?;
@@ -415,7 +469,7 @@ impl Subscription {
         Ok(Subscription {
             receiver,
             socket,
-            rx: Batch::new(BATCH_DATAGRAMS, RECEIVE_SLOT_LENGTH),
+            rx: Batch::new(BATCH_DATAGRAMS, receive_slot),
             tx: Batch::new(BATCH_DATAGRAMS, CONTROL_SLOT_LENGTH),
             loss: None,
         })
@@ -467,6 +521,7 @@ impl Subscription {
     fn receive(&mut self, now: u64) -> usize {
         match self.rx.recv(&self.socket) {
             Ok(n) => {
+                let mut truncated = false;
                 for i in 0..n {
                     let (bytes, source) = self.rx.datagram(i);
                     let Some(source) = source else { continue };
@@ -474,9 +529,15 @@ impl Subscription {
                         self.receiver.counters_mut().incr(CounterId::DropsInjected);
                     } else if self.rx.truncated(i) {
                         self.receiver.counters_mut().incr(CounterId::DropsMalformed);
+                        truncated = true;
                     } else {
                         self.receiver.handle_datagram(now, source, bytes);
                     }
+                }
+                if truncated && self.rx.slot_length() < RECEIVE_SLOT_LENGTH {
+                    // A sender with a larger MTU: take whole datagrams from now on (the lost
+                    // one comes back as a retransmit once the gap is NAKed).
+                    self.rx = Batch::new(BATCH_DATAGRAMS, RECEIVE_SLOT_LENGTH);
                 }
                 n
             }

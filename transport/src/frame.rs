@@ -201,6 +201,22 @@ impl DataHeader {
 
     /// Reads a header without validating it (used on our own term buffers).
     pub(crate) fn read_unchecked(b: &[u8]) -> DataHeader {
+        if let Some(h) = b.first_chunk::<DATA_HEADER_LENGTH>() {
+            // Hot path (every frame received and delivered): fixed offsets, no bounds checks.
+            let i32_at = |at: usize| i32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+            let mut reserved = [0u8; 8];
+            reserved.copy_from_slice(&h[24..32]);
+            return DataHeader {
+                frame_length: i32_at(0),
+                flags: h[5],
+                frame_type: u16::from_le_bytes([h[6], h[7]]),
+                term_offset: i32_at(8),
+                session_id: i32_at(12),
+                stream_id: i32_at(16),
+                term_id: i32_at(20),
+                reserved_value: i64::from_le_bytes(reserved),
+            };
+        }
         DataHeader {
             frame_length: read_i32(b, 0),
             flags: b.get(5).copied().unwrap_or(0),

@@ -53,6 +53,11 @@ impl Batch {
         }
     }
 
+    /// Bytes per slot: the longest datagram a slot holds without truncation.
+    pub fn slot_length(&self) -> usize {
+        self.slot_length
+    }
+
     pub fn capacity(&self) -> usize {
         self.lengths.len()
     }
@@ -69,6 +74,14 @@ impl Batch {
     pub fn next_slot(&mut self) -> &mut [u8] {
         let at = self.count * self.slot_length;
         &mut self.data[at..at + self.slot_length]
+    }
+
+    /// Commits the next slot with `length` bytes for a connected socket's peer (no address).
+    pub fn push_connected(&mut self, length: usize) {
+        let i = self.count;
+        self.lengths[i] = length;
+        self.addr_lengths[i] = 0;
+        self.count += 1;
     }
 
     /// Commits the next slot with `length` bytes for `destination`.
@@ -116,12 +129,16 @@ impl Batch {
             };
             // SAFETY: all-zero bytes are a valid msghdr.
             let mut h: libc::msghdr = unsafe { zeroed() };
-            h.msg_name = &mut self.addrs[i] as *mut libc::sockaddr_storage as *mut libc::c_void;
             h.msg_namelen = if receiving {
                 size_of::<libc::sockaddr_storage>() as libc::socklen_t
             } else {
                 self.addr_lengths[i]
             };
+            // No address (a connected socket's peer) is a null name, which lets the kernel
+            // use the socket's cached route.
+            if h.msg_namelen > 0 {
+                h.msg_name = &mut self.addrs[i] as *mut libc::sockaddr_storage as *mut libc::c_void;
+            }
             h.msg_iov = &mut self.iovecs[i];
             h.msg_iovlen = 1;
             self.headers[i] = libc::mmsghdr {

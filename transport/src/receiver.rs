@@ -767,51 +767,64 @@ impl Image {
     ) -> usize {
         let mut delivered = 0;
         let start_term = self.log.term_start(self.subscriber);
+        let term_length = self.log.term_length;
         while self.subscriber < self.rebuild && delivered < limit {
-            let at = self.log.index(self.subscriber);
-            let h = DataHeader::read_unchecked(&self.log.buf[at..at + DATA_HEADER_LENGTH]);
-            let advance = align_frame(h.frame_length.max(DATA_HEADER_LENGTH as i32) as usize);
-            if h.frame_type == frame_type::DATA {
-                let payload = &self.log.buf[at + DATA_HEADER_LENGTH..at + h.frame_length as usize];
-                let header = MessageHeader {
-                    session_id: self.session_id,
-                    stream_id,
-                    position: self.subscriber + advance as i64,
-                    reserved_value: h.reserved_value,
-                };
-                match h.flags & flags::UNFRAGMENTED {
-                    flags::UNFRAGMENTED => {
-                        handler(payload, &header);
-                        delivered += 1;
-                    }
-                    flags::BEGIN => {
-                        self.reassembly.clear();
-                        self.reassembly.extend_from_slice(payload);
-                        self.reassembling = true;
-                    }
-                    flags::END => {
-                        if self.reassembling {
-                            self.reassembly.extend_from_slice(payload);
-                            self.reassembling = false;
-                            handler(&self.reassembly, &header);
+            // Frames from the subscriber up to the rebuild position or the end of its term are
+            // contiguous in the log: walk them by offset from one base index.
+            let span_end = self
+                .rebuild
+                .min(self.log.term_start(self.subscriber) + term_length as i64);
+            let span = (span_end - self.subscriber) as usize;
+            let base = self.log.index(self.subscriber);
+            let buf = &self.log.buf;
+            let mut off = 0usize;
+            while off < span && delivered < limit {
+                let at = base + off;
+                let h = DataHeader::read_unchecked(&buf[at..]);
+                let advance = align_frame(h.frame_length.max(DATA_HEADER_LENGTH as i32) as usize);
+                if h.frame_type == frame_type::DATA {
+                    let payload = &buf[at + DATA_HEADER_LENGTH..at + h.frame_length as usize];
+                    let header = MessageHeader {
+                        session_id: self.session_id,
+                        stream_id,
+                        position: self.subscriber + (off + advance) as i64,
+                        reserved_value: h.reserved_value,
+                    };
+                    match h.flags & flags::UNFRAGMENTED {
+                        flags::UNFRAGMENTED => {
+                            handler(payload, &header);
                             delivered += 1;
                         }
-                    }
-                    _ => {
-                        if self.reassembling {
+                        flags::BEGIN => {
+                            self.reassembly.clear();
                             self.reassembly.extend_from_slice(payload);
+                            self.reassembling = true;
+                        }
+                        flags::END => {
+                            if self.reassembling {
+                                self.reassembly.extend_from_slice(payload);
+                                self.reassembling = false;
+                                handler(&self.reassembly, &header);
+                                delivered += 1;
+                            }
+                        }
+                        _ => {
+                            if self.reassembling {
+                                self.reassembly.extend_from_slice(payload);
+                            }
                         }
                     }
+                    // A message may not exceed a quarter term (the sender's limit): a peer
+                    // that never ends one must not grow the buffer without bound.
+                    if self.reassembling && self.reassembly.len() > term_length / 4 {
+                        self.reassembling = false;
+                        self.reassembly.clear();
+                        self.oversized += 1;
+                    }
                 }
-                // A message may not exceed a quarter term (the sender's limit): a peer that
-                // never ends one must not grow the buffer without bound.
-                if self.reassembling && self.reassembly.len() > self.log.term_length / 4 {
-                    self.reassembling = false;
-                    self.reassembly.clear();
-                    self.oversized += 1;
-                }
+                off += advance;
             }
-            self.subscriber += advance as i64;
+            self.subscriber += off as i64;
         }
         let new_term = self.log.term_start(self.subscriber);
         if new_term > start_term {

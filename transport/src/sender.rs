@@ -182,6 +182,10 @@ impl Sender {
     pub fn is_connected(&self) -> bool {
         !self.receivers.is_empty()
     }
+    /// Whether a close started and has not finished yet.
+    pub fn is_closing(&self) -> bool {
+        matches!(self.state, State::Closing { .. })
+    }
     /// Whether the publication finished closing.
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
@@ -249,6 +253,8 @@ impl Sender {
 
     fn write_header(&mut self, position: i64, frame_length: i32, fl: u8, ty: u16) {
         let idx = self.log.index(position);
+        // Encoded into a fixed-size array (no per-field bounds checks), then copied at once.
+        let mut header = [0u8; DATA_HEADER_LENGTH];
         DataHeader {
             frame_length,
             flags: fl,
@@ -259,7 +265,8 @@ impl Sender {
             term_id: self.log.term_id(position),
             reserved_value: 0,
         }
-        .write(&mut self.log.buf[idx..idx + DATA_HEADER_LENGTH]);
+        .write(&mut header);
+        self.log.buf[idx..idx + DATA_HEADER_LENGTH].copy_from_slice(&header);
     }
 
     /// Appends `message` to the log (fragmenting it above `mtu - 32` bytes) and returns the
@@ -270,6 +277,22 @@ impl Sender {
     pub fn offer(&mut self, message: &[u8]) -> Result<i64, OfferError> {
         let (mut position, required) = self.reserve(message.len(), self.cfg.message_length_max)?;
         let payload_max = self.cfg.payload_length_max();
+        if message.len() <= payload_max {
+            // One frame, the common case: header, payload, zeroed alignment tail.
+            let frame_length = DATA_HEADER_LENGTH + message.len();
+            self.write_header(
+                position,
+                frame_length as i32,
+                flags::UNFRAGMENTED,
+                frame_type::DATA,
+            );
+            let idx = self.log.index(position);
+            let frame = &mut self.log.buf[idx..idx + required];
+            frame[DATA_HEADER_LENGTH..frame_length].copy_from_slice(message);
+            frame[frame_length..].fill(0);
+            self.publisher_position += required as i64;
+            return Ok(self.publisher_position);
+        }
         let mut chunks = message.chunks(payload_max).peekable();
         let mut first = true;
         if message.is_empty() {
@@ -492,33 +515,39 @@ impl Sender {
         stop_at: i64,
         buf: &mut [u8],
     ) -> (usize, i64, u64) {
-        let mut position = from;
-        let mut length = 0;
-        let mut count = 0;
         let start = self.log.index(from);
         let term_end = self.log.term_start(from) + self.cfg.term_length as i64;
         // Frames of one term are contiguous in the log: find the span, then copy it at once.
-        while position < limit && position < term_end && position < stop_at {
-            let idx = start + length;
-            let frame_length = frame::read_i32(&self.log.buf, idx);
+        // Offsets below are relative to `from`; frames must end by `end` and start before
+        // `start_before`, and the bytes on the wire may not exceed the MTU.
+        let end = (limit.min(term_end) - from).max(0) as usize;
+        let start_before = (limit.min(term_end).min(stop_at) - from).max(0) as usize;
+        let mtu = self.cfg.mtu;
+        let log = &self.log.buf[start..];
+        let (mut span, mut length, mut count) = (0usize, 0usize, 0u64);
+        while span < start_before {
+            let Some(h) = log.get(span..).and_then(|b| b.first_chunk::<8>()) else {
+                break;
+            };
+            let frame_length = i32::from_le_bytes([h[0], h[1], h[2], h[3]]);
             if frame_length < DATA_HEADER_LENGTH as i32 {
                 break; // defensive: never reached for frames we wrote
             }
             let advance = align_frame(frame_length as usize);
-            let is_pad = frame::read_u16(&self.log.buf, idx + 6) == frame_type::PAD;
+            let is_pad = u16::from_le_bytes([h[6], h[7]]) == frame_type::PAD;
             let wire = if is_pad { DATA_HEADER_LENGTH } else { advance };
-            if position + advance as i64 > limit.min(term_end) || length + wire > self.cfg.mtu {
+            if span + advance > end || length + wire > mtu {
                 break;
             }
             length += wire;
-            position += advance as i64;
+            span += advance;
             if is_pad {
                 break;
             }
             count += 1;
         }
-        buf[..length].copy_from_slice(&self.log.buf[start..start + length]);
-        (length, position, count)
+        buf[..length].copy_from_slice(&log[..length]);
+        (length, from + span as i64, count)
     }
 
     /// Writes the next datagram to send into `buf` (at least `mtu` bytes), if any.

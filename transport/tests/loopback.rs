@@ -117,6 +117,35 @@ fn unicast_on_loopback_delivers_every_message_in_order_despite_injected_loss() {
 }
 
 #[test]
+fn a_subscriber_configured_for_a_smaller_mtu_recovers_the_publishers_larger_datagrams() {
+    // The subscription sizes its receive slots for its own MTU; the publication's first
+    // larger datagrams arrive truncated, are dropped, and come back as retransmits once the
+    // slots have grown.
+    let sub = Subscription::new(
+        &Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
+        STREAM_ID,
+        test_config(),
+    )
+    .unwrap();
+    let endpoint = match sub.local_addr().unwrap() {
+        std::net::SocketAddr::V4(a) => a,
+        other => panic!("{other}"),
+    };
+    let big = Config {
+        mtu: 8192,
+        ..test_config()
+    };
+    let mut publication = Publication::new(&Channel::unicast(endpoint), STREAM_ID, big).unwrap();
+    let mut subs = [sub];
+    exchange(&mut publication, &mut subs, 2000);
+    assert!(
+        subs[0].counters().get(CounterId::DropsMalformed) > 0,
+        "some datagram arrived truncated before the slots grew"
+    );
+    assert!(publication.counters().get(CounterId::Retransmits) > 0);
+}
+
+#[test]
 fn multicast_on_loopback_delivers_every_message_in_order_to_two_subscribers_despite_loss() {
     let port = free_port();
     let group = SocketAddrV4::new(

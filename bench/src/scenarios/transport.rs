@@ -16,28 +16,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use transport::{now_ns, Agent, Channel, Config, OfferError, Publication, Subscription};
 
-use crate::report::{latency_us, machine, peak_rss_bytes, print};
-
-/// Pins the current thread to `core` if the machine has it. Unlike `report::pin_to`, this does
-/// not look the core up in the thread's current affinity mask: a thread spawned by an already
-/// pinned thread inherits a one-core mask, and every phase after the first would otherwise
-/// run both of its threads on that one core.
-fn pin_to(core: usize) -> bool {
-    core < core_count() && core_affinity::set_for_current(core_affinity::CoreId { id: core })
-}
-
-/// Cores online (not the current thread's affinity mask).
-fn core_count() -> usize {
-    std::fs::read_to_string("/sys/devices/system/cpu/online")
-        .ok()
-        .and_then(|s| {
-            s.trim()
-                .split(',')
-                .filter_map(|r| r.rsplit('-').next()?.parse::<usize>().ok())
-                .max()
-        })
-        .map_or(1, |last| last + 1)
-}
+use crate::report::{latency_us, machine, peak_rss_bytes, pin_to, print};
 
 const MESSAGE_LENGTH: usize = 64;
 const STREAM_ID: i32 = 1;
@@ -366,8 +345,13 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
             .collect()
     };
     let run = |subs: &mut Vec<Subscription>, counts: &mut Vec<u64>, until: Instant| {
-        while Instant::now() < until {
+        // One clock read per duty cycle, as the raw-UDP receiver loop does.
+        let until_ns = now_ns() + until.saturating_duration_since(Instant::now()).as_nanos() as u64;
+        loop {
             let now = now_ns();
+            if now >= until_ns {
+                break;
+            }
             for (i, s) in subs.iter_mut().enumerate() {
                 s.do_work(now);
                 let c = &mut counts[i];
