@@ -28,15 +28,10 @@ use schemas::ledger::{
 };
 use schemas::{DecodeError, EncodeError};
 
-/// Transport stream id the node's ingress subscription listens on.
-pub const INGRESS_STREAM_ID: i32 = 1001;
-/// Transport stream id of the replies (the client's subscription, the node's publications).
-pub const REPLY_STREAM_ID: i32 = 1002;
+pub use schemas::envelope::{ENVELOPE_HEADER_LENGTH, INGRESS_STREAM_ID, REPLY_STREAM_ID};
 /// Set in the `clientSeq` of every query: queries use correlation ids from their own space,
 /// so they never collide with command sequence numbers (which stay below 2^63).
 pub const QUERY_SEQ_BIT: u64 = 1 << 63;
-/// Bytes of a header-prefixed `RequestHeader` (and of a `ReplyHeader`): 8 + 16.
-pub const ENVELOPE_HEADER_LENGTH: usize = ledger::HEADER_LENGTH + 16;
 /// Bytes of the longest `SessionConnect` or `SessionEvent` text (reply address or detail)
 /// this module encodes; longer text is cut (at a character boundary).
 pub const SESSION_TEXT_LENGTH_MAX: usize = 256;

@@ -80,3 +80,15 @@ pub use codec_gen::runtime::{DecodeError, EncodeError, Header};
 
 /// The text of `ledger.xml`, for tools that decode without generated code (`tally log dump`).
 pub const LEDGER_XML: &str = include_str!("../ledger.xml");
+
+/// The session envelope's transport constants, shared by the node (`sequencer::node`) and the
+/// client (`client::wire`) so the two ends cannot disagree.
+pub mod envelope {
+    /// Transport stream id the node's ingress subscription listens on (client → node).
+    pub const INGRESS_STREAM_ID: i32 = 1001;
+    /// Transport stream id of the replies (node → client).
+    pub const REPLY_STREAM_ID: i32 = 1002;
+    /// Bytes of a header-prefixed `RequestHeader` or `ReplyHeader`: the SBE header plus the
+    /// 16-byte block (clientSessionId, clientSeq). The request or reply message follows.
+    pub const ENVELOPE_HEADER_LENGTH: usize = crate::ledger::HEADER_LENGTH + 16;
+}

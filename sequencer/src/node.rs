@@ -35,10 +35,7 @@ use crate::pipeline::{
     Frontend, FrontendIo, OfferError, Pipeline, PipelineConfig, StartReport, Status,
 };
 
-/// Transport stream id of requests (client → node).
-pub const INGRESS_STREAM_ID: i32 = 1001;
-/// Transport stream id of replies (node → client).
-pub const REPLY_STREAM_ID: i32 = 1002;
+pub use schemas::envelope::{INGRESS_STREAM_ID, REPLY_STREAM_ID};
 /// Default listen address.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7400";
 /// Messages taken from the ingress per duty cycle.
@@ -48,8 +45,7 @@ const EGRESS_POLL_LIMIT: usize = 1024;
 /// Replies queued for one client whose publication is not connected or is back-pressured;
 /// beyond this the session is dropped (a client that stopped reading).
 const PENDING_REPLIES_MAX: usize = 65_536;
-/// Size of `SBE header + RequestHeader/ReplyHeader block`.
-const ENVELOPE_LEN: usize = 8 + 16;
+use schemas::envelope::ENVELOPE_HEADER_LENGTH as ENVELOPE_LEN;
 
 /// Node settings.
 #[derive(Clone, Debug)]
