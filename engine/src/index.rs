@@ -39,6 +39,7 @@ impl Index {
         let size = (keys_max.max(8) * 5).div_ceil(3).next_power_of_two();
         let buckets = vec![0; size];
         crate::prefetch::advise_huge_pages(&buckets);
+        crate::prefetch::populate(&buckets);
         Index {
             buckets,
             mask: size - 1,

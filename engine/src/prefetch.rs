@@ -37,3 +37,29 @@ pub(crate) fn advise_huge_pages<T>(table: &Vec<T>) {
             unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
     }
 }
+
+/// Maps every page of `table`'s allocation now (`MADV_POPULATE_WRITE`), so that the hash
+/// tables the engine probes at random never take a page fault on the command path: a first
+/// touch of a (huge) page costs from microseconds to a fraction of a millisecond, and random
+/// inserts into a fresh table would otherwise pay it on most commands until the whole table
+/// had been touched. Tables filled in order (the retention ring, the account records) are
+/// left to fault in as they grow. Only advice: on kernels without it nothing changes.
+pub(crate) fn populate<T>(table: &Vec<T>) {
+    const PAGE_SIZE: usize = 4096;
+    let bytes = table.capacity() * std::mem::size_of::<T>();
+    let start = table.as_ptr() as usize;
+    let first = start.next_multiple_of(PAGE_SIZE);
+    let end = (start + bytes) / PAGE_SIZE * PAGE_SIZE;
+    if end > first {
+        // SAFETY: the range lies inside an allocation this `Vec` owns; MADV_POPULATE_WRITE
+        // only maps the pages (zero-filled, as the allocation already reads), never changes
+        // their contents.
+        let _ = unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                end - first,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+    }
+}

@@ -75,6 +75,7 @@ impl RetentionIndex {
         // (large allocations are page-aligned plus a small header).
         let words = vec![0u32; (buckets + 1) * WORDS];
         crate::prefetch::advise_huge_pages(&words);
+        crate::prefetch::populate(&words);
         let misalign = (words.as_ptr() as usize) % BUCKET_BYTES;
         let first = ((BUCKET_BYTES - misalign) % BUCKET_BYTES) / 4;
         RetentionIndex {

@@ -376,6 +376,11 @@ impl Journal {
         self.segments.back().map_or(0, |s| s.index)
     }
 
+    /// Bytes of the segment being written that are used (where the next batch goes).
+    pub fn segment_used(&self) -> u64 {
+        self.tail_offset
+    }
+
     /// A handle that prepares segments; run it on another thread to keep preparation off the
     /// hot path.
     pub fn preparer(&self) -> SegmentPreparer {

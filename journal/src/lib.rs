@@ -169,6 +169,10 @@ pub const SEGMENT_SIZE_MAX: u64 = 4 * 1024 * 1024 * 1024;
 pub const SEGMENT_SIZE_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Size of one zero-fill write when preparing a segment or truncating a torn tail, in bytes.
 pub const PREPARE_CHUNK_SIZE: usize = 1024 * 1024;
+/// Size of one zero-fill write of a paced preparation
+/// ([`SegmentPreparer::prepare_paced`]), in bytes: each is synced on its own, so the most a
+/// concurrent writer's `fdatasync` can find unflushed from the preparer is this much.
+pub const PACED_CHUNK_SIZE: usize = 128 * 1024;
 
 const _: () = assert!(BLOCK_SIZE.is_power_of_two());
 const _: () = assert!(BATCH_SIZE_MAX.is_multiple_of(BLOCK_SIZE));
@@ -185,6 +189,7 @@ const _: () = assert!(SEGMENT_SIZE_DEFAULT.is_multiple_of(BLOCK_SIZE as u64));
 const _: () =
     assert!(SEGMENT_SIZE_MIN <= SEGMENT_SIZE_DEFAULT && SEGMENT_SIZE_DEFAULT <= SEGMENT_SIZE_MAX);
 const _: () = assert!(PREPARE_CHUNK_SIZE.is_multiple_of(BLOCK_SIZE));
+const _: () = assert!(PACED_CHUNK_SIZE.is_multiple_of(BLOCK_SIZE));
 
 /// Whether the journal's writes use O_DIRECT. A three-way choice, not a bool: production wants
 /// `Required`, tests and laptops on tmpfs want `Optional`.

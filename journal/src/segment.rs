@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::buffer::AlignedBuf;
 use crate::error::{Error, Result};
-use crate::{DirectIo, PREPARE_CHUNK_SIZE};
+use crate::{DirectIo, PACED_CHUNK_SIZE, PREPARE_CHUNK_SIZE};
 
 const SEGMENT_PREFIX: &str = "segment-";
 const SEGMENT_SUFFIX: &str = ".tlj";
@@ -154,6 +154,20 @@ static PREPARE_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// [`Error::NoSpace`] when the filesystem is full (the temporary file is removed);
 /// [`Error::DirectIoUnsupported`]; I/O errors.
 pub fn prepare_segment(dir: &Path, index: u64, size: u64, direct_io: DirectIo) -> Result<Prepared> {
+    prepare_segment_with(dir, index, size, direct_io, None)
+}
+
+/// [`prepare_segment`], optionally paced: with `pace`, zeros go out in
+/// [`crate::PACED_CHUNK_SIZE`] pieces, each made durable before `pace` is called (it may
+/// sleep), so the device never holds more than one small chunk that the writer's next
+/// `fdatasync` would have to flush with its own batch.
+fn prepare_segment_with(
+    dir: &Path,
+    index: u64,
+    size: u64,
+    direct_io: DirectIo,
+    pace: Option<&mut dyn FnMut(u64)>,
+) -> Result<Prepared> {
     let target = segment_path(dir, index);
     if target.exists() {
         return Ok(Prepared::AlreadyExisted);
@@ -164,12 +178,13 @@ pub fn prepare_segment(dir: &Path, index: u64, size: u64, direct_io: DirectIo) -
         segment_file_name(index),
         std::process::id()
     ));
-    let result =
-        write_zeros(&temp, size, direct_io).and_then(|()| match fs::hard_link(&temp, &target) {
+    let result = write_zeros(&temp, size, direct_io, pace).and_then(|()| {
+        match fs::hard_link(&temp, &target) {
             Ok(()) => Ok(Prepared::Created),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Prepared::AlreadyExisted),
             Err(e) => Err(Error::io("link prepared segment to", &target, e)),
-        });
+        }
+    });
     // The temporary name goes in every case (on success the data lives on under `target`).
     let removed = fs::remove_file(&temp);
     let prepared = result?;
@@ -178,15 +193,30 @@ pub fn prepare_segment(dir: &Path, index: u64, size: u64, direct_io: DirectIo) -
     Ok(prepared)
 }
 
-fn write_zeros(path: &Path, size: u64, direct_io: DirectIo) -> Result<()> {
+fn write_zeros(
+    path: &Path,
+    size: u64,
+    direct_io: DirectIo,
+    mut pace: Option<&mut dyn FnMut(u64)>,
+) -> Result<()> {
     let (file, _) = open_for_write(path, direct_io, true)?;
-    let zeros = AlignedBuf::zeroed(PREPARE_CHUNK_SIZE);
+    let chunk_size = if pace.is_some() {
+        PACED_CHUNK_SIZE
+    } else {
+        PREPARE_CHUNK_SIZE
+    };
+    let zeros = AlignedBuf::zeroed(chunk_size);
     let mut offset = 0u64;
     while offset < size {
-        let chunk = (size - offset).min(PREPARE_CHUNK_SIZE as u64) as usize;
+        let chunk = (size - offset).min(chunk_size as u64) as usize;
         file.write_all_at(&zeros.as_slice()[..chunk], offset)
             .map_err(|e| Error::io("write zeros to", path, e))?;
         offset += chunk as u64;
+        if let Some(pace) = pace.as_mut() {
+            file.sync_data()
+                .map_err(|e| Error::io("fdatasync", path, e))?;
+            pace(offset);
+        }
     }
     file.sync_data()
         .map_err(|e| Error::io("fdatasync", path, e))
@@ -209,6 +239,29 @@ impl SegmentPreparer {
     /// [`Error::DirectIoUnsupported`]; I/O errors.
     pub fn prepare(&self, index: u64) -> Result<Prepared> {
         prepare_segment(&self.dir, index, self.segment_size, self.direct_io)
+    }
+
+    /// [`SegmentPreparer::prepare`] spread out for a journal that is being written: the zeros
+    /// go out in [`crate::PACED_CHUNK_SIZE`] pieces, each synced, and `pace(bytes_done)` runs
+    /// after each one (sleep in it to leave the disk to the writer). A big unsynced burst of
+    /// zeros would otherwise be flushed by the writer's next `fdatasync` and stall it for
+    /// milliseconds.
+    ///
+    /// # Errors
+    /// As [`SegmentPreparer::prepare`].
+    pub fn prepare_paced(&self, index: u64, mut pace: impl FnMut(u64)) -> Result<Prepared> {
+        prepare_segment_with(
+            &self.dir,
+            index,
+            self.segment_size,
+            self.direct_io,
+            Some(&mut pace),
+        )
+    }
+
+    /// The segment size this preparer writes, in bytes.
+    pub fn segment_size(&self) -> u64 {
+        self.segment_size
     }
 }
 

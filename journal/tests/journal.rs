@@ -376,6 +376,53 @@ fn a_spare_prepared_off_the_hot_path_is_used_at_the_next_roll() {
     assert_eq!(journal.stats().segments_prepared_inline, 0);
 }
 
+#[test]
+fn a_paced_preparation_writes_the_whole_segment_in_synced_chunks_and_the_writer_uses_it() {
+    let dir = TempDir::new("paced");
+    let (mut journal, _) = Journal::open(dir.path(), options()).expect("open");
+    let preparer = journal.preparer();
+    let size = preparer.segment_size();
+    let mut rolls = 0;
+    while rolls < 2 {
+        append_batches(&mut journal, 1, 10, 2000);
+        if let Some(index) = journal.take_spare_request() {
+            let mut paces = Vec::new();
+            let prepared = preparer
+                .prepare_paced(index, |done| paces.push(done))
+                .expect("prepare");
+            assert_eq!(prepared, journal::Prepared::Created);
+            let chunk = journal::PACED_CHUNK_SIZE as u64;
+            assert_eq!(
+                paces.len() as u64,
+                size.div_ceil(chunk),
+                "one pause per chunk"
+            );
+            assert!(paces.windows(2).all(|w| w[0] < w[1]), "progress only grows");
+            assert_eq!(
+                paces.last(),
+                Some(&size),
+                "the last pause sees the whole segment"
+            );
+            let file = dir.path().join(segment_file_name(index));
+            assert_eq!(std::fs::metadata(&file).expect("segment").len(), size);
+            assert_eq!(
+                preparer
+                    .prepare_paced(index, |_| panic!("no work"))
+                    .expect("again"),
+                journal::Prepared::AlreadyExisted
+            );
+            rolls += 1;
+        }
+    }
+    assert_eq!(journal.stats().segments_prepared_inline, 0);
+    drop(journal);
+    let (_, report) = Journal::open(dir.path(), options()).expect("reopen");
+    assert_eq!(
+        read_all_positions(dir.path()).last().copied(),
+        Some(report.last_position.expect("some"))
+    );
+}
+
 /// A tmpfs folder where O_DIRECT is refused, or None (tmpfs supports O_DIRECT since Linux 6.6).
 fn folder_refusing_o_direct() -> Option<PathBuf> {
     use std::os::unix::fs::OpenOptionsExt;
