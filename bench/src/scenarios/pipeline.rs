@@ -221,11 +221,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let duration = Duration::from_secs(a.duration_s);
     let rate = a.rate;
     let (sched_p, sent_p) = (sched.clone(), sent_count.clone());
+    let idle_kind = a.idle;
     let producer_thread = std::thread::spawn(move || -> Result<u64, String> {
         let mut sent = 0u64;
         let mut buf = [0u8; 128];
+        // Back-pressure parks this thread (spin, yield, then sleep): a load generator that
+        // spins or yields on a full ring takes a core from the pipeline on this 2-core
+        // machine. In closed loop the clock is read once per 256 commands.
+        let mut idle = IdleStrategy::new(idle_kind);
+        let mut now = 0u64;
         while sent < count_max {
-            let now = start.elapsed().as_nanos() as u64;
+            if rate.is_some() || sent % 256 == 0 {
+                now = start.elapsed().as_nanos() as u64;
+            }
             if rate.is_none() && now >= duration.as_nanos() as u64 {
                 break;
             }
@@ -235,9 +243,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             };
             if now < due_ns {
                 // Sleep until the next send is due (in open loop, lateness is charged to the
-                // command's latency, since it is measured from the scheduled time): a
-                // spinning or yielding load generator would take a core from the pipeline
-                // on this 2-core machine and delay its wake-ups by scheduler ticks.
+                // command's latency, since it is measured from the scheduled time).
                 std::thread::sleep(Duration::from_nanos((due_ns - now).min(1_000_000)));
                 continue;
             }
@@ -250,13 +256,17 @@ pub fn run(args: &[String]) -> Result<(), String> {
             loop {
                 match producer.offer(1, first_seq + sent, cmd) {
                     Ok(()) => break,
-                    Err(OfferError::BackPressured) => std::thread::yield_now(),
+                    Err(OfferError::BackPressured) => idle.idle(0),
                     Err(e) => return Err(format!("offer: {e:?}")),
                 }
             }
+            idle.reset();
             sent += 1;
-            sent_p.store(sent, Ordering::Release);
+            if sent % 64 == 0 || rate.is_some() {
+                sent_p.store(sent, Ordering::Release);
+            }
         }
+        sent_p.store(sent, Ordering::Release);
         Ok(sent)
     });
 
@@ -265,26 +275,33 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut received = 0u64;
     let mut last_reply = start;
     let mut idle = IdleStrategy::new(a.idle);
+    let mut empty_polls = 0u32;
     loop {
+        // The clock is read once per poll that hands over replies, at the first of them (so
+        // it is never earlier than any reply's release), not on every empty poll.
+        let mut now_ns = None;
         let n = replies.poll(4096, |r| {
+            let now = *now_ns.get_or_insert_with(|| start.elapsed().as_nanos() as u64);
             let i = (r.client_seq - first_seq) as usize % SCHED_SLOTS;
             let due = sched[i].load(Ordering::Relaxed);
-            let now = start.elapsed().as_nanos() as u64;
             let _ = hist.record(now.saturating_sub(due).max(1_000));
             received += 1;
         });
-        if n > 0 {
-            last_reply = Instant::now();
-        } else if producer_thread.is_finished() && received >= sent_count.load(Ordering::Acquire) {
-            break;
-        } else {
-            if last_reply.elapsed() > Duration::from_secs(10) {
-                return Err("no reply for 10 s".into());
-            }
-            idle.idle(0);
+        if let Some(now) = now_ns {
+            last_reply = start + Duration::from_nanos(now);
+            empty_polls = 0;
+            idle.reset();
             continue;
         }
-        idle.reset();
+        if producer_thread.is_finished() && received >= sent_count.load(Ordering::Acquire) {
+            break;
+        }
+        empty_polls = empty_polls.wrapping_add(1);
+        if empty_polls % 1024 == 0 && last_reply.elapsed() > Duration::from_secs(10) {
+            return Err("no reply for 10 s".into());
+        }
+        let _ = n;
+        idle.idle(0);
     }
     let elapsed = last_reply.duration_since(start);
     let sent = producer_thread.join().map_err(|_| "producer panicked")??;
