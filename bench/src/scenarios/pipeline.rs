@@ -231,7 +231,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         let mut idle = IdleStrategy::new(idle_kind);
         let mut now = 0u64;
         while sent < count_max {
-            if rate.is_some() || sent % 256 == 0 {
+            if rate.is_some() || sent.is_multiple_of(256) {
                 now = start.elapsed().as_nanos() as u64;
             }
             if rate.is_none() && now >= duration.as_nanos() as u64 {
@@ -262,7 +262,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             }
             idle.reset();
             sent += 1;
-            if sent % 64 == 0 || rate.is_some() {
+            if sent.is_multiple_of(64) || rate.is_some() {
                 sent_p.store(sent, Ordering::Release);
             }
         }
@@ -297,7 +297,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             break;
         }
         empty_polls = empty_polls.wrapping_add(1);
-        if empty_polls % 1024 == 0 && last_reply.elapsed() > Duration::from_secs(10) {
+        if empty_polls.is_multiple_of(1024) && last_reply.elapsed() > Duration::from_secs(10) {
             return Err("no reply for 10 s".into());
         }
         let _ = n;
