@@ -29,6 +29,8 @@ const USAGE: &str = "usage: bench e2e [--clients N] [--rate N] [--duration-s S] 
   --accounts N      accounts transfers move between (default 10000)
   --rss-accounts N  accounts created before measuring the node's peak RSS (default 1000000; 0 = skip)
   --data DIR        folder for the node's data (default ./target/bench-e2e)
+  --park-max-us N   longest back-off park of the clients and the node's threads, in
+                    microseconds (default 50)
   --json            print one JSON object";
 
 struct Args {
@@ -39,6 +41,7 @@ struct Args {
     accounts: u64,
     rss_accounts: u64,
     data: PathBuf,
+    park_max_us: u64,
     json: bool,
 }
 
@@ -51,6 +54,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         accounts: 10_000,
         rss_accounts: 1_000_000,
         data: PathBuf::from("target/bench-e2e"),
+        park_max_us: 50,
         json: false,
     };
     let mut it = args.iter();
@@ -74,6 +78,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
                 a.rss_accounts = number("--rss-accounts", value("--rss-accounts")?)?
             }
             "--data" => a.data = PathBuf::from(value("--data")?),
+            "--park-max-us" => a.park_max_us = number("--park-max-us", value("--park-max-us")?)?,
             "--json" => a.json = true,
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown option '{other}'\n\n{USAGE}")),
@@ -90,11 +95,19 @@ fn parse(args: &[String]) -> Result<Args, String> {
     Ok(a)
 }
 
-/// The node side: `bench e2e-node DIR` runs a leader with default tables on 127.0.0.1:0,
-/// prints its address, and stops when stdin closes.
+/// The node side: `bench e2e-node DIR [PARK_MAX_US]` runs a leader with default tables on
+/// 127.0.0.1:0, prints its address, and stops when stdin closes.
 pub fn run_node(args: &[String]) -> Result<(), String> {
-    let dir = args.first().ok_or("usage: bench e2e-node DIR")?;
+    let dir = args
+        .first()
+        .ok_or("usage: bench e2e-node DIR [PARK_MAX_US]")?;
     let mut config = sequencer::node::NodeConfig::new(dir);
+    if let Some(us) = args.get(1) {
+        let us = us
+            .parse::<u64>()
+            .map_err(|_| format!("PARK_MAX_US: '{us}' is not a number"))?;
+        config.pipeline.idle = report::idle_kind("backoff", us)?;
+    }
     config.listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
     config.pipeline.snapshot_interval_commands = 0;
     config.pipeline.batches_in_flight_max = 16;
@@ -127,9 +140,10 @@ fn peak_rss_of(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn connect(addr: SocketAddr, in_flight: usize) -> Result<Client, String> {
+fn connect(addr: SocketAddr, in_flight: usize, park_max_us: u64) -> Result<Client, String> {
     let mut config = ClientConfig::new(addr);
     config.in_flight_max = in_flight;
+    config.idle = report::idle_kind("backoff", park_max_us)?;
     config.timeout = Duration::from_secs(5);
     Client::connect(config).map_err(|e| e.to_string())
 }
@@ -153,7 +167,11 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
 
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
-        .args(["e2e-node", &dir.join("node").display().to_string()])
+        .args([
+            "e2e-node",
+            &dir.join("node").display().to_string(),
+            &a.park_max_us.to_string(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -174,7 +192,7 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
         .map_err(|_| format!("node printed '{}' instead of its address", line.trim()))?;
 
     // Set-up: external account, accounts with opening balances (not measured).
-    let mut setup = connect(addr, 4096)?;
+    let mut setup = connect(addr, 4096, a.park_max_us)?;
     let create = |id: u64, external: bool| Request::CreateAccount {
         id,
         ledger: 1,
@@ -200,14 +218,16 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
     let deadline = start + Duration::from_secs(a.duration_s);
     let workers: Vec<_> = (0..a.clients)
         .map(|w| {
-            let (accounts, in_flight, rate) = (
-                a.accounts,
-                a.in_flight,
-                a.rate.map(|r| r as f64 / a.clients as f64),
-            );
-            std::thread::spawn(move || {
-                load(addr, w as u64, accounts, in_flight, rate, start, deadline)
-            })
+            let plan = Plan {
+                worker: w as u64,
+                accounts: a.accounts,
+                in_flight: a.in_flight,
+                rate_per_client: a.rate.map(|r| r as f64 / a.clients as f64),
+                park_max_us: a.park_max_us,
+                start,
+                deadline,
+            };
+            std::thread::spawn(move || load(addr, &plan))
         })
         .collect();
     let mut hist =
@@ -233,8 +253,8 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
 
     let lat = report::latency_us(&hist);
     let mut command = format!(
-        "cargo run --release -p bench -- e2e --clients {} --duration-s {} --accounts {} --rss-accounts {}",
-        a.clients, a.duration_s, a.accounts, a.rss_accounts
+        "cargo run --release -p bench -- e2e --clients {} --duration-s {} --accounts {} --rss-accounts {} --park-max-us {}",
+        a.clients, a.duration_s, a.accounts, a.rss_accounts, a.park_max_us
     );
     match a.rate {
         Some(r) => command.push_str(&format!(" --rate {r}")),
@@ -266,37 +286,59 @@ struct LoadResult {
     last_reply: Instant,
 }
 
-fn load(
-    addr: SocketAddr,
+/// One client thread's share of the load.
+struct Plan {
     worker: u64,
     accounts: u64,
     in_flight: usize,
     rate_per_client: Option<f64>,
+    park_max_us: u64,
     start: Instant,
     deadline: Instant,
-) -> Result<LoadResult, String> {
-    let mut client = connect(addr, in_flight.max(64))?;
+}
+
+fn load(addr: SocketAddr, plan: &Plan) -> Result<LoadResult, String> {
+    let (accounts, start, deadline) = (plan.accounts, plan.start, plan.deadline);
+    let in_flight = plan.in_flight.max(64);
+    let mut client = connect(addr, in_flight, plan.park_max_us)?;
     let mut hist =
         Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?;
-    // Scheduled (open loop) or actual (closed loop) send time per request id.
-    let mut sent_at: std::collections::HashMap<u64, Instant> =
-        std::collections::HashMap::with_capacity(in_flight * 2);
-    let mut ids = client::IdSource::with_seed(0xE2E0 + worker);
-    let mut rng = 0x2545_F491_4F6C_DD1Du64 ^ (worker + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // Scheduled (open loop) or actual (closed loop) send time per request, by request id:
+    // ids are consecutive and at most `in_flight` are outstanding, so a ring of twice that
+    // many slots never has two live requests in one slot.
+    let slots = (in_flight * 2).next_power_of_two();
+    let mut sent_at = vec![start; slots];
+    let mut ids = client::IdSource::with_seed(0xE2E0 + plan.worker);
+    let mut rng = 0x2545_F491_4F6C_DD1Du64 ^ (plan.worker + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let (mut ok, mut failed, mut sent) = (0u64, 0u64, 0u64);
     let mut last_reply = start;
+    // One request value, rewritten in place for every send (no allocation per request).
+    let mut request = Request::Transfers {
+        atomic: false,
+        transfers: vec![Transfer {
+            id: 0,
+            debit_account_id: 1,
+            credit_account_id: 2,
+            amount: 1,
+            ledger: 1,
+            pending: false,
+            timeout_s: 0,
+            code: 0,
+        }],
+    };
     while Instant::now() < start {
-        std::thread::yield_now();
+        std::thread::sleep(Duration::from_micros(200));
     }
     loop {
         let now = Instant::now();
         if now < deadline {
             loop {
-                let due = match rate_per_client {
+                let due = match plan.rate_per_client {
                     Some(r) => start + Duration::from_secs_f64(sent as f64 / r),
                     None => now,
                 };
-                if due > now || (rate_per_client.is_none() && sent_at.len() >= in_flight) {
+                if due > now || (plan.rate_per_client.is_none() && client.in_flight() >= in_flight)
+                {
                     break;
                 }
                 rng ^= rng << 13;
@@ -304,38 +346,31 @@ fn load(
                 rng ^= rng << 17;
                 let from = 1 + rng % accounts;
                 let to = 1 + (from + (rng >> 24) % (accounts - 1)) % accounts;
-                let request = Request::Transfers {
-                    atomic: false,
-                    transfers: vec![Transfer {
-                        id: ids.next_u128(),
-                        debit_account_id: from,
-                        credit_account_id: to,
-                        amount: 1,
-                        ledger: 1,
-                        pending: false,
-                        timeout_s: 0,
-                        code: 0,
-                    }],
-                };
+                if let Request::Transfers { transfers, .. } = &mut request {
+                    let t = &mut transfers[0];
+                    t.id = ids.next_u128();
+                    t.debit_account_id = from;
+                    t.credit_account_id = to;
+                }
                 match client.try_send(&request) {
                     Ok(id) => {
-                        sent_at.insert(id.0, due);
+                        sent_at[id.0 as usize & (slots - 1)] = due;
                         sent += 1;
                     }
                     Err(client::ClientError::BackPressured { .. }) => break,
                     Err(e) => return Err(e.to_string()),
                 }
             }
-        } else if sent_at.is_empty() {
+        } else if client.in_flight() == 0 {
             break;
         }
+        // The clock is read once per poll that completes requests, at the first completion.
+        let mut reply_now = None;
         client.poll(
             |id, result| {
-                let now = Instant::now();
-                if let Some(t) = sent_at.remove(&id.0) {
-                    let _ = hist.record(now.saturating_duration_since(t).as_nanos() as u64);
-                }
-                last_reply = now;
+                let now = *reply_now.get_or_insert_with(Instant::now);
+                let t = sent_at[id.0 as usize & (slots - 1)];
+                let _ = hist.record(now.saturating_duration_since(t).as_nanos() as u64);
                 match result {
                     Ok(r) if r.result() == Some(client::ResultCode::Ok) => ok += 1,
                     _ => failed += 1,
@@ -343,6 +378,9 @@ fn load(
             },
             usize::MAX,
         );
+        if let Some(now) = reply_now {
+            last_reply = now;
+        }
     }
     client.close();
     Ok(LoadResult {
