@@ -183,7 +183,7 @@ pub fn idle_kind(key: &str, value: &str) -> Result<transport::IdleKind, String> 
     match value {
         "busy-spin" | "busy_spin" | "spin" => Ok(transport::IdleKind::BusySpin),
         "yield" => Ok(transport::IdleKind::Yield),
-        "backoff" | "back-off" => Ok(transport::IdleKind::default()),
+        "backoff" | "back-off" => Ok(sequencer::pipeline::IDLE_DEFAULT),
         other => Err(format!(
             "{key} = '{other}': must be one of busy-spin, yield, backoff"
         )),

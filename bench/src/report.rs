@@ -81,18 +81,98 @@ pub fn cores_online() -> usize {
 
 /// An idle strategy by name (`backoff`, `yield`, `busy-spin`), back-off parking at most
 /// `park_max_us` microseconds.
-pub fn idle_kind(name: &str, park_max_us: u64) -> Result<transport::IdleKind, String> {
-    match name {
-        "backoff" => Ok(transport::IdleKind::BackOff {
-            spins_max: transport::idle::BACKOFF_SPINS_DEFAULT,
-            yields_max: transport::idle::BACKOFF_YIELDS_DEFAULT,
-            park_min_ns: transport::idle::BACKOFF_PARK_MIN_NS_DEFAULT,
-            park_max_ns: park_max_us.max(1) * 1_000,
-        }),
-        "yield" => Ok(transport::IdleKind::Yield),
-        "busy-spin" => Ok(transport::IdleKind::BusySpin),
-        other => Err(format!(
-            "--idle '{other}': must be backoff, yield or busy-spin"
-        )),
+/// Idle strategy flags shared by the pipeline and e2e scenarios: `--idle KIND`, `--spins N`,
+/// `--yields N`, `--park-max-us N`. Defaults: the leader's own default back-off
+/// ([`sequencer::pipeline::IDLE_DEFAULT`]).
+#[derive(Clone, Debug)]
+pub struct IdleFlags {
+    pub name: String,
+    pub spins: u32,
+    pub yields: u32,
+    pub park_max_us: u64,
+}
+
+/// Help text of [`IdleFlags`].
+pub const IDLE_USAGE: &str =
+    "  --idle KIND      idle strategy of every thread in the run: backoff (default), yield or
+                   busy-spin (never more spinning threads than cores)
+  --spins N        back-off: spins before parking (default 10)
+  --yields N       back-off: yields before parking (default 0)
+  --park-max-us N  back-off: longest park, in microseconds (default 50)";
+
+impl Default for IdleFlags {
+    fn default() -> Self {
+        match sequencer::pipeline::IDLE_DEFAULT {
+            transport::IdleKind::BackOff {
+                spins_max,
+                yields_max,
+                park_max_ns,
+                ..
+            } => IdleFlags {
+                name: "backoff".into(),
+                spins: spins_max,
+                yields: yields_max,
+                park_max_us: park_max_ns / 1_000,
+            },
+            _ => IdleFlags {
+                name: "backoff".into(),
+                spins: 10,
+                yields: 0,
+                park_max_us: 50,
+            },
+        }
+    }
+}
+
+impl IdleFlags {
+    /// Takes `flag` (with its `value`) if it is one of the idle flags; `Ok(false)` if not.
+    pub fn take(
+        &mut self,
+        flag: &str,
+        value: impl FnOnce() -> Result<String, String>,
+    ) -> Result<bool, String> {
+        let number = |v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag}: '{v}' is not a number"))
+        };
+        match flag {
+            "--idle" => self.name = value()?,
+            "--spins" => self.spins = number(value()?)?.min(u64::from(u32::MAX)) as u32,
+            "--yields" => self.yields = number(value()?)?.min(u64::from(u32::MAX)) as u32,
+            "--park-max-us" => self.park_max_us = number(value()?)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The strategy these flags name.
+    pub fn kind(&self) -> Result<transport::IdleKind, String> {
+        match self.name.as_str() {
+            "backoff" => Ok(transport::IdleKind::BackOff {
+                spins_max: self.spins,
+                yields_max: self.yields,
+                park_min_ns: transport::idle::BACKOFF_PARK_MIN_NS_DEFAULT,
+                park_max_ns: self.park_max_us.max(1) * 1_000,
+            }),
+            "yield" => Ok(transport::IdleKind::Yield),
+            "busy-spin" => Ok(transport::IdleKind::BusySpin),
+            other => Err(format!(
+                "--idle '{other}': must be backoff, yield or busy-spin"
+            )),
+        }
+    }
+
+    /// The flags as command-line arguments (to hand to a child process or print).
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--idle".into(),
+            self.name.clone(),
+            "--spins".into(),
+            self.spins.to_string(),
+            "--yields".into(),
+            self.yields.to_string(),
+            "--park-max-us".into(),
+            self.park_max_us.to_string(),
+        ]
     }
 }

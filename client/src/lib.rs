@@ -42,5 +42,5 @@ pub use error::ClientError;
 pub use ids::{random_transfer_id, IdSource};
 pub use message::{Balance, Request, Response, ResponseError, Transfer};
 pub use schemas::ledger::{AccountFlags, ResultCode};
-pub use session::{Client, ClientConfig};
+pub use session::{Client, ClientConfig, IDLE_DEFAULT};
 pub use tracker::{RequestId, Stats};

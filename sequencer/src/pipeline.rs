@@ -65,6 +65,27 @@ const SYNC_BUCKETS: usize = 32;
 /// small synced steps that never hold the writer's `fdatasync` up for long.
 const PREPARE_PAUSE: Duration = Duration::from_millis(1);
 
+/// Spins of the pipeline threads' default back-off before they park.
+pub const IDLE_SPINS_DEFAULT: u32 = 10;
+/// Yields of the default back-off before parking.
+pub const IDLE_YIELDS_DEFAULT: u32 = 0;
+/// Longest park of the default back-off, in nanoseconds: what an idle thread adds, at most,
+/// to the latency of work that arrives without waking it (a datagram on the node's socket).
+pub const IDLE_PARK_MAX_NS_DEFAULT: u64 = 50_000;
+/// The pipeline threads' default idle strategy: a back-off that parks almost at once. On a
+/// machine with fewer cores than busy threads (2 cores here: sequencer, engine, journal
+/// writer, plus clients), spinning or yielding threads take the cores from the threads with
+/// work and cost milliseconds of scheduler time slices; a parked thread is woken directly
+/// (`unpark`) when another pipeline thread hands it work, and wakes by itself within
+/// [`IDLE_PARK_MAX_NS_DEFAULT`] for network input. Pin threads and use busy-spin on
+/// dedicated cores for the lowest latency.
+pub const IDLE_DEFAULT: IdleKind = IdleKind::BackOff {
+    spins_max: IDLE_SPINS_DEFAULT,
+    yields_max: IDLE_YIELDS_DEFAULT,
+    park_min_ns: 1_000,
+    park_max_ns: IDLE_PARK_MAX_NS_DEFAULT,
+};
+
 /// Configuration of the pipeline. Every value is checked by [`PipelineConfig::validate`].
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
@@ -85,7 +106,7 @@ pub struct PipelineConfig {
     pub query_ring_bytes: usize,
     /// Batch buffers (each `journal::BATCH_SIZE_MAX` bytes) that can be in flight. Default 8.
     pub batches_in_flight_max: usize,
-    /// What the sequencer and engine threads do when idle. Default back-off.
+    /// What the sequencer and engine threads do when idle. Default [`IDLE_DEFAULT`].
     pub idle: IdleKind,
     /// Cores to pin the sequencer and engine threads to, if any. Default none.
     pub pin_cores: Option<(usize, usize)>,
@@ -112,7 +133,7 @@ impl PipelineConfig {
             reply_ring_bytes: 16 << 20,
             query_ring_bytes: 1 << 20,
             batches_in_flight_max: 8,
-            idle: IdleKind::default(),
+            idle: IDLE_DEFAULT,
             pin_cores: None,
             snapshot_interval_commands: 1_000_000,
             snapshots_kept: 2,

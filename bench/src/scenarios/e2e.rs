@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use client::{Client, ClientConfig, Request, Transfer};
 use hdrhistogram::Histogram;
 use serde_json::json;
+use transport::IdleKind;
 
 use crate::report;
 
-const USAGE: &str = "usage: bench e2e [--clients N] [--rate N] [--duration-s S] [--in-flight N] [--accounts N]
-                 [--rss-accounts N] [--data DIR] [--json]
+const USAGE_HEAD: &str = "usage: bench e2e [--clients N] [--rate N] [--duration-s S] [--in-flight N] [--accounts N]
+                 [--rss-accounts N] [--data DIR] [idle flags] [--json]
 
   --clients N       client sessions, one thread each (default 2)
   --rate N          offered transfers per second in total, open loop (default: closed loop)
@@ -29,9 +30,12 @@ const USAGE: &str = "usage: bench e2e [--clients N] [--rate N] [--duration-s S] 
   --accounts N      accounts transfers move between (default 10000)
   --rss-accounts N  accounts created before measuring the node's peak RSS (default 1000000; 0 = skip)
   --data DIR        folder for the node's data (default ./target/bench-e2e)
-  --park-max-us N   longest back-off park of the clients and the node's threads, in
-                    microseconds (default 50)
-  --json            print one JSON object";
+  --json            print one JSON object
+idle flags (the client threads and the node's threads):";
+
+fn usage() -> String {
+    format!("{USAGE_HEAD}\n{}", report::IDLE_USAGE)
+}
 
 struct Args {
     clients: usize,
@@ -41,7 +45,7 @@ struct Args {
     accounts: u64,
     rss_accounts: u64,
     data: PathBuf,
-    park_max_us: u64,
+    idle: report::IdleFlags,
     json: bool,
 }
 
@@ -54,7 +58,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         accounts: 10_000,
         rss_accounts: 1_000_000,
         data: PathBuf::from("target/bench-e2e"),
-        park_max_us: 50,
+        idle: report::IdleFlags::default(),
         json: false,
     };
     let mut it = args.iter();
@@ -62,8 +66,11 @@ fn parse(args: &[String]) -> Result<Args, String> {
         let mut value = |name: &str| {
             it.next()
                 .cloned()
-                .ok_or(format!("{name} needs a value\n\n{USAGE}"))
+                .ok_or(format!("{name} needs a value\n\n{}", usage()))
         };
+        if a.idle.take(arg, || value(arg))? {
+            continue;
+        }
         let number = |name: &str, v: String| {
             v.parse::<u64>()
                 .map_err(|_| format!("{name}: '{v}' is not a number"))
@@ -78,10 +85,9 @@ fn parse(args: &[String]) -> Result<Args, String> {
                 a.rss_accounts = number("--rss-accounts", value("--rss-accounts")?)?
             }
             "--data" => a.data = PathBuf::from(value("--data")?),
-            "--park-max-us" => a.park_max_us = number("--park-max-us", value("--park-max-us")?)?,
             "--json" => a.json = true,
-            "--help" | "-h" => return Err(USAGE.into()),
-            other => return Err(format!("unknown option '{other}'\n\n{USAGE}")),
+            "--help" | "-h" => return Err(usage()),
+            other => return Err(format!("unknown option '{other}'\n\n{}", usage())),
         }
     }
     if a.clients == 0
@@ -90,24 +96,30 @@ fn parse(args: &[String]) -> Result<Args, String> {
         || a.in_flight == 0
         || a.rate == Some(0)
     {
-        return Err(format!("--clients, --duration-s, --in-flight, --rate must be positive, --accounts >= 2\n\n{USAGE}"));
+        return Err(format!(
+            "--clients, --duration-s, --in-flight, --rate must be positive, --accounts >= 2\n\n{}",
+            usage()
+        ));
     }
     Ok(a)
 }
 
-/// The node side: `bench e2e-node DIR [PARK_MAX_US]` runs a leader with default tables on
+/// The node side: `bench e2e-node DIR [idle flags]` runs a leader with default tables on
 /// 127.0.0.1:0, prints its address, and stops when stdin closes.
 pub fn run_node(args: &[String]) -> Result<(), String> {
     let dir = args
         .first()
-        .ok_or("usage: bench e2e-node DIR [PARK_MAX_US]")?;
+        .ok_or("usage: bench e2e-node DIR [idle flags]")?;
     let mut config = sequencer::node::NodeConfig::new(dir);
-    if let Some(us) = args.get(1) {
-        let us = us
-            .parse::<u64>()
-            .map_err(|_| format!("PARK_MAX_US: '{us}' is not a number"))?;
-        config.pipeline.idle = report::idle_kind("backoff", us)?;
+    let mut idle = report::IdleFlags::default();
+    let mut it = args[1..].iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().cloned().ok_or(format!("{flag} needs a value"));
+        if !idle.take(flag, || value)? {
+            return Err(format!("e2e-node: unknown option '{flag}'"));
+        }
     }
+    config.pipeline.idle = idle.kind()?;
     config.listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
     config.pipeline.snapshot_interval_commands = 0;
     config.pipeline.batches_in_flight_max = 16;
@@ -140,10 +152,10 @@ fn peak_rss_of(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn connect(addr: SocketAddr, in_flight: usize, park_max_us: u64) -> Result<Client, String> {
+fn connect(addr: SocketAddr, in_flight: usize, idle: IdleKind) -> Result<Client, String> {
     let mut config = ClientConfig::new(addr);
     config.in_flight_max = in_flight;
-    config.idle = report::idle_kind("backoff", park_max_us)?;
+    config.idle = idle;
     config.timeout = Duration::from_secs(5);
     Client::connect(config).map_err(|e| e.to_string())
 }
@@ -167,11 +179,8 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
 
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
-        .args([
-            "e2e-node",
-            &dir.join("node").display().to_string(),
-            &a.park_max_us.to_string(),
-        ])
+        .args(["e2e-node", &dir.join("node").display().to_string()])
+        .args(a.idle.args())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -192,7 +201,8 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
         .map_err(|_| format!("node printed '{}' instead of its address", line.trim()))?;
 
     // Set-up: external account, accounts with opening balances (not measured).
-    let mut setup = connect(addr, 4096, a.park_max_us)?;
+    let idle = a.idle.kind()?;
+    let mut setup = connect(addr, 4096, idle)?;
     let create = |id: u64, external: bool| Request::CreateAccount {
         id,
         ledger: 1,
@@ -223,7 +233,7 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
                 accounts: a.accounts,
                 in_flight: a.in_flight,
                 rate_per_client: a.rate.map(|r| r as f64 / a.clients as f64),
-                park_max_us: a.park_max_us,
+                idle,
                 start,
                 deadline,
             };
@@ -253,8 +263,8 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
 
     let lat = report::latency_us(&hist);
     let mut command = format!(
-        "cargo run --release -p bench -- e2e --clients {} --duration-s {} --accounts {} --rss-accounts {} --park-max-us {}",
-        a.clients, a.duration_s, a.accounts, a.rss_accounts, a.park_max_us
+        "cargo run --release -p bench -- e2e --clients {} --duration-s {} --accounts {} --rss-accounts {} {}",
+        a.clients, a.duration_s, a.accounts, a.rss_accounts, a.idle.args().join(" ")
     );
     match a.rate {
         Some(r) => command.push_str(&format!(" --rate {r}")),
@@ -292,7 +302,7 @@ struct Plan {
     accounts: u64,
     in_flight: usize,
     rate_per_client: Option<f64>,
-    park_max_us: u64,
+    idle: IdleKind,
     start: Instant,
     deadline: Instant,
 }
@@ -300,7 +310,7 @@ struct Plan {
 fn load(addr: SocketAddr, plan: &Plan) -> Result<LoadResult, String> {
     let (accounts, start, deadline) = (plan.accounts, plan.start, plan.deadline);
     let in_flight = plan.in_flight.max(64);
-    let mut client = connect(addr, in_flight, plan.park_max_us)?;
+    let mut client = connect(addr, in_flight, plan.idle)?;
     let mut hist =
         Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?;
     // Scheduled (open loop) or actual (closed loop) send time per request, by request id:

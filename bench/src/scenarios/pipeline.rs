@@ -19,23 +19,26 @@ use transport::idle::{IdleKind, IdleStrategy};
 
 use crate::report;
 
-const USAGE: &str = "usage: bench pipeline [--rate N] [--duration-s S] [--accounts N] [--data DIR] [--json]
+const USAGE_HEAD: &str = "usage: bench pipeline [--rate N] [--duration-s S] [--accounts N] [--data DIR] [idle flags] [--json]
 
   --rate N         offered commands per second, open loop (default: closed loop, as fast as possible)
   --duration-s S   measured seconds (default 5)
   --accounts N     accounts transfers move between (default 10000)
   --data DIR       folder for the journal (default: a fresh folder under ./target/bench-pipeline);
                    it must be on the disk you want to measure (O_DIRECT is required)
-  --idle KIND      idle strategy of the pipeline threads and the reply reader: backoff (default),
-                   yield or busy-spin (never more spinning threads than cores)
-  --park-max-us N  longest back-off park, in microseconds (default 50)
-  --json           print one JSON object";
+  --json           print one JSON object
+idle flags (the pipeline threads, the producer on back-pressure and the reply reader):";
+
+fn usage() -> String {
+    format!("{USAGE_HEAD}\n{}", report::IDLE_USAGE)
+}
 
 struct Args {
     rate: Option<u64>,
     duration_s: u64,
     accounts: u64,
     data: Option<PathBuf>,
+    idle_flags: report::IdleFlags,
     idle: IdleKind,
     json: bool,
 }
@@ -46,18 +49,20 @@ fn parse(args: &[String]) -> Result<Args, String> {
         duration_s: 5,
         accounts: 10_000,
         data: None,
-        idle: report::idle_kind("backoff", 50)?,
+        idle_flags: report::IdleFlags::default(),
+        idle: sequencer::pipeline::IDLE_DEFAULT,
         json: false,
     };
-    let mut idle_name = "backoff".to_string();
-    let mut park_max_us = 50;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| {
             it.next()
                 .cloned()
-                .ok_or(format!("{name} needs a value\n\n{USAGE}"))
+                .ok_or(format!("{name} needs a value\n\n{}", usage()))
         };
+        if a.idle_flags.take(arg, || value(arg))? {
+            continue;
+        }
         let number = |name: &str, v: String| {
             v.parse::<u64>()
                 .map_err(|_| format!("{name}: '{v}' is not a number"))
@@ -67,14 +72,12 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--duration-s" => a.duration_s = number("--duration-s", value("--duration-s")?)?,
             "--accounts" => a.accounts = number("--accounts", value("--accounts")?)?,
             "--data" => a.data = Some(PathBuf::from(value("--data")?)),
-            "--idle" => idle_name = value("--idle")?,
-            "--park-max-us" => park_max_us = number("--park-max-us", value("--park-max-us")?)?,
             "--json" => a.json = true,
-            "--help" | "-h" => return Err(USAGE.into()),
-            other => return Err(format!("unknown option '{other}'\n\n{USAGE}")),
+            "--help" | "-h" => return Err(usage()),
+            other => return Err(format!("unknown option '{other}'\n\n{}", usage())),
         }
     }
-    a.idle = report::idle_kind(&idle_name, park_max_us)?;
+    a.idle = a.idle_flags.kind()?;
     if a.accounts < 2 {
         return Err("--accounts must be at least 2".into());
     }
@@ -318,6 +321,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     if let Some(r) = a.rate {
         command.push_str(&format!(" --rate {r}"));
     }
+    command.push(' ');
+    command.push_str(&a.idle_flags.args().join(" "));
     let v = json!({
         "scenario": "pipeline",
         "mode": if a.rate.is_some() { "open_loop" } else { "closed_loop" },
