@@ -226,6 +226,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let (sched_p, sent_p) = (sched.clone(), sent_count.clone());
     let idle_kind = a.idle;
     let producer_thread = std::thread::spawn(move || -> Result<u64, String> {
+        sequencer::pipeline::tighten_timer_slack();
         let mut sent = 0u64;
         let mut buf = [0u8; 128];
         // Back-pressure parks this thread (spin, yield, then sleep): a load generator that
@@ -278,6 +279,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut received = 0u64;
     let mut last_reply = start;
     let mut idle = IdleStrategy::new(a.idle);
+    sequencer::pipeline::tighten_timer_slack();
     let mut empty_polls = 0u32;
     loop {
         // The clock is read once per poll that hands over replies, at the first of them (so
