@@ -18,6 +18,7 @@
 //!   that reply is its result. Such re-sends do not count against `retries`.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use schemas::ledger::ResultCode;
 
@@ -94,6 +95,30 @@ struct Entry {
     queued: bool,
 }
 
+/// Hashes the in-flight table's keys, consecutive sequence numbers, with one multiply (they
+/// come from this process, not from the network, so no keyed hash is needed).
+#[derive(Default)]
+struct SeqHasher(u64);
+
+impl Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, key: u64) {
+        self.0 = (self.0 ^ key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type SeqMap<V> = HashMap<u64, V, BuildHasherDefault<SeqHasher>>;
+
+/// Encoded requests kept for reuse, at most this many (one per request in flight is enough).
+const SPARE_BUFFERS_MAX: usize = 4096;
+
 /// The in-flight table of one session.
 #[derive(Debug)]
 pub struct Tracker {
@@ -103,7 +128,9 @@ pub struct Tracker {
     in_flight_max: usize,
     timeout_ns: u64,
     retries: u32,
-    entries: HashMap<u64, Entry>,
+    entries: SeqMap<Entry>,
+    /// Byte buffers of completed requests, reused by the next ones (no allocation per request).
+    spare: Vec<Vec<u8>>,
     /// Ids to (re)send, in order.
     send_queue: VecDeque<u64>,
     /// (deadline, id) in send order; deadlines grow because the timeout is fixed. Stale
@@ -126,7 +153,8 @@ impl Tracker {
             in_flight_max,
             timeout_ns,
             retries,
-            entries: HashMap::with_capacity(in_flight_max),
+            entries: SeqMap::with_capacity_and_hasher(in_flight_max, Default::default()),
+            spare: Vec::new(),
             send_queue: VecDeque::with_capacity(in_flight_max),
             deadlines: VecDeque::with_capacity(in_flight_max),
             delayed: VecDeque::new(),
@@ -174,10 +202,13 @@ impl Tracker {
         } else {
             self.query_seq_next += 1;
         }
+        let mut bytes = self.spare.pop().unwrap_or_default();
+        bytes.clear();
+        bytes.extend_from_slice(&self.scratch[..len]);
         self.entries.insert(
             seq,
             Entry {
-                bytes: self.scratch[..len].to_vec(),
+                bytes,
                 attempts: 0,
                 deadline_ns: 0,
                 budget_end_ns: 0,
@@ -272,7 +303,7 @@ impl Tracker {
             }
             return None;
         }
-        self.entries.remove(&seq);
+        self.retire(seq);
         Some((RequestId(seq), Ok(response)))
     }
 
@@ -319,6 +350,15 @@ impl Tracker {
                 entry.queued = true;
                 self.send_queue.push_back(seq);
                 self.stats.retries += 1;
+            }
+        }
+    }
+
+    /// Removes a completed request, keeping its buffer for reuse.
+    fn retire(&mut self, seq: u64) {
+        if let Some(entry) = self.entries.remove(&seq) {
+            if self.spare.len() < SPARE_BUFFERS_MAX.min(self.in_flight_max) {
+                self.spare.push(entry.bytes);
             }
         }
     }
