@@ -30,19 +30,36 @@ use crate::sender::{Claim, OfferError, Sender};
 pub const SOCKET_BUFFER_LENGTH: usize = 4 * 1024 * 1024;
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
 pub const BATCH_DATAGRAMS: usize = 32;
+/// `recvmmsg` batches a subscription's duty cycle reads at most.
+pub const RECEIVE_BATCHES_PER_CYCLE_MAX: usize = 4;
+/// Bytes after which a subscription's duty cycle reads no further batch: about what fits in
+/// a core's L2 cache beside the caller's own data, so that `poll` finds it there.
+pub const RECEIVE_BYTES_PER_CYCLE_MAX: u64 = 192 * 1024;
 /// Slot size for received data datagrams, in bytes: the largest UDP payload we accept.
 /// A subscription starts with slots of its configured MTU (small slots keep a batch in cache)
 /// and grows them to this length the first time a datagram arrives truncated; the sender
 /// retransmits what was lost when the receiver NAKs the gap.
 pub const RECEIVE_SLOT_LENGTH: usize = 65536;
-/// Longest a busy publication goes without reading its control socket, in nanoseconds. A
-/// publication with data in flight and flow-control room left needs no status message yet, so
-/// it skips the (usually empty) `recvmmsg` on most duty cycles; it reads every cycle while
-/// unconnected, blocked by flow control, closing, or after a full batch of control traffic.
+/// Longest a publication goes without reading its control socket while less than half the
+/// receivers' window is left, in nanoseconds. A publication with flow-control room left needs
+/// no status message yet, so it skips the (usually empty) `recvmmsg` on most duty cycles; it
+/// reads every cycle while unconnected, blocked by flow control, closing, or after a full
+/// batch of control traffic.
 pub const CONTROL_POLL_INTERVAL_NS: u64 = 20_000;
+/// Longest a publication goes without reading its control socket while more than half the
+/// receivers' window is open, in nanoseconds: control traffic is then rare (a status message
+/// per quarter window, NAKs after loss) and not urgent, and a read on every request/response
+/// round trip would add a syscall to its latency.
+pub const CONTROL_POLL_RELAXED_INTERVAL_NS: u64 = 1_000_000;
 /// Duty cycles a publication goes at most without reading its control socket, whatever the
-/// clock says (a caller may feed a frozen or coarse clock).
+/// clock says (a caller may feed a frozen or coarse clock): while room is low, and while
+/// relaxed.
 pub const CONTROL_POLL_CYCLES_MAX: u32 = 64;
+/// See [`CONTROL_POLL_CYCLES_MAX`].
+pub const CONTROL_POLL_RELAXED_CYCLES_MAX: u32 = 4096;
+/// Bytes the kernel charges a socket's receive buffer per datagram beyond its payload (socket
+/// buffer bookkeeping), an estimate used to size the receiver window.
+pub const DATAGRAM_OVERHEAD_ESTIMATE: usize = 1024;
 /// Slot size for control datagrams (status messages, NAKs, RTTM, errors), in bytes.
 pub const CONTROL_SLOT_LENGTH: usize = 2048;
 
@@ -180,8 +197,11 @@ pub struct Publication {
     tx: Batch,
     rx: Batch,
     loss: Option<Loss>,
-    /// When the control socket is next read at the latest (see [`CONTROL_POLL_INTERVAL_NS`]).
+    /// When the control socket must be read again at the latest, besides the poll intervals
+    /// (see [`CONTROL_POLL_INTERVAL_NS`]).
     control_next_ns: u64,
+    /// When the control socket was last read.
+    control_read_ns: u64,
     /// Duty cycles since the control socket was last read.
     control_skipped: u32,
     /// The socket is connected to the endpoint: datagrams for it go without an address.
@@ -258,6 +278,7 @@ impl Publication {
             rx: Batch::new(BATCH_DATAGRAMS, CONTROL_SLOT_LENGTH),
             loss: None,
             control_next_ns: 0,
+            control_read_ns: 0,
             control_skipped: 0,
             connected,
         })
@@ -328,7 +349,7 @@ impl Publication {
     }
 
     fn receive(&mut self, now: u64) -> usize {
-        match self.rx.recv(&self.socket) {
+        match self.rx.recv(&self.socket, BATCH_DATAGRAMS) {
             Ok(n) => {
                 for i in 0..n {
                     let (bytes, source) = self.rx.datagram(i);
@@ -357,7 +378,7 @@ impl Publication {
         let mut work = 0;
         loop {
             if self.tx.has_unsent() {
-                match self.tx.send(&self.socket) {
+                match self.tx.send(&self.socket, self.sender.log_bytes()) {
                     Ok(n) => work += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return work,
                     // A connected socket reports an earlier ICMP port-unreachable (no
@@ -374,13 +395,20 @@ impl Publication {
             }
             while !self.tx.is_full() {
                 let slot = self.tx.next_slot();
-                match self.sender.poll_transmit(now, slot) {
-                    Some(t) => match t.destination {
-                        Some(d) => self.tx.push(t.length, &SockAddr::from(d)),
-                        None if self.connected => self.tx.push_connected(t.length),
-                        None => self.tx.push(t.length, &self.endpoint),
-                    },
-                    None => break,
+                // Data datagrams stay in the term log and are sent from there (no copy).
+                let Some((t, at)) = self.sender.poll_transmit_in_place(now, slot) else {
+                    break;
+                };
+                let to = t.destination.map(SockAddr::from);
+                let destination = match &to {
+                    Some(d) => Some(d),
+                    None if self.connected => None,
+                    None => Some(&self.endpoint),
+                };
+                match (at, destination) {
+                    (Some(at), d) => self.tx.push_external(at, t.length, d),
+                    (None, Some(d)) => self.tx.push(t.length, d),
+                    (None, None) => self.tx.push_connected(t.length),
                 }
             }
             if !self.tx.has_unsent() {
@@ -393,22 +421,34 @@ impl Publication {
 impl Agent for Publication {
     fn do_work(&mut self, now_ns: u64) -> usize {
         let s = &self.sender;
-        let blocked = s.sender_position() >= s.sender_limit() && s.position() > s.sender_position();
-        let control_due = blocked
+        let room_low = s.is_flow_control_room_low();
+        let (interval, cycles_max) = if room_low {
+            (CONTROL_POLL_INTERVAL_NS, CONTROL_POLL_CYCLES_MAX)
+        } else {
+            (
+                CONTROL_POLL_RELAXED_INTERVAL_NS,
+                CONTROL_POLL_RELAXED_CYCLES_MAX,
+            )
+        };
+        let control_due = s.is_flow_control_blocked()
             || !s.is_connected()
             || s.is_closing()
-            || now_ns >= self.control_next_ns
-            || self.control_skipped >= CONTROL_POLL_CYCLES_MAX;
+            || now_ns
+                >= self
+                    .control_next_ns
+                    .min(self.control_read_ns.saturating_add(interval))
+            || self.control_skipped >= cycles_max;
         let mut work = 0;
         if control_due {
             let n = self.receive(now_ns);
             work += n;
             self.control_skipped = 0;
+            self.control_read_ns = now_ns;
             // A full batch means more may be queued: read again next cycle.
             self.control_next_ns = if n == BATCH_DATAGRAMS {
                 now_ns
             } else {
-                now_ns.saturating_add(CONTROL_POLL_INTERVAL_NS)
+                u64::MAX
             };
         } else {
             self.control_skipped += 1;
@@ -430,6 +470,8 @@ pub struct Subscription {
     rx: Batch,
     tx: Batch,
     loss: Option<Loss>,
+    /// The last read found nothing (see `receive`).
+    rx_idle: bool,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -451,9 +493,11 @@ impl Subscription {
         cfg.multicast = channel.is_multicast();
         let socket = new_socket()?;
         // A window larger than the socket can queue turns bursts into kernel drops and NAK
-        // storms: keep it within a quarter of the (kernel-doubled) receive buffer.
+        // storms: keep it within half of what the (kernel-doubled) receive buffer holds,
+        // counting the kernel's own bytes per datagram (its "truesize").
         let rcvbuf = socket.recv_buffer_size().unwrap_or(0);
-        let window_max = (rcvbuf / 4) & !(FRAME_ALIGNMENT - 1);
+        let window_max = (rcvbuf / 2 / (cfg.mtu + DATAGRAM_OVERHEAD_ESTIMATE) * cfg.mtu)
+            & !(FRAME_ALIGNMENT - 1);
         cfg.receiver_window = cfg.receiver_window.min(window_max).max(cfg.mtu);
         let receive_slot = cfg.mtu.max(CONTROL_SLOT_LENGTH);
         let receiver = Receiver::new(cfg, stream_id, session_id_seed()).map_err(config_error)?;
@@ -472,6 +516,7 @@ impl Subscription {
             rx: Batch::new(BATCH_DATAGRAMS, receive_slot),
             tx: Batch::new(BATCH_DATAGRAMS, CONTROL_SLOT_LENGTH),
             loss: None,
+            rx_idle: false,
         })
     }
 
@@ -519,7 +564,13 @@ impl Subscription {
     }
 
     fn receive(&mut self, now: u64) -> usize {
-        match self.rx.recv(&self.socket) {
+        // After an empty read, ask for one datagram: when traffic is sparse (request/response)
+        // that is all there is, and the kernel then skips its attempt at a second one. A read
+        // that finds data asks for a whole batch next.
+        let max = if self.rx_idle { 1 } else { BATCH_DATAGRAMS };
+        let received = self.rx.recv(&self.socket, max);
+        self.rx_idle = !matches!(received, Ok(n) if n > 0);
+        match received {
             Ok(n) => {
                 let mut truncated = false;
                 for i in 0..n {
@@ -569,7 +620,7 @@ impl Subscription {
         if !self.tx.has_unsent() {
             return 0;
         }
-        match self.tx.send(&self.socket) {
+        match self.tx.send(&self.socket, &[]) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(_) => {
@@ -584,11 +635,14 @@ impl Subscription {
 impl Agent for Subscription {
     fn do_work(&mut self, now_ns: u64) -> usize {
         let mut work = 0;
-        // Drain what the socket holds (bounded), so batches stay large under load.
-        for _ in 0..4 {
+        // Drain what the socket holds, bounded by bytes so that what was stored is still in
+        // cache when the caller polls it: several batches of small datagrams, one of large.
+        let before = self.receiver.counters().get(CounterId::BytesReceived);
+        for _ in 0..RECEIVE_BATCHES_PER_CYCLE_MAX {
             let n = self.receive(now_ns);
             work += n;
-            if n < BATCH_DATAGRAMS {
+            let bytes = self.receiver.counters().get(CounterId::BytesReceived) - before;
+            if n < BATCH_DATAGRAMS || bytes >= RECEIVE_BYTES_PER_CYCLE_MAX {
                 break;
             }
         }

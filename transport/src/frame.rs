@@ -199,7 +199,26 @@ impl DataHeader {
         put_i64(b, 24, self.reserved_value);
     }
 
+    /// The encoded header, built in registers (the hot path of `offer`).
+    #[inline]
+    pub(crate) fn to_bytes(self) -> [u8; DATA_HEADER_LENGTH] {
+        let word = |lo: i32, hi: i32| u64::from(lo as u32) | (u64::from(hi as u32) << 32);
+        let type_word = i32::from_le_bytes([
+            VERSION,
+            self.flags,
+            self.frame_type.to_le_bytes()[0],
+            self.frame_type.to_le_bytes()[1],
+        ]);
+        let mut b = [0u8; DATA_HEADER_LENGTH];
+        b[0..8].copy_from_slice(&word(self.frame_length, type_word).to_le_bytes());
+        b[8..16].copy_from_slice(&word(self.term_offset, self.session_id).to_le_bytes());
+        b[16..24].copy_from_slice(&word(self.stream_id, self.term_id).to_le_bytes());
+        b[24..32].copy_from_slice(&self.reserved_value.to_le_bytes());
+        b
+    }
+
     /// Reads a header without validating it (used on our own term buffers).
+    #[inline(always)]
     pub(crate) fn read_unchecked(b: &[u8]) -> DataHeader {
         if let Some(h) = b.first_chunk::<DATA_HEADER_LENGTH>() {
             // Hot path (every frame received and delivered): fixed offsets, no bounds checks.
@@ -680,6 +699,7 @@ mod tests {
         assert_eq!(&b[20..24], &[0x2D, 0x2C, 0x2B, 0x2A]);
         assert_eq!(&b[24..32], &[8, 7, 6, 5, 4, 3, 2, 1]);
         assert_eq!(DataHeader::read_unchecked(&b), h);
+        assert_eq!(h.to_bytes()[..], b[..DATA_HEADER_LENGTH]);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Owns: preallocated slots (buffers, addresses, iovecs, headers) for a batch of datagrams.
 //! Invariant: every pointer handed to the kernel points into this struct's heap buffers, which
 //! are allocated once in `new` and never resized (so they never move, even when the struct
-//! does); send headers are rebuilt before every call, receive headers once and then only their
+//! does), or, for a send, into the external buffer borrowed by that `send` call (a sender's
+//! term log, so data datagrams go out without a copy); send headers are rebuilt before every call, receive headers once and then only their
 //! kernel-written fields are reset.
 #![allow(unsafe_code)]
 
@@ -23,6 +24,9 @@ pub(crate) struct Batch {
     addr_lengths: Vec<libc::socklen_t>,
     iovecs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
+    /// Send: where each slot's bytes are: `None` in the slot itself, `Some(offset)` at that
+    /// offset of the external buffer handed to `send` (a sender's term log: no copy).
+    external: Vec<Option<usize>>,
     /// Slots filled (send) or received (recv).
     pub count: usize,
     /// Send: slots before this one are already sent.
@@ -47,6 +51,7 @@ impl Batch {
             addr_lengths: vec![0; slots],
             iovecs: vec![unsafe { zeroed() }; slots],
             headers: vec![unsafe { zeroed() }; slots],
+            external: vec![None; slots],
             count: 0,
             sent: 0,
             receive_ready: false,
@@ -80,14 +85,27 @@ impl Batch {
     pub fn push_connected(&mut self, length: usize) {
         let i = self.count;
         self.lengths[i] = length;
+        self.external[i] = None;
         self.addr_lengths[i] = 0;
         self.count += 1;
+    }
+
+    /// Commits the next slot as `length` bytes at `offset` of the external buffer that will be
+    /// handed to [`Batch::send`], for a connected socket's peer (`destination` `None`) or for
+    /// `destination`.
+    pub fn push_external(&mut self, offset: usize, length: usize, destination: Option<&SockAddr>) {
+        match destination {
+            Some(d) => self.push(length, d),
+            None => self.push_connected(length),
+        }
+        self.external[self.count - 1] = Some(offset);
     }
 
     /// Commits the next slot with `length` bytes for `destination`.
     pub fn push(&mut self, length: usize, destination: &SockAddr) {
         let i = self.count;
         self.lengths[i] = length;
+        self.external[i] = None;
         let n = (destination.len() as usize).min(size_of::<libc::sockaddr_storage>());
         // SAFETY: `destination.as_ptr()` is valid for `destination.len()` bytes and the target
         // is a sockaddr_storage, at least `n` bytes; the regions do not overlap.
@@ -116,11 +134,18 @@ impl Batch {
         self.headers[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0
     }
 
-    fn prepare(&mut self, from: usize, to: usize, receiving: bool) {
+    fn prepare(&mut self, from: usize, to: usize, receiving: bool, external: &[u8]) {
         for i in from..to {
             let at = i * self.slot_length;
+            let base = match self.external[i] {
+                // Bounds-checked here, so the kernel only ever reads inside `external`.
+                Some(offset) if !receiving => {
+                    external[offset..offset + self.lengths[i]].as_ptr() as *mut libc::c_void
+                }
+                _ => self.data[at..].as_mut_ptr() as *mut libc::c_void,
+            };
             self.iovecs[i] = libc::iovec {
-                iov_base: self.data[at..].as_mut_ptr() as *mut libc::c_void,
+                iov_base: base,
                 iov_len: if receiving {
                     self.slot_length
                 } else {
@@ -148,11 +173,15 @@ impl Batch {
         }
     }
 
-    /// Receives up to a batch of datagrams without blocking. Returns how many arrived.
-    pub fn recv(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
+    /// Receives up to `max` (at most a batch) datagrams without blocking. Returns how many
+    /// arrived. (`recvmmsg` tries one more datagram after each one received: asking for one
+    /// when one is expected saves that attempt.)
+    pub fn recv(&mut self, socket: &impl AsRawFd, max: usize) -> io::Result<usize> {
         let n = self.capacity();
+        let max = max.clamp(1, n);
         if !self.receive_ready {
-            self.prepare(0, n, true);
+            self.external.fill(None);
+            self.prepare(0, n, true, &[]);
             self.receive_ready = true;
         } else {
             // Pointers are still valid (heap buffers never move); reset what the kernel wrote.
@@ -162,13 +191,13 @@ impl Batch {
             }
         }
         let fd: RawFd = socket.as_raw_fd();
-        // SAFETY: `headers[..n]` are initialised and point into live buffers of this struct
+        // SAFETY: `headers[..n]` (so `headers[..max]`) are initialised and point into live buffers of this struct
         // (see `prepare`); the kernel writes at most `iov_len`/`msg_namelen` bytes into them.
         let r = unsafe {
             libc::recvmmsg(
                 fd,
                 self.headers.as_mut_ptr(),
-                n as libc::c_uint,
+                max as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
@@ -186,19 +215,25 @@ impl Batch {
         Ok(r)
     }
 
-    /// Sends the unsent slots without blocking. Returns how many went out; the rest stay
-    /// queued (`has_unsent`). Resets the batch when all are sent.
-    pub fn send(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
+    /// Sends the unsent slots without blocking; slots pushed with `push_external` are read
+    /// from `external` (the same buffer as when they were pushed, with those bytes unchanged).
+    /// Returns how many went out; the rest stay queued (`has_unsent`). Resets the batch when
+    /// all are sent.
+    ///
+    /// # Panics
+    /// If an external slot lies outside `external` (a caller bug).
+    pub fn send(&mut self, socket: &impl AsRawFd, external: &[u8]) -> io::Result<usize> {
         let (from, to) = (self.sent, self.count);
         if from == to {
             self.clear();
             return Ok(0);
         }
         self.receive_ready = false;
-        self.prepare(from, to, false);
+        self.prepare(from, to, false, external);
         let fd: RawFd = socket.as_raw_fd();
         // SAFETY: `headers[from..to]` are initialised by `prepare` and point into live
-        // buffers of this struct; the kernel only reads them.
+        // buffers of this struct or into `external` (bounds-checked by `prepare`), which is
+        // borrowed for the whole call; the kernel only reads them.
         let r = unsafe {
             libc::sendmmsg(
                 fd,

@@ -9,7 +9,7 @@
 //! (images appearing and ending).
 //!
 //! Invariants: a frame is stored only from its image's source, at or after the rebuild
-//! position, inside its term and inside the cleaned part of the log; `rebuild` only moves over
+//! position, inside its term and below `cleaned_until` (lazily zeroed); `rebuild` only moves over
 //! contiguous frames; messages are delivered once each, in position order per image. An image
 //! whose sender has moved two terms past its rebuild position has lost data the sender no
 //! longer holds: it ends with [`ImageEnd::FellBehind`] after delivering everything before the
@@ -26,7 +26,7 @@ use crate::frame::{
     self, align_frame, flags, frame_type, read_i32, DataHeader, Frame, Frames, Nak, Rttm, Setup,
     StatusMessage, DATA_HEADER_LENGTH, FRAME_ALIGNMENT, SM_WITH_GROUP_TAG_LENGTH,
 };
-use crate::log::TermLog;
+use crate::log::{touch_lines, TermLog};
 use crate::rng::Rng;
 use crate::sender::Transmit;
 
@@ -91,7 +91,15 @@ struct Image {
     subscriber: i64,
     rebuild: i64,
     hwm: i64,
+    /// Frames may be stored below this position: the log's partitions there hold no
+    /// undelivered data (three terms from the subscriber's term start).
     cleaned_until: i64,
+    /// Log bytes of positions in `[rebuild, zeroed_to)` are zero or belong to frames stored
+    /// for those positions; beyond it they may be left from an earlier lap. Terms are cleaned
+    /// lazily, only where a frame lands beyond the rebuild position or the high-water mark
+    /// moves (`Image::ensure_zeroed`): in-order data overwrites old bytes with no cleaning at
+    /// all. Invariant: `rebuild <= zeroed_to` and `min(hwm, cleaned_until) <= zeroed_to`.
+    zeroed_to: i64,
     sm_due: bool,
     sm_next_ns: u64,
     sm_position: i64,
@@ -300,21 +308,37 @@ impl Receiver {
         {
             return false;
         }
+        // Every header, checked as three words: length/version/type (flags free), then
+        // term offset + session id, then stream id + term id.
+        let word = |h: &[u8; DATA_HEADER_LENGTH], at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&h[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        const VERSION_TYPE_MASK: u64 = 0xFFFF_00FF_0000_0000;
+        const VERSION_TYPE: u64 =
+            ((frame_type::DATA as u64) << 48) | ((frame::VERSION as u64) << 32);
+        let session_word = u64::from(first.session_id as u32) << 32;
+        let stream_term_word =
+            u64::from(first.stream_id as u32) | (u64::from(first.term_id as u32) << 32);
+        touch_lines(datagram);
         let mut at = 0;
         let mut frames = 0;
         while at < length {
-            let h = DataHeader::read_unchecked(&datagram[at..]);
-            if h.frame_length < DATA_HEADER_LENGTH as i32
-                || datagram[at + 4] != frame::VERSION
-                || h.frame_type != frame_type::DATA
-                || h.term_offset as i64 != first.term_offset as i64 + at as i64
-                || h.session_id != first.session_id
-                || h.stream_id != first.stream_id
-                || h.term_id != first.term_id
+            let Some(h) = datagram[at..].first_chunk::<DATA_HEADER_LENGTH>() else {
+                return false;
+            };
+            let w0 = word(h, 0);
+            let frame_length = w0 as u32 as i32;
+            let term_offset = (first.term_offset as u32).wrapping_add(at as u32);
+            if frame_length < DATA_HEADER_LENGTH as i32
+                || w0 & VERSION_TYPE_MASK != VERSION_TYPE
+                || word(h, 8) != u64::from(term_offset) | session_word
+                || word(h, 16) != stream_term_word
             {
                 return false;
             }
-            at += align_frame(h.frame_length as usize);
+            at += align_frame(frame_length as usize);
             frames += 1;
         }
         if at != length {
@@ -324,6 +348,7 @@ impl Receiver {
         img.log.buf[index..index + length].copy_from_slice(datagram);
         img.rebuild = end;
         img.hwm = end;
+        img.zeroed_to = img.zeroed_to.max(end);
         img.last_packet_ns = now_ns;
         self.counters.add(CounterId::DataFramesReceived, frames);
         true
@@ -406,6 +431,7 @@ impl Receiver {
         if h.is_heartbeat() {
             if position > img.hwm && position <= img.rebuild + 2 * term_length {
                 img.hwm = position;
+                img.ensure_zeroed(position);
                 img.gap_stale = true;
             }
             if h.flags & flags::EOS != 0 {
@@ -426,6 +452,7 @@ impl Receiver {
             self.counters.incr(CounterId::DropsOutOfWindow);
             return None;
         }
+        img.ensure_zeroed(position + advance);
         let at = img.log.index(position);
         if read_i32(&img.log.buf, at) != 0 {
             self.counters.incr(CounterId::DropsDuplicate);
@@ -494,6 +521,7 @@ impl Receiver {
             rebuild: join,
             hwm: join,
             cleaned_until,
+            zeroed_to: cleaned_until,
             sm_due: true,
             sm_next_ns: now_ns,
             sm_position: join,
@@ -747,7 +775,23 @@ impl Receiver {
     }
 }
 
+/// Bytes of frames `Image::deliver` pulls into cache at a time.
+const TOUCH_AHEAD: usize = 4096;
+
 impl Image {
+    /// Zeroes the log from `zeroed_to` up to `upto` (at most `cleaned_until`), so that what
+    /// lies there reads as "not received".
+    fn ensure_zeroed(&mut self, upto: i64) {
+        let upto = upto.min(self.cleaned_until);
+        while self.zeroed_to < upto {
+            let term_end = self.log.term_start(self.zeroed_to) + self.log.term_length as i64;
+            let to = upto.min(term_end);
+            let at = self.log.index(self.zeroed_to);
+            self.log.buf[at..at + (to - self.zeroed_to) as usize].fill(0);
+            self.zeroed_to = to;
+        }
+    }
+
     fn scan_rebuild(&mut self) {
         let limit = self.hwm.min(self.cleaned_until);
         while self.rebuild < limit {
@@ -778,7 +822,13 @@ impl Image {
             let base = self.log.index(self.subscriber);
             let buf = &self.log.buf;
             let mut off = 0usize;
+            let mut touched = 0usize;
             while off < span && delivered < limit {
+                if off >= touched {
+                    // Pull the next lines in ahead of the header walk (see `touch_lines`).
+                    touched = (off + TOUCH_AHEAD).min(span);
+                    touch_lines(&buf[base + off..base + touched]);
+                }
                 let at = base + off;
                 let h = DataHeader::read_unchecked(&buf[at..]);
                 let advance = align_frame(h.frame_length.max(DATA_HEADER_LENGTH as i32) as usize);
@@ -828,14 +878,10 @@ impl Image {
         }
         let new_term = self.log.term_start(self.subscriber);
         if new_term > start_term {
-            // Terms before the subscriber's are free: clean them for reuse ahead.
-            let term_length = self.log.term_length as i64;
-            let mut t = start_term.max(new_term - 3 * term_length);
-            while t < new_term {
-                self.log.clean_term(t);
-                t += term_length;
-            }
-            self.cleaned_until = new_term + 3 * term_length;
+            // Terms before the subscriber's are free for reuse ahead (cleaned lazily).
+            self.cleaned_until = new_term + 3 * self.log.term_length as i64;
+            let hwm = self.hwm;
+            self.ensure_zeroed(hwm);
         }
         if self.subscriber - self.sm_position >= self.receiver_window as i64 / 4 {
             self.sm_due = true;

@@ -24,7 +24,7 @@ use crate::frame::{
     self, align_frame, flags, frame_type, DataHeader, Frame, Frames, Nak, Rttm, Setup,
     StatusMessage, DATA_HEADER_LENGTH,
 };
-use crate::log::TermLog;
+use crate::log::{touch_lines, TermLog};
 
 /// Why an offer or claim was refused. Nothing was written; the caller decides what to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +182,23 @@ impl Sender {
     pub fn is_connected(&self) -> bool {
         !self.receivers.is_empty()
     }
+    /// Whether unsent data waits for flow control: less than an MTU of room is left below
+    /// the limit (so the next datagram may not fit), and a status message is what helps.
+    pub fn is_flow_control_blocked(&self) -> bool {
+        self.publisher_position > self.sender_position
+            && self.sender_limit - self.sender_position < self.cfg.mtu as i64
+    }
+    /// Whether less than half of the receivers' advertised window is left before the
+    /// flow-control limit: status messages are then awaited, and worth reading promptly.
+    pub fn is_flow_control_room_low(&self) -> bool {
+        let window = self
+            .receivers
+            .iter()
+            .map(|r| r.limit - r.position)
+            .max()
+            .unwrap_or(0);
+        self.sender_limit - self.sender_position < window / 2
+    }
     /// Whether a close started and has not finished yet.
     pub fn is_closing(&self) -> bool {
         matches!(self.state, State::Closing { .. })
@@ -254,8 +271,7 @@ impl Sender {
     fn write_header(&mut self, position: i64, frame_length: i32, fl: u8, ty: u16) {
         let idx = self.log.index(position);
         // Encoded into a fixed-size array (no per-field bounds checks), then copied at once.
-        let mut header = [0u8; DATA_HEADER_LENGTH];
-        DataHeader {
+        let header = DataHeader {
             frame_length,
             flags: fl,
             frame_type: ty,
@@ -265,7 +281,7 @@ impl Sender {
             term_id: self.log.term_id(position),
             reserved_value: 0,
         }
-        .write(&mut header);
+        .to_bytes();
         self.log.buf[idx..idx + DATA_HEADER_LENGTH].copy_from_slice(&header);
     }
 
@@ -275,6 +291,9 @@ impl Sender {
     /// # Errors
     /// [`OfferError`]: back-pressured, not connected, closed, or too long.
     pub fn offer(&mut self, message: &[u8]) -> Result<i64, OfferError> {
+        if let Some(position) = self.offer_fast(message) {
+            return Ok(position);
+        }
         let (mut position, required) = self.reserve(message.len(), self.cfg.message_length_max)?;
         let payload_max = self.cfg.payload_length_max();
         if message.len() <= payload_max {
@@ -322,6 +341,54 @@ impl Sender {
         }
         self.publisher_position += required as i64;
         Ok(self.publisher_position)
+    }
+
+    /// The common case of [`Sender::offer`] in one pass: an active, connected publication, a
+    /// message that fits one frame, in the current term and inside the publication window.
+    /// Writes the frame and returns the new position; `None` (nothing written) sends the
+    /// caller down the general path, which also reports the errors.
+    #[inline]
+    fn offer_fast(&mut self, message: &[u8]) -> Option<i64> {
+        let length = message.len();
+        if self.state != State::Active
+            || self.receivers.is_empty()
+            || length > self.cfg.payload_length_max()
+            || length > self.cfg.message_length_max
+        {
+            return None;
+        }
+        let frame_length = DATA_HEADER_LENGTH + length;
+        let required = align_frame(frame_length);
+        let position = self.publisher_position;
+        let offset = self.log.term_offset(position);
+        let end = position + required as i64;
+        if offset + required > self.cfg.term_length
+            || end > self.sender_position + self.cfg.publication_window as i64
+        {
+            return None;
+        }
+        let header = DataHeader {
+            frame_length: frame_length as i32,
+            flags: flags::UNFRAGMENTED,
+            frame_type: frame_type::DATA,
+            term_offset: offset as i32,
+            session_id: self.session_id,
+            stream_id: self.stream_id,
+            term_id: self.log.term_id(position),
+            reserved_value: 0,
+        }
+        .to_bytes();
+        let idx = self.log.index(position);
+        let frame = &mut self.log.buf[idx..idx + required];
+        let (head, rest) = frame.split_at_mut(DATA_HEADER_LENGTH);
+        head.copy_from_slice(&header);
+        let (payload, tail) = rest.split_at_mut(length);
+        copy_small(payload, message);
+        if !tail.is_empty() {
+            tail.fill(0);
+        }
+        self.publisher_position = end;
+        Some(end)
     }
 
     /// Reserves one unfragmented frame of `length` payload bytes to be written in place.
@@ -506,24 +573,26 @@ impl Sender {
         });
     }
 
-    /// Copies whole frames from `from` (ending at or below `limit`, starting below `stop_at`,
-    /// within one term, at most `mtu` bytes) into `buf`. Returns (bytes written, position after them, data frames).
-    fn copy_frames(
-        &self,
-        from: i64,
-        limit: i64,
-        stop_at: i64,
-        buf: &mut [u8],
-    ) -> (usize, i64, u64) {
+    /// Finds the whole frames from `from` (ending at or below `limit`, starting below
+    /// `stop_at`, within one term, at most `mtu` bytes on the wire): they are the datagram
+    /// `log.buf[log.index(from)..][..length]`. Returns (length, position after them, data
+    /// frames).
+    fn frames_span(&self, from: i64, limit: i64, stop_at: i64) -> (usize, i64, u64) {
         let start = self.log.index(from);
         let term_end = self.log.term_start(from) + self.cfg.term_length as i64;
-        // Frames of one term are contiguous in the log: find the span, then copy it at once.
+        // Frames of one term are contiguous in the log: the span is sent as it lies there.
         // Offsets below are relative to `from`; frames must end by `end` and start before
         // `start_before`, and the bytes on the wire may not exceed the MTU.
         let end = (limit.min(term_end) - from).max(0) as usize;
         let start_before = (limit.min(term_end).min(stop_at) - from).max(0) as usize;
         let mtu = self.cfg.mtu;
         let log = &self.log.buf[start..];
+        // The walk below is a chain of dependent loads (each frame's length gives the next
+        // header's place); when the publisher wrote these bytes long ago (it may run a
+        // publication window ahead) each would miss the cache in turn. Touching every cache
+        // line of the datagram first, with independent loads, overlaps those misses; the
+        // kernel's copy then finds the bytes in cache too.
+        touch_lines(&log[..end.min(mtu).min(log.len())]);
         let (mut span, mut length, mut count) = (0usize, 0usize, 0u64);
         while span < start_before {
             let Some(h) = log.get(span..).and_then(|b| b.first_chunk::<8>()) else {
@@ -546,7 +615,6 @@ impl Sender {
             }
             count += 1;
         }
-        buf[..length].copy_from_slice(&log[..length]);
         (length, from + span as i64, count)
     }
 
@@ -555,13 +623,37 @@ impl Sender {
     /// # Panics
     /// If `buf` is shorter than the MTU (a caller bug).
     pub fn poll_transmit(&mut self, now_ns: u64, buf: &mut [u8]) -> Option<Transmit> {
+        let (t, at) = self.poll_transmit_in_place(now_ns, buf)?;
+        if let Some(at) = at {
+            buf[..t.length].copy_from_slice(&self.log.buf[at..at + t.length]);
+        }
+        Some(t)
+    }
+
+    /// The term log's bytes, where [`Sender::poll_transmit_in_place`] points data datagrams.
+    pub(crate) fn log_bytes(&self) -> &[u8] {
+        &self.log.buf
+    }
+
+    /// As [`Sender::poll_transmit`], but a data datagram (first transmission or retransmit)
+    /// is not copied: it is returned as `Some(index)`, meaning `log_bytes()[index..][..length]`,
+    /// bytes that stay unchanged until the publisher moves two terms on (at least until
+    /// `sender_position` advances by `term_length / 2`). Other datagrams are written to `buf`
+    /// (`None`).
+    pub(crate) fn poll_transmit_in_place(
+        &mut self,
+        now_ns: u64,
+        buf: &mut [u8],
+    ) -> Option<(Transmit, Option<usize>)> {
         assert!(buf.len() >= self.cfg.mtu);
         if self.state == State::Closed {
             return None;
         }
         if let Some((destination, rttm)) = self.rttm_reply.take() {
             buf[..frame::RTTM_LENGTH].copy_from_slice(&rttm.encode());
-            return self.sent(now_ns, Some(destination), frame::RTTM_LENGTH, false);
+            return self
+                .sent(now_ns, Some(destination), frame::RTTM_LENGTH, false)
+                .map(|t| (t, None));
         }
         let setup_wanted = self.setup_due || (!self.is_connected() && now_ns >= self.setup_next_ns);
         if setup_wanted && self.state == State::Active {
@@ -584,7 +676,9 @@ impl Sender {
             };
             buf[..frame::SETUP_LENGTH].copy_from_slice(&setup.encode());
             self.counters.incr(CounterId::SetupsSent);
-            return self.sent(now_ns, None, frame::SETUP_LENGTH, false);
+            return self
+                .sent(now_ns, None, frame::SETUP_LENGTH, false)
+                .map(|t| (t, None));
         }
         if let Some(i) = self
             .retransmits
@@ -592,7 +686,8 @@ impl Sender {
             .position(|r| matches!(r.state, RetransmitState::Pending))
         {
             let r = self.retransmits[i];
-            let (length, next, _) = self.copy_frames(r.cursor, self.sender_position, r.end, buf);
+            let at = self.log.index(r.cursor);
+            let (length, next, _) = self.frames_span(r.cursor, self.sender_position, r.end);
             let r = &mut self.retransmits[i];
             if length == 0 || next >= r.end {
                 r.state = RetransmitState::Lingering {
@@ -603,17 +698,19 @@ impl Sender {
             }
             if length > 0 {
                 self.counters.incr(CounterId::Retransmits);
-                return self.sent(now_ns, None, length, false);
+                return self
+                    .sent(now_ns, None, length, false)
+                    .map(|t| (t, Some(at)));
             }
         }
         let limit = self.publisher_position.min(self.sender_limit);
         if self.sender_position < limit {
-            let (length, next, frames) =
-                self.copy_frames(self.sender_position, limit, i64::MAX, buf);
+            let at = self.log.index(self.sender_position);
+            let (length, next, frames) = self.frames_span(self.sender_position, limit, i64::MAX);
             if length > 0 {
                 self.sender_position = next;
                 self.counters.add(CounterId::DataFramesSent, frames);
-                return self.sent(now_ns, None, length, true);
+                return self.sent(now_ns, None, length, true).map(|t| (t, Some(at)));
             }
         }
         let closing = matches!(self.state, State::Closing { .. })
@@ -636,7 +733,9 @@ impl Sender {
             .write(buf);
             self.eos_sent |= closing;
             self.counters.incr(CounterId::HeartbeatsSent);
-            return self.sent(now_ns, None, DATA_HEADER_LENGTH, true);
+            return self
+                .sent(now_ns, None, DATA_HEADER_LENGTH, true)
+                .map(|t| (t, None));
         }
         None
     }
@@ -711,6 +810,25 @@ impl Sender {
     }
 }
 
+/// `dst.copy_from_slice(src)` for equal lengths, with messages of up to 128 bytes (the
+/// common case) copied as two overlapping fixed-size moves instead of a `memcpy` call.
+#[inline(always)]
+fn copy_small(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    if (16..=32).contains(&n) {
+        dst[..16].copy_from_slice(&src[..16]);
+        dst[n - 16..n].copy_from_slice(&src[n - 16..]);
+    } else if (32..=64).contains(&n) {
+        dst[..32].copy_from_slice(&src[..32]);
+        dst[n - 32..n].copy_from_slice(&src[n - 32..]);
+    } else if (64..=128).contains(&n) {
+        dst[..64].copy_from_slice(&src[..64]);
+        dst[n - 64..n].copy_from_slice(&src[n - 64..]);
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
 /// A frame reserved by [`Sender::try_claim`]: write the payload with [`Claim::buffer_mut`],
 /// then [`Claim::commit`]. Dropping it uncommitted abandons the frame (nothing is sent).
 #[derive(Debug)]
@@ -732,5 +850,20 @@ impl Claim<'_> {
         self.sender.publisher_position =
             self.position + align_frame(DATA_HEADER_LENGTH + self.length) as i64;
         self.sender.publisher_position
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_copies_copy_every_byte_at_every_length() {
+        for n in 0..300usize {
+            let src: Vec<u8> = (0..n).map(|i| (i * 7 + 1) as u8).collect();
+            let mut dst = vec![0u8; n];
+            copy_small(&mut dst, &src);
+            assert_eq!(dst, src, "length {n}");
+        }
     }
 }

@@ -20,12 +20,30 @@ use crate::report::{latency_us, machine, peak_rss_bytes, pin_to, print};
 
 const MESSAGE_LENGTH: usize = 64;
 const STREAM_ID: i32 = 1;
+const PHASES: [&str; 6] = [
+    "raw-unicast",
+    "raw-multicast",
+    "unicast",
+    "multicast",
+    "raw-rtt",
+    "rtt",
+];
 
 struct Options {
     mtu: usize,
     json: bool,
     seconds: f64,
     rtt_samples: u64,
+    /// Alternating raw/transport slices per figure (see `run`).
+    rounds: u64,
+    /// Phases to run (profiling); all when empty. Skipped phases report 0.
+    phases: Vec<String>,
+}
+
+impl Options {
+    fn runs(&self, phase: &str) -> bool {
+        self.phases.is_empty() || self.phases.iter().any(|p| p == phase)
+    }
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -34,6 +52,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
         json: false,
         seconds: 2.0,
         rtt_samples: 20_000,
+        rounds: 3,
+        phases: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -60,9 +80,27 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .parse()
                     .map_err(|_| format!("--rtt-samples '{v}' is not a number"))?;
             }
+            "--rounds" => {
+                let v = value("--rounds")?;
+                o.rounds = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("--rounds '{v}' is not a positive number"))?;
+            }
+            "--phases" => {
+                let v = value("--phases")?;
+                o.phases = v.split(',').map(str::to_owned).collect();
+                if let Some(bad) = o.phases.iter().find(|p| !PHASES.contains(&p.as_str())) {
+                    return Err(format!("--phases: unknown phase '{bad}' (one of {PHASES:?})"));
+                }
+            }
             "--help" | "-h" => {
                 return Err("options: --mtu N (default 1408; a multiple of 32), --seconds S \
-                            (per throughput phase, default 2), --rtt-samples N (default 20000), --json"
+                            (per throughput figure, default 2), --rtt-samples N (default 20000), --rounds N \
+                            (raw/transport alternations each figure is split into, default 3), --json, \
+                            --phases a,b (profiling: run only these of raw-unicast, raw-multicast, \
+                            unicast, multicast, raw-rtt, rtt; the others report 0)"
                     .into())
             }
             other => return Err(format!("unknown option '{other}' (try --help)")),
@@ -72,12 +110,27 @@ fn parse(args: &[String]) -> Result<Options, String> {
 }
 
 fn config(mtu: usize) -> Config {
-    // A term large enough that the publication window covers many datagrams at any MTU.
-    let term_length = (mtu * 2048).next_power_of_two().max(4 * 1024 * 1024);
+    // The transport's default term (4 MiB): its half-term receiver window covers hundreds
+    // of datagrams at any MTU (the socket's receive buffer bounds the window about there
+    // anyway), and the three-term logs stay small enough to be mostly cache-resident, which
+    // a 16 MiB term (48 MiB logs on each side) is not.
+    let term_length = transport::config::TERM_LENGTH_DEFAULT;
+    // The publisher may run this far ahead of what was sent: a few send batches, so what
+    // it wrote is still in cache when the driver sends it (a half-term window lets a
+    // flow-controlled publisher run megabytes ahead, and every datagram is then read back
+    // from memory). Only 64-byte messages are offered here.
+    let publication_window = publication_window(mtu);
     Config {
         mtu,
+        publication_window,
+        message_length_max: publication_window,
         ..Config::with_term_length(term_length)
     }
+}
+
+/// The publication window used by the throughput runs, in bytes: 64 full datagrams.
+fn publication_window(mtu: usize) -> usize {
+    64 * mtu
 }
 
 fn free_port() -> Result<u16, String> {
@@ -85,6 +138,19 @@ fn free_port() -> Result<u16, String> {
         .and_then(|s| s.local_addr())
         .map(|a| a.port())
         .map_err(|e| format!("no free port: {e}"))
+}
+
+/// CPU time of the calling thread, in nanoseconds (time it actually ran, whatever the other
+/// processes on the machine do): printed per datagram to compare sending costs.
+#[allow(unsafe_code)]
+fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 // ---------------------------------------------------------------- raw UDP baselines
@@ -196,9 +262,14 @@ fn raw_throughput(
         s.connect(&SocketAddr::from((target, port)).into())
             .map_err(|e| e.to_string())?;
         let mut buf = vec![7u8; datagram_length];
+        let (cpu0, mut sent) = (thread_cpu_ns(), 0u64);
         while !stop2.load(Ordering::Relaxed) {
-            raw::send_batch(&s, &mut buf, datagram_length);
+            sent += raw::send_batch(&s, &mut buf, datagram_length) as u64;
         }
+        eprintln!(
+            "bench transport: raw sender datagrams={sent} cpu_ns_per_datagram={:.0}",
+            (thread_cpu_ns() - cpu0) as f64 / sent.max(1) as f64
+        );
         Ok(())
     });
     pin_to(1);
@@ -311,8 +382,17 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
         let offers_per_cycle = (mtu / 96).max(1) * 16;
         let mut back_pressure = 0u64;
         let mut cycles = 0u64;
+        let mut flow_blocked = 0u64;
+        let mut ahead_sum = 0u64;
+        let cpu0 = thread_cpu_ns();
         while !stop2.load(Ordering::Relaxed) {
             cycles += 1;
+            {
+                if p.sender().is_flow_control_blocked() {
+                    flow_blocked += 1;
+                }
+                ahead_sum += (p.position() - p.sender().sender_position()) as u64;
+            }
             // Offer up to a few datagrams' worth per duty cycle so each sendmmsg carries many.
             for _ in 0..offers_per_cycle {
                 match p.offer(&msg) {
@@ -330,7 +410,13 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
         offered2.store(p.position() as u64, Ordering::Relaxed);
         let c = p.counters();
         eprintln!(
-            "bench transport: publisher cycles={cycles} back_pressured={back_pressure} datagrams_sent={} data_frames_sent={} status_messages_received={}",
+            "bench transport: publisher cpu_ns_per_datagram={:.0} (including waits for flow control) unsent_bytes_mean={}",
+            (thread_cpu_ns() - cpu0) as f64
+                / c.get(transport::CounterId::DatagramsSent).max(1) as f64,
+            ahead_sum / cycles.max(1)
+        );
+        eprintln!(
+            "bench transport: publisher cycles={cycles} back_pressured={back_pressure} flow_control_blocked={flow_blocked} datagrams_sent={} data_frames_sent={} status_messages_received={}",
             c.get(transport::CounterId::DatagramsSent),
             c.get(transport::CounterId::DataFramesSent),
             c.get(transport::CounterId::StatusMessagesReceived),
@@ -344,7 +430,10 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
             .map(|s| s.counters().get(transport::CounterId::BytesReceived))
             .collect()
     };
-    let run = |subs: &mut Vec<Subscription>, counts: &mut Vec<u64>, until: Instant| {
+    // Duty cycles of the receiving thread, and those where no subscription had work (how
+    // often the receiver waited for the sender: printed to tell which side limits).
+    let (mut rx_cycles, mut rx_idle, mut rx_busy_ns) = (0u64, 0u64, 0u64);
+    let mut run = |subs: &mut Vec<Subscription>, counts: &mut Vec<u64>, until: Instant| {
         // One clock read per duty cycle, as the raw-UDP receiver loop does.
         let until_ns = now_ns() + until.saturating_duration_since(Instant::now()).as_nanos() as u64;
         loop {
@@ -352,10 +441,16 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
             if now >= until_ns {
                 break;
             }
+            let mut work = 0;
             for (i, s) in subs.iter_mut().enumerate() {
-                s.do_work(now);
+                work += s.do_work(now);
                 let c = &mut counts[i];
-                s.poll(|_, _| *c += 1, 4096);
+                work += s.poll(|_, _| *c += 1, 4096);
+            }
+            rx_cycles += 1;
+            rx_idle += u64::from(work == 0);
+            if work > 0 {
+                rx_busy_ns += now_ns() - now;
             }
         }
     };
@@ -390,6 +485,14 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
     );
     let elapsed = start.elapsed().as_secs_f64();
     let w1 = wire(&subs);
+    let datagrams: u64 = subs
+        .iter()
+        .map(|s| s.counters().get(transport::CounterId::DatagramsReceived))
+        .sum();
+    eprintln!(
+        "bench transport: receiving thread cycles={rx_cycles} idle={rx_idle} busy_ns_per_datagram={:.0}",
+        rx_busy_ns as f64 / datagrams.max(1) as f64
+    );
     for s in &subs {
         let c = s.counters();
         eprintln!(
@@ -509,28 +612,102 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let datagram = o.mtu / frame * frame;
 
     let phase = |name: &str| eprintln!("bench transport: {name}");
-    phase("raw UDP unicast throughput");
-    let (raw_uni_dgrams, raw_uni_bytes) = raw_throughput(datagram, 1, o.seconds)?;
-    phase("raw UDP multicast throughput");
-    let (raw_multi_dgrams, raw_multi_bytes) = raw_throughput(datagram, 2, o.seconds)?;
-    phase("transport unicast throughput");
-    let (uni_msgs, uni_bytes) = transport_throughput(o.mtu, 1, o.seconds)?;
-    phase("transport multicast throughput");
-    let (multi_msgs, multi_bytes) = transport_throughput(o.mtu, 2, o.seconds)?;
-    phase("raw UDP round trips");
-    let raw_h = raw_rtt(frame, o.rtt_samples)?;
-    phase("transport round trips");
-    let tr_h = transport_rtt(o.mtu, o.rtt_samples)?;
+    let empty =
+        || Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).map_err(|e| e.to_string());
+    // Each figure is measured in `rounds` slices, the raw-UDP baseline and the transport in
+    // turn (raw, transport, raw, transport, ...), so that both see the same machine: on a
+    // shared machine the load drifts over seconds, and a baseline measured minutes apart
+    // from its transport run is not the same measurement. Rates are means over the rounds;
+    // ratios are the median of the rounds' ratios (each from adjacent slices).
+    let rounds = o.rounds;
+    let slice = o.seconds / rounds as f64;
+    let mut raw_uni = Vec::new();
+    let mut uni = Vec::new();
+    let mut raw_multi = Vec::new();
+    let mut multi = Vec::new();
+    let mut raw_h = empty()?;
+    let mut tr_h = empty()?;
+    for round in 1..=rounds {
+        phase(&format!(
+            "round {round}/{rounds}: raw UDP unicast throughput"
+        ));
+        if o.runs("raw-unicast") {
+            raw_uni.push(raw_throughput(datagram, 1, slice)?);
+        }
+        phase(&format!(
+            "round {round}/{rounds}: transport unicast throughput"
+        ));
+        if o.runs("unicast") {
+            uni.push(transport_throughput(o.mtu, 1, slice)?);
+        }
+        phase(&format!(
+            "round {round}/{rounds}: raw UDP multicast throughput"
+        ));
+        if o.runs("raw-multicast") {
+            raw_multi.push(raw_throughput(datagram, 2, slice)?);
+        }
+        phase(&format!(
+            "round {round}/{rounds}: transport multicast throughput"
+        ));
+        if o.runs("multicast") {
+            multi.push(transport_throughput(o.mtu, 2, slice)?);
+        }
+        phase(&format!("round {round}/{rounds}: raw UDP round trips"));
+        if o.runs("raw-rtt") {
+            raw_h
+                .add(raw_rtt(frame, o.rtt_samples / rounds)?)
+                .map_err(|e| e.to_string())?;
+        }
+        phase(&format!("round {round}/{rounds}: transport round trips"));
+        if o.runs("rtt") {
+            tr_h.add(transport_rtt(o.mtu, o.rtt_samples / rounds)?)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let mean = |v: &[(f64, f64)], second: bool| {
+        v.iter()
+            .map(|p| if second { p.1 } else { p.0 })
+            .sum::<f64>()
+            / v.len().max(1) as f64
+    };
+    let ratios = |t: &[(f64, f64)], r: &[(f64, f64)]| -> Vec<f64> {
+        t.iter()
+            .zip(r)
+            .map(|(t, r)| (t.1 / r.1 * 1000.0).round() / 1000.0)
+            .collect()
+    };
+    let median = |mut v: Vec<f64>| -> f64 {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let (raw_uni_dgrams, raw_uni_bytes) = (mean(&raw_uni, false), mean(&raw_uni, true));
+    let (raw_multi_dgrams, raw_multi_bytes) = (mean(&raw_multi, false), mean(&raw_multi, true));
+    let (uni_msgs, uni_bytes) = (mean(&uni, false), mean(&uni, true));
+    let (multi_msgs, multi_bytes) = (mean(&multi, false), mean(&multi, true));
+    let uni_ratios = ratios(&uni, &raw_uni);
+    let multi_ratios = ratios(&multi, &raw_multi);
     let p99 = |h: &Histogram<u64>| h.value_at_quantile(0.99) as f64 / 1000.0;
 
     let v = json!({
         "scenario": "transport",
         "machine": machine,
-        "command": format!("cargo run --release -p bench -- transport --mtu {} --seconds {} --rtt-samples {}{}",
-            o.mtu, o.seconds, o.rtt_samples, if o.json { " --json" } else { "" }),
+        "command": format!("cargo run --release -p bench -- transport --mtu {} --seconds {} --rtt-samples {} --rounds {}{}{}",
+            o.mtu, o.seconds, o.rtt_samples, o.rounds,
+            if o.phases.is_empty() { String::new() } else { format!(" --phases {}", o.phases.join(",")) },
+            if o.json { " --json" } else { "" }),
         "mtu": o.mtu,
         "message_length": MESSAGE_LENGTH,
         "datagram_length": datagram,
+        "term_length": config(o.mtu).term_length,
+        "publication_window": publication_window(o.mtu),
         "unicast_msgs_per_s": uni_msgs.round(),
         "multicast_msgs_per_s": multi_msgs.round(),
         "unicast_wire_bytes_per_s": uni_bytes.round(),
@@ -539,8 +716,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "raw_udp_unicast_bytes_per_s": raw_uni_bytes.round(),
         "raw_udp_multicast_datagrams_per_s": raw_multi_dgrams.round(),
         "raw_udp_multicast_bytes_per_s": raw_multi_bytes.round(),
-        "throughput_ratio_to_raw_udp": (uni_bytes / raw_uni_bytes * 1000.0).round() / 1000.0,
-        "multicast_throughput_ratio_to_raw_udp": (multi_bytes / raw_multi_bytes * 1000.0).round() / 1000.0,
+        "throughput_ratio_to_raw_udp": median(uni_ratios.clone()),
+        "multicast_throughput_ratio_to_raw_udp": median(multi_ratios.clone()),
+        "throughput_ratio_to_raw_udp_per_round": uni_ratios,
+        "multicast_throughput_ratio_to_raw_udp_per_round": multi_ratios,
+        "rounds": rounds,
         "rtt_p99_us": p99(&tr_h),
         "raw_udp_rtt_p99_us": p99(&raw_h),
         "rtt_p99_ratio_to_raw_udp": ((p99(&tr_h) / p99(&raw_h)) * 1000.0).round() / 1000.0,
