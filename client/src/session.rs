@@ -396,6 +396,35 @@ impl Client {
         delivered
     }
 
+    /// Like [`Client::poll`], but when nothing completes it blocks until a reply datagram
+    /// arrives or `timeout` passes (then runs one more duty cycle), instead of spinning or
+    /// parking: the thread sleeps in the kernel and wakes as soon as the node answers. For
+    /// loops that also have their own deadlines (a send schedule), pass the time left until
+    /// the next one. Returns how many completions it delivered.
+    pub fn poll_wait<F: FnMut(RequestId, Result<Response, ClientError>)>(
+        &mut self,
+        mut handler: F,
+        limit: usize,
+        timeout: Duration,
+    ) -> usize {
+        self.do_work();
+        if self.completed.is_empty() && !timeout.is_zero() {
+            // An error here only means the wait ended early; the next cycle reads anyway.
+            let _ = self.subscription.wait_readable(timeout);
+            self.do_work();
+        }
+        let mut delivered = 0;
+        while delivered < limit {
+            let Some((id, result)) = self.completed.pop_front() else {
+                break;
+            };
+            handler(id, result);
+            delivered += 1;
+        }
+        self.idle.reset();
+        delivered
+    }
+
     /// Sends `request` and waits for its reply, re-sending it (same `clientSeq`, same ids)
     /// after each `timeout`, up to `retries` times. Business rejections are `Ok` responses
     /// with a non-`ok` result; see [`Response::result`].

@@ -444,6 +444,11 @@ fn patch_status(reply: &[u8], durable: u64, sessions: u32, name: &str) -> Option
 }
 
 impl Frontend for NodeFrontend {
+    fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.ingress.as_raw_fd())
+    }
+
     fn do_work(&mut self, _wall_ns: u64, io: &mut FrontendIo<'_>) -> usize {
         let now = transport::now_ns();
         let mut work = self.ingress.do_work(now);

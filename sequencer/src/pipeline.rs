@@ -233,6 +233,8 @@ struct Shared {
     /// their idle park (`IdleStrategy` parks with `park_timeout`).
     sequencer_thread: std::sync::OnceLock<std::thread::Thread>,
     engine_thread: std::sync::OnceLock<std::thread::Thread>,
+    /// An eventfd that wakes the sequencer thread from its kernel wait (frontend mode only).
+    sequencer_wake_fd: std::sync::OnceLock<std::os::fd::OwnedFd>,
     /// Bytes used of the journal segment being written (paces the segment preparer).
     segment_used: AtomicU64,
     /// Journal `fdatasync` durations: counts per power-of-two microsecond bucket.
@@ -246,6 +248,13 @@ impl Shared {
     fn wake_sequencer(&self) {
         if let Some(t) = self.sequencer_thread.get() {
             t.unpark();
+        }
+        if let Some(fd) = self.sequencer_wake_fd.get() {
+            use std::os::fd::AsRawFd;
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live buffer to an eventfd this struct owns. A full
+            // counter (EAGAIN) means a wake-up is pending anyway.
+            let _ = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
         }
     }
 
@@ -423,6 +432,13 @@ pub trait Frontend: Send {
     fn do_work(&mut self, now_ns: u64, io: &mut FrontendIo<'_>) -> usize;
     /// Called once when the pipeline stops (shutdown or a fatal error): close sessions.
     fn on_shutdown(&mut self) {}
+    /// A socket whose input is this frontend's work (the node's ingress). With a back-off
+    /// idle strategy the sequencer thread then waits for it (and for the other pipeline
+    /// threads' wake-ups) in the kernel instead of parking on a timer, so a request wakes it
+    /// at once.
+    fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// What a [`Frontend`] can do on the sequencer thread.
@@ -566,6 +582,18 @@ impl Pipeline {
         let clock = LogClock::starting_at(engine.now_ns());
 
         let shared = Arc::new(Shared::default());
+        if frontend.is_some() {
+            // SAFETY: eventfd takes two integers; a non-negative result is a new descriptor
+            // that nothing else owns.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+            }
+            // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+            let owned =
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let _ = shared.sequencer_wake_fd.set(owned);
+        }
         shared.sequenced.store(last, Ordering::Release);
         shared.applied.store(engine.position(), Ordering::Release);
         shared
@@ -978,6 +1006,11 @@ fn sequencer_loop(
     shared: &Shared,
 ) {
     let _ = shared.sequencer_thread.set(std::thread::current());
+    let mut kernel_wait = KernelWait::new(
+        idle,
+        frontend.as_ref().and_then(|(f, _)| f.wait_fd()),
+        shared,
+    );
     let mut idle = IdleStrategy::new(idle);
     loop {
         let stopping = shared.stopping.load(Ordering::Acquire);
@@ -1013,7 +1046,77 @@ fn sequencer_loop(
             }
             return;
         }
-        idle.idle(work);
+        match kernel_wait.as_mut() {
+            Some(k) => k.idle(work),
+            None => idle.idle(work),
+        }
+    }
+}
+
+/// The sequencer thread's back-off in frontend mode: a few spins, then a wait in the kernel
+/// (`ppoll`) on the frontend's socket and the thread's wake-up eventfd, bounded by the
+/// back-off's longest park (the frontend's timers still run that often).
+struct KernelWait {
+    fds: [libc::pollfd; 2],
+    spins_max: u32,
+    spins: u32,
+    timeout: libc::timespec,
+}
+
+impl KernelWait {
+    fn new(
+        kind: IdleKind,
+        socket: Option<std::os::fd::RawFd>,
+        shared: &Shared,
+    ) -> Option<KernelWait> {
+        use std::os::fd::AsRawFd;
+        let IdleKind::BackOff {
+            spins_max,
+            park_max_ns,
+            ..
+        } = kind
+        else {
+            return None;
+        };
+        let wake = shared.sequencer_wake_fd.get()?.as_raw_fd();
+        let pollfd = |fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        Some(KernelWait {
+            fds: [pollfd(socket?), pollfd(wake)],
+            spins_max,
+            spins: 0,
+            timeout: libc::timespec {
+                tv_sec: (park_max_ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (park_max_ns % 1_000_000_000) as libc::c_long,
+            },
+        })
+    }
+
+    fn idle(&mut self, work: usize) {
+        if work > 0 {
+            self.spins = 0;
+            return;
+        }
+        if self.spins < self.spins_max {
+            self.spins += 1;
+            std::hint::spin_loop();
+            return;
+        }
+        for fd in &mut self.fds {
+            fd.revents = 0;
+        }
+        // SAFETY: `fds` is a live array of two pollfds and `timeout` a valid timespec for the
+        // whole call; a null signal mask keeps the thread's own.
+        let n = unsafe { libc::ppoll(self.fds.as_mut_ptr(), 2, &self.timeout, std::ptr::null()) };
+        if n > 0 && self.fds[1].revents & libc::POLLIN != 0 {
+            let mut counter = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into a live buffer from the eventfd (non-blocking).
+            let _ =
+                unsafe { libc::read(self.fds[1].fd, counter.as_mut_ptr().cast(), counter.len()) };
+        }
     }
 }
 

@@ -482,7 +482,25 @@ impl std::fmt::Debug for Subscription {
     }
 }
 
+/// The subscription's socket, for callers that wait for input with `poll`/`epoll` instead of
+/// spinning (readable = a datagram to take with [`Agent::do_work`]). Never read it directly.
+impl std::os::fd::AsRawFd for Subscription {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
 impl Subscription {
+    /// Blocks until a datagram is waiting on the subscription's socket or `timeout` has
+    /// passed, and returns whether one is (a duty-cycle agent that would otherwise park can
+    /// wait here and wake as soon as input arrives). Call [`Agent::do_work`] afterwards.
+    ///
+    /// # Errors
+    /// A `ppoll` failure.
+    pub fn wait_readable(&self, timeout: std::time::Duration) -> io::Result<bool> {
+        crate::mmsg::wait_readable(&self.socket, timeout)
+    }
+
     /// Opens a subscription to `stream_id` on `channel`. Unicast binds the endpoint; multicast
     /// binds the group's port with `SO_REUSEADDR` (several subscribers may share it) and joins
     /// the group on the channel's interface.

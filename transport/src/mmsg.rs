@@ -257,3 +257,32 @@ impl Batch {
         self.sent = 0;
     }
 }
+
+/// Waits until `socket` is readable or `timeout` has passed (`ppoll`, nanosecond timeout).
+/// Returns whether it is readable. An interrupted wait (a signal) returns `Ok(false)`.
+///
+/// # Errors
+/// A `ppoll` failure other than `EINTR`.
+pub fn wait_readable(socket: &impl AsRawFd, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut fds = [libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: `fds` is a valid array of one pollfd for the duration of the call, `ts` a valid
+    // timespec; a null signal mask keeps the caller's.
+    let n = unsafe { libc::ppoll(fds.as_mut_ptr(), 1, &ts, std::ptr::null()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(n > 0 && fds[0].revents & libc::POLLIN != 0)
+}

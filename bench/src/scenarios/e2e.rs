@@ -375,9 +375,24 @@ fn load(addr: SocketAddr, plan: &Plan) -> Result<LoadResult, String> {
         } else if client.in_flight() == 0 {
             break;
         }
+        // Nothing to send before the next due time (open loop) or the window is full (closed
+        // loop): sleep in the kernel until a reply arrives or it is time to send, rather than
+        // spinning or parking on a fixed period (either takes CPU the node needs).
+        let now = Instant::now();
+        let wait = if now >= deadline {
+            Duration::from_millis(1)
+        } else {
+            match plan.rate_per_client {
+                Some(r) => (start + Duration::from_secs_f64(sent as f64 / r))
+                    .saturating_duration_since(now)
+                    .min(Duration::from_millis(1)),
+                None if client.in_flight() >= in_flight => Duration::from_millis(1),
+                None => Duration::ZERO,
+            }
+        };
         // The clock is read once per poll that completes requests, at the first completion.
         let mut reply_now = None;
-        client.poll(
+        client.poll_wait(
             |id, result| {
                 let now = *reply_now.get_or_insert_with(Instant::now);
                 let t = sent_at[id.0 as usize & (slots - 1)];
@@ -388,6 +403,7 @@ fn load(addr: SocketAddr, plan: &Plan) -> Result<LoadResult, String> {
                 }
             },
             usize::MAX,
+            wait,
         );
         if let Some(now) = reply_now {
             last_reply = now;
