@@ -128,6 +128,16 @@ pub fn run_node(args: &[String]) -> Result<(), String> {
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
     let status = node.shutdown();
+    // The parent reads this line after closing stdin: the journal's sync times in the run.
+    println!(
+        "{}",
+        json!({
+            "journal_syncs": status.journal_syncs,
+            "journal_sync_p99_bucket_us": status.journal_sync_p99_us,
+            "journal_sync_max_us": status.journal_sync_max_us,
+            "commands_per_batch": if status.batches > 0 { (status.sequenced_position as f64 / status.batches as f64).round() } else { 0.0 },
+        })
+    );
     match status.fatal {
         Some(f) => Err(f),
         None => Ok(()),
@@ -186,15 +196,13 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
         .spawn()
         .map_err(|e| format!("start node process: {e}"))?;
     let mut line = String::new();
+    let mut node_out = std::io::BufReader::new(child.stdout.take().ok_or("no node stdout")?);
     {
         use std::io::BufRead;
-        let stdout = child.stdout.take().ok_or("no node stdout")?;
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
+        node_out.read_line(&mut line).map_err(|e| e.to_string())?;
     }
     let node_pid = child.id();
-    let node = NodeProcess(child);
+    let mut node = NodeProcess(child);
     let addr: SocketAddr = line
         .trim()
         .parse()
@@ -259,6 +267,15 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
         .max(1e-9);
     setup.close();
     let node_peak_rss = peak_rss_of(node_pid);
+    // A clean stop: the node prints its journal figures, then exits.
+    drop(node.0.stdin.take());
+    let mut status_line = String::new();
+    {
+        use std::io::BufRead;
+        let _ = node_out.read_line(&mut status_line);
+    }
+    let node_status: serde_json::Value =
+        serde_json::from_str(status_line.trim()).unwrap_or(serde_json::Value::Null);
     drop(node);
 
     let lat = report::latency_us(&hist);
@@ -284,6 +301,10 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
         "disk_write_mb_per_s": probe.write_mb_per_s,
         "node_accounts": accounts_total + 1,
         "peak_rss_bytes": node_peak_rss,
+        "journal_syncs": node_status["journal_syncs"],
+        "journal_sync_p99_bucket_us": node_status["journal_sync_p99_bucket_us"],
+        "journal_sync_max_us": node_status["journal_sync_max_us"],
+        "commands_per_batch": node_status["commands_per_batch"],
         "machine": report::machine(),
         "command": command,
     }))
