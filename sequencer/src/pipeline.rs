@@ -694,7 +694,6 @@ impl Pipeline {
                 if let Some((_, core)) = pins {
                     pin(core);
                 }
-                tighten_timer_slack();
                 engine_loop(
                     engine,
                     engine_rx,
@@ -738,7 +737,6 @@ impl Pipeline {
                 if let Some((core, _)) = pins {
                     pin(core);
                 }
-                tighten_timer_slack();
                 sequencer_loop(seq, ingress_consumers, frontend, idle, &sh)
             }),
         )?);
@@ -808,18 +806,6 @@ impl Drop for Pipeline {
             let _ = t.join();
         }
     }
-}
-
-/// Timer slack of the pipeline threads, in nanoseconds. Linux lets a sleeping thread's wake-up
-/// slip by its timer slack (50 µs by default) to batch timer interrupts; the back-off's parks
-/// of a few microseconds would otherwise last up to 50 µs longer.
-pub const TIMER_SLACK_NS: u64 = 1_000;
-
-/// Sets the calling thread's timer slack to [`TIMER_SLACK_NS`] (best effort).
-pub fn tighten_timer_slack() {
-    // SAFETY: PR_SET_TIMERSLACK takes an integer and changes only the calling thread's timer
-    // slack; no memory is passed.
-    let _ = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, TIMER_SLACK_NS as libc::c_ulong) };
 }
 
 fn pin(core: usize) {

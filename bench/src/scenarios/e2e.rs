@@ -329,7 +329,6 @@ struct Plan {
 }
 
 fn load(addr: SocketAddr, plan: &Plan) -> Result<LoadResult, String> {
-    sequencer::pipeline::tighten_timer_slack();
     let (accounts, start, deadline) = (plan.accounts, plan.start, plan.deadline);
     let in_flight = plan.in_flight.max(64);
     let mut client = connect(addr, in_flight, plan.idle)?;

@@ -26,6 +26,7 @@ const USAGE_HEAD: &str = "usage: bench pipeline [--rate N] [--duration-s S] [--a
   --accounts N     accounts transfers move between (default 10000)
   --data DIR       folder for the journal (default: a fresh folder under ./target/bench-pipeline);
                    it must be on the disk you want to measure (O_DIRECT is required)
+  --segment-mb N   journal segment size in MiB (default: the journal's default, 64)
   --json           print one JSON object
 idle flags (the pipeline threads, the producer on back-pressure and the reply reader):";
 
@@ -38,6 +39,7 @@ struct Args {
     duration_s: u64,
     accounts: u64,
     data: Option<PathBuf>,
+    segment_mb: Option<u64>,
     idle_flags: report::IdleFlags,
     idle: IdleKind,
     json: bool,
@@ -49,6 +51,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         duration_s: 5,
         accounts: 10_000,
         data: None,
+        segment_mb: None,
         idle_flags: report::IdleFlags::default(),
         idle: sequencer::pipeline::IDLE_DEFAULT,
         json: false,
@@ -72,6 +75,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--duration-s" => a.duration_s = number("--duration-s", value("--duration-s")?)?,
             "--accounts" => a.accounts = number("--accounts", value("--accounts")?)?,
             "--data" => a.data = Some(PathBuf::from(value("--data")?)),
+            "--segment-mb" => a.segment_mb = Some(number("--segment-mb", value("--segment-mb")?)?),
             "--json" => a.json = true,
             "--help" | "-h" => return Err(usage()),
             other => return Err(format!("unknown option '{other}'\n\n{}", usage())),
@@ -165,6 +169,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     config.engine.accounts_max = (a.accounts + 16) as u32;
     config.engine.transfers_retained_max = 20_000_000;
     config.batches_in_flight_max = 16;
+    if let Some(mb) = a.segment_mb {
+        config.journal.segment_size = mb.saturating_mul(1 << 20);
+    }
     config.idle = a.idle;
     let (mut pipeline, _) = Pipeline::start(config)?;
     let mut replies = pipeline.take_replies().ok_or("no replies")?;
@@ -226,7 +233,6 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let (sched_p, sent_p) = (sched.clone(), sent_count.clone());
     let idle_kind = a.idle;
     let producer_thread = std::thread::spawn(move || -> Result<u64, String> {
-        sequencer::pipeline::tighten_timer_slack();
         let mut sent = 0u64;
         let mut buf = [0u8; 128];
         // Back-pressure parks this thread (spin, yield, then sleep): a load generator that
@@ -279,7 +285,6 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut received = 0u64;
     let mut last_reply = start;
     let mut idle = IdleStrategy::new(a.idle);
-    sequencer::pipeline::tighten_timer_slack();
     let mut empty_polls = 0u32;
     loop {
         // The clock is read once per poll that hands over replies, at the first of them (so
@@ -322,6 +327,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     );
     if let Some(r) = a.rate {
         command.push_str(&format!(" --rate {r}"));
+    }
+    if let Some(mb) = a.segment_mb {
+        command.push_str(&format!(" --segment-mb {mb}"));
     }
     command.push(' ');
     command.push_str(&a.idle_flags.args().join(" "));
