@@ -263,7 +263,9 @@ fn load(
                         code: 0,
                     }],
                 };
-                let request = match r % 100 {
+                // A second draw picks the kind: with `r % 100` the kind would follow the
+                // account's last two digits (some accounts only ever withdrawing).
+                let request = match next() % 100 {
                     // Small amounts against 10,000 opening balances keep most accounts
                     // solvent; 2 % are deliberate overdraft attempts that the no-overdraft
                     // rule refuses with insufficient_funds.
@@ -291,7 +293,13 @@ fn load(
         } else if sent_at.is_empty() {
             break;
         }
-        client.poll(
+        // The window is full (or the run is over): sleep until a reply arrives, at most 1 ms.
+        let wait = if sent_at.len() >= in_flight_max || now >= deadline {
+            Duration::from_millis(1)
+        } else {
+            Duration::ZERO
+        };
+        client.poll_wait(
             |id, result| {
                 if let Some(t) = sent_at.remove(&id.0) {
                     let _ = hist.record(t.elapsed().as_nanos() as u64);
@@ -303,6 +311,7 @@ fn load(
                 *results.entry(name).or_default() += 1;
             },
             usize::MAX,
+            wait,
         );
     }
     client.close();

@@ -7,7 +7,9 @@
 //! - [`tracker`]: requests in flight, sans-IO: sequence numbers, correlation, timeouts and
 //!   retries that keep the same `clientSeq` and transfer ids, so a retry is never applied twice.
 //! - [`session`]: [`Client`], which drives the transport: a blocking API
-//!   ([`Client::request`]) and a pipelined one ([`Client::try_send`] + [`Client::poll`]).
+//!   ([`Client::request`]) and a pipelined one ([`Client::try_send`] + [`Client::poll`], or
+//!   [`Client::poll_wait`], which sleeps in the kernel until a reply arrives instead of
+//!   spinning: the better choice when the client shares a small machine with the node).
 //! - [`ids`]: random session and transfer ids.
 //!
 //! Examples: `examples/pipelined.rs` (the poll API at full speed), `tests/fake_node.rs` (a
