@@ -15,15 +15,17 @@
 //!   is oldest is forgotten.
 
 use crate::command::{Command, TransferSpec};
-use crate::index::{hash128, hash64, Index};
+use crate::index::{account_hash, hash128, hash64, id_hash, Index};
 use crate::retention::{Live, RetentionIndex};
 use crate::{
     account_flags as af, batch_flags, transfer_flags, ConfigError, EngineConfig, EntryMeta,
     ResultCode, TransferKind, TransferState, LIST_LIMIT_MAX, NS_PER_S, TRANSFERS_PER_COMMAND_MAX,
 };
 
-/// An account as clients see it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// An account as clients see it. `repr(C)`, no padding: the reply's balance entries copy
+/// its id, ledger and balance columns as they lie.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, zerocopy::IntoBytes, zerocopy::Immutable)]
+#[repr(C)]
 pub struct Account {
     /// Account id (never 0).
     pub id: u64,
@@ -116,7 +118,22 @@ const _: () = assert!(std::mem::size_of::<AccountRecord>() == 64);
 /// snapshots keep creation order, so a slot is as stable as an id and half the size). `extra`
 /// holds `timeout_s | code << 32` for transfers, the settled pending id's hash (low bit: the
 /// amount was null) for posts and voids, and 0 for deposits and withdrawals.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// `repr(C)` without implicit padding, in the snapshot's field order: on a little-endian
+/// machine its bytes are the snapshot record, so snapshots copy the ring in bulk.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    zerocopy::FromBytes,
+    zerocopy::IntoBytes,
+    zerocopy::KnownLayout,
+    zerocopy::Immutable,
+)]
+#[repr(C)]
 pub(crate) struct Retained {
     pub(crate) id_lo: u64,
     pub(crate) id_hi: u64,
@@ -129,6 +146,8 @@ pub(crate) struct Retained {
     pub(crate) ledger: u32,
     pub(crate) kind: u8,
     pub(crate) state: u8,
+    /// Always zero (the snapshot's reserved bytes).
+    pub(crate) reserved: [u8; 2],
 }
 
 const _: () = assert!(std::mem::size_of::<Retained>() == 64);
@@ -136,6 +155,28 @@ const _: () = assert!(std::mem::size_of::<Retained>() == 64);
 impl Retained {
     pub(crate) fn id(&self) -> u128 {
         (u128::from(self.id_hi) << 64) | u128::from(self.id_lo)
+    }
+
+    /// Turns a record whose bytes were copied from a snapshot (little-endian) into native
+    /// order: nothing to do on a little-endian machine.
+    #[inline]
+    pub(crate) fn make_native_endian(&mut self) {
+        #[cfg(target_endian = "big")]
+        {
+            for v in [
+                &mut self.id_lo,
+                &mut self.id_hi,
+                &mut self.amount,
+                &mut self.position,
+                &mut self.timestamp_ns,
+                &mut self.extra,
+            ] {
+                *v = u64::from_le(*v);
+            }
+            for v in [&mut self.debit, &mut self.credit, &mut self.ledger] {
+                *v = u32::from_le(*v);
+            }
+        }
     }
 }
 
@@ -173,16 +214,27 @@ const HEAP_NONE: u32 = u32::MAX;
 
 /// Index hashes of one transfer of a batch, computed once and used by both prefetch stages
 /// and the lookups.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 struct Keys {
     debit: u64,
     credit: u64,
     id: u64,
+    /// Slots that the debit and credit accounts' index buckets named when their records were
+    /// prefetched ([`NO_SLOT`]: none yet); a guess, used only once the record's id confirms it.
+    debit_slot: u32,
+    credit_slot: u32,
 }
+
+/// [`Keys`] slot guess meaning "look it up".
+const NO_SLOT: u32 = u32::MAX;
 
 /// How many transfers ahead of the one being applied the batch loop prefetches index buckets
 /// (records are prefetched at half this distance, once their buckets have arrived).
 const PREFETCH_DISTANCE: usize = 16;
+
+/// Accounts up to which the batch loop does not prefetch account index buckets and records:
+/// 16384 records (1 MiB) and their index stay in a core's L2 cache between batches.
+const ACCOUNTS_CACHE_RESIDENT: usize = 16_384;
 
 /// FIFO ring of retained transfers with an index by id. Evicting the oldest record only moves
 /// the head: the index treats entries outside the live range as free (see `retention.rs`).
@@ -206,7 +258,10 @@ pub(crate) struct Ring {
 impl Ring {
     fn new(retained_max: u32) -> Ring {
         let capacity = retained_max as usize + TRANSFERS_PER_COMMAND_MAX;
-        let records = Vec::with_capacity(capacity);
+        // Every slot exists from the start, zeroed by the allocator (fresh pages, mapped on
+        // first touch): no first-lap special case, and restore reads straight into place.
+        let records = <Retained as zerocopy::FromZeros>::new_vec_zeroed(capacity)
+            .expect("allocating the retention ring");
         crate::prefetch::advise_huge_pages(&records);
         Ring {
             records,
@@ -258,10 +313,20 @@ impl Ring {
     }
 
     fn find(&self, id: u128) -> Option<u64> {
-        self.find_hashed(id, hash128(id))
+        self.find_hashed(id, id_hash(id))
     }
 
-    /// [`Ring::find`] with `hash128(id)` already computed.
+    /// The sequence of the live record with `id` (`Ok`), else where its index entry would go
+    /// (`Err`, a hint for [`Ring::push_hinted`]); `hash` is `id_hash(id)`.
+    #[inline(always)]
+    fn probe(&self, id: u128, hash: u64) -> Result<u64, usize> {
+        let offset = self.index.probe(hash, self.live(), |offset| {
+            self.records[self.slot_at(offset)].id() == id
+        })?;
+        Ok(self.head_seq + offset)
+    }
+
+    /// [`Ring::find`] with `id_hash(id)` already computed.
     #[inline]
     fn find_hashed(&self, id: u128, hash: u64) -> Option<u64> {
         let offset = self.index.find(hash, self.live(), |offset| {
@@ -283,10 +348,20 @@ impl Ring {
     }
 
     fn push(&mut self, record: Retained) -> u64 {
-        self.push_hashed(record, hash128(record.id()))
+        self.push_hashed(record, id_hash(record.id()))
     }
 
-    /// [`Ring::push`] with `hash128(record.id())` already computed.
+    /// [`Ring::push`] with `id_hash(record.id())` already computed and the index hint that
+    /// [`Ring::probe`] returned for it (nothing pushed since).
+    #[inline(always)]
+    fn push_hinted(&mut self, record: Retained, hash: u64, hint: usize) -> u64 {
+        let seq = self.push_unindexed(record);
+        let live = self.live();
+        self.index.insert_hinted(hint, hash, seq, live);
+        seq
+    }
+
+    /// [`Ring::push`] with `id_hash(record.id())` already computed.
     #[inline]
     fn push_hashed(&mut self, record: Retained, hash: u64) -> u64 {
         let seq = self.push_unindexed(record);
@@ -302,7 +377,7 @@ impl Ring {
         } else {
             self.next_slot - 1
         };
-        let hash = hash128(self.records[self.next_slot as usize].id());
+        let hash = id_hash(self.records[self.next_slot as usize].id());
         let live = self.live();
         self.index.remove(hash, self.next_seq - 1, live);
         self.next_seq -= 1;
@@ -335,25 +410,90 @@ impl Ring {
     }
 
     /// Appends a record without indexing it; returns its sequence.
-    #[inline]
+    #[inline(always)]
     fn push_unindexed(&mut self, record: Retained) -> u64 {
         assert!(self.len() < self.capacity, "ring slack exhausted");
         let seq = self.next_seq;
         let slot = self.next_slot as usize;
-        if slot < self.records.len() {
-            self.records[slot] = record;
-        } else {
-            assert_eq!(slot, self.records.len(), "the ring fills from slot 0");
-            self.records.push(record);
-        }
+        self.records[slot] = record;
         self.next_seq += 1;
         self.next_slot = self.wrap_forward(self.next_slot);
         seq
     }
 
+    /// Restore: takes the `n` records already copied into the slots from `next_slot` on as
+    /// the newest ones (oldest first), whose id hashes `RestoreScratch::note` has
+    /// collected, and indexes them. Ids must be distinct.
+    ///
+    /// A bulk build: inserting ids in ring order would touch a random line of the index
+    /// (hundreds of megabytes) per id, a cache and TLB miss each, which prefetching hides
+    /// poorly; instead the ids are first sorted by hash range (`scratch`, a counting sort
+    /// into `RESTORE_PARTS` ranges), then inserted range after range, so that each range's
+    /// part of the index stays in cache. Out-of-order inserts are allowed by the index (it
+    /// keeps the latest overflow sequence), and the layout does not change any answer.
+    fn adopt_restored(
+        &mut self,
+        n: usize,
+        scratch: &mut RestoreScratch,
+    ) -> Result<(), &'static str> {
+        const PARTS: usize = RESTORE_PARTS;
+        assert!(self.len() + n as u64 <= self.capacity && scratch.hashes.len() == n);
+        let base = self.next_seq - self.head_seq;
+        let counts = &mut scratch.counts;
+        for p in 1..=PARTS {
+            counts[p] += counts[p - 1];
+        }
+        scratch.sorted.clear();
+        scratch.sorted.resize(n, (0, 0));
+        for (i, &hash) in scratch.hashes.iter().enumerate() {
+            let at = &mut counts[RetentionIndex::part(hash, PARTS as u64)];
+            scratch.sorted[*at as usize] = (hash, i as u64);
+            *at += 1;
+        }
+        scratch.hashes.clear();
+        counts.clear();
+        counts.resize(PARTS + 1, 0);
+        // Every record of the block is live from now on (its slot holds it), so that
+        // duplicates within the block are found whatever the insert order.
+        self.next_seq += n as u64;
+        self.next_slot += n as u64;
+        if self.next_slot == self.capacity {
+            self.next_slot = 0;
+        }
+        let live = self.live();
+        const AHEAD: usize = 16;
+        for (k, &(hash, i)) in scratch.sorted.iter().enumerate() {
+            // Within a part, ids hit the part's share of the index (under a megabyte, few
+            // pages) at random: fetched ahead, that is a cache miss without a TLB miss.
+            if let Some(&(ahead, _)) = scratch.sorted.get(k + AHEAD) {
+                self.index.prefetch(ahead);
+            }
+            let offset = base + i;
+            // Records are read only on a fingerprint match (rare): the sorted order is
+            // random in the ring.
+            let records = &self.records;
+            let hint = match self.index.probe(hash, live, |o| {
+                records[self.slot_at(o)].id() == records[self.slot_at(offset)].id()
+            }) {
+                Ok(_) => return Err("duplicate retained transfer id"),
+                Err(hint) => hint,
+            };
+            self.index
+                .insert_hinted(hint, hash, self.head_seq + offset, live);
+        }
+        Ok(())
+    }
+
+    /// Restore: takes the `n` records already copied into the slots from `next_slot` on as
+    /// the newest ones, the index having been restored with them.
+    fn adopt_indexed(&mut self, n: usize) {
+        assert!(self.len() + n as u64 <= self.capacity);
+        self.next_seq += n as u64;
+        self.next_slot = (self.next_slot + n as u64) % self.capacity;
+    }
+
     /// Empties the ring and makes `head_seq` its first sequence (restore).
     fn reset(&mut self, head_seq: u64) {
-        self.records.clear();
         self.base_seq = head_seq;
         self.head_seq = head_seq;
         self.next_seq = head_seq;
@@ -361,6 +501,283 @@ impl Ring {
         self.next_slot = 0;
         self.index.clear();
     }
+}
+
+/// Parts a restore's bulk index build sorts retained ids into (see `Ring::adopt_restored`):
+/// each part's share of a ten-million-id index (160 MiB) is under a megabyte.
+const RESTORE_PARTS: usize = 256;
+
+/// Reusable buffers of `Ring::adopt_restored`.
+#[derive(Default)]
+struct RestoreScratch {
+    /// Per part: records counted, then where the next one goes.
+    counts: Vec<u32>,
+    /// Id hashes of the records not yet indexed, in ring order.
+    hashes: Vec<u64>,
+    /// `(hash, index in the block)`, by part.
+    sorted: Vec<(u64, u64)>,
+}
+
+impl RestoreScratch {
+    /// Takes in restored records read into the ring: makes them native-endian, checks their
+    /// account slots (below `slots`), and notes their id hashes and parts.
+    /// With `hash` false (the index comes with the snapshot), only the first two.
+    fn note(
+        &mut self,
+        records: &mut [Retained],
+        slots: u32,
+        hash: bool,
+    ) -> Result<(), &'static str> {
+        if self.counts.is_empty() {
+            self.counts.resize(RESTORE_PARTS + 1, 0);
+        }
+        for r in records {
+            r.make_native_endian();
+            if r.debit >= slots || r.credit >= slots {
+                return Err("retained transfer names an unknown account slot");
+            }
+            if !hash {
+                continue;
+            }
+            let hash = id_hash(r.id());
+            self.counts[RetentionIndex::part(hash, RESTORE_PARTS as u64) + 1] += 1;
+            self.hashes.push(hash);
+        }
+        Ok(())
+    }
+}
+
+/// The tables a run of posted transfers works on, borrowed apart from the [`Engine`] so
+/// that the compiler keeps their pointers in registers across the loop.
+struct Batch<'a> {
+    accounts: &'a mut [AccountRecord],
+    account_index: &'a Index,
+    ring: &'a mut Ring,
+    touched: &'a mut Vec<u32>,
+    results: &'a mut Vec<ResultCode>,
+    undo: &'a mut Vec<Undo>,
+    undo_active: bool,
+    position: u64,
+    now_ns: u64,
+}
+
+impl Batch<'_> {
+    /// Applies a batch of posted transfers (flags and timeouts zero, no pending transfer
+    /// open), pushing each result; returns the set of results seen (bit `r` for result `r`),
+    /// or, in an atomic batch, the first failure (index and result; the caller undoes).
+    /// Works ahead as [`Engine::transfers`] describes.
+    #[inline(always)]
+    fn run(
+        &mut self,
+        transfers: &[TransferSpec],
+        keys: &mut [Keys],
+        prefetch_accounts: bool,
+        atomic: bool,
+    ) -> Result<u32, (usize, ResultCode)> {
+        for k in keys.iter().take(PREFETCH_DISTANCE) {
+            self.prefetch_buckets(k, prefetch_accounts);
+        }
+        if prefetch_accounts {
+            for k in keys.iter_mut().take(PREFETCH_DISTANCE / 2) {
+                self.prefetch_records(k);
+            }
+        }
+        let mut seen = 0u32;
+        for (i, t) in transfers.iter().enumerate() {
+            if let Some(ahead) = keys.get(i + PREFETCH_DISTANCE) {
+                self.prefetch_buckets(ahead, prefetch_accounts);
+            }
+            if prefetch_accounts {
+                if let Some(ahead) = keys.get_mut(i + PREFETCH_DISTANCE / 2) {
+                    self.prefetch_records(ahead);
+                }
+            }
+            let r = self.transfer(t, &keys[i]);
+            if r != ResultCode::Ok && atomic {
+                return Err((i, r));
+            }
+            self.results.push(r);
+            seen |= 1 << r as u32;
+        }
+        Ok(seen)
+    }
+
+    /// First prefetch stage (see [`Engine::prefetch_buckets`]).
+    #[inline(always)]
+    fn prefetch_buckets(&self, k: &Keys, accounts: bool) {
+        if accounts {
+            self.account_index.prefetch(k.debit);
+            self.account_index.prefetch(k.credit);
+        }
+        self.ring.index.prefetch(k.id);
+    }
+
+    /// Second prefetch stage (see [`Engine::prefetch_records`]).
+    #[inline(always)]
+    fn prefetch_records(&self, k: &mut Keys) {
+        for (hash, guess) in [(k.debit, &mut k.debit_slot), (k.credit, &mut k.credit_slot)] {
+            if let Some(slot) = self.account_index.peek(hash) {
+                if let Some(rec) = self.accounts.get(slot as usize) {
+                    crate::prefetch::read(rec);
+                    *guess = slot;
+                }
+            }
+        }
+    }
+
+    /// [`Engine::create_transfer`] for a posted transfer (`flags` and `timeout_s` zero)
+    /// while no pending transfer is open, so that an id in use can only be in the retention
+    /// ring: the same checks in the same order, and the same answers.
+    #[inline(always)]
+    fn transfer(&mut self, t: &TransferSpec, k: &Keys) -> ResultCode {
+        debug_assert!(t.flags == 0 && t.timeout_s == 0);
+        if (t.id == 0)
+            | (t.debit_account_id == 0)
+            | (t.credit_account_id == 0)
+            | (t.ledger == 0)
+            | (t.amount == 0)
+            | (t.debit_account_id == t.credit_account_id)
+        {
+            return invalid_transfer(t);
+        }
+        let accounts = &*self.accounts;
+        let index = self.account_index;
+        let (Some(debit), Some(credit)) = (
+            resolve_account(accounts, index, t.debit_account_id, k.debit, k.debit_slot),
+            resolve_account(
+                accounts,
+                index,
+                t.credit_account_id,
+                k.credit,
+                k.credit_slot,
+            ),
+        ) else {
+            return ResultCode::AccountNotFound;
+        };
+        let (di, ci) = (debit as usize, credit as usize);
+        let (d, c) = (&accounts[di].account, &accounts[ci].account);
+        if d.ledger != t.ledger || c.ledger != t.ledger {
+            return ResultCode::LedgerMismatch;
+        }
+        let amount = t.amount;
+        let extra = u64::from(t.code) << 32;
+        let hint = match self.ring.probe(t.id, k.id) {
+            Ok(seq) => {
+                let r = self.ring.get(seq).expect("indexed records are live");
+                let same = r.kind == TransferKind::Transfer as u8
+                    && r.debit == debit
+                    && r.credit == credit
+                    && r.amount == amount
+                    && r.ledger == t.ledger
+                    && r.extra == extra
+                    && r.state == TransferState::Posted as u8;
+                return if same {
+                    ResultCode::TransferExists
+                } else {
+                    ResultCode::TransferExistsWithDifferentFields
+                };
+            }
+            Err(hint) => hint,
+        };
+        // `posted + amount <= posted + pending + amount`: when the totals do not overflow,
+        // neither do the new posted columns (the general path checks all four).
+        let (Some(d_total), Some(c_total)) = (
+            d.debits_posted
+                .checked_add(d.debits_pending)
+                .and_then(|v| v.checked_add(amount)),
+            c.credits_posted
+                .checked_add(c.credits_pending)
+                .and_then(|v| v.checked_add(amount)),
+        ) else {
+            return ResultCode::Overflow;
+        };
+        let (d_new, c_new) = (d.debits_posted + amount, c.credits_posted + amount);
+        if d.flags & af::DEBITS_MUST_NOT_EXCEED_CREDITS != 0 && d_total > d.credits_posted {
+            return ResultCode::InsufficientFunds;
+        }
+        if c.flags & af::CREDITS_MUST_NOT_EXCEED_DEBITS != 0 && c_total > c.debits_posted {
+            return ResultCode::ExceedsDebits;
+        }
+        // After this point the transfer must succeed.
+        if self.undo_active {
+            let (d, c) = (*d, *c);
+            self.undo.push(Undo::Balances {
+                account: debit,
+                old: d,
+            });
+            self.undo.push(Undo::Balances {
+                account: credit,
+                old: c,
+            });
+            self.undo.push(Undo::RingPush);
+        }
+        let position = self.position;
+        {
+            let d = &mut self.accounts[di];
+            d.account.debits_posted = d_new;
+            if d.touched_position != position {
+                d.touched_position = position;
+                self.touched.push(debit);
+            }
+        }
+        {
+            let c = &mut self.accounts[ci];
+            c.account.credits_posted = c_new;
+            if c.touched_position != position {
+                c.touched_position = position;
+                self.touched.push(credit);
+            }
+        }
+        self.ring.push_hinted(
+            Retained {
+                id_lo: t.id as u64,
+                id_hi: (t.id >> 64) as u64,
+                debit,
+                credit,
+                amount,
+                position,
+                timestamp_ns: self.now_ns,
+                extra,
+                ledger: t.ledger,
+                kind: TransferKind::Transfer as u8,
+                state: TransferState::Posted as u8,
+                reserved: [0; 2],
+            },
+            k.id,
+            hint,
+        );
+        ResultCode::Ok
+    }
+}
+
+/// [`Batch::run`] over tables passed one by one: as separate arguments they are known not to
+/// overlap, so the compiler keeps their pointers in registers across the loop.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn run_posted(
+    accounts: &mut [AccountRecord],
+    account_index: &Index,
+    ring: &mut Ring,
+    touched: &mut Vec<u32>,
+    results: &mut Vec<ResultCode>,
+    undo: &mut Vec<Undo>,
+    (position, now_ns, atomic): (u64, u64, bool),
+    transfers: &[TransferSpec],
+    keys: &mut [Keys],
+    prefetch_accounts: bool,
+) -> Result<u32, (usize, ResultCode)> {
+    Batch {
+        accounts,
+        account_index,
+        ring,
+        touched,
+        results,
+        undo,
+        undo_active: atomic,
+        position,
+        now_ns,
+    }
+    .run(transfers, keys, prefetch_accounts, atomic)
 }
 
 enum Undo {
@@ -413,12 +830,12 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// One cheap step of a hash lane: multiply-rotate (fully mixed later by [`mix`]).
+/// One cheap step of a hash lane: xor, then multiply by an odd constant (fully mixed later
+/// by [`mix`]). Both are bijections of the lane, so a difference in any one word always
+/// changes the lane, and so the hash.
 #[inline]
 fn lane(hash: u64, word: u64) -> u64 {
-    (hash ^ word)
-        .wrapping_mul(0x9fb2_1c65_1e98_df25)
-        .rotate_left(29)
+    (hash ^ word).wrapping_mul(0x9fb2_1c65_1e98_df25)
 }
 
 #[inline]
@@ -528,10 +945,10 @@ impl Engine {
 
     #[inline]
     fn find_account(&self, id: u64) -> Option<u32> {
-        self.find_account_hashed(id, hash64(id))
+        self.find_account_hashed(id, account_hash(id))
     }
 
-    /// [`Engine::find_account`] with `hash64(id)` already computed.
+    /// [`Engine::find_account`] with `account_hash(id)` already computed.
     #[inline]
     fn find_account_hashed(&self, id: u64, hash: u64) -> Option<u32> {
         let accounts = &self.accounts;
@@ -541,22 +958,30 @@ impl Engine {
 
     /// First prefetch stage for a transfer some entries ahead: the index buckets of its
     /// accounts and of its id.
-    #[inline]
-    fn prefetch_buckets(&self, k: &Keys) {
-        self.account_index.prefetch(k.debit);
-        self.account_index.prefetch(k.credit);
+    #[inline(always)]
+    fn prefetch_buckets(&self, k: &Keys, accounts: bool) {
+        if accounts {
+            self.account_index.prefetch(k.debit);
+            self.account_index.prefetch(k.credit);
+        }
         self.ring.index.prefetch(k.id);
     }
 
     /// Second stage, a few entries later: the buckets are in cache, so peek the slots and
-    /// prefetch the account records.
+    /// prefetch the account records. The slots found are kept in `k` as guesses for the
+    /// lookups.
     #[inline]
-    fn prefetch_records(&self, k: &Keys) {
-        for hash in [k.debit, k.credit] {
-            if let Some(slot) = self.account_index.peek(hash) {
-                if let Some(rec) = self.accounts.get(slot as usize) {
-                    crate::prefetch::read(rec);
-                }
+    fn prefetch_records(&self, k: &mut Keys) {
+        if let Some(slot) = self.account_index.peek(k.debit) {
+            if let Some(rec) = self.accounts.get(slot as usize) {
+                crate::prefetch::read(rec);
+                k.debit_slot = slot;
+            }
+        }
+        if let Some(slot) = self.account_index.peek(k.credit) {
+            if let Some(rec) = self.accounts.get(slot as usize) {
+                crate::prefetch::read(rec);
+                k.credit_slot = slot;
             }
         }
     }
@@ -646,6 +1071,41 @@ impl Engine {
     /// # Panics
     /// If `meta.position <= self.position()`: the caller broke log order (a bug, not input).
     pub fn apply_command(&mut self, meta: &EntryMeta, command: &Command<'_>) -> Outcome<'_> {
+        let result = match self.apply_effects(meta, command) {
+            Ok(result) => result,
+            Err(retry) => return retry,
+        };
+        let mut balances = std::mem::take(&mut self.balances);
+        balances.clear();
+        self.finish_effects(meta.position, result, |a| {
+            balances.push(Balance {
+                account_id: a.id,
+                ledger: a.ledger,
+                debits_posted: a.debits_posted,
+                credits_posted: a.credits_posted,
+                debits_pending: a.debits_pending,
+                credits_pending: a.credits_pending,
+            })
+        });
+        self.balances = balances;
+        Outcome {
+            position: meta.position,
+            timestamp_ns: meta.timestamp_ns,
+            client_seq: meta.client_seq,
+            result,
+            results: &self.results,
+            balances: &self.balances,
+        }
+    }
+
+    /// Applies one command's effects (everything but the state hash): `Ok` with the overall
+    /// result, after which [`Engine::finish_effects`] must be called, or `Err` with the answer
+    /// to a retried command (hash already updated).
+    pub(crate) fn apply_effects(
+        &mut self,
+        meta: &EntryMeta,
+        command: &Command<'_>,
+    ) -> Result<ResultCode, Outcome<'static>> {
         assert!(
             meta.position > self.position,
             "position {} applied after {}",
@@ -656,12 +1116,11 @@ impl Engine {
         self.now_ns = self.now_ns.max(meta.timestamp_ns);
         self.results.clear();
         self.touched.clear();
-        self.balances.clear();
         self.expire_due();
 
         if let Some(retry) = self.session_retry(meta) {
             self.hash = mix(mix(self.hash, meta.position), retry.result as u64);
-            return retry;
+            return Err(retry);
         }
 
         let result = match *command {
@@ -693,33 +1152,26 @@ impl Engine {
             Command::Invalid => ResultCode::InvalidCommand,
         };
         self.ring.trim();
-
-        for &i in &self.touched {
-            let a = &self.accounts[i as usize].account;
-            self.balances.push(Balance {
-                account_id: a.id,
-                ledger: a.ledger,
-                debits_posted: a.debits_posted,
-                credits_posted: a.credits_posted,
-                debits_pending: a.debits_pending,
-                credits_pending: a.credits_pending,
-            });
-        }
-        self.hash = self.hash_effects(meta.position, result);
         self.session_record(meta, result);
-        Outcome {
-            position: meta.position,
-            timestamp_ns: meta.timestamp_ns,
-            client_seq: meta.client_seq,
-            result,
-            results: &self.results,
-            balances: &self.balances,
-        }
+        Ok(result)
     }
 
-    /// Folds this command's effects (result codes and the balances it left) into the hash,
-    /// in four independent lanes so that the multiplies overlap.
-    fn hash_effects(&self, position: u64, result: ResultCode) -> u64 {
+    /// The per-transfer results of the command just applied.
+    pub(crate) fn results(&self) -> &[ResultCode] {
+        &self.results
+    }
+
+    /// Second half of applying a command: hands each touched account (after the command, in
+    /// first-touch order) to `balance` while folding the command's effects (its results and
+    /// those balances) into the state hash, in four independent lanes so that the multiplies
+    /// overlap. One pass serves the hash and the reply.
+    #[inline]
+    pub(crate) fn finish_effects(
+        &mut self,
+        position: u64,
+        result: ResultCode,
+        mut balance: impl FnMut(&Account),
+    ) {
         let mut lanes = [
             self.hash,
             position,
@@ -733,16 +1185,19 @@ impl Engine {
             }
             lanes[0] = lane(lanes[0], w);
         }
-        for b in &self.balances {
-            lanes[0] = lane(lanes[0], b.account_id);
-            lanes[1] = lane(lanes[1], b.debits_posted);
-            lanes[2] = lane(lanes[2], b.credits_posted);
+        let accounts = &self.accounts[..];
+        for &i in &self.touched {
+            let a = &accounts[i as usize].account;
+            lanes[0] = lane(lanes[0], a.id);
+            lanes[1] = lane(lanes[1], a.debits_posted);
+            lanes[2] = lane(lanes[2], a.credits_posted);
             lanes[3] = lane(
                 lanes[3],
-                b.debits_pending ^ b.credits_pending.rotate_left(32),
+                a.debits_pending ^ a.credits_pending.rotate_left(32),
             );
+            balance(a);
         }
-        mix(mix(mix(mix(0, lanes[0]), lanes[1]), lanes[2]), lanes[3])
+        self.hash = mix(mix(mix(mix(0, lanes[0]), lanes[1]), lanes[2]), lanes[3]);
     }
 
     fn session_retry(&self, meta: &EntryMeta) -> Option<Outcome<'static>> {
@@ -870,7 +1325,7 @@ impl Engine {
             },
             touched_position: 0,
         });
-        self.account_index.insert(hash64(id), slot);
+        self.account_index.insert(account_hash(id), slot);
         if external {
             self.external_index
                 .insert(hash64(u64::from(ledger)), self.externals.len() as u32);
@@ -911,7 +1366,7 @@ impl Engine {
         self.transfer_checked(
             kind,
             transfer_id,
-            hash128(transfer_id),
+            id_hash(transfer_id),
             debit,
             credit,
             amount,
@@ -934,30 +1389,86 @@ impl Engine {
         let atomic = flags & batch_flags::ATOMIC != 0;
         self.undo.clear();
         self.undo_active = atomic;
-        let mut overall = ResultCode::Ok;
         // Every hash once, in one pass (independent multiplies overlap), then two prefetch
         // stages ahead of the transfer being applied.
         let mut keys = std::mem::take(&mut self.keys);
         keys.clear();
         keys.extend(transfers.iter().map(|t| Keys {
-            debit: hash64(t.debit_account_id),
-            credit: hash64(t.credit_account_id),
-            id: hash128(t.id),
+            debit: account_hash(t.debit_account_id),
+            credit: account_hash(t.credit_account_id),
+            id: id_hash(t.id),
+            debit_slot: NO_SLOT,
+            credit_slot: NO_SLOT,
         }));
-        for k in keys.iter().take(PREFETCH_DISTANCE) {
-            self.prefetch_buckets(k);
+        // Account tables small enough to stay in the core's cache are not worth prefetching
+        // (the retention index, sized by retention, always is).
+        let prefetch_accounts = self.accounts.len() > ACCOUNTS_CACHE_RESIDENT;
+        // Only posted transfers and no pending transfer open (none can open then): the
+        // whole batch runs on the fast path, over tables borrowed apart.
+        let all_posted =
+            self.pending_open == 0 && transfers.iter().all(|t| t.flags == 0 && t.timeout_s == 0);
+        if !all_posted {
+            for k in keys.iter().take(PREFETCH_DISTANCE) {
+                self.prefetch_buckets(k, prefetch_accounts);
+            }
+            if prefetch_accounts {
+                for k in keys.iter_mut().take(PREFETCH_DISTANCE / 2) {
+                    self.prefetch_records(k);
+                }
+            }
         }
-        for k in keys.iter().take(PREFETCH_DISTANCE / 2) {
-            self.prefetch_records(k);
+        // Bit `r` set for every result `r` seen: the overall result is the lowest non-ok one.
+        let mut seen = 0u32;
+        let first_failure = if all_posted {
+            let run = run_posted(
+                &mut self.accounts[..],
+                &self.account_index,
+                &mut self.ring,
+                &mut self.touched,
+                &mut self.results,
+                &mut self.undo,
+                (self.position, self.now_ns, atomic),
+                transfers,
+                &mut keys,
+                prefetch_accounts,
+            );
+            match run {
+                Ok(s) => {
+                    seen = s;
+                    None
+                }
+                Err(failure) => Some(failure),
+            }
+        } else {
+            None
+        };
+        if let Some((i, r)) = first_failure {
+            self.rollback();
+            self.results.clear();
+            self.results
+                .resize(transfers.len(), ResultCode::LinkedTransferFailed);
+            self.results[i] = r;
+            self.touched.clear();
+            seen = 1 << r as u32;
         }
-        for (i, (t, k)) in transfers.iter().zip(&keys).enumerate() {
+        for i in 0..transfers.len() {
+            if all_posted {
+                break;
+            }
             if let Some(ahead) = keys.get(i + PREFETCH_DISTANCE) {
-                self.prefetch_buckets(ahead);
+                self.prefetch_buckets(ahead, prefetch_accounts);
             }
-            if let Some(ahead) = keys.get(i + PREFETCH_DISTANCE / 2) {
-                self.prefetch_records(ahead);
+            if prefetch_accounts {
+                if let Some(ahead) = keys.get_mut(i + PREFETCH_DISTANCE / 2) {
+                    self.prefetch_records(ahead);
+                }
             }
-            let r = self.create_transfer(t, k);
+            let t = &transfers[i];
+            let r = if t.flags == 0 && t.timeout_s == 0 && self.pending_open == 0 {
+                self.batch().transfer(t, &keys[i])
+            } else {
+                self.create_transfer(t, &keys[i])
+            };
             if r != ResultCode::Ok && atomic {
                 self.rollback();
                 self.results.clear();
@@ -965,18 +1476,21 @@ impl Engine {
                     .resize(transfers.len(), ResultCode::LinkedTransferFailed);
                 self.results[i] = r;
                 self.touched.clear();
-                overall = r;
+                seen = 1 << r as u32;
                 break;
             }
             self.results.push(r);
-            if r != ResultCode::Ok && (overall == ResultCode::Ok || r < overall) {
-                overall = r;
-            }
+            seen |= 1 << r as u32;
         }
         self.keys = keys;
         self.undo_active = false;
         self.undo.clear();
-        overall
+        let failed = seen & !1;
+        if failed == 0 {
+            ResultCode::Ok
+        } else {
+            ResultCode::from_u8(failed.trailing_zeros() as u8).unwrap_or(ResultCode::Ok)
+        }
     }
 
     fn rollback(&mut self) {
@@ -989,26 +1503,53 @@ impl Engine {
         }
     }
 
+    /// The tables a batch of posted transfers works on, borrowed apart (see [`Batch`]).
+    #[inline(always)]
+    fn batch(&mut self) -> Batch<'_> {
+        Batch {
+            accounts: &mut self.accounts[..],
+            account_index: &self.account_index,
+            ring: &mut self.ring,
+            touched: &mut self.touched,
+            results: &mut self.results,
+            undo: &mut self.undo,
+            undo_active: self.undo_active,
+            position: self.position,
+            now_ns: self.now_ns,
+        }
+    }
+
+    #[inline(never)]
     fn create_transfer(&mut self, t: &TransferSpec, k: &Keys) -> ResultCode {
-        if t.id == 0 || t.debit_account_id == 0 || t.credit_account_id == 0 {
-            return ResultCode::InvalidId;
-        }
-        if t.ledger == 0 {
-            return ResultCode::InvalidLedger;
-        }
         let pending = t.flags & transfer_flags::PENDING != 0;
-        if t.flags & !transfer_flags::ALL != 0 || (t.timeout_s != 0 && !pending) {
-            return ResultCode::InvalidFlags;
-        }
-        if t.amount == 0 {
-            return ResultCode::InvalidAmount;
-        }
-        if t.debit_account_id == t.credit_account_id {
-            return ResultCode::SameAccount;
+        // One test for the common, valid case; the precedence order is worked out only when
+        // something is wrong.
+        if (t.id == 0)
+            | (t.debit_account_id == 0)
+            | (t.credit_account_id == 0)
+            | (t.ledger == 0)
+            | (t.flags & !transfer_flags::ALL != 0)
+            | (t.timeout_s != 0 && !pending)
+            | (t.amount == 0)
+            | (t.debit_account_id == t.credit_account_id)
+        {
+            return invalid_transfer(t);
         }
         let (Some(debit), Some(credit)) = (
-            self.find_account_hashed(t.debit_account_id, k.debit),
-            self.find_account_hashed(t.credit_account_id, k.credit),
+            resolve_account(
+                &self.accounts,
+                &self.account_index,
+                t.debit_account_id,
+                k.debit,
+                k.debit_slot,
+            ),
+            resolve_account(
+                &self.accounts,
+                &self.account_index,
+                t.credit_account_id,
+                k.credit,
+                k.credit_slot,
+            ),
         ) else {
             return ResultCode::AccountNotFound;
         };
@@ -1033,34 +1574,40 @@ impl Engine {
     }
 
     /// Checks an id already in use: the retained record, or an open pending transfer whose
-    /// record has been evicted. `same` compares the stored fields with the request.
+    /// record has been evicted. `same` compares the stored fields with the request. When the
+    /// id is free, returns the retention index hint for pushing its record.
+    #[inline(always)]
     fn existing(
         &self,
         id: u128,
         id_hash: u64,
         same: impl Fn(&Retained) -> bool,
-    ) -> Option<ResultCode> {
-        let rec = if let Some(seq) = self.ring.find_hashed(id, id_hash) {
-            *self.ring.get(seq).expect("indexed records are live")
-        } else {
-            if self.pending_open == 0 {
-                return None;
-            }
-            let p = self.pending[self.find_pending(id)? as usize];
-            Retained {
-                id_lo: p.id_lo,
-                id_hi: p.id_hi,
-                debit: p.debit,
-                credit: p.credit,
-                amount: p.amount,
-                ledger: self.accounts[p.debit as usize].account.ledger,
-                kind: TransferKind::Transfer as u8,
-                state: TransferState::Pending as u8,
-                extra: p.extra,
-                ..Retained::default()
+    ) -> Result<usize, ResultCode> {
+        let rec = match self.ring.probe(id, id_hash) {
+            Ok(seq) => *self.ring.get(seq).expect("indexed records are live"),
+            Err(hint) => {
+                if self.pending_open == 0 {
+                    return Ok(hint);
+                }
+                let Some(slot) = self.find_pending(id) else {
+                    return Ok(hint);
+                };
+                let p = self.pending[slot as usize];
+                Retained {
+                    id_lo: p.id_lo,
+                    id_hi: p.id_hi,
+                    debit: p.debit,
+                    credit: p.credit,
+                    amount: p.amount,
+                    ledger: self.accounts[p.debit as usize].account.ledger,
+                    kind: TransferKind::Transfer as u8,
+                    state: TransferState::Pending as u8,
+                    extra: p.extra,
+                    ..Retained::default()
+                }
             }
         };
-        Some(if same(&rec) {
+        Err(if same(&rec) {
             ResultCode::TransferExists
         } else {
             ResultCode::TransferExistsWithDifferentFields
@@ -1093,9 +1640,10 @@ impl Engine {
                 && r.extra == extra
                 && (r.state != TransferState::Posted as u8) == pending
         };
-        if let Some(r) = self.existing(id, id_hash, same) {
-            return r;
-        }
+        let hint = match self.existing(id, id_hash, same) {
+            Ok(hint) => hint,
+            Err(r) => return r,
+        };
         let (d_new, c_new) = if pending {
             (
                 d.debits_pending.checked_add(amount),
@@ -1157,7 +1705,7 @@ impl Engine {
         }
         self.touch(debit);
         self.touch(credit);
-        let seq = self.ring.push_hashed(
+        let seq = self.ring.push_hinted(
             Retained {
                 id_lo: id as u64,
                 id_hi: (id >> 64) as u64,
@@ -1174,8 +1722,10 @@ impl Engine {
                 } else {
                     TransferState::Posted
                 } as u8,
+                reserved: [0; 2],
             },
             id_hash,
+            hint,
         );
         if pending {
             let deadline_ns = if timeout_s == 0 {
@@ -1219,7 +1769,7 @@ impl Engine {
         let same = |r: &Retained| {
             r.kind == kind as u8 && r.extra == extra && amount.is_none_or(|a| a == r.amount)
         };
-        if let Some(r) = self.existing(id, hash128(id), same) {
+        if let Err(r) = self.existing(id, id_hash(id), same) {
             return r;
         }
         let Some(slot) = self.find_pending(pending_id) else {
@@ -1292,6 +1842,7 @@ impl Engine {
             ledger: d.ledger,
             kind: kind as u8,
             state: TransferState::Posted as u8,
+            reserved: [0; 2],
         });
         ResultCode::Ok
     }
@@ -1409,12 +1960,30 @@ impl Engine {
     /// every command. Returns what is broken.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut sums: std::collections::BTreeMap<u32, [u128; 4]> = Default::default();
+        // Sums of the current run of accounts on one ledger (accounts mostly come in runs),
+        // added to `sums` when the ledger changes: one map update per run, not per account.
+        let mut run: Option<(u32, [u128; 4])> = None;
+        let mut debits_pending = 0u128;
         for a in self.accounts() {
-            let s = sums.entry(a.ledger).or_default();
-            s[0] += u128::from(a.debits_posted);
-            s[1] += u128::from(a.credits_posted);
-            s[2] += u128::from(a.debits_pending);
-            s[3] += u128::from(a.credits_pending);
+            match &mut run {
+                Some((ledger, _)) if *ledger == a.ledger => {}
+                _ => {
+                    if let Some((ledger, s)) = run.take() {
+                        let total = sums.entry(ledger).or_default();
+                        for (t, v) in total.iter_mut().zip(s) {
+                            *t += v;
+                        }
+                    }
+                    run = Some((a.ledger, [0; 4]));
+                }
+            }
+            if let Some((_, s)) = &mut run {
+                s[0] += u128::from(a.debits_posted);
+                s[1] += u128::from(a.credits_posted);
+                s[2] += u128::from(a.debits_pending);
+                s[3] += u128::from(a.credits_pending);
+            }
+            debits_pending += u128::from(a.debits_pending);
             let debits = u128::from(a.debits_posted) + u128::from(a.debits_pending);
             let credits = u128::from(a.credits_posted) + u128::from(a.credits_pending);
             if a.flags & af::DEBITS_MUST_NOT_EXCEED_CREDITS != 0
@@ -1426,6 +1995,12 @@ impl Engine {
                 && credits > u128::from(a.debits_posted)
             {
                 return Err(format!("account {} credits exceed debits: {a:?}", a.id));
+            }
+        }
+        if let Some((ledger, s)) = run {
+            let total = sums.entry(ledger).or_default();
+            for (t, v) in total.iter_mut().zip(s) {
+                *t += v;
             }
         }
         for (ledger, s) in sums {
@@ -1442,7 +2017,6 @@ impl Engine {
                 }
             }
         }
-        let debits_pending: u128 = self.accounts().map(|a| u128::from(a.debits_pending)).sum();
         if pending_sum != debits_pending {
             return Err(format!(
                 "pending table {pending_sum} != pending debits {debits_pending}"
@@ -1452,6 +2026,33 @@ impl Engine {
     }
 
     // ----- restore: a snapshot's sections are fed in order into an empty engine -----
+
+    /// Restore: the address ranges that restoring `accounts` accounts and `retained`
+    /// retained transfers will write, in the order a helper mapping them should take them
+    /// (each from its end, see `prefetch::populate_for_write`) so as to stay ahead of the
+    /// restoring thread, or meet it halfway: the account index (small, written at random
+    /// from the start), the account table, the retention index (written last), then the
+    /// ring's records (written in order, after the accounts).
+    pub(crate) fn restore_spans(&self, accounts: u64, retained: u64) -> Vec<(usize, usize)> {
+        let accounts = (accounts as usize).min(self.accounts.capacity());
+        let retained = (retained as usize).min(self.ring.records.len());
+        vec![
+            self.account_index.span(),
+            crate::prefetch::span(&self.accounts, accounts),
+            self.ring.index.span(),
+            crate::prefetch::span(&self.ring.records, retained),
+        ]
+    }
+
+    /// The retention index's bucket words (snapshots save them).
+    pub(crate) fn retention_index_words(&self) -> &[u32] {
+        self.ring.index.bucket_words()
+    }
+
+    /// Restore: the retention index's bucket words, to fill with a snapshot's copy.
+    pub(crate) fn retention_index_words_mut(&mut self) -> &mut [u32] {
+        self.ring.index.bucket_words_mut()
+    }
 
     /// Restore, first step: makes `head_seq` the ring's first sequence (the engine is new).
     pub(crate) fn restore_ring_head(&mut self, head_seq: u64) {
@@ -1465,16 +2066,19 @@ impl Engine {
         const AHEAD: usize = 16;
         for (i, &a) in accounts.iter().enumerate() {
             if let Some(ahead) = accounts.get(i + AHEAD) {
-                self.account_index.prefetch(hash64(ahead.id));
+                self.account_index.prefetch(account_hash(ahead.id));
             }
             if a.id == 0 {
                 return Err("zero account id");
             }
             let slot = self.accounts.len() as u32;
             let records = &self.accounts;
-            if !self.account_index.insert_unique(hash64(a.id), slot, |s| {
-                records[s as usize].account.id == a.id
-            }) {
+            if !self
+                .account_index
+                .insert_unique(account_hash(a.id), slot, |s| {
+                    records[s as usize].account.id == a.id
+                })
+            {
                 return Err("duplicate account id");
             }
             self.accounts.push(AccountRecord {
@@ -1495,31 +2099,58 @@ impl Engine {
         Ok(())
     }
 
-    /// Restore: appends retained transfers, oldest first, after every account (the caller has
-    /// checked the capacity): each record is checked for a duplicate id, copied into the ring
-    /// and indexed, with index buckets prefetched ahead.
-    pub(crate) fn restore_retained(&mut self, records: &[Retained]) -> Result<(), &'static str> {
-        const AHEAD: usize = 16;
+    /// Restore: reads `count` retained transfers (the caller has checked the capacity),
+    /// oldest first, after every account, with `read` straight into the ring's slots, a
+    /// chunk at a time, and checks and indexes each chunk while it is in cache. `check`
+    /// false (the snapshot is already known to be inconsistent) only reads. The outer error
+    /// is `read`'s; the inner one says what is inconsistent.
+    pub(crate) fn restore_retained<E>(
+        &mut self,
+        count: u64,
+        mut check: bool,
+        build_index: bool,
+        mut read: impl FnMut(&mut [u8]) -> Result<(), E>,
+    ) -> Result<Result<(), &'static str>, E> {
+        use zerocopy::IntoBytes;
+        /// Records per read: 1 MiB.
+        const CHUNK: usize = 16_384;
+        /// Records indexed at once (64 MiB of ring, 24 MiB of scratch).
+        const BLOCK: usize = 1 << 20;
         let slots = self.accounts.len() as u32;
-        if records
-            .iter()
-            .any(|r| r.debit >= slots || r.credit >= slots)
-        {
-            return Err("retained transfer names an unknown account slot");
-        }
+        let mut left = count as usize;
+        let mut outcome = Ok(());
         let ring = &mut self.ring;
-        for (i, &r) in records.iter().enumerate() {
-            if let Some(ahead) = records.get(i + AHEAD) {
-                ring.index.prefetch(hash128(ahead.id()));
+        assert_eq!(ring.len(), 0, "restore fills an empty ring");
+        let mut scratch = RestoreScratch::default();
+        let mut at = ring.next_slot as usize;
+        let mut unindexed = 0;
+        while left > 0 {
+            let n = left.min(CHUNK);
+            read(ring.records[at..at + n].as_mut_bytes())?;
+            if check {
+                // While the chunk is in cache: checks, and its ids' hashes for the index.
+                let records = &mut ring.records[at..at + n];
+                if let Err(why) = scratch.note(records, slots, build_index) {
+                    outcome = Err(why);
+                    check = false;
+                }
             }
-            let id = r.id();
-            let hash = hash128(id);
-            if ring.find_hashed(id, hash).is_some() {
-                return Err("duplicate retained transfer id");
+            at += n;
+            left -= n;
+            unindexed += n;
+            if check && (unindexed >= BLOCK || left == 0) {
+                if build_index {
+                    if let Err(why) = ring.adopt_restored(unindexed, &mut scratch) {
+                        outcome = Err(why);
+                        check = false;
+                    }
+                } else {
+                    ring.adopt_indexed(unindexed);
+                }
+                unindexed = 0;
             }
-            ring.push_hashed(r, hash);
         }
-        Ok(())
+        Ok(outcome)
     }
 
     /// Restore: adds one open pending transfer (after the retained ones).
@@ -1600,6 +2231,43 @@ impl Engine {
                 ring_seq: p.ring_seq,
                 extra: p.extra,
             })
+    }
+}
+
+/// The slot of account `id` (`hash` is `account_hash(id)`), trying the prefetch stage's
+/// `guess` first: a slot whose record holds `id` is that account's (ids are unique).
+#[inline(always)]
+fn resolve_account(
+    accounts: &[AccountRecord],
+    index: &Index,
+    id: u64,
+    hash: u64,
+    guess: u32,
+) -> Option<u32> {
+    if let Some(rec) = accounts.get(guess as usize) {
+        if rec.account.id == id {
+            return Some(guess);
+        }
+    }
+    index.find(hash, |s| accounts[s as usize].account.id == id)
+}
+
+/// The result of a transfer that fails one of the field checks, in precedence order.
+#[cold]
+#[inline(never)]
+fn invalid_transfer(t: &TransferSpec) -> ResultCode {
+    let pending = t.flags & transfer_flags::PENDING != 0;
+    if t.id == 0 || t.debit_account_id == 0 || t.credit_account_id == 0 {
+        ResultCode::InvalidId
+    } else if t.ledger == 0 {
+        ResultCode::InvalidLedger
+    } else if t.flags & !transfer_flags::ALL != 0 || (t.timeout_s != 0 && !pending) {
+        ResultCode::InvalidFlags
+    } else if t.amount == 0 {
+        ResultCode::InvalidAmount
+    } else {
+        debug_assert_eq!(t.debit_account_id, t.credit_account_id);
+        ResultCode::SameAccount
     }
 }
 

@@ -40,41 +40,56 @@
 //!   they are retained).
 //!
 //! # Memory
-//! Tables are reserved in [`Engine::new`] (`Vec::with_capacity`, zeroed `vec!` for hash
-//! buckets), so the kernel maps pages only when first touched, and large tables are advised
-//! onto transparent huge pages. Per account: a 64-byte record (one cache line, `align(64)`)
-//! plus 13-27 bytes of index (load factor at most 0.6): about 81 bytes measured at one million
-//! accounts. Per retained transfer: a 64-byte record (accounts by slot, not id) plus 16 bytes
-//! of index (one 64-byte bucket per 4 ids): at the default 10 million, 640 MB of records and
-//! 160 MB of index once the ring has filled. Per open pending transfer: 64 bytes plus index and 4 bytes of heap.
+//! Tables are reserved in [`Engine::new`] (`Vec::with_capacity`, allocator-zeroed vectors for
+//! hash buckets and the retention ring), so the kernel maps pages only when first touched,
+//! and large tables are advised onto transparent huge pages. Per account: a 64-byte record
+//! (one cache line, `align(64)`) plus 13-27 bytes of index (load factor at most 0.6): about 81
+//! bytes measured at one million accounts. Per retained transfer: a 64-byte record (accounts by
+//! slot, not id) plus 16 bytes of index (one 64-byte bucket per 4 ids): at the default 10
+//! million, 640 MB of records and 160 MB of index once the ring has filled. Per open pending
+//! transfer: 64 bytes plus index and 4 bytes of heap.
 //!
 //! # Speed
 //! A `Transfers` command is applied transfer by transfer, but the loop works ahead within the
-//! batch: every index hash of the batch (both accounts and the id) is computed once, in one
-//! pass; index buckets are prefetched 16 transfers ahead and account records 8 ahead (the
-//! only `unsafe` in the crate is that prefetch hint and the huge-page `madvise`, in
-//! `prefetch.rs`, and the SSE2 loads of the retention index's eight-lane compares, in
-//! `lanes.rs`). Evicting the oldest retained transfer writes nothing: the retention index
+//! batch: every index hash of the batch (both accounts and the id: one or two folded
+//! multiplies each) is computed once, in one pass; retention index buckets are prefetched 16
+//! transfers ahead and, once the account table outgrows a core's cache (`16 384` accounts),
+//! account index buckets 16 ahead and account records 8 ahead, the slot found then being
+//! reused as a guess by the look-up. The common transfer (posted, no pending transfer open)
+//! takes a fast path that does the same checks in the same order with the table pointers
+//! held in registers, and anything unusual falls back to the general path. The idempotency
+//! look-up of a new id also yields the free entry its insert will take (one look at the
+//! bucket for both). The reply's balances are written and folded into the state hash in one
+//! pass over the touched accounts (the generated encoder writes the header, block and group
+//! dimensions; the fixed-size entries are written directly, checked against the generated
+//! encoder in the tests). The only `unsafe` in the crate is the prefetch hint and the `madvise`
+//! calls, in `prefetch.rs`, and the SSE2 loads of the retention index's eight-lane compares,
+//! in `lanes.rs`. Evicting the oldest retained transfer writes nothing: the retention index
 //! (`retention.rs`) stores each id's ring sequence and treats entries outside the ring's live
-//! range as free, so a new transfer touches one random line of it, for its idempotency look-up
-//! and insert together, plus the sequential ring write. With that, memory is no longer the
-//! main limit: on the 2-core development VM a transfer costs about 870 instructions
-//! (callgrind), and 10 million retained ids run at about 6.5 million transfers per CPU-second
-//! against about 7.4 million with 100 thousand (all cache-resident); `bench engine` reports
-//! the figures.
+//! range as free, so a new transfer touches one random line of it plus the sequential ring
+//! write. On the 2-core development VM a transfer costs about 530 instructions (callgrind,
+//! 10 thousand accounts; 860 before the fast path) and about 600 with a million accounts
+//! (880 before); `bench engine` reports the throughput.
 //!
 //! # Snapshots and threads
 //! See [`snapshot`]. The engine thread calls [`Engine::freeze_into`], which copies the live
 //! tables into a reusable [`snapshot::Frozen`] (memcpy speed once the `Frozen`'s pages are
-//! mapped: ~100-150 ms with ten million retained transfers on this machine, far less with
+//! mapped: ~100-200 ms with ten million retained transfers on this machine, far less with
 //! smaller retention; a *fresh* `Frozen` from [`Engine::freeze`] first pays for mapping its
-//! pages, over a second at that size, so a node should keep and reuse one), and hands it to
-//! another thread that encodes, checksums and writes it with [`snapshot::Frozen::write_to`]
-//! while the engine goes on. [`Engine::snapshot`] writes straight from the live tables instead
-//! (no copy, but it holds the engine for the write). [`Engine::restore`] streams the file a
-//! chunk at a time straight into the tables (memory: the engine plus one chunk), rebuilds the
-//! indexes with prefetching, and refuses a damaged or truncated file with a [`SnapshotError`]
-//! that says which; nothing is returned unless the length and CRC32C check out.
+//! pages, up to a second at that size, so a node should keep and reuse one), and hands it to
+//! another thread that checksums and writes it with [`snapshot::Frozen::write_to`] while the
+//! engine goes on (retained transfers, most of the bytes, are written straight from memory:
+//! their record layout is the file's). [`Engine::snapshot`] writes straight from the live
+//! tables instead (no copy, but it holds the engine for the write). [`Engine::restore`]
+//! streams the file a chunk at a time straight into the tables (retained transfers are read
+//! into the ring's slots as they are, and the retention index, which the snapshot carries,
+//! into the index when the configuration sizes it the same; otherwise it is rebuilt in bulk,
+//! sorted by hash range so that it fills in cache-sized parts), rebuilds the account index,
+//! and refuses a damaged or
+//! truncated file with a [`SnapshotError`] that says which; nothing is returned unless the
+//! length and CRC32C check out. Restoring a large state also starts one short-lived helper
+//! thread that maps the new tables' pages ahead of the restoring thread (mapping fresh pages
+//! is as much work as the rest of a restore); applying commands never uses a thread.
 #![deny(unsafe_code)]
 
 mod command;

@@ -63,3 +63,47 @@ pub(crate) fn populate<T>(table: &Vec<T>) {
         };
     }
 }
+
+/// The address range of a table's allocation (its capacity, not just its length), for
+/// [`populate_for_write`].
+pub(crate) fn span<T>(table: &[T], capacity: usize) -> (usize, usize) {
+    (table.as_ptr() as usize, capacity * std::mem::size_of::<T>())
+}
+
+/// Asks the kernel to map (zero-filled, writable) every page of each range now, as a write
+/// would on first touch, but without writing: contents never change, and a range that is
+/// no longer mapped only makes the call fail. Meant for a helper thread that runs ahead of a
+/// restore, so that the restoring thread finds its tables' pages mapped. Returns whether the
+/// kernel supports it (Linux 5.14+); failure changes nothing.
+/// Each range is mapped from its end backwards, so that a thread writing it from the start
+/// meets the helper halfway instead of overtaking it. Stops early once `stop` is set.
+pub(crate) fn populate_for_write(
+    ranges: &[(usize, usize)],
+    stop: &std::sync::atomic::AtomicBool,
+) -> bool {
+    const PAGE_SIZE: usize = 4096;
+    /// Populated per call, so that the restoring thread, faulting on its own where it
+    /// overtakes this one, waits on page-table locks for short stretches only.
+    const STEP: usize = 8 << 20;
+    for &(start, len) in ranges {
+        let first = start.next_multiple_of(PAGE_SIZE);
+        let mut end = (start + len) / PAGE_SIZE * PAGE_SIZE;
+        while end > first {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return true;
+            }
+            let n = STEP.min(end - first);
+            let at = end - n;
+            // SAFETY: MADV_POPULATE_WRITE only maps pages (zero-filled for anonymous
+            // memory, as a first write would); it neither reads nor writes their contents,
+            // so it cannot race with the Rust code using the range, and an unmapped range
+            // makes it fail with ENOMEM instead of faulting.
+            let r = unsafe { libc::madvise(at as *mut libc::c_void, n, libc::MADV_POPULATE_WRITE) };
+            if r != 0 {
+                return false;
+            }
+            end = at;
+        }
+    }
+    true
+}

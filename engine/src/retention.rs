@@ -40,6 +40,8 @@ const BUCKET_BYTES: usize = WORDS * 4;
 const ENTRY_LANES: u32 = 0x7f;
 /// Lane of the overflow word among the sequences.
 const OVERFLOW: usize = LANES - 1;
+/// [`RetentionIndex::probe`]'s hint when the home bucket has no free entry.
+pub(crate) const NO_HINT: usize = usize::MAX;
 /// Mean live ids per bucket the table is sized for (of seven entries).
 const IDS_PER_BUCKET_MEAN: usize = 4;
 
@@ -86,6 +88,14 @@ impl RetentionIndex {
         }
     }
 
+    /// Which of `parts` equal ranges of hashes `hash` is in: ranges in the order of their
+    /// home buckets, so that inserting part after part walks the table from start to end
+    /// (see the restore's bulk build).
+    #[inline]
+    pub(crate) fn part(hash: u64, parts: u64) -> usize {
+        ((u128::from(hash) * u128::from(parts)) >> 64) as usize
+    }
+
     #[inline]
     fn home(&self, hash: u64) -> u64 {
         ((u128::from(hash) * u128::from(self.buckets)) >> 64) as u64
@@ -130,10 +140,17 @@ impl RetentionIndex {
         u64::from(word.wrapping_sub(1).wrapping_sub(live.head_seq as u32)) < live.len
     }
 
-    /// Asks the CPU to fetch the home bucket of `hash` ahead of a look-up.
+    /// Asks the CPU to fetch the home bucket of `hash` ahead of a look-up, and the bucket
+    /// after it: at the sized load a few percent of buckets overflow, but an overflow word
+    /// stays live for as long as the ring retains what overflowed, so one look-up in six or so
+    /// goes on to the next bucket (the same page, so the extra hint is cheap).
     #[inline]
     pub(crate) fn prefetch(&self, hash: u64) {
-        crate::prefetch::read(&self.words[self.start(self.home(hash))]);
+        let start = self.start(self.home(hash));
+        crate::prefetch::read(&self.words[start]);
+        if let Some(next) = self.words.get(start + WORDS) {
+            crate::prefetch::read(next);
+        }
     }
 
     /// Offset from `live.head_seq` of the live entry with `hash` whose record satisfies
@@ -167,6 +184,89 @@ impl RetentionIndex {
         None
     }
 
+    /// [`RetentionIndex::find`] that also says where an insert of this (absent) id would go:
+    /// `Ok(offset)` when found, else `Err(hint)` for [`RetentionIndex::insert_hinted`], the
+    /// word of a free entry in the home bucket (or [`NO_HINT`] when it has none). One look at
+    /// the home bucket serves the idempotency check and the insert that follows it.
+    #[inline(always)]
+    pub(crate) fn probe(
+        &self,
+        hash: u64,
+        live: Live,
+        mut is_key: impl FnMut(u64) -> bool,
+    ) -> Result<u64, usize> {
+        let fp = Self::fingerprint(hash);
+        let (head, len) = (live.head_seq as u32, live.len as u32);
+        let home = self.home(hash);
+        let (fps, seqs) = self.bucket(home);
+        let live_lanes = offset_below(seqs, head, len);
+        let mut hits = lanes_equal(fps, fp) & live_lanes & ENTRY_LANES;
+        while hits != 0 {
+            let lane = hits.trailing_zeros() as usize;
+            hits &= hits - 1;
+            let offset = u64::from(seqs[lane].wrapping_sub(head));
+            if is_key(offset) {
+                return Ok(offset);
+            }
+        }
+        let free = (lanes_equal(fps, 0) | !live_lanes) & ENTRY_LANES;
+        if Self::overflowed(seqs[OVERFLOW], live) {
+            if let Some(offset) = self.find_from(self.next(home), fp, live, is_key) {
+                return Ok(offset);
+            }
+        }
+        Err(if free != 0 {
+            self.start(home) + free.trailing_zeros() as usize
+        } else {
+            NO_HINT
+        })
+    }
+
+    /// The rest of a [`RetentionIndex::find`] from bucket `b` on (cold: the home bucket
+    /// overflowed).
+    #[cold]
+    #[inline(never)]
+    fn find_from(
+        &self,
+        mut b: u64,
+        fp: u32,
+        live: Live,
+        mut is_key: impl FnMut(u64) -> bool,
+    ) -> Option<u64> {
+        let head = live.head_seq as u32;
+        for _ in 1..self.buckets {
+            let (fps, seqs) = self.bucket(b);
+            let mut hits = lanes_equal(fps, fp);
+            while hits != 0 {
+                let lane = hits.trailing_zeros() as usize;
+                hits &= hits - 1;
+                let offset = u64::from(seqs[lane].wrapping_sub(head));
+                if offset < live.len && is_key(offset) {
+                    return Some(offset);
+                }
+            }
+            if !Self::overflowed(seqs[OVERFLOW], live) {
+                return None;
+            }
+            b = self.next(b);
+        }
+        None
+    }
+
+    /// Adds the record with `seq` under `hash` at the free entry `hint` found by
+    /// [`RetentionIndex::probe`] for this id (nothing inserted since), or as
+    /// [`RetentionIndex::insert`] does when there was none.
+    #[inline(always)]
+    pub(crate) fn insert_hinted(&mut self, hint: usize, hash: u64, seq: u64, live: Live) {
+        if hint == NO_HINT {
+            self.insert(hash, seq, live);
+        } else {
+            self.dirty = true;
+            self.words[hint] = Self::fingerprint(hash);
+            self.words[hint + LANES] = seq as u32;
+        }
+    }
+
     /// Adds the record with `seq` under `hash` (the caller guarantees the id is absent and
     /// that `live`, which includes `seq`, holds fewer ids than the table is sized for).
     #[inline]
@@ -185,8 +285,14 @@ impl RetentionIndex {
                 self.words[start + LANES + lane] = seq as u32;
                 return;
             }
-            // Only ever raised: a later sequence supersedes an earlier one.
-            self.words[start + LANES + OVERFLOW] = (seq + 1) as u32;
+            // Names the latest live sequence that passed: a look-up must go on while any
+            // of them is live. Applying commands inserts in sequence order, so the new one is
+            // always the latest; a restore's bulk build inserts out of order.
+            let word = &mut self.words[start + LANES + OVERFLOW];
+            let current = word.wrapping_sub(1).wrapping_sub(head);
+            if current >= len || (seq as u32).wrapping_sub(head) > current {
+                *word = (seq + 1) as u32;
+            }
             b = self.next(b);
         }
         panic!("retention index full: sized for fewer live ids");
@@ -223,6 +329,23 @@ impl RetentionIndex {
     /// Bytes allocated for buckets.
     pub(crate) fn size_bytes(&self) -> usize {
         self.words.len() * 4
+    }
+
+    /// The buckets' words, as snapshots save them (layout: see the module docs).
+    pub(crate) fn bucket_words(&self) -> &[u32] {
+        &self.words[self.first..self.first + self.buckets as usize * WORDS]
+    }
+
+    /// The buckets' words, for a restore to fill with a snapshot's copy of the same table.
+    pub(crate) fn bucket_words_mut(&mut self) -> &mut [u32] {
+        self.dirty = true;
+        let first = self.first;
+        &mut self.words[first..first + self.buckets as usize * WORDS]
+    }
+
+    /// Address range of the buckets (see `prefetch::populate_for_write`).
+    pub(crate) fn span(&self) -> (usize, usize) {
+        crate::prefetch::span(&self.words, self.words.len())
     }
 }
 
@@ -282,6 +405,38 @@ mod tests {
     fn finds_every_live_id_when_buckets_overflow_under_a_colliding_hash() {
         // Four distinct hashes for every id: whole runs of buckets overflow.
         check_ring(60, 0, |id| crate::index::hash64(id % 4));
+    }
+
+    #[test]
+    fn out_of_order_inserts_keep_every_overflowed_id_findable() {
+        // A restore inserts a block of live ids in hash order, not sequence order: overflow
+        // words must keep naming the latest sequence that passed.
+        let max = 64;
+        let mut index = RetentionIndex::with_capacity(max);
+        let hash = |id: u64| crate::index::hash64(id % 3);
+        let ids: Vec<u64> = (0..max as u64).map(|s| s * 7 + 1).collect();
+        let live = Live {
+            head_seq: 1_000,
+            len: max as u64,
+        };
+        let mut order: Vec<usize> = (0..max).collect();
+        order.sort_by_key(|&i| (i * 37) % max);
+        for &i in &order {
+            index.insert(hash(ids[i]), 1_000 + i as u64, live);
+        }
+        for (offset, &id) in ids.iter().enumerate() {
+            let found = index.find(hash(id), live, |o| ids[o as usize] == id);
+            assert_eq!(found, Some(offset as u64));
+        }
+        // After the oldest half is evicted, the newer half is still found.
+        let live = Live {
+            head_seq: 1_000 + max as u64 / 2,
+            len: max as u64 / 2,
+        };
+        for (offset, &id) in ids[max / 2..].iter().enumerate() {
+            let found = index.find(hash(id), live, |o| ids[max / 2 + o as usize] == id);
+            assert_eq!(found, Some(offset as u64));
+        }
     }
 
     #[test]

@@ -1,22 +1,33 @@
 //! Snapshots: the whole engine state at a position, in a versioned, checksummed format.
 //!
-//! # Format (version 1, little-endian)
+//! # Format (version 2, little-endian)
 //! A 96-byte header (`MAGIC`, format version, reserved, position, log time, state hash, ring
 //! head sequence, then the counts of accounts, retained transfers, pending transfers and
-//! sessions, and 16 reserved bytes), the four sections of fixed-size records in that order
-//! (accounts in creation order; retained transfers oldest first; pending transfers; sessions),
-//! and a trailer: the CRC32C of every preceding byte and the total length.
+//! sessions, the count of retention index words, and 8 reserved bytes), the sections of
+//! fixed-size records in that order (accounts in creation order; retained transfers oldest
+//! first; the retention index's bucket words; pending transfers; sessions), and a trailer:
+//! the CRC32C of every preceding byte and the total length. Version 1, still read, is the
+//! same without the index section (its count is zero): the index is then rebuilt, as it is
+//! when the restoring configuration sizes the index differently from the writer's.
 //!
 //! # Restore streams
 //! [`Engine::restore`] reads a chunk (`RESTORE_CHUNK_SIZE`) at a time, adds it to the
-//! checksum and decodes it straight into the new engine's tables (retained records in ring
-//! order, each checked for a duplicate id and indexed, with index buckets prefetched ahead).
-//! No copy of the whole file is ever held. A structural problem met before the end (a
+//! checksum and decodes it straight into the new engine's tables. Retained records are read
+//! directly into the ring's slots (`Retained` is `repr(C)` in the file's field order, so on a
+//! little-endian machine there is nothing to decode) and checked while in cache; the
+//! retention index's words are read straight into the new index when the configuration
+//! sizes it as the writer's did (the common case: same node, same configuration), which
+//! saves rebuilding it, a random write per retained id. Otherwise (or from a version 1
+//! file) the index is rebuilt a block at a time in hash order (see `Ring::adopt_restored`),
+//! each id checked for a duplicate. No copy of the whole file is ever held (memory: the
+//! engine, one chunk and, for a rebuild, 24 MiB of sorting scratch). A structural problem met before the end (a
 //! duplicate id, an unknown account slot) is held back until the trailer has been checked,
 //! so a bit flip or a truncation is refused as
 //! [`SnapshotError::ChecksumMismatch`] / [`SnapshotError::Truncated`], and no engine is returned
 //! unless length and checksum match. Only the header is trusted before that, and only to
 //! refuse a snapshot larger than the configuration ([`SnapshotError::CapacityExceeded`]).
+//! When the tables to fill are large, a helper thread asks the kernel to map their pages
+//! (`MADV_POPULATE_WRITE`) ahead of the restoring thread, and stops when the restore ends.
 //!
 //! # Threads: freeze, then write elsewhere
 //! Encoding and writing a snapshot takes time proportional to the state (hundreds of
@@ -40,7 +51,9 @@ use crate::{Account, ConfigError, Engine, EngineConfig};
 /// First eight bytes of every snapshot.
 pub const MAGIC: [u8; 8] = *b"TLLYSNAP";
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build reads.
+pub const FORMAT_VERSION_MIN: u32 = 1;
 /// Header bytes.
 pub const HEADER_SIZE: usize = 96;
 /// Trailer bytes: CRC32C (u32), reserved (u32), total length (u64).
@@ -51,6 +64,8 @@ const PENDING_SIZE: usize = 64;
 const SESSION_SIZE: usize = 40;
 /// Encoder buffer: large enough that writes reach the writer in big chunks.
 const CHUNK_SIZE: usize = 1 << 16;
+/// Chunk of the bulk sections (retained transfers) handed to the writer at once.
+const LARGE_CHUNK_SIZE: usize = 1 << 20;
 
 /// Why a snapshot could not be read.
 #[derive(Debug)]
@@ -99,7 +114,7 @@ impl std::fmt::Display for SnapshotError {
             Self::BadMagic => write!(f, "not a tally snapshot (bad magic)"),
             Self::UnsupportedVersion { found } => write!(
                 f,
-                "snapshot format version {found} is not supported (this build reads {FORMAT_VERSION})"
+                "snapshot format version {found} is not supported (this build reads {FORMAT_VERSION_MIN} to {FORMAT_VERSION})"
             ),
             Self::ChecksumMismatch { stored, computed } => write!(
                 f,
@@ -143,6 +158,8 @@ pub(crate) struct Parts {
     pub(crate) ring_head_seq: u64,
     pub(crate) accounts: Vec<Account>,
     pub(crate) retained: Vec<Retained>,
+    /// The retention index's bucket words.
+    pub(crate) index: Vec<u32>,
     pub(crate) pending: Vec<PendingPart>,
     pub(crate) sessions: Vec<Session>,
 }
@@ -158,22 +175,6 @@ fn decode_account(b: &[u8]) -> Account {
         credits_posted: le64(b, 24),
         debits_pending: le64(b, 32),
         credits_pending: le64(b, 40),
-    }
-}
-
-fn decode_retained(b: &[u8]) -> Retained {
-    Retained {
-        id_lo: le64(b, 0),
-        id_hi: le64(b, 8),
-        amount: le64(b, 16),
-        position: le64(b, 24),
-        timestamp_ns: le64(b, 32),
-        extra: le64(b, 40),
-        debit: le32(b, 48),
-        credit: le32(b, 52),
-        ledger: le32(b, 56),
-        kind: b[60],
-        state: b[61],
     }
 }
 
@@ -250,6 +251,7 @@ impl Frozen {
             },
             p.accounts.iter().copied(),
             (&p.retained, &[]),
+            &p.index,
             p.pending.iter().copied(),
             &p.sessions,
         )
@@ -291,6 +293,19 @@ impl<W: Write> Encoder<W> {
         self.put(&v.to_le_bytes())
     }
 
+    /// Writes a long run of bytes past the buffer: checksummed and handed to the writer a
+    /// chunk at a time (each still in cache when the writer copies it; a `BufWriter` of at
+    /// most `LARGE_CHUNK_SIZE` passes chunks through without copying them).
+    fn put_large(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.flush()?;
+        for chunk in bytes.chunks(LARGE_CHUNK_SIZE) {
+            self.crc = crc32c::crc32c_append(self.crc, chunk);
+            self.len += chunk.len() as u64;
+            self.w.write_all(chunk)?;
+        }
+        Ok(())
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         self.crc = crc32c::crc32c_append(self.crc, &self.buf);
         self.len += self.buf.len() as u64;
@@ -305,6 +320,7 @@ fn write_snapshot<W: Write>(
     h: Header,
     accounts: impl ExactSizeIterator<Item = Account>,
     retained: (&[Retained], &[Retained]),
+    index: &[u32],
     pending: impl Iterator<Item = PendingPart> + Clone,
     sessions: &[Session],
 ) -> std::io::Result<u64> {
@@ -326,7 +342,7 @@ fn write_snapshot<W: Write>(
         retained_count,
         pending.clone().count(),
         sessions.len(),
-        0,
+        index.len(),
         0,
     ] {
         e.u64(v as u64)?;
@@ -343,25 +359,23 @@ fn write_snapshot<W: Write>(
         b[40..48].copy_from_slice(&a.credits_pending.to_le_bytes());
         e.put(&b)?;
     }
-    for r in retained.0.iter().chain(retained.1) {
-        let mut b = [0u8; RETAINED_SIZE];
-        let words = [
-            r.id_lo,
-            r.id_hi,
-            r.amount,
-            r.position,
-            r.timestamp_ns,
-            r.extra,
-        ];
-        for (i, v) in words.iter().enumerate() {
-            b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    if cfg!(target_endian = "little") {
+        // The records' bytes are the format's: no encoding, no copy.
+        use zerocopy::IntoBytes;
+        e.put_large(retained.0.as_bytes())?;
+        e.put_large(retained.1.as_bytes())?;
+    } else {
+        for r in retained.0.iter().chain(retained.1) {
+            put_retained(&mut e, r)?;
         }
-        b[48..52].copy_from_slice(&r.debit.to_le_bytes());
-        b[52..56].copy_from_slice(&r.credit.to_le_bytes());
-        b[56..60].copy_from_slice(&r.ledger.to_le_bytes());
-        b[60] = r.kind;
-        b[61] = r.state;
-        e.put(&b)?;
+    }
+    if cfg!(target_endian = "little") {
+        use zerocopy::IntoBytes;
+        e.put_large(index.as_bytes())?;
+    } else {
+        for w in index {
+            e.put(&w.to_le_bytes())?;
+        }
     }
     for p in pending {
         let words = [
@@ -404,6 +418,31 @@ fn write_snapshot<W: Write>(
     Ok(total)
 }
 
+/// Encodes one retained record field by field (the bulk copy's equivalent, for big-endian
+/// machines).
+#[cfg_attr(target_endian = "little", allow(dead_code))]
+fn put_retained<W: Write>(e: &mut Encoder<W>, r: &Retained) -> std::io::Result<()> {
+    let mut b = [0u8; RETAINED_SIZE];
+    let words = [
+        r.id_lo,
+        r.id_hi,
+        r.amount,
+        r.position,
+        r.timestamp_ns,
+        r.extra,
+    ];
+    for (i, v) in words.iter().enumerate() {
+        b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    b[48..52].copy_from_slice(&r.debit.to_le_bytes());
+    b[52..56].copy_from_slice(&r.credit.to_le_bytes());
+    b[56..60].copy_from_slice(&r.ledger.to_le_bytes());
+    b[60] = r.kind;
+    b[61] = r.state;
+    b[62..64].copy_from_slice(&r.reserved);
+    e.put(&b)
+}
+
 fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
@@ -415,6 +454,9 @@ fn le32(b: &[u8], at: usize) -> u32 {
 /// Bytes read per `read` call while restoring: large enough for few calls, small enough to
 /// stay in the L2 cache while it is checksummed and decoded.
 const RESTORE_CHUNK_SIZE: usize = 1 << 20;
+
+/// Table bytes a restore must map from which a helper thread maps them ahead of it.
+const POPULATE_AHEAD_MIN_BYTES: usize = 64 << 20;
 
 /// The snapshot being read: counts and checksums every byte before the trailer.
 struct Source<R: Read> {
@@ -478,12 +520,13 @@ fn restore_stream(config: EngineConfig, r: impl Read) -> Result<Engine, Snapshot
         return Err(SnapshotError::BadMagic);
     }
     let version = le32(&h, 8);
-    if version != FORMAT_VERSION {
+    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
         return Err(SnapshotError::UnsupportedVersion { found: version });
     }
     let (position, now_ns, hash, ring_head_seq) =
         (le64(&h, 16), le64(&h, 24), le64(&h, 32), le64(&h, 40));
     let counts = [le64(&h, 48), le64(&h, 56), le64(&h, 64), le64(&h, 72)];
+    let index_words = le64(&h, 80);
     config.validate().map_err(SnapshotError::Config)?;
     let limits = [
         ("accounts", config.accounts_max),
@@ -501,6 +544,42 @@ fn restore_stream(config: EngineConfig, r: impl Read) -> Result<Engine, Snapshot
         }
     }
     let mut e = Engine::new(config).map_err(SnapshotError::Config)?;
+    // Mapping the fresh pages of large tables (zero-filling them) costs as much as the rest of
+    // a restore together, on a virtual machine more: a helper thread maps them ahead of this
+    // one (the tables are fixed-size, so their addresses hold for the whole restore).
+    let spans = e.restore_spans(counts[0], counts[1]);
+    let mapped: usize = spans.iter().map(|s| s.1).sum();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        if mapped >= POPULATE_AHEAD_MIN_BYTES {
+            let stop = &stop;
+            let _ = std::thread::Builder::new()
+                .name("restore-populate".into())
+                .spawn_scoped(scope, move || {
+                    crate::prefetch::populate_for_write(&spans, stop)
+                });
+        }
+        let restored = restore_body(
+            &mut e,
+            &mut src,
+            ring_head_seq,
+            (counts, index_words),
+            (position, now_ns, hash),
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        restored
+    })?;
+    Ok(e)
+}
+
+/// The sections and trailer of a snapshot whose header has been read, into the new engine.
+fn restore_body<R: Read>(
+    e: &mut Engine,
+    src: &mut Source<R>,
+    ring_head_seq: u64,
+    (counts, index_words): ([u64; 4], u64),
+    (position, now_ns, hash): (u64, u64, u64),
+) -> Result<(), SnapshotError> {
     e.restore_ring_head(ring_head_seq);
     // The first inconsistency found; once there is one, records are read but not applied.
     let mut invalid: Option<&'static str> = None;
@@ -514,15 +593,31 @@ fn restore_stream(config: EngineConfig, r: impl Read) -> Result<Engine, Snapshot
         }
     })?;
     drop(accounts);
-    let mut retained: Vec<Retained> = Vec::with_capacity(RESTORE_CHUNK_SIZE / RETAINED_SIZE);
-    src.records(&mut chunk, counts[1], RETAINED_SIZE, |bytes| {
-        if invalid.is_none() {
-            retained.clear();
-            retained.extend(bytes.chunks_exact(RETAINED_SIZE).map(decode_retained));
-            invalid = e.restore_retained(&retained).err();
-        }
+    // Retained records are read straight into the ring (their in-memory layout is the
+    // record's), then checked and indexed a chunk at a time.
+    // The saved retention index is used as it is when this configuration sizes the index
+    // the same (its layout depends only on the bucket count); else it is rebuilt.
+    let load_index = index_words != 0 && index_words == e.retention_index_words().len() as u64;
+    let checked = e.restore_retained(counts[1], invalid.is_none(), !load_index, |bytes| {
+        src.fill(bytes, true)
     })?;
-    drop(retained);
+    if invalid.is_none() {
+        invalid = checked.err();
+    }
+    if load_index {
+        use zerocopy::IntoBytes;
+        let words = e.retention_index_words_mut();
+        for part in words.chunks_mut(RESTORE_CHUNK_SIZE / 4) {
+            src.fill(part.as_mut_bytes(), true)?;
+            if cfg!(target_endian = "big") {
+                for w in part.iter_mut() {
+                    *w = u32::from_le(*w);
+                }
+            }
+        }
+    } else {
+        src.records(&mut chunk, index_words, 4, |_| {})?;
+    }
     src.records(&mut chunk, counts[2], PENDING_SIZE, |bytes| {
         for b in bytes.chunks_exact(PENDING_SIZE) {
             if invalid.is_none() {
@@ -561,8 +656,7 @@ fn restore_stream(config: EngineConfig, r: impl Read) -> Result<Engine, Snapshot
         return Err(SnapshotError::Invalid(why));
     }
     e.restore_finish(position, now_ns, hash)
-        .map_err(SnapshotError::Invalid)?;
-    Ok(e)
+        .map_err(SnapshotError::Invalid)
 }
 
 impl Engine {
@@ -599,6 +693,10 @@ impl Engine {
         p.retained.clear();
         p.retained.extend_from_slice(a);
         p.retained.extend_from_slice(b);
+        let index = self.retention_index_words();
+        reserve_huge(&mut p.index, index.len());
+        p.index.clear();
+        p.index.extend_from_slice(index);
         reserve_huge(&mut p.accounts, self.accounts.len());
         p.accounts.clear();
         p.accounts.extend(self.accounts());
@@ -621,6 +719,7 @@ impl Engine {
             },
             self.accounts.iter().map(|r| r.account),
             self.ring.live_records(),
+            self.retention_index_words(),
             self.pending_for_snapshot(),
             &self.sessions,
         )
@@ -629,7 +728,7 @@ impl Engine {
     /// Rebuilds an engine from a snapshot, with tables sized by `config` (which must hold
     /// everything the snapshot holds). Streams: reads a chunk at a time (pass the file itself;
     /// buffering adds nothing), checksums it and decodes it straight into the tables, so memory
-    /// is the engine's plus one chunk. Nothing is returned unless the length and the CRC32C
+    /// is the engine's plus one chunk and the index build's scratch (24 MiB at most). Nothing is returned unless the length and the CRC32C
     /// check out; a snapshot damaged anywhere is refused with a [`SnapshotError`] that says how
     /// (mostly `ChecksumMismatch` or `Truncated`).
     pub fn restore(config: EngineConfig, r: impl Read) -> Result<Engine, SnapshotError> {

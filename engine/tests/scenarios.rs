@@ -715,15 +715,102 @@ fn a_snapshot_larger_than_one_read_chunk_restores_from_short_reads_and_trailing_
     assert_eq!(restored.retained_count(), 30_000);
     for id in [1u64, 16_385, 30_000] {
         assert_eq!(restored.account(id), l.engine.account(id));
+    }
+    // The restore builds the retention index in bulk, out of ring order, with buckets
+    // overflowing: every retained id must still be found.
+    for id in 1..=30_000u64 {
         let t = restored.transfer(u128::from(id) << 64 | 7).unwrap();
         assert_eq!((t.credit_account_id, t.amount), (id, id));
     }
+    let mut resumed = Ledger {
+        engine: restored,
+        position: l.position,
+        now_ns: l.now_ns,
+    };
+    for id in [1u64, 4_097, 29_999] {
+        let again = resumed.run(&Command::Deposit {
+            transfer_id: u128::from(id) << 64 | 7,
+            account_id: id,
+            amount: id,
+        });
+        assert_eq!(again.result, R::TransferExists);
+    }
+    let restored = resumed.engine;
+    assert_eq!(restored.retained_count(), 30_000);
     let mut longer = bytes.clone();
     longer.push(0);
     assert!(matches!(
         Engine::restore_from_bytes(config, &longer),
         Err(SnapshotError::Invalid(_))
     ));
+}
+
+#[test]
+fn a_snapshot_restores_into_a_larger_retention_by_rebuilding_its_index() {
+    let config = EngineConfig {
+        accounts_max: 10,
+        transfers_retained_max: 3_000,
+        pending_max: 4,
+        sessions_max: 2,
+        ledgers_max: 2,
+    };
+    let mut l = Ledger {
+        engine: Engine::new(config).unwrap(),
+        position: 0,
+        now_ns: SECOND_NS,
+    };
+    l.run(&Command::CreateAccount {
+        id: 1,
+        ledger: 1,
+        flags: af::EXTERNAL,
+        code: 0,
+    });
+    l.run(&Command::CreateAccount {
+        id: 2,
+        ledger: 1,
+        flags: 0,
+        code: 0,
+    });
+    for id in 1..=5_000u128 {
+        let r = l.run(&Command::Deposit {
+            transfer_id: id * 0x1_0000_0001,
+            account_id: 2,
+            amount: 1,
+        });
+        assert_eq!(r.result, R::Ok);
+    }
+    let mut bytes = Vec::new();
+    l.engine.snapshot(&mut bytes).unwrap();
+    // The same configuration takes the saved index as it is; a larger retention sizes the
+    // index differently and rebuilds it from the records.
+    let larger = EngineConfig {
+        transfers_retained_max: 7_000,
+        ..config
+    };
+    for config in [config, larger] {
+        let mut resumed = Ledger {
+            engine: Engine::restore(config, &bytes[..]).unwrap(),
+            position: l.position,
+            now_ns: l.now_ns,
+        };
+        assert_eq!(resumed.engine.state_hash(), l.engine.state_hash());
+        assert_eq!(resumed.engine.retained_count(), 3_000);
+        for id in 1..=5_000u128 {
+            assert_eq!(
+                resumed.engine.transfer(id * 0x1_0000_0001).is_some(),
+                id > 2_000,
+                "transfer {id}"
+            );
+        }
+        for id in [2_001u128, 3_500, 5_000] {
+            let again = resumed.run(&Command::Deposit {
+                transfer_id: id * 0x1_0000_0001,
+                account_id: 2,
+                amount: 1,
+            });
+            assert_eq!(again.result, R::TransferExists);
+        }
+    }
 }
 
 #[test]
