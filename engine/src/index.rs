@@ -65,7 +65,6 @@ impl Index {
         let size = (keys_max.max(8) * 5).div_ceil(3).next_power_of_two();
         let buckets = vec![0; size];
         crate::prefetch::advise_huge_pages(&buckets);
-        crate::prefetch::populate(&buckets);
         Index {
             buckets,
             mask: size - 1,
@@ -218,6 +217,11 @@ impl Index {
     /// Bytes allocated for buckets.
     pub(crate) fn size_bytes(&self) -> usize {
         self.buckets.len() * 8
+    }
+
+    /// Maps every page of the buckets now (see `prefetch::populate`).
+    pub(crate) fn populate(&self) {
+        crate::prefetch::populate(&self.buckets);
     }
 
     /// Address range of the buckets (see `prefetch::populate_for_write`).

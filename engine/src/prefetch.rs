@@ -38,12 +38,8 @@ pub(crate) fn advise_huge_pages<T>(table: &Vec<T>) {
     }
 }
 
-/// Maps every page of `table`'s allocation now (`MADV_POPULATE_WRITE`), so that the hash
-/// tables the engine probes at random never take a page fault on the command path: a first
-/// touch of a (huge) page costs from microseconds to a fraction of a millisecond, and random
-/// inserts into a fresh table would otherwise pay it on most commands until the whole table
-/// had been touched. Tables filled in order (the retention ring, the account records) are
-/// left to fault in as they grow. Only advice: on kernels without it nothing changes.
+/// Maps every page of `table`'s allocation now (`MADV_POPULATE_WRITE`); see
+/// `Engine::prefault`. Only advice: on kernels without it nothing changes.
 pub(crate) fn populate<T>(table: &Vec<T>) {
     const PAGE_SIZE: usize = 4096;
     let bytes = table.capacity() * std::mem::size_of::<T>();

@@ -77,7 +77,6 @@ impl RetentionIndex {
         // (large allocations are page-aligned plus a small header).
         let words = vec![0u32; (buckets + 1) * WORDS];
         crate::prefetch::advise_huge_pages(&words);
-        crate::prefetch::populate(&words);
         let misalign = (words.as_ptr() as usize) % BUCKET_BYTES;
         let first = ((BUCKET_BYTES - misalign) % BUCKET_BYTES) / 4;
         RetentionIndex {
@@ -341,6 +340,11 @@ impl RetentionIndex {
         self.dirty = true;
         let first = self.first;
         &mut self.words[first..first + self.buckets as usize * WORDS]
+    }
+
+    /// Maps every page of the buckets now (see `prefetch::populate`).
+    pub(crate) fn populate(&self) {
+        crate::prefetch::populate(&self.words);
     }
 
     /// Address range of the buckets (see `prefetch::populate_for_write`).

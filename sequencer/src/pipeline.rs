@@ -579,6 +579,8 @@ impl Pipeline {
             ));
         }
         let replayed = replay(&journal_dir, &mut engine, last)?;
+        // No page faults on the command path: map the engine's random-access tables now.
+        engine.prefault();
         let clock = LogClock::starting_at(engine.now_ns());
 
         let shared = Arc::new(Shared::default());
