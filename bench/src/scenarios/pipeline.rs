@@ -19,11 +19,13 @@ use transport::idle::{IdleKind, IdleStrategy};
 
 use crate::report;
 
-const USAGE_HEAD: &str = "usage: bench pipeline [--rate N] [--duration-s S] [--accounts N] [--data DIR] [idle flags] [--json]
+const USAGE_HEAD: &str = "usage: bench pipeline [--rate N] [--duration-s S] [--accounts N] [--batch N] [--data DIR] [idle flags] [--json]
 
   --rate N         offered commands per second, open loop (default: closed loop, as fast as possible)
   --duration-s S   measured seconds (default 5)
   --accounts N     accounts transfers move between (default 10000)
+  --batch N        transfers per command, 1 to 256 (default 1); throughput_per_s counts
+                   transfers, commands_per_s commands (--rate is in commands)
   --data DIR       folder for the journal (default: a fresh folder under ./target/bench-pipeline);
                    it must be on the disk you want to measure (O_DIRECT is required)
   --segment-mb N   journal segment size in MiB (default: the journal's default, 64)
@@ -39,6 +41,7 @@ struct Args {
     duration_s: u64,
     accounts: u64,
     data: Option<PathBuf>,
+    batch: usize,
     segment_mb: Option<u64>,
     idle_flags: report::IdleFlags,
     idle: IdleKind,
@@ -51,6 +54,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         duration_s: 5,
         accounts: 10_000,
         data: None,
+        batch: 1,
         segment_mb: None,
         idle_flags: report::IdleFlags::default(),
         idle: sequencer::pipeline::IDLE_DEFAULT,
@@ -74,6 +78,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--rate" => a.rate = Some(number("--rate", value("--rate")?)?),
             "--duration-s" => a.duration_s = number("--duration-s", value("--duration-s")?)?,
             "--accounts" => a.accounts = number("--accounts", value("--accounts")?)?,
+            "--batch" => a.batch = number("--batch", value("--batch")?)? as usize,
             "--data" => a.data = Some(PathBuf::from(value("--data")?)),
             "--segment-mb" => a.segment_mb = Some(number("--segment-mb", value("--segment-mb")?)?),
             "--json" => a.json = true,
@@ -84,6 +89,13 @@ fn parse(args: &[String]) -> Result<Args, String> {
     a.idle = a.idle_flags.kind()?;
     if a.accounts < 2 {
         return Err("--accounts must be at least 2".into());
+    }
+    if a.batch == 0 || a.batch > engine::TRANSFERS_PER_COMMAND_MAX {
+        return Err(format!(
+            "--batch {} must be between 1 and {}",
+            a.batch,
+            engine::TRANSFERS_PER_COMMAND_MAX
+        ));
     }
     if a.rate == Some(0) || a.duration_s == 0 {
         return Err("--rate and --duration-s must be positive".into());
@@ -117,20 +129,25 @@ fn deposit(id: u128, account: u64, amount: u64) -> Vec<u8> {
     })
 }
 
-fn transfer(id: u128, from: u64, to: u64, amount: u64) -> Vec<u8> {
-    encode(|b| {
-        let mut e = TransfersEncoder::wrap_with_header(b).expect("fits");
+/// A `Transfers` command of one transfer per `(from, to)` pair, amount 1, ids patched later.
+fn transfers(pairs: &[(u64, u64)]) -> Vec<u8> {
+    let mut buf = vec![0u8; 64 + pairs.len() * 64];
+    let len = {
+        let mut e = TransfersEncoder::wrap_with_header(&mut buf).expect("fits");
         {
             let mut g = e.transfers().expect("fits");
-            let mut t = g.next_entry().expect("fits");
-            t.id_mut().set_lo(id as u64).set_hi((id >> 64) as u64);
-            t.set_debit_account_id(from)
-                .set_credit_account_id(to)
-                .set_amount(amount);
-            t.set_ledger(1).set_flags(TransferFlags::empty());
+            for &(from, to) in pairs {
+                let mut t = g.next_entry().expect("fits");
+                t.set_debit_account_id(from)
+                    .set_credit_account_id(to)
+                    .set_amount(1);
+                t.set_ledger(1).set_flags(TransferFlags::empty());
+            }
         }
         e.finish().expect("fits")
-    })
+    };
+    buf.truncate(len);
+    buf
 }
 
 /// Remove-on-drop folder.
@@ -207,18 +224,32 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Some(r) => r * a.duration_s,
         None => u64::MAX,
     };
-    let pool = 1 << 16;
+    let batch = a.batch;
+    let pool = ((1usize << 16) / batch).max(64);
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let commands: Vec<Vec<u8>> = (0..pool)
-        .map(|i| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let from = 1 + rng % a.accounts;
-            let to = 1 + (from + rng / a.accounts % (a.accounts - 1)) % a.accounts;
-            transfer(u128::from(i as u64 + 1), from, to, 1)
+        .map(|_| {
+            let pairs: Vec<(u64, u64)> = (0..batch)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let from = 1 + rng % a.accounts;
+                    let to = 1 + (from + rng / a.accounts % (a.accounts - 1)) % a.accounts;
+                    (from, to)
+                })
+                .collect();
+            transfers(&pairs)
         })
         .collect();
+    // The id patching below relies on this layout: header, block, group header, entries.
+    let layout_ok = commands.iter().all(|c| {
+        let word = |at: usize| usize::from(u16::from_le_bytes([c[at], c[at + 1]]));
+        word(10 + 2) == batch && c.len() == 10 + 4 + batch * word(10)
+    });
+    if !layout_ok {
+        return Err("bench: unexpected Transfers command layout (schema changed?)".into());
+    }
 
     let first_seq = setup_last + 1;
     // Scheduled send times by sequence number, in a ring larger than anything in flight (the
@@ -234,7 +265,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let idle_kind = a.idle;
     let producer_thread = std::thread::spawn(move || -> Result<u64, String> {
         let mut sent = 0u64;
-        let mut buf = [0u8; 128];
+        let mut buf = vec![0u8; commands.iter().map(Vec::len).max().unwrap_or(0)];
         // Back-pressure parks this thread (spin, yield, then sleep): a load generator that
         // spins or yields on a full ring takes a core from the pipeline on this 2-core
         // machine. In closed loop the clock is read once per 256 commands.
@@ -261,7 +292,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             let template = &commands[(sent % pool as u64) as usize];
             let cmd = &mut buf[..template.len()];
             cmd.copy_from_slice(template);
-            patch_transfer_id(cmd, sent + 1 + (1 << 40));
+            patch_transfer_ids(cmd, batch, sent * batch as u64 + 1 + (1 << 40));
             sched_p[(sent as usize) % SCHED_SLOTS].store(due_ns, Ordering::Relaxed);
             loop {
                 match producer.offer(1, first_seq + sent, cmd) {
@@ -286,6 +317,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut last_reply = start;
     let mut idle = IdleStrategy::new(a.idle);
     let mut empty_polls = 0u32;
+    let (mut sampled, mut sampled_not_ok, mut undecodable) = (0u64, 0u64, 0u64);
     loop {
         // The clock is read once per poll that hands over replies, at the first of them (so
         // it is never earlier than any reply's release), not on every empty poll.
@@ -295,6 +327,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
             let i = (r.client_seq - first_seq) as usize % SCHED_SLOTS;
             let due = sched[i].load(Ordering::Relaxed);
             let _ = hist.record(now.saturating_sub(due).max(1_000));
+            // A sample of the replies is decoded to check that the transfers were applied.
+            if received % 64 == 0 {
+                match client::Response::decode(r.bytes) {
+                    Ok(client::Response::Command { results, .. }) => {
+                        sampled += results.len() as u64;
+                        sampled_not_ok += results
+                            .iter()
+                            .filter(|c| **c != Some(client::ResultCode::Ok))
+                            .count() as u64;
+                    }
+                    _ => undecodable += 1,
+                }
+            }
             received += 1;
         });
         if let Some(now) = now_ns {
@@ -319,7 +364,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     if let Some(f) = status.fatal {
         return Err(f);
     }
-    let throughput = sent as f64 / elapsed.as_secs_f64();
+    let commands_per_s = sent as f64 / elapsed.as_secs_f64();
+    let throughput = commands_per_s * batch as f64;
     let lat = report::latency_us(&hist);
     let mut command = format!(
         "cargo run --release -p bench -- pipeline --duration-s {} --accounts {}",
@@ -338,7 +384,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "mode": if a.rate.is_some() { "open_loop" } else { "closed_loop" },
         "offered_rate_per_s": a.rate,
         "commands": sent,
+        "transfers_per_command": batch,
         "throughput_per_s": throughput.round(),
+        "commands_per_s": commands_per_s.round(),
+        "transfers_sampled": sampled,
+        "transfers_sampled_not_ok": sampled_not_ok,
+        "replies_undecodable": undecodable,
         "p50_us": lat["p50_us"], "p99_us": lat["p99_us"], "p999_us": lat["p999_us"], "max_us": lat["max_us"],
         "idle": format!("{:?}", a.idle),
         "batches": status.batches,
@@ -358,10 +409,16 @@ pub fn run(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes transfer id `id` (lo half; hi = 0) into a one-transfer `Transfers` command.
-fn patch_transfer_id(cmd: &mut [u8], id: u64) {
-    // header (8) + block (flags u16 = 2) + group header (4): the entry starts with the id.
-    const ID_OFFSET: usize = 8 + 2 + 4;
-    cmd[ID_OFFSET..ID_OFFSET + 8].copy_from_slice(&id.to_le_bytes());
-    cmd[ID_OFFSET + 8..ID_OFFSET + 16].copy_from_slice(&0u64.to_le_bytes());
+/// Writes transfer ids `first..first + count` (lo halves; hi = 0) into the entries of a
+/// `Transfers` command.
+fn patch_transfer_ids(cmd: &mut [u8], count: usize, first: u64) {
+    // Message header (8) + block (flags u16 = 2), then the group header: blockLength (u16)
+    // and numInGroup (u16); each entry starts with its id.
+    const GROUP_AT: usize = 8 + 2;
+    let entry_len = usize::from(u16::from_le_bytes([cmd[GROUP_AT], cmd[GROUP_AT + 1]]));
+    for i in 0..count {
+        let at = GROUP_AT + 4 + i * entry_len;
+        cmd[at..at + 8].copy_from_slice(&(first + i as u64).to_le_bytes());
+        cmd[at + 8..at + 16].copy_from_slice(&0u64.to_le_bytes());
+    }
 }
