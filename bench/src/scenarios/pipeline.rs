@@ -328,7 +328,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             let due = sched[i].load(Ordering::Relaxed);
             let _ = hist.record(now.saturating_sub(due).max(1_000));
             // A sample of the replies is decoded to check that the transfers were applied.
-            if received % 64 == 0 {
+            if received.is_multiple_of(64) {
                 match client::Response::decode(r.bytes) {
                     Ok(client::Response::Command { results, .. }) => {
                         sampled += results.len() as u64;
