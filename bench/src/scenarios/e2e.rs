@@ -20,13 +20,15 @@ use transport::IdleKind;
 
 use crate::report;
 
-const USAGE_HEAD: &str = "usage: bench e2e [--clients N] [--rate N] [--duration-s S] [--in-flight N] [--accounts N]
+const USAGE_HEAD: &str = "usage: bench e2e [--clients N] [--rate N] [--duration-s S] [--in-flight N] [--batch N] [--accounts N]
                  [--rss-accounts N] [--data DIR] [idle flags] [--json]
 
   --clients N       client sessions, one thread each (default 2)
   --rate N          offered transfers per second in total, open loop (default: closed loop)
   --duration-s S    measured seconds (default 5)
   --in-flight N     requests each client keeps outstanding in closed loop (default 1024)
+  --batch N         transfers per request, 1 to 256 (default 1); --rate and throughput_per_s
+                    count transfers, requests_per_s requests
   --accounts N      accounts transfers move between (default 10000)
   --rss-accounts N  accounts created before measuring the node's peak RSS (default 1000000; 0 = skip)
   --data DIR        folder for the node's data (default ./target/bench-e2e)
@@ -42,6 +44,7 @@ struct Args {
     rate: Option<u64>,
     duration_s: u64,
     in_flight: usize,
+    batch: usize,
     accounts: u64,
     rss_accounts: u64,
     data: PathBuf,
@@ -55,6 +58,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         rate: None,
         duration_s: 5,
         in_flight: 1024,
+        batch: 1,
         accounts: 10_000,
         rss_accounts: 1_000_000,
         data: PathBuf::from("target/bench-e2e"),
@@ -80,6 +84,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--rate" => a.rate = Some(number("--rate", value("--rate")?)?),
             "--duration-s" => a.duration_s = number("--duration-s", value("--duration-s")?)?,
             "--in-flight" => a.in_flight = number("--in-flight", value("--in-flight")?)? as usize,
+            "--batch" => a.batch = number("--batch", value("--batch")?)? as usize,
             "--accounts" => a.accounts = number("--accounts", value("--accounts")?)?,
             "--rss-accounts" => {
                 a.rss_accounts = number("--rss-accounts", value("--rss-accounts")?)?
@@ -99,6 +104,13 @@ fn parse(args: &[String]) -> Result<Args, String> {
         return Err(format!(
             "--clients, --duration-s, --in-flight, --rate must be positive, --accounts >= 2\n\n{}",
             usage()
+        ));
+    }
+    if a.batch == 0 || a.batch > client::message::TRANSFERS_PER_REQUEST_MAX {
+        return Err(format!(
+            "--batch {} must be between 1 and {}",
+            a.batch,
+            client::message::TRANSFERS_PER_REQUEST_MAX
         ));
     }
     Ok(a)
@@ -240,6 +252,7 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
                 worker: w as u64,
                 accounts: a.accounts,
                 in_flight: a.in_flight,
+                batch: a.batch,
                 rate_per_client: a.rate.map(|r| r as f64 / a.clients as f64),
                 idle,
                 start,
@@ -287,12 +300,17 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
         Some(r) => command.push_str(&format!(" --rate {r}")),
         None => command.push_str(&format!(" --in-flight {}", a.in_flight)),
     }
+    if a.batch > 1 {
+        command.push_str(&format!(" --batch {}", a.batch));
+    }
     Ok(json!({
         "scenario": "e2e",
         "mode": if a.rate.is_some() { "open_loop" } else { "closed_loop" },
         "clients": a.clients,
         "offered_rate_per_s": a.rate,
         "acknowledged": done,
+        "transfers_per_request": a.batch,
+        "requests_per_s": (done as f64 / elapsed / a.batch as f64).round(),
         "failed": failed,
         "throughput_per_s": (done as f64 / elapsed).round(),
         "rtt_p50_us": lat["p50_us"], "rtt_p99_us": lat["p99_us"], "rtt_p999_us": lat["p999_us"], "rtt_max_us": lat["max_us"],
@@ -322,6 +340,7 @@ struct Plan {
     worker: u64,
     accounts: u64,
     in_flight: usize,
+    batch: usize,
     rate_per_client: Option<f64>,
     idle: IdleKind,
     start: Instant,
@@ -344,18 +363,22 @@ fn load(addr: SocketAddr, plan: &Plan) -> Result<LoadResult, String> {
     let (mut ok, mut failed, mut sent) = (0u64, 0u64, 0u64);
     let mut last_reply = start;
     // One request value, rewritten in place for every send (no allocation per request).
+    let batch = plan.batch;
     let mut request = Request::Transfers {
         atomic: false,
-        transfers: vec![Transfer {
-            id: 0,
-            debit_account_id: 1,
-            credit_account_id: 2,
-            amount: 1,
-            ledger: 1,
-            pending: false,
-            timeout_s: 0,
-            code: 0,
-        }],
+        transfers: vec![
+            Transfer {
+                id: 0,
+                debit_account_id: 1,
+                credit_account_id: 2,
+                amount: 1,
+                ledger: 1,
+                pending: false,
+                timeout_s: 0,
+                code: 0,
+            };
+            batch
+        ],
     };
     while Instant::now() < start {
         std::thread::sleep(Duration::from_micros(200));
@@ -364,24 +387,25 @@ fn load(addr: SocketAddr, plan: &Plan) -> Result<LoadResult, String> {
         let now = Instant::now();
         if now < deadline {
             loop {
+                // The rate counts transfers: request k is due when its first transfer is.
                 let due = match plan.rate_per_client {
-                    Some(r) => start + Duration::from_secs_f64(sent as f64 / r),
+                    Some(r) => start + Duration::from_secs_f64((sent * batch as u64) as f64 / r),
                     None => now,
                 };
                 if due > now || (plan.rate_per_client.is_none() && client.in_flight() >= in_flight)
                 {
                     break;
                 }
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let from = 1 + rng % accounts;
-                let to = 1 + (from + (rng >> 24) % (accounts - 1)) % accounts;
                 if let Request::Transfers { transfers, .. } = &mut request {
-                    let t = &mut transfers[0];
-                    t.id = ids.next_u128();
-                    t.debit_account_id = from;
-                    t.credit_account_id = to;
+                    for t in transfers.iter_mut() {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let from = 1 + rng % accounts;
+                        t.id = ids.next_u128();
+                        t.debit_account_id = from;
+                        t.credit_account_id = 1 + (from + (rng >> 24) % (accounts - 1)) % accounts;
+                    }
                 }
                 match client.try_send(&request) {
                     Ok(id) => {
@@ -403,7 +427,7 @@ fn load(addr: SocketAddr, plan: &Plan) -> Result<LoadResult, String> {
             Duration::from_millis(1)
         } else {
             match plan.rate_per_client {
-                Some(r) => (start + Duration::from_secs_f64(sent as f64 / r))
+                Some(r) => (start + Duration::from_secs_f64((sent * batch as u64) as f64 / r))
                     .saturating_duration_since(now)
                     .min(Duration::from_millis(1)),
                 None if client.in_flight() >= in_flight => Duration::from_millis(1),
@@ -417,9 +441,18 @@ fn load(addr: SocketAddr, plan: &Plan) -> Result<LoadResult, String> {
                 let now = *reply_now.get_or_insert_with(Instant::now);
                 let t = sent_at[id.0 as usize & (slots - 1)];
                 let _ = hist.record(now.saturating_duration_since(t).as_nanos() as u64);
+                // Counted per transfer: each has its own result.
                 match result {
-                    Ok(r) if r.result() == Some(client::ResultCode::Ok) => ok += 1,
-                    _ => failed += 1,
+                    Ok(client::Response::Command { results, .. }) if !results.is_empty() => {
+                        let good = results
+                            .iter()
+                            .filter(|c| **c == Some(client::ResultCode::Ok))
+                            .count() as u64;
+                        ok += good;
+                        failed += results.len() as u64 - good;
+                    }
+                    Ok(r) if r.result() == Some(client::ResultCode::Ok) => ok += batch as u64,
+                    _ => failed += batch as u64,
                 }
             },
             usize::MAX,
