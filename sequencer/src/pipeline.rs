@@ -241,6 +241,8 @@ struct Shared {
     sync_us_log2: [AtomicU64; SYNC_BUCKETS],
     /// Longest journal `fdatasync`, in nanoseconds.
     sync_max_ns: AtomicU64,
+    /// Segment rolls that found no prepared spare and prepared one on the writer thread.
+    segments_prepared_inline: AtomicU64,
 }
 
 impl Shared {
@@ -330,6 +332,9 @@ pub struct Status {
     pub journal_sync_p99_us: u64,
     /// The longest of those syncs, in microseconds.
     pub journal_sync_max_us: u64,
+    /// Segment rolls that found no prepared spare, so the writer prepared it inline (a stall
+    /// of a whole segment's zero-fill: the preparer fell behind).
+    pub segments_prepared_inline: u64,
     /// The fatal error that stopped the pipeline, if any.
     pub fatal: Option<String>,
 }
@@ -786,6 +791,7 @@ impl Pipeline {
                 .sum(),
             journal_sync_p99_us: s.sync_quantile_us(0.99),
             journal_sync_max_us: s.sync_max_ns.load(Ordering::Relaxed) / 1_000,
+            segments_prepared_inline: s.segments_prepared_inline.load(Ordering::Relaxed),
             fatal: s.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
@@ -1181,6 +1187,9 @@ fn journal_loop(
             return;
         }
         shared.record_sync(started.elapsed());
+        shared
+            .segments_prepared_inline
+            .store(journal.stats().segments_prepared_inline, Ordering::Relaxed);
         // Durable moved: replies can be released and the next batch sealed.
         shared.wake_sequencer();
         if !retire_segments(&mut journal, &mut retained, shared) {

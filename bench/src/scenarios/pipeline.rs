@@ -397,6 +397,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "journal_syncs": status.journal_syncs,
         "journal_sync_p99_bucket_us": status.journal_sync_p99_us,
         "journal_sync_max_us": status.journal_sync_max_us,
+        "segments_prepared_inline": status.segments_prepared_inline,
         "disk_sync_p50_us": probe.sync_p50_us,
         "disk_sync_p99_us": probe.sync_p99_us,
         "disk_write_mb_per_s": probe.write_mb_per_s,
