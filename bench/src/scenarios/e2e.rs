@@ -147,6 +147,7 @@ pub fn run_node(args: &[String]) -> Result<(), String> {
             "journal_syncs": status.journal_syncs,
             "journal_sync_p99_bucket_us": status.journal_sync_p99_us,
             "journal_sync_max_us": status.journal_sync_max_us,
+            "segments_prepared_inline": status.segments_prepared_inline,
             "commands_per_batch": if status.batches > 0 { (status.sequenced_position as f64 / status.batches as f64).round() } else { 0.0 },
         })
     );
@@ -322,6 +323,7 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
         "journal_syncs": node_status["journal_syncs"],
         "journal_sync_p99_bucket_us": node_status["journal_sync_p99_bucket_us"],
         "journal_sync_max_us": node_status["journal_sync_max_us"],
+        "segments_prepared_inline": node_status["segments_prepared_inline"],
         "commands_per_batch": node_status["commands_per_batch"],
         "machine": report::machine(),
         "command": command,
