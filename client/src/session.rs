@@ -380,14 +380,7 @@ impl Client {
         limit: usize,
     ) -> usize {
         let work = self.do_work();
-        let mut delivered = 0;
-        while delivered < limit {
-            let Some((id, result)) = self.completed.pop_front() else {
-                break;
-            };
-            handler(id, result);
-            delivered += 1;
-        }
+        let delivered = self.deliver(&mut handler, limit);
         if delivered == 0 {
             self.idle.idle(work);
         } else {
@@ -413,6 +406,17 @@ impl Client {
             let _ = self.subscription.wait_readable(timeout);
             self.do_work();
         }
+        let delivered = self.deliver(&mut handler, limit);
+        self.idle.reset();
+        delivered
+    }
+
+    /// Hands up to `limit` completed requests to `handler`, oldest first; returns how many.
+    fn deliver<F: FnMut(RequestId, Result<Response, ClientError>)>(
+        &mut self,
+        handler: &mut F,
+        limit: usize,
+    ) -> usize {
         let mut delivered = 0;
         while delivered < limit {
             let Some((id, result)) = self.completed.pop_front() else {
@@ -421,7 +425,6 @@ impl Client {
             handler(id, result);
             delivered += 1;
         }
-        self.idle.reset();
         delivered
     }
 

@@ -700,16 +700,7 @@ impl Batch<'_> {
         }
         // After this point the transfer must succeed.
         if self.undo_active {
-            let (d, c) = (*d, *c);
-            self.undo.push(Undo::Balances {
-                account: debit,
-                old: d,
-            });
-            self.undo.push(Undo::Balances {
-                account: credit,
-                old: c,
-            });
-            self.undo.push(Undo::RingPush);
+            push_transfer_undo(self.undo, (debit, *d), (credit, *c));
         }
         let position = self.position;
         {
@@ -784,6 +775,20 @@ enum Undo {
     Balances { account: u32, old: Account },
     RingPush,
     PendingInsert { slot: u32 },
+}
+
+/// Records how to undo one transfer of an atomic group: both accounts' balances before it
+/// (`(slot, old account)` each) and the ring push that retained it.
+fn push_transfer_undo(undo: &mut Vec<Undo>, debit: (u32, Account), credit: (u32, Account)) {
+    undo.push(Undo::Balances {
+        account: debit.0,
+        old: debit.1,
+    });
+    undo.push(Undo::Balances {
+        account: credit.0,
+        old: credit.1,
+    });
+    undo.push(Undo::RingPush);
 }
 
 /// The ledger state machine. See the crate docs for semantics and invariants.
@@ -1690,16 +1695,7 @@ impl Engine {
         }
         // After this point the transfer must succeed.
         if self.undo_active {
-            let (d, c) = (*d, *c);
-            self.undo.push(Undo::Balances {
-                account: debit,
-                old: d,
-            });
-            self.undo.push(Undo::Balances {
-                account: credit,
-                old: c,
-            });
-            self.undo.push(Undo::RingPush);
+            push_transfer_undo(&mut self.undo, (debit, *d), (credit, *c));
         }
         {
             let d = &mut self.accounts[debit as usize].account;
