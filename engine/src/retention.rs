@@ -159,28 +159,15 @@ impl RetentionIndex {
         &self,
         hash: u64,
         live: Live,
-        mut is_key: impl FnMut(u64) -> bool,
+        is_key: impl FnMut(u64) -> bool,
     ) -> Option<u64> {
-        let fp = Self::fingerprint(hash);
-        let head = live.head_seq as u32;
-        let mut b = self.home(hash);
-        for _ in 0..self.buckets {
-            let (fps, seqs) = self.bucket(b);
-            let mut hits = lanes_equal(fps, fp);
-            while hits != 0 {
-                let lane = hits.trailing_zeros() as usize;
-                hits &= hits - 1;
-                let offset = u64::from(seqs[lane].wrapping_sub(head));
-                if offset < live.len && is_key(offset) {
-                    return Some(offset);
-                }
-            }
-            if !Self::overflowed(seqs[OVERFLOW], live) {
-                return None;
-            }
-            b = self.next(b);
-        }
-        None
+        self.scan(
+            self.home(hash),
+            Self::fingerprint(hash),
+            live,
+            is_key,
+            self.buckets,
+        )
     }
 
     /// [`RetentionIndex::find`] that also says where an insert of this (absent) id would go:
@@ -227,13 +214,27 @@ impl RetentionIndex {
     #[inline(never)]
     fn find_from(
         &self,
+        b: u64,
+        fp: u32,
+        live: Live,
+        is_key: impl FnMut(u64) -> bool,
+    ) -> Option<u64> {
+        self.scan(b, fp, live, is_key, self.buckets - 1)
+    }
+
+    /// Looks for the id with fingerprint `fp` in up to `buckets` buckets from `b` on, while
+    /// the overflow words say a live entry may lie further.
+    #[inline(always)]
+    fn scan(
+        &self,
         mut b: u64,
         fp: u32,
         live: Live,
         mut is_key: impl FnMut(u64) -> bool,
+        buckets: u64,
     ) -> Option<u64> {
         let head = live.head_seq as u32;
-        for _ in 1..self.buckets {
+        for _ in 0..buckets {
             let (fps, seqs) = self.bucket(b);
             let mut hits = lanes_equal(fps, fp);
             while hits != 0 {
