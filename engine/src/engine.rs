@@ -239,6 +239,67 @@ const ACCOUNTS_CACHE_RESIDENT: usize = 16_384;
 /// FIFO ring of retained transfers with an index by id. Evicting the oldest record only moves
 /// the head: the index treats entries outside the live range as free (see `retention.rs`).
 #[derive(Clone)]
+/// The two-stage prefetch of a batch of transfers, shared by the fast path ([`Batch`]) and the
+/// general one: `PREFETCH_DISTANCE` entries ahead, the index buckets of the transfer's
+/// accounts and id; half as far ahead (the buckets are in cache by then), the account records,
+/// whose slots are kept in the keys as guesses for the look-ups.
+struct Prefetch<'t> {
+    account_index: &'t Index,
+    accounts: &'t [AccountRecord],
+    ids: &'t RetentionIndex,
+    /// Whether the account tables are worth prefetching (not when they stay in cache).
+    accounts_too: bool,
+}
+
+impl Prefetch<'_> {
+    /// Starts the pipeline for the first entries.
+    #[inline(always)]
+    fn start(&self, keys: &mut [Keys]) {
+        for k in keys.iter().take(PREFETCH_DISTANCE) {
+            self.buckets(k);
+        }
+        if self.accounts_too {
+            for k in keys.iter_mut().take(PREFETCH_DISTANCE / 2) {
+                self.records(k);
+            }
+        }
+    }
+
+    /// Keeps it going while entry `i` is applied.
+    #[inline(always)]
+    fn ahead(&self, keys: &mut [Keys], i: usize) {
+        if let Some(k) = keys.get(i + PREFETCH_DISTANCE) {
+            self.buckets(k);
+        }
+        if self.accounts_too {
+            if let Some(k) = keys.get_mut(i + PREFETCH_DISTANCE / 2) {
+                self.records(k);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn buckets(&self, k: &Keys) {
+        if self.accounts_too {
+            self.account_index.prefetch(k.debit);
+            self.account_index.prefetch(k.credit);
+        }
+        self.ids.prefetch(k.id);
+    }
+
+    #[inline(always)]
+    fn records(&self, k: &mut Keys) {
+        for (hash, guess) in [(k.debit, &mut k.debit_slot), (k.credit, &mut k.credit_slot)] {
+            if let Some(slot) = self.account_index.peek(hash) {
+                if let Some(rec) = self.accounts.get(slot as usize) {
+                    crate::prefetch::read(rec);
+                    *guess = slot;
+                }
+            }
+        }
+    }
+}
+
 pub(crate) struct Ring {
     pub(crate) records: Vec<Retained>,
     capacity: u64,
@@ -574,24 +635,10 @@ impl Batch<'_> {
         prefetch_accounts: bool,
         atomic: bool,
     ) -> Result<u32, (usize, ResultCode)> {
-        for k in keys.iter().take(PREFETCH_DISTANCE) {
-            self.prefetch_buckets(k, prefetch_accounts);
-        }
-        if prefetch_accounts {
-            for k in keys.iter_mut().take(PREFETCH_DISTANCE / 2) {
-                self.prefetch_records(k);
-            }
-        }
+        self.prefetch(prefetch_accounts).start(keys);
         let mut seen = 0u32;
         for (i, t) in transfers.iter().enumerate() {
-            if let Some(ahead) = keys.get(i + PREFETCH_DISTANCE) {
-                self.prefetch_buckets(ahead, prefetch_accounts);
-            }
-            if prefetch_accounts {
-                if let Some(ahead) = keys.get_mut(i + PREFETCH_DISTANCE / 2) {
-                    self.prefetch_records(ahead);
-                }
-            }
+            self.prefetch(prefetch_accounts).ahead(keys, i);
             let r = self.transfer(t, &keys[i]);
             if r != ResultCode::Ok && atomic {
                 return Err((i, r));
@@ -602,26 +649,13 @@ impl Batch<'_> {
         Ok(seen)
     }
 
-    /// First prefetch stage (see [`Engine::prefetch_buckets`]).
     #[inline(always)]
-    fn prefetch_buckets(&self, k: &Keys, accounts: bool) {
-        if accounts {
-            self.account_index.prefetch(k.debit);
-            self.account_index.prefetch(k.credit);
-        }
-        self.ring.index.prefetch(k.id);
-    }
-
-    /// Second prefetch stage (see [`Engine::prefetch_records`]).
-    #[inline(always)]
-    fn prefetch_records(&self, k: &mut Keys) {
-        for (hash, guess) in [(k.debit, &mut k.debit_slot), (k.credit, &mut k.credit_slot)] {
-            if let Some(slot) = self.account_index.peek(hash) {
-                if let Some(rec) = self.accounts.get(slot as usize) {
-                    crate::prefetch::read(rec);
-                    *guess = slot;
-                }
-            }
+    fn prefetch(&self, accounts_too: bool) -> Prefetch<'_> {
+        Prefetch {
+            account_index: self.account_index,
+            accounts: self.accounts,
+            ids: &self.ring.index,
+            accounts_too,
         }
     }
 
@@ -975,33 +1009,13 @@ impl Engine {
             .find(hash, |s| accounts[s as usize].account.id == id)
     }
 
-    /// First prefetch stage for a transfer some entries ahead: the index buckets of its
-    /// accounts and of its id.
     #[inline(always)]
-    fn prefetch_buckets(&self, k: &Keys, accounts: bool) {
-        if accounts {
-            self.account_index.prefetch(k.debit);
-            self.account_index.prefetch(k.credit);
-        }
-        self.ring.index.prefetch(k.id);
-    }
-
-    /// Second stage, a few entries later: the buckets are in cache, so peek the slots and
-    /// prefetch the account records. The slots found are kept in `k` as guesses for the
-    /// lookups.
-    #[inline]
-    fn prefetch_records(&self, k: &mut Keys) {
-        if let Some(slot) = self.account_index.peek(k.debit) {
-            if let Some(rec) = self.accounts.get(slot as usize) {
-                crate::prefetch::read(rec);
-                k.debit_slot = slot;
-            }
-        }
-        if let Some(slot) = self.account_index.peek(k.credit) {
-            if let Some(rec) = self.accounts.get(slot as usize) {
-                crate::prefetch::read(rec);
-                k.credit_slot = slot;
-            }
+    fn prefetch(&self, accounts_too: bool) -> Prefetch<'_> {
+        Prefetch {
+            account_index: &self.account_index,
+            accounts: &self.accounts,
+            ids: &self.ring.index,
+            accounts_too,
         }
     }
 
@@ -1427,14 +1441,7 @@ impl Engine {
         let all_posted =
             self.pending_open == 0 && transfers.iter().all(|t| t.flags == 0 && t.timeout_s == 0);
         if !all_posted {
-            for k in keys.iter().take(PREFETCH_DISTANCE) {
-                self.prefetch_buckets(k, prefetch_accounts);
-            }
-            if prefetch_accounts {
-                for k in keys.iter_mut().take(PREFETCH_DISTANCE / 2) {
-                    self.prefetch_records(k);
-                }
-            }
+            self.prefetch(prefetch_accounts).start(&mut keys);
         }
         // Bit `r` set for every result `r` seen: the overall result is the lowest non-ok one.
         let mut seen = 0u32;
@@ -1474,14 +1481,7 @@ impl Engine {
             if all_posted {
                 break;
             }
-            if let Some(ahead) = keys.get(i + PREFETCH_DISTANCE) {
-                self.prefetch_buckets(ahead, prefetch_accounts);
-            }
-            if prefetch_accounts {
-                if let Some(ahead) = keys.get_mut(i + PREFETCH_DISTANCE / 2) {
-                    self.prefetch_records(ahead);
-                }
-            }
+            self.prefetch(prefetch_accounts).ahead(&mut keys, i);
             let t = &transfers[i];
             let r = if t.flags == 0 && t.timeout_s == 0 && self.pending_open == 0 {
                 self.batch().transfer(t, &keys[i])

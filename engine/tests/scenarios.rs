@@ -58,6 +58,33 @@ impl Ledger {
         self.send(0, 0, command)
     }
 
+    /// A small engine that retains `retained` transfer ids, with external account 1 and
+    /// account 2 (no flags) on ledger 1.
+    fn with_retention(retained: u32) -> Ledger {
+        let config = EngineConfig {
+            accounts_max: 10,
+            transfers_retained_max: retained,
+            pending_max: 4,
+            sessions_max: 2,
+            ledgers_max: 2,
+        };
+        let mut l = Ledger {
+            engine: Engine::new(config).unwrap(),
+            position: 0,
+            now_ns: SECOND_NS,
+        };
+        for (id, flags) in [(1, af::EXTERNAL), (2, 0)] {
+            let r = l.run(&Command::CreateAccount {
+                id,
+                ledger: 1,
+                flags,
+                code: 0,
+            });
+            assert_eq!(r.result, R::Ok);
+        }
+        l
+    }
+
     /// External account 1 and accounts 10, 20 (no overdraft) on ledger 1, 100 deposited in 10.
     fn funded() -> Ledger {
         let mut l = Ledger::new();
@@ -578,30 +605,7 @@ proptest! {
 
 #[test]
 fn retention_keeps_the_newest_ids_across_ring_wraps_and_snapshots() {
-    let config = EngineConfig {
-        accounts_max: 10,
-        transfers_retained_max: 4,
-        pending_max: 4,
-        sessions_max: 2,
-        ledgers_max: 2,
-    };
-    let mut l = Ledger {
-        engine: Engine::new(config).unwrap(),
-        position: 0,
-        now_ns: SECOND_NS,
-    };
-    l.run(&Command::CreateAccount {
-        id: 1,
-        ledger: 1,
-        flags: af::EXTERNAL,
-        code: 0,
-    });
-    l.run(&Command::CreateAccount {
-        id: 2,
-        ledger: 1,
-        flags: 0,
-        code: 0,
-    });
+    let mut l = Ledger::with_retention(4);
     for id in 1..=700u128 {
         assert_eq!(
             l.run(&Command::Deposit {
@@ -615,7 +619,7 @@ fn retention_keeps_the_newest_ids_across_ring_wraps_and_snapshots() {
         if id == 650 {
             let mut bytes = Vec::new();
             l.engine.snapshot(&mut bytes).unwrap();
-            l.engine = Engine::restore(config, &bytes[..]).unwrap();
+            l.engine = Engine::restore(*l.engine.config(), &bytes[..]).unwrap();
         }
         assert_eq!(l.engine.retained_count(), id.min(4) as u64);
     }
@@ -747,30 +751,7 @@ fn a_snapshot_larger_than_one_read_chunk_restores_from_short_reads_and_trailing_
 
 #[test]
 fn a_snapshot_restores_into_a_larger_retention_by_rebuilding_its_index() {
-    let config = EngineConfig {
-        accounts_max: 10,
-        transfers_retained_max: 3_000,
-        pending_max: 4,
-        sessions_max: 2,
-        ledgers_max: 2,
-    };
-    let mut l = Ledger {
-        engine: Engine::new(config).unwrap(),
-        position: 0,
-        now_ns: SECOND_NS,
-    };
-    l.run(&Command::CreateAccount {
-        id: 1,
-        ledger: 1,
-        flags: af::EXTERNAL,
-        code: 0,
-    });
-    l.run(&Command::CreateAccount {
-        id: 2,
-        ledger: 1,
-        flags: 0,
-        code: 0,
-    });
+    let mut l = Ledger::with_retention(3_000);
     for id in 1..=5_000u128 {
         let r = l.run(&Command::Deposit {
             transfer_id: id * 0x1_0000_0001,
@@ -781,6 +762,7 @@ fn a_snapshot_restores_into_a_larger_retention_by_rebuilding_its_index() {
     }
     let mut bytes = Vec::new();
     l.engine.snapshot(&mut bytes).unwrap();
+    let config = *l.engine.config();
     // The same configuration takes the saved index as it is; a larger retention sizes the
     // index differently and rebuilds it from the records.
     let larger = EngineConfig {
