@@ -628,38 +628,29 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut raw_h = empty()?;
     let mut tr_h = empty()?;
     for round in 1..=rounds {
-        phase(&format!(
-            "round {round}/{rounds}: raw UDP unicast throughput"
-        ));
-        if o.runs("raw-unicast") {
+        // Announces phase `key` of this round and says whether it is to run.
+        let step = |key: &str, what: &str| {
+            phase(&format!("round {round}/{rounds}: {what}"));
+            o.runs(key)
+        };
+        if step("raw-unicast", "raw UDP unicast throughput") {
             raw_uni.push(raw_throughput(datagram, 1, slice)?);
         }
-        phase(&format!(
-            "round {round}/{rounds}: transport unicast throughput"
-        ));
-        if o.runs("unicast") {
+        if step("unicast", "transport unicast throughput") {
             uni.push(transport_throughput(o.mtu, 1, slice)?);
         }
-        phase(&format!(
-            "round {round}/{rounds}: raw UDP multicast throughput"
-        ));
-        if o.runs("raw-multicast") {
+        if step("raw-multicast", "raw UDP multicast throughput") {
             raw_multi.push(raw_throughput(datagram, 2, slice)?);
         }
-        phase(&format!(
-            "round {round}/{rounds}: transport multicast throughput"
-        ));
-        if o.runs("multicast") {
+        if step("multicast", "transport multicast throughput") {
             multi.push(transport_throughput(o.mtu, 2, slice)?);
         }
-        phase(&format!("round {round}/{rounds}: raw UDP round trips"));
-        if o.runs("raw-rtt") {
+        if step("raw-rtt", "raw UDP round trips") {
             raw_h
                 .add(raw_rtt(frame, o.rtt_samples / rounds)?)
                 .map_err(|e| e.to_string())?;
         }
-        phase(&format!("round {round}/{rounds}: transport round trips"));
-        if o.runs("rtt") {
+        if step("rtt", "transport round trips") {
             tr_h.add(transport_rtt(o.mtu, o.rtt_samples / rounds)?)
                 .map_err(|e| e.to_string())?;
         }
