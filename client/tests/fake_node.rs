@@ -336,3 +336,43 @@ fn a_closed_session_fails_requests_in_flight_and_later_ones() {
     );
     assert_eq!(client.try_send(&deposit(3)).unwrap_err(), err);
 }
+
+#[test]
+fn poll_wait_returns_as_soon_as_replies_arrive_not_at_its_timeout() {
+    let node = FakeNode::spawn(Behaviour::Answer);
+    let mut client = Client::connect(ClientConfig {
+        in_flight_max: 16,
+        ..config(node.addr, 2000, 1)
+    })
+    .unwrap();
+    // Each wait may last a minute: if replies did not end it, 50 rounds would take nearly an
+    // hour; they take milliseconds. The bound below is loose on purpose (no timing target).
+    let wait = std::time::Duration::from_secs(60);
+    let started_at = std::time::Instant::now();
+    let mut completed = 0;
+    for _ in 0..50 {
+        let id = client.new_transfer_id();
+        client.try_send(&deposit(id)).unwrap();
+        let mut got = 0;
+        while got == 0 {
+            got = client.poll_wait(
+                |_, result| assert_eq!(result.unwrap().result(), Some(ResultCode::Ok)),
+                usize::MAX,
+                wait,
+            );
+        }
+        completed += got;
+    }
+    assert_eq!(completed, 50);
+    assert!(
+        started_at.elapsed() < wait,
+        "poll_wait waited out its timeout instead of waking on the reply"
+    );
+    // Nothing in flight: a zero timeout returns at once with nothing.
+    assert_eq!(
+        client.poll_wait(|_, _| {}, usize::MAX, std::time::Duration::ZERO),
+        0
+    );
+    client.close();
+    node.stop();
+}
