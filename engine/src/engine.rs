@@ -1019,6 +1019,18 @@ impl Engine {
         }
     }
 
+    /// An atomic group of `len` transfers failed at member `i` with `r`: undoes the members
+    /// applied, reports `r` for that one and `linked_transfer_failed` for the others, and
+    /// returns the set of results seen.
+    fn fail_group(&mut self, len: usize, i: usize, r: ResultCode) -> u32 {
+        self.rollback();
+        self.results.clear();
+        self.results.resize(len, ResultCode::LinkedTransferFailed);
+        self.results[i] = r;
+        self.touched.clear();
+        1 << r as u32
+    }
+
     fn find_external(&self, ledger: u32) -> Option<u32> {
         let externals = &self.externals;
         let i = self.external_index.find(hash64(u64::from(ledger)), |s| {
@@ -1469,13 +1481,7 @@ impl Engine {
             None
         };
         if let Some((i, r)) = first_failure {
-            self.rollback();
-            self.results.clear();
-            self.results
-                .resize(transfers.len(), ResultCode::LinkedTransferFailed);
-            self.results[i] = r;
-            self.touched.clear();
-            seen = 1 << r as u32;
+            seen = self.fail_group(transfers.len(), i, r);
         }
         for i in 0..transfers.len() {
             if all_posted {
@@ -1489,13 +1495,7 @@ impl Engine {
                 self.create_transfer(t, &keys[i])
             };
             if r != ResultCode::Ok && atomic {
-                self.rollback();
-                self.results.clear();
-                self.results
-                    .resize(transfers.len(), ResultCode::LinkedTransferFailed);
-                self.results[i] = r;
-                self.touched.clear();
-                seen = 1 << r as u32;
+                seen = self.fail_group(transfers.len(), i, r);
                 break;
             }
             self.results.push(r);
