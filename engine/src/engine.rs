@@ -16,6 +16,7 @@
 
 use crate::command::{Command, TransferSpec};
 use crate::index::{account_hash, hash128, hash64, id_hash, Index};
+use crate::lines::MappedTable;
 use crate::retention::{Live, RetentionIndex};
 use crate::{
     account_flags as af, batch_flags, transfer_flags, ConfigError, EngineConfig, EntryMeta,
@@ -120,7 +121,8 @@ const _: () = assert!(std::mem::size_of::<AccountRecord>() == 64);
 /// amount was null) for posts and voids, and 0 for deposits and withdrawals.
 ///
 /// `repr(C)` without implicit padding, in the snapshot's field order: on a little-endian
-/// machine its bytes are the snapshot record, so snapshots copy the ring in bulk.
+/// machine its bytes are the snapshot record, so snapshots copy the ring in bulk. Aligned to
+/// its size, so that it is exactly one cache line, written whole by a streaming store.
 #[derive(
     Clone,
     Copy,
@@ -133,7 +135,7 @@ const _: () = assert!(std::mem::size_of::<AccountRecord>() == 64);
     zerocopy::KnownLayout,
     zerocopy::Immutable,
 )]
-#[repr(C)]
+#[repr(C, align(64))]
 pub(crate) struct Retained {
     pub(crate) id_lo: u64,
     pub(crate) id_hi: u64,
@@ -301,7 +303,7 @@ impl Prefetch<'_> {
 }
 
 pub(crate) struct Ring {
-    pub(crate) records: Vec<Retained>,
+    pub(crate) records: MappedTable<Retained>,
     capacity: u64,
     retained_max: u64,
     /// Sequence stored in slot 0 on the first lap (0, or the head after a restore).
@@ -319,11 +321,11 @@ pub(crate) struct Ring {
 impl Ring {
     fn new(retained_max: u32) -> Ring {
         let capacity = retained_max as usize + TRANSFERS_PER_COMMAND_MAX;
-        // Every slot exists from the start, zeroed by the allocator (fresh pages, mapped on
-        // first touch): no first-lap special case, and restore reads straight into place.
-        let records = <Retained as zerocopy::FromZeros>::new_vec_zeroed(capacity)
-            .expect("allocating the retention ring");
-        crate::prefetch::advise_huge_pages(&records);
+        // Every slot exists from the start, zeroed by the kernel (an anonymous mapping of its
+        // own, mapped on first touch, page-aligned so that each record is one cache line, and
+        // on small pages: see the crate docs): no first-lap special case, and restore reads
+        // straight into place.
+        let records = MappedTable::zeroed(capacity);
         Ring {
             records,
             capacity: capacity as u64,
@@ -476,7 +478,7 @@ impl Ring {
         assert!(self.len() < self.capacity, "ring slack exhausted");
         let seq = self.next_seq;
         let slot = self.next_slot as usize;
-        self.records[slot] = record;
+        crate::lines::store_line(&mut self.records[slot], &record);
         self.next_seq += 1;
         self.next_slot = self.wrap_forward(self.next_slot);
         seq
@@ -984,7 +986,7 @@ impl Engine {
     pub fn reserved_bytes(&self) -> usize {
         self.accounts.capacity() * 64
             + self.account_index.size_bytes()
-            + self.ring.records.capacity() * std::mem::size_of::<Retained>()
+            + self.ring.records.len() * std::mem::size_of::<Retained>()
             + self.ring.index.size_bytes()
             + self.pending.capacity() * std::mem::size_of::<Pending>()
             + self.pending_index.size_bytes()
@@ -1196,6 +1198,8 @@ impl Engine {
             }
             Command::Invalid => ResultCode::InvalidCommand,
         };
+        // The ring's records were appended with streaming stores (see `lines.rs`).
+        crate::lines::store_fence();
         self.ring.trim();
         self.session_record(meta, result);
         Ok(result)

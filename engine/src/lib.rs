@@ -41,8 +41,14 @@
 //!
 //! # Memory
 //! Tables are reserved in [`Engine::new`] (`Vec::with_capacity`, allocator-zeroed vectors for
-//! hash buckets and the retention ring), so the kernel maps pages only when first touched,
-//! and large tables are advised onto transparent huge pages. Per account: a 64-byte record
+//! hash buckets, an anonymous mapping of its own for the retention ring), so the kernel maps
+//! pages only when first touched. The tables read at random (account table, account and
+//! retention indexes) are advised onto transparent huge pages, against TLB misses; the
+//! retention ring, written and read in order, is not: on the development VM, whose freshly
+//! allocated memory is slow (the host backs it on first touch), mapping huge pages cold costs
+//! about three times as much per byte as small ones (measured: 850 MB populated in 1.0-1.2 s
+//! with huge pages, 0.27-0.44 s without), and the ring is three quarters of a large restore's
+//! memory. Per account: a 64-byte record
 //! (one cache line, `align(64)`) plus 13-27 bytes of index (load factor at most 0.6): about 81
 //! bytes measured at one million accounts. Per retained transfer: a 64-byte record (accounts by
 //! slot, not id) plus 16 bytes of index (one 64-byte bucket per 4 ids): at the default 10
@@ -62,10 +68,15 @@
 //! bucket for both). The reply's balances are written and folded into the state hash in one
 //! pass over the touched accounts (the generated encoder writes the header, block and group
 //! dimensions; the fixed-size entries are written directly, checked against the generated
-//! encoder in the tests). The only `unsafe` in the crate is the prefetch hint and the `madvise`
-//! calls, in `prefetch.rs`, and the SSE2 loads of the retention index's eight-lane compares,
-//! in `lanes.rs`. Evicting the oldest retained transfer writes nothing: the retention index
-//! (`retention.rs`) stores each id's ring sequence and treats entries outside the ring's live
+//! encoder in the tests). A retained record is one cache line (`align(64)`, in a page-aligned
+//! mapping) appended with non-temporal stores (`lines.rs`): it goes to memory without first
+//! being read (no read-for-ownership) and without evicting from the core's caches the small
+//! account table they would otherwise keep (64 bytes per transfer stream past it); a store
+//! fence ends each command. The only `unsafe` in the crate is the prefetch hint and the
+//! `madvise` calls, in `prefetch.rs`, the SSE2 loads of the retention index's eight-lane
+//! compares, in `lanes.rs`, and the ring's mapping and streaming stores, in `lines.rs`.
+//! Evicting the oldest retained transfer writes nothing: the retention index (`retention.rs`)
+//! stores each id's ring sequence and treats entries outside the ring's live
 //! range as free, so a new transfer touches one random line of it plus the sequential ring
 //! write. On the 2-core development VM a transfer costs about 530 instructions (callgrind,
 //! 10 thousand accounts; 860 before the fast path) and about 600 with a million accounts
@@ -96,6 +107,7 @@ mod command;
 mod engine;
 mod index;
 mod lanes;
+mod lines;
 mod prefetch;
 mod retention;
 pub mod snapshot;
