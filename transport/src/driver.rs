@@ -296,6 +296,7 @@ impl Publication {
     ///
     /// # Errors
     /// [`OfferError`].
+    #[inline]
     pub fn offer(&mut self, message: &[u8]) -> Result<i64, OfferError> {
         self.sender.offer(message)
     }
@@ -463,6 +464,37 @@ impl Agent for Publication {
     }
 }
 
+/// What a received batch says about where the next datagrams will go (see
+/// `Subscription::receive`): every datagram continued the same session in order (the
+/// receiver's fast path), and the longest of them.
+#[derive(Debug, Default)]
+struct Run {
+    session_id: Option<i32>,
+    length_max: usize,
+    broken: bool,
+}
+
+impl Run {
+    /// One more datagram: `in_order` is `Receiver::last_in_order` after it (or `None`).
+    fn add(&mut self, in_order: Option<(i32, usize)>) {
+        match in_order {
+            Some((session_id, length)) if self.session_id.is_none_or(|s| s == session_id) => {
+                self.session_id = Some(session_id);
+                self.length_max = self.length_max.max(length);
+            }
+            _ => self.broken = true,
+        }
+    }
+
+    /// The session and slot length to receive the next datagrams in place with, if any.
+    fn target(&self) -> Option<(i32, usize)> {
+        match self.session_id {
+            Some(s) if !self.broken => Some((s, self.length_max)),
+            _ => None,
+        }
+    }
+}
+
 /// A subscription to a stream on a channel: receives, rebuilds, acknowledges and delivers.
 pub struct Subscription {
     receiver: Receiver,
@@ -472,6 +504,9 @@ pub struct Subscription {
     loss: Option<Loss>,
     /// The last read found nothing (see `receive`).
     rx_idle: bool,
+    /// Session and datagram length of a stream arriving in order: the next datagrams are
+    /// received straight into its log (see `receive`).
+    direct: Option<(i32, usize)>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -535,6 +570,7 @@ impl Subscription {
             tx: Batch::new(BATCH_DATAGRAMS, CONTROL_SLOT_LENGTH),
             loss: None,
             rx_idle: false,
+            direct: None,
         })
     }
 
@@ -586,22 +622,86 @@ impl Subscription {
         // that is all there is, and the kernel then skips its attempt at a second one. A read
         // that finds data asks for a whole batch next.
         let max = if self.rx_idle { 1 } else { BATCH_DATAGRAMS };
-        let received = self.rx.recv(&self.socket, max);
+        // While a stream arrives in order in datagrams of one length, receive the next ones
+        // straight into its log where they belong (no copy); otherwise into the slots.
+        let target = self.direct.and_then(|(session_id, stride)| {
+            if stride > self.rx.slot_length() {
+                return None;
+            }
+            self.receiver
+                .direct_target(session_id, stride)
+                .map(|t| (t, stride))
+        });
+        let received = match &target {
+            Some((t, stride)) => {
+                let region = self.receiver.direct_region(t);
+                self.rx.recv_direct(&self.socket, region, *stride, max)
+            }
+            None => self.rx.recv(&self.socket, max),
+        };
         self.rx_idle = !matches!(received, Ok(n) if n > 0);
         match received {
             Ok(n) => {
+                // Datagrams before `from` were taken in place; `dropped` is one whose loss
+                // injection was already drawn. `run` follows whether every datagram of the
+                // batch continued one session in order, and the longest of them.
+                let (mut from, mut dropped) = (0, None);
+                let mut run = Run::default();
+                if let Some((t, stride)) = &target {
+                    while from < n {
+                        let length = self.rx.length(from);
+                        let Some(source) = self.rx.source(from) else {
+                            break;
+                        };
+                        if length > *stride || self.rx.truncated(from) {
+                            break;
+                        }
+                        if Loss::drops(&mut self.loss) {
+                            dropped = Some(from);
+                            break;
+                        }
+                        if !self
+                            .receiver
+                            .accept_direct(t, now, source, from * stride, length)
+                        {
+                            break;
+                        }
+                        run.add(self.receiver.last_in_order());
+                        from += 1;
+                    }
+                    // The rest lie in the log where they may not stay: move each to its slot
+                    // (what did not fit there is already in the slot, past `stride`).
+                    for i in from..n {
+                        let part = self.rx.length(i).min(*stride);
+                        let slot = &mut self.rx.slot_mut(i)[..part];
+                        self.receiver.take_direct(t, i * stride, slot);
+                    }
+                }
                 let mut truncated = false;
-                for i in 0..n {
+                for i in from..n {
                     let (bytes, source) = self.rx.datagram(i);
-                    let Some(source) = source else { continue };
-                    if Loss::drops(&mut self.loss) {
+                    let Some(source) = source else {
+                        run.add(None);
+                        continue;
+                    };
+                    // (The loss of `dropped` was drawn above: draw once per datagram.)
+                    let lost = dropped == Some(i) || Loss::drops(&mut self.loss);
+                    if lost {
                         self.receiver.counters_mut().incr(CounterId::DropsInjected);
+                        run.add(None);
                     } else if self.rx.truncated(i) {
                         self.receiver.counters_mut().incr(CounterId::DropsMalformed);
                         truncated = true;
+                        run.add(None);
                     } else {
                         self.receiver.handle_datagram(now, source, bytes);
+                        run.add(self.receiver.last_in_order());
                     }
+                }
+                if n > 0 {
+                    // A batch that continued one session in order: receive the next ones in
+                    // place, in slots of its longest datagram (a stream's full datagrams).
+                    self.direct = run.target();
                 }
                 if truncated && self.rx.slot_length() < RECEIVE_SLOT_LENGTH {
                     // A sender with a larger MTU: take whole datagrams from now on (the lost

@@ -1,11 +1,14 @@
-//! Batched datagram I/O with `recvmmsg`/`sendmmsg` (Linux), the only unsafe code of the crate.
+//! Batched datagram I/O with `recvmmsg`/`sendmmsg` (Linux), and memory advice for term logs:
+//! the only unsafe code of the crate.
 //!
 //! Owns: preallocated slots (buffers, addresses, iovecs, headers) for a batch of datagrams.
 //! Invariant: every pointer handed to the kernel points into this struct's heap buffers, which
 //! are allocated once in `new` and never resized (so they never move, even when the struct
 //! does), or, for a send, into the external buffer borrowed by that `send` call (a sender's
-//! term log, so data datagrams go out without a copy); send headers are rebuilt before every call, receive headers once and then only their
-//! kernel-written fields are reset.
+//! term log, so data datagrams go out without a copy), or, for `recv_direct`, into the region
+//! borrowed mutably by that call (a receiver's term log, so in-order datagrams arrive where
+//! they belong); send and direct-receive headers are rebuilt before every call, plain receive
+//! headers once and then only their kernel-written fields are reset.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -23,6 +26,8 @@ pub(crate) struct Batch {
     addrs: Vec<libc::sockaddr_storage>,
     addr_lengths: Vec<libc::socklen_t>,
     iovecs: Vec<libc::iovec>,
+    /// Receive straight into a caller's region: two per slot (region part, overflow part).
+    direct_iovecs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
     /// Send: where each slot's bytes are: `None` in the slot itself, `Some(offset)` at that
     /// offset of the external buffer handed to `send` (a sender's term log: no copy).
@@ -50,6 +55,7 @@ impl Batch {
             addrs: vec![unsafe { zeroed() }; slots],
             addr_lengths: vec![0; slots],
             iovecs: vec![unsafe { zeroed() }; slots],
+            direct_iovecs: vec![unsafe { zeroed() }; 2 * slots],
             headers: vec![unsafe { zeroed() }; slots],
             external: vec![None; slots],
             count: 0,
@@ -215,6 +221,99 @@ impl Batch {
         Ok(r)
     }
 
+    /// Receives up to `max` (at most a batch) datagrams without blocking, each straight into
+    /// `region`: datagram `i` goes to `region[i * stride..]`, at most `stride` bytes there,
+    /// its remaining bytes (up to the slot length) to its own slot at offset `stride` (see
+    /// `slot_mut(i)[stride..]`). At most `region.len() / stride` datagrams are taken. Returns how
+    /// many arrived; their lengths and sources are read as for [`Batch::recv`], not their
+    /// bytes ([`Batch::datagram`] does not apply until the region part is copied into
+    /// [`Batch::slot_mut`]).
+    ///
+    /// # Panics
+    /// If `stride` is 0 or longer than a slot (a caller bug).
+    pub fn recv_direct(
+        &mut self,
+        socket: &impl AsRawFd,
+        region: &mut [u8],
+        stride: usize,
+        max: usize,
+    ) -> io::Result<usize> {
+        assert!(stride > 0 && stride <= self.slot_length);
+        let n = max.min(self.capacity()).min(region.len() / stride);
+        if n == 0 {
+            self.count = 0;
+            return Ok(0);
+        }
+        // The headers are rebuilt here: the next plain `recv` must prepare them again.
+        self.receive_ready = false;
+        for i in 0..n {
+            let at = i * self.slot_length;
+            self.direct_iovecs[2 * i] = libc::iovec {
+                iov_base: region[i * stride..(i + 1) * stride].as_mut_ptr() as *mut libc::c_void,
+                iov_len: stride,
+            };
+            self.direct_iovecs[2 * i + 1] = libc::iovec {
+                iov_base: self.data[at + stride..at + self.slot_length].as_mut_ptr()
+                    as *mut libc::c_void,
+                iov_len: self.slot_length - stride,
+            };
+            // SAFETY: all-zero bytes are a valid msghdr.
+            let mut h: libc::msghdr = unsafe { zeroed() };
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_name = &mut self.addrs[i] as *mut libc::sockaddr_storage as *mut libc::c_void;
+            h.msg_iov = &mut self.direct_iovecs[2 * i];
+            h.msg_iovlen = 2;
+            self.headers[i] = libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            };
+        }
+        let fd: RawFd = socket.as_raw_fd();
+        // SAFETY: `headers[..n]` were just built; each points at two iovecs of this struct,
+        // the first into `region` (borrowed mutably for the whole call, `stride` bytes per
+        // datagram, disjoint and inside it as `n * stride <= region.len()`), the second into
+        // this struct's slot `i` past `stride`; the kernel writes at most `iov_len` bytes
+        // into each and at most `msg_namelen` bytes of address.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.headers.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            self.count = 0;
+            return Err(io::Error::last_os_error());
+        }
+        let r = r as usize;
+        for i in 0..r {
+            self.lengths[i] = self.headers[i].msg_len as usize;
+            self.addr_lengths[i] = self.headers[i].msg_hdr.msg_namelen;
+        }
+        self.count = r;
+        Ok(r)
+    }
+
+    /// Length of received datagram `i` (as received: at most the slot length).
+    pub fn length(&self, i: usize) -> usize {
+        self.lengths[i].min(self.slot_length)
+    }
+
+    /// Source of received datagram `i`.
+    pub fn source(&self, i: usize) -> Option<SocketAddr> {
+        // SAFETY: the kernel filled `addrs[i]` with `addr_lengths[i]` bytes of a socket address.
+        let addr = unsafe { SockAddr::new(self.addrs[i], self.addr_lengths[i]) };
+        addr.as_socket()
+    }
+
+    /// Slot `i`'s bytes (where [`Batch::datagram`] reads datagram `i`).
+    pub fn slot_mut(&mut self, i: usize) -> &mut [u8] {
+        let at = i * self.slot_length;
+        &mut self.data[at..at + self.slot_length]
+    }
+
     /// Sends the unsent slots without blocking; slots pushed with `push_external` are read
     /// from `external` (the same buffer as when they were pushed, with those bytes unchanged).
     /// Returns how many went out; the rest stay queued (`has_unsent`). Resets the batch when
@@ -255,6 +354,24 @@ impl Batch {
     pub fn clear(&mut self) {
         self.count = 0;
         self.sent = 0;
+    }
+}
+
+/// Asks the kernel to back `bytes` with transparent huge pages where it can (`madvise`
+/// `MADV_HUGEPAGE`, Linux). Best effort: a kernel without them, or with them disabled,
+/// leaves the pages as they are.
+pub fn advise_huge_pages(bytes: &mut [u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    // SAFETY: the range is a live allocation we own (borrowed mutably for the call); the
+    // advice changes how it is backed, never its contents or validity.
+    unsafe {
+        libc::madvise(
+            bytes.as_mut_ptr() as *mut libc::c_void,
+            bytes.len(),
+            libc::MADV_HUGEPAGE,
+        );
     }
 }
 

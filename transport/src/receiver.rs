@@ -3,7 +3,9 @@
 //!
 //! Owns: each image's log (three terms), its positions (`subscriber <= rebuild <= hwm`), its
 //! loss detector and its timers. Does not own sockets or a clock. Input:
-//! [`Receiver::handle_datagram`], [`Receiver::handle_timeout`]; output:
+//! [`Receiver::handle_datagram`], [`Receiver::handle_timeout`], and for the driver, datagrams
+//! it received straight into a log region past the rebuild position
+//! (`Receiver::direct_target`, then `accept_direct` or `take_direct` for each); output:
 //! [`Receiver::poll_transmit`] (status messages, NAKs, setup requests, RTT requests),
 //! [`Receiver::poll`] (messages, in order per session) and [`Receiver::poll_event`]
 //! (images appearing and ending).
@@ -139,6 +141,8 @@ pub struct Receiver {
     next_image: usize,
     closing: bool,
     eos_to_send: Vec<(SocketAddr, i32, i32, i32)>,
+    /// See [`Receiver::last_in_order`].
+    last_in_order: Option<(i32, usize)>,
 }
 
 impl Receiver {
@@ -162,6 +166,7 @@ impl Receiver {
             next_image: 0,
             closing: false,
             eos_to_send: Vec::new(),
+            last_in_order: None,
         })
     }
 
@@ -223,6 +228,7 @@ impl Receiver {
 
     /// Feeds one datagram from `source`.
     pub fn handle_datagram(&mut self, now_ns: u64, source: SocketAddr, datagram: &[u8]) {
+        self.last_in_order = None;
         self.counters.incr(CounterId::DatagramsReceived);
         self.counters
             .add(CounterId::BytesReceived, datagram.len() as u64);
@@ -278,80 +284,125 @@ impl Receiver {
     /// in the general path; the frames are then stored with one copy. Returns false (and
     /// changes nothing) when the datagram needs the general path.
     fn try_append_in_order(&mut self, now_ns: u64, source: SocketAddr, datagram: &[u8]) -> bool {
-        let length = datagram.len();
-        if length < DATA_HEADER_LENGTH || !length.is_multiple_of(FRAME_ALIGNMENT) {
+        self.last_in_order = None;
+        let Some(first) = in_order_header(self.stream_id, datagram) else {
             return false;
-        }
-        let first = DataHeader::read_unchecked(datagram);
-        if datagram[4] != frame::VERSION
-            || first.frame_type != frame_type::DATA
-            || first.stream_id != self.stream_id
-        {
-            return false;
-        }
-        let Some(img) = self
+        };
+        let Some(k) = self
             .images
-            .iter_mut()
-            .find(|i| i.session_id == first.session_id)
+            .iter()
+            .position(|i| i.session_id == first.session_id)
         else {
             return false;
         };
-        if img.source != source || img.end.is_some() || img.hwm != img.rebuild {
+        let img = &mut self.images[k];
+        let Some(frames) = img.in_order_frames(source, &first, datagram, true) else {
             return false;
-        }
-        let position = img.log.position(first.term_id, first.term_offset);
-        let end = position + length as i64;
-        if position != img.rebuild
-            || first.term_offset < 0
-            || first.term_offset as usize + length > img.log.term_length
-            || end > img.cleaned_until
-        {
-            return false;
-        }
-        // Every header, checked as three words: length/version/type (flags free), then
-        // term offset + session id, then stream id + term id.
-        let word = |h: &[u8; DATA_HEADER_LENGTH], at: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&h[at..at + 8]);
-            u64::from_le_bytes(w)
         };
-        const VERSION_TYPE_MASK: u64 = 0xFFFF_00FF_0000_0000;
-        const VERSION_TYPE: u64 =
-            ((frame_type::DATA as u64) << 48) | ((frame::VERSION as u64) << 32);
-        let session_word = u64::from(first.session_id as u32) << 32;
-        let stream_term_word =
-            u64::from(first.stream_id as u32) | (u64::from(first.term_id as u32) << 32);
-        touch_lines(datagram);
-        let mut at = 0;
-        let mut frames = 0;
-        while at < length {
-            let Some(h) = datagram[at..].first_chunk::<DATA_HEADER_LENGTH>() else {
-                return false;
-            };
-            let w0 = word(h, 0);
-            let frame_length = w0 as u32 as i32;
-            let term_offset = (first.term_offset as u32).wrapping_add(at as u32);
-            if frame_length < DATA_HEADER_LENGTH as i32
-                || w0 & VERSION_TYPE_MASK != VERSION_TYPE
-                || word(h, 8) != u64::from(term_offset) | session_word
-                || word(h, 16) != stream_term_word
-            {
-                return false;
-            }
-            at += align_frame(frame_length as usize);
-            frames += 1;
+        let length = datagram.len();
+        let index = img.log.index(img.rebuild);
+        img.log.buf[index..index + length].copy_from_slice(datagram);
+        img.append_in_order(now_ns, length);
+        self.counters.add(CounterId::DataFramesReceived, frames);
+        self.last_in_order = Some((first.session_id, length));
+        true
+    }
+
+    /// The session and length of the last datagram fed, if it took the in-order fast path
+    /// (the driver uses it to choose where to receive the next datagrams).
+    pub(crate) fn last_in_order(&self) -> Option<(i32, usize)> {
+        self.last_in_order
+    }
+
+    /// Where datagrams of `stride` bytes continuing `session_id` in order would go: a region
+    /// of the image's log starting at its rebuild position (see [`Receiver::direct_region`]),
+    /// or `None` when the image cannot take datagrams in place (out-of-order frames are
+    /// stored beyond the rebuild position, it ended, the receiver is closing, or less than
+    /// `stride` bytes are free before the term end).
+    pub(crate) fn direct_target(&self, session_id: i32, stride: usize) -> Option<DirectTarget> {
+        if self.closing || stride < DATA_HEADER_LENGTH {
+            return None;
         }
-        if at != length {
+        let image = self
+            .images
+            .iter()
+            .position(|i| i.session_id == session_id)?;
+        let img = &self.images[image];
+        if img.end.is_some() || img.hwm != img.rebuild {
+            return None;
+        }
+        let term_end = img.log.term_start(img.rebuild) + img.log.term_length as i64;
+        let length = (term_end.min(img.cleaned_until) - img.rebuild).max(0) as usize;
+        if length < stride {
+            return None;
+        }
+        Some(DirectTarget {
+            image,
+            start: img.rebuild,
+            length,
+        })
+    }
+
+    /// The log bytes of a target from [`Receiver::direct_target`] (no other call in between),
+    /// for the driver to receive datagrams into. Whatever lands there must then be passed,
+    /// in order, to [`Receiver::accept_direct`] or [`Receiver::take_direct`].
+    pub(crate) fn direct_region(&mut self, t: &DirectTarget) -> &mut [u8] {
+        let log = &mut self.images[t.image].log;
+        let at = log.index(t.start);
+        &mut log.buf[at..at + t.length]
+    }
+
+    /// Takes the `length`-byte datagram from `source` that was received at `offset` of the
+    /// target's region, in place, if it continues the image exactly at its rebuild position
+    /// and passes every check of the in-order fast path. Returns false (changing nothing)
+    /// otherwise: the caller must then [`Receiver::take_direct`] it.
+    pub(crate) fn accept_direct(
+        &mut self,
+        t: &DirectTarget,
+        now_ns: u64,
+        source: SocketAddr,
+        offset: usize,
+        length: usize,
+    ) -> bool {
+        let stream_id = self.stream_id;
+        let img = &mut self.images[t.image];
+        if t.start + offset as i64 != img.rebuild || offset + length > t.length {
             return false;
         }
-        let index = img.log.index(position);
-        img.log.buf[index..index + length].copy_from_slice(datagram);
-        img.rebuild = end;
-        img.hwm = end;
-        img.zeroed_to = img.zeroed_to.max(end);
-        img.last_packet_ns = now_ns;
+        let at = img.log.index(t.start) + offset;
+        let datagram = &img.log.buf[at..at + length];
+        let Some(first) = in_order_header(stream_id, datagram) else {
+            return false;
+        };
+        if first.session_id != img.session_id {
+            return false;
+        }
+        let Some(frames) = img.in_order_frames(source, &first, datagram, false) else {
+            return false;
+        };
+        img.append_in_order(now_ns, length);
+        self.counters.incr(CounterId::DatagramsReceived);
+        self.counters.add(CounterId::BytesReceived, length as u64);
         self.counters.add(CounterId::DataFramesReceived, frames);
+        self.last_in_order = Some((img.session_id, length));
         true
+    }
+
+    /// Copies `out.len()` bytes received at `offset` of the target's region into `out` and
+    /// zeroes them in the log (they were not taken in place: what lies beyond the rebuild
+    /// position must read as "not received" again). Call it for every datagram not accepted,
+    /// before feeding any of them to [`Receiver::handle_datagram`].
+    pub(crate) fn take_direct(&mut self, t: &DirectTarget, offset: usize, out: &mut [u8]) {
+        let img = &mut self.images[t.image];
+        debug_assert!(t.start + offset as i64 >= img.rebuild);
+        let at = img.log.index(t.start) + offset;
+        let bytes = &mut img.log.buf[at..at + out.len()];
+        out.copy_from_slice(bytes);
+        bytes.fill(0);
+        let end = t.start + (offset + out.len()) as i64;
+        if img.zeroed_to >= t.start + offset as i64 {
+            img.zeroed_to = img.zeroed_to.max(end);
+        }
     }
 
     fn request_setup(&mut self, now_ns: u64, session_id: i32, source: SocketAddr) {
@@ -775,10 +826,127 @@ impl Receiver {
     }
 }
 
-/// Bytes of frames `Image::deliver` pulls into cache at a time.
-const TOUCH_AHEAD: usize = 4096;
+/// A region of an image's log where the next datagrams of its stream would lie, in order
+/// (see [`Receiver::direct_target`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DirectTarget {
+    image: usize,
+    /// Position of the region's first byte: the image's rebuild position.
+    start: i64,
+    /// Bytes in the region (up to the term end or `cleaned_until`).
+    pub length: usize,
+}
+
+/// The first header of a datagram that may take the in-order fast path: a whole number of
+/// 32-byte units, at least one header long, starting with a DATA frame of `stream_id` and
+/// our version.
+fn in_order_header(stream_id: i32, datagram: &[u8]) -> Option<DataHeader> {
+    let length = datagram.len();
+    if length < DATA_HEADER_LENGTH || !length.is_multiple_of(FRAME_ALIGNMENT) {
+        return None;
+    }
+    let first = DataHeader::read_unchecked(datagram);
+    (datagram[4] == frame::VERSION
+        && first.frame_type == frame_type::DATA
+        && first.stream_id == stream_id)
+        .then_some(first)
+}
 
 impl Image {
+    /// Checks a datagram whose first header is `first` (see [`in_order_header`]) as the
+    /// in-order fast path requires: from the image's source, the image live with no frames
+    /// stored beyond the rebuild position, starting exactly there, inside one term and below
+    /// `cleaned_until`, and made of whole DATA frames of this session, stream and term with
+    /// consecutive offsets. Returns the number of frames.
+    /// `touch`: pull the datagram's lines into cache first (see `touch_lines`); needless
+    /// when this core's kernel just wrote them.
+    fn in_order_frames(
+        &self,
+        source: SocketAddr,
+        first: &DataHeader,
+        datagram: &[u8],
+        touch: bool,
+    ) -> Option<u64> {
+        let length = datagram.len();
+        if self.source != source || self.end.is_some() || self.hwm != self.rebuild {
+            return None;
+        }
+        let position = self.log.position(first.term_id, first.term_offset);
+        let end = position + length as i64;
+        if position != self.rebuild
+            || first.term_offset < 0
+            || first.term_offset as usize + length > self.log.term_length
+            || end > self.cleaned_until
+        {
+            return None;
+        }
+        // Every header, checked as three words: length/version/type (flags free), then
+        // term offset + session id, then stream id + term id.
+        let word = |h: &[u8; DATA_HEADER_LENGTH], at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&h[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        const VERSION_TYPE_MASK: u64 = 0xFFFF_00FF_0000_0000;
+        const VERSION_TYPE: u64 =
+            ((frame_type::DATA as u64) << 48) | ((frame::VERSION as u64) << 32);
+        let session_word = u64::from(first.session_id as u32) << 32;
+        let stream_term_word =
+            u64::from(first.stream_id as u32) | (u64::from(first.term_id as u32) << 32);
+        if touch {
+            touch_lines(datagram);
+        }
+        let f = align_frame(first.frame_length.max(0) as usize);
+        if f >= DATA_HEADER_LENGTH && length.is_multiple_of(f) {
+            // Frames of one length, the common case: every header's place is known up
+            // front, so the checks below are independent of each other (the walk after it
+            // finds each header from the one before). If any fails, the walk decides.
+            let mut ok = true;
+            for (k, frame) in datagram.chunks_exact(f).enumerate() {
+                let h = frame.first_chunk::<DATA_HEADER_LENGTH>()?;
+                let w0 = word(h, 0);
+                let frame_length = w0 as u32 as usize;
+                let term_offset = (first.term_offset as u32).wrapping_add((k * f) as u32);
+                ok &= frame_length >= DATA_HEADER_LENGTH
+                    && frame_length <= f
+                    && frame_length + FRAME_ALIGNMENT > f
+                    && w0 & VERSION_TYPE_MASK == VERSION_TYPE
+                    && word(h, 8) == u64::from(term_offset) | session_word
+                    && word(h, 16) == stream_term_word;
+            }
+            if ok {
+                return Some((length / f) as u64);
+            }
+        }
+        let mut at = 0;
+        let mut frames = 0;
+        while at < length {
+            let h = datagram[at..].first_chunk::<DATA_HEADER_LENGTH>()?;
+            let w0 = word(h, 0);
+            let frame_length = w0 as u32 as i32;
+            let term_offset = (first.term_offset as u32).wrapping_add(at as u32);
+            if frame_length < DATA_HEADER_LENGTH as i32
+                || w0 & VERSION_TYPE_MASK != VERSION_TYPE
+                || word(h, 8) != u64::from(term_offset) | session_word
+                || word(h, 16) != stream_term_word
+            {
+                return None;
+            }
+            at += align_frame(frame_length as usize);
+            frames += 1;
+        }
+        (at == length).then_some(frames)
+    }
+
+    /// Records `length` bytes of frames stored in order at the rebuild position.
+    fn append_in_order(&mut self, now_ns: u64, length: usize) {
+        let end = self.rebuild + length as i64;
+        self.rebuild = end;
+        self.hwm = end;
+        self.zeroed_to = self.zeroed_to.max(end);
+        self.last_packet_ns = now_ns;
+    }
+
     /// Zeroes the log from `zeroed_to` up to `upto` (at most `cleaned_until`), so that what
     /// lies there reads as "not received".
     fn ensure_zeroed(&mut self, upto: i64) {
@@ -822,29 +990,29 @@ impl Image {
             let base = self.log.index(self.subscriber);
             let buf = &self.log.buf;
             let mut off = 0usize;
-            let mut touched = 0usize;
+            // No `touch_lines` ahead of this walk: the frames were stored by this core (the
+            // kernel received them into the log, or `handle_datagram` copied them there)
+            // and the log is small enough to still be in its cache.
             while off < span && delivered < limit {
-                if off >= touched {
-                    // Pull the next lines in ahead of the header walk (see `touch_lines`).
-                    touched = (off + TOUCH_AHEAD).min(span);
-                    touch_lines(&buf[base + off..base + touched]);
-                }
                 let at = base + off;
                 let h = DataHeader::read_unchecked(&buf[at..]);
                 let advance = align_frame(h.frame_length.max(DATA_HEADER_LENGTH as i32) as usize);
+                off += advance;
                 if h.frame_type == frame_type::DATA {
                     let payload = &buf[at + DATA_HEADER_LENGTH..at + h.frame_length as usize];
                     let header = MessageHeader {
                         session_id: self.session_id,
                         stream_id,
-                        position: self.subscriber + (off + advance) as i64,
+                        position: self.subscriber + off as i64,
                         reserved_value: h.reserved_value,
                     };
+                    if h.flags & flags::UNFRAGMENTED == flags::UNFRAGMENTED {
+                        // The common case first: a whole message in one frame.
+                        handler(payload, &header);
+                        delivered += 1;
+                        continue;
+                    }
                     match h.flags & flags::UNFRAGMENTED {
-                        flags::UNFRAGMENTED => {
-                            handler(payload, &header);
-                            delivered += 1;
-                        }
                         flags::BEGIN => {
                             self.reassembly.clear();
                             self.reassembly.extend_from_slice(payload);
@@ -872,7 +1040,6 @@ impl Image {
                         self.oversized += 1;
                     }
                 }
-                off += advance;
             }
             self.subscriber += off as i64;
         }

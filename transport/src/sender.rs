@@ -22,7 +22,7 @@ use crate::config::{
 use crate::counters::{CounterId, Counters};
 use crate::frame::{
     self, align_frame, flags, frame_type, DataHeader, Frame, Frames, Nak, Rttm, Setup,
-    StatusMessage, DATA_HEADER_LENGTH,
+    StatusMessage, DATA_HEADER_LENGTH, FRAME_ALIGNMENT,
 };
 use crate::log::{touch_lines, TermLog};
 
@@ -110,6 +110,16 @@ pub struct Sender {
     publisher_position: i64,
     sender_position: i64,
     sender_limit: i64,
+    /// Frames from `run_start` up to the publisher position are all DATA frames of
+    /// `run_frame` bytes (aligned), back to back: `frames_span` finds datagram boundaries
+    /// there by arithmetic instead of walking every header. `run_frame == 0`: no such run.
+    run_start: i64,
+    run_frame: usize,
+    /// The publisher's term, cached for `offer_fast`: where it ends, its term id, and what
+    /// to add to a position in it to get its log index (see `Sender::publisher_term`).
+    pub_term_end: i64,
+    pub_term_id: i32,
+    pub_term_index_delta: i64,
     receivers: Vec<ReceiverEntry>,
     retransmits: Vec<Retransmit>,
     setup_due: bool,
@@ -142,6 +152,11 @@ impl Sender {
             publisher_position: 0,
             sender_position: 0,
             sender_limit: 0,
+            run_start: 0,
+            run_frame: 0,
+            pub_term_end: 0,
+            pub_term_id: 0,
+            pub_term_index_delta: 0,
             receivers: Vec::with_capacity(FLOW_CONTROL_RECEIVERS_MAX),
             retransmits: Vec::with_capacity(RETRANSMITS_MAX),
             setup_due: true,
@@ -260,6 +275,8 @@ impl Sender {
             self.counters.incr(CounterId::BackPressureEvents);
             return Err(OfferError::BackPressured);
         }
+        // Padding, fragments and claims are written outside the run of equal frames.
+        self.run_frame = 0;
         if pad > 0 {
             let p = self.publisher_position;
             self.write_header(p, pad as i32, flags::UNFRAGMENTED, frame_type::PAD);
@@ -290,10 +307,18 @@ impl Sender {
     ///
     /// # Errors
     /// [`OfferError`]: back-pressured, not connected, closed, or too long.
+    #[inline]
     pub fn offer(&mut self, message: &[u8]) -> Result<i64, OfferError> {
         if let Some(position) = self.offer_fast(message) {
             return Ok(position);
         }
+        self.offer_slow(message)
+    }
+
+    /// [`Sender::offer`] beyond its fast path: kept out of line so that the fast path, inlined
+    /// into the caller's loop, stays small.
+    #[inline(never)]
+    fn offer_slow(&mut self, message: &[u8]) -> Result<i64, OfferError> {
         let (mut position, required) = self.reserve(message.len(), self.cfg.message_length_max)?;
         let payload_max = self.cfg.payload_length_max();
         if message.len() <= payload_max {
@@ -347,7 +372,7 @@ impl Sender {
     /// message that fits one frame, in the current term and inside the publication window.
     /// Writes the frame and returns the new position; `None` (nothing written) sends the
     /// caller down the general path, which also reports the errors.
-    #[inline]
+    #[inline(always)]
     fn offer_fast(&mut self, message: &[u8]) -> Option<i64> {
         let length = message.len();
         if self.state != State::Active
@@ -360,13 +385,16 @@ impl Sender {
         let frame_length = DATA_HEADER_LENGTH + length;
         let required = align_frame(frame_length);
         let position = self.publisher_position;
-        let offset = self.log.term_offset(position);
+        if position >= self.pub_term_end {
+            self.publisher_term();
+        }
         let end = position + required as i64;
-        if offset + required > self.cfg.term_length
+        if end > self.pub_term_end
             || end > self.sender_position + self.cfg.publication_window as i64
         {
             return None;
         }
+        let offset = self.log.term_offset(position);
         let header = DataHeader {
             frame_length: frame_length as i32,
             flags: flags::UNFRAGMENTED,
@@ -374,11 +402,15 @@ impl Sender {
             term_offset: offset as i32,
             session_id: self.session_id,
             stream_id: self.stream_id,
-            term_id: self.log.term_id(position),
+            term_id: self.pub_term_id,
             reserved_value: 0,
         }
         .to_bytes();
-        let idx = self.log.index(position);
+        if self.run_frame != required {
+            self.run_start = position;
+            self.run_frame = required;
+        }
+        let idx = (position + self.pub_term_index_delta) as usize;
         let frame = &mut self.log.buf[idx..idx + required];
         let (head, rest) = frame.split_at_mut(DATA_HEADER_LENGTH);
         head.copy_from_slice(&header);
@@ -389,6 +421,16 @@ impl Sender {
         }
         self.publisher_position = end;
         Some(end)
+    }
+
+    /// Caches the publisher position's term for `offer_fast`.
+    #[cold]
+    fn publisher_term(&mut self) {
+        let p = self.publisher_position;
+        let start = self.log.term_start(p);
+        self.pub_term_end = start + self.cfg.term_length as i64;
+        self.pub_term_id = self.log.term_id(p);
+        self.pub_term_index_delta = self.log.index(start) as i64 - start;
     }
 
     /// Reserves one unfragmented frame of `length` payload bytes to be written in place.
@@ -532,6 +574,11 @@ impl Sender {
 
     /// Whether a valid frame of ours starts at `position`.
     fn is_frame_start(&self, position: i64) -> bool {
+        // Frames start on the alignment: an unaligned position (a peer's NAK may say
+        // anything) is none, and near the log's end its header would not even fit.
+        if position % FRAME_ALIGNMENT as i64 != 0 {
+            return false;
+        }
         let idx = self.log.index(position);
         let h = DataHeader::read_unchecked(&self.log.buf[idx..idx + DATA_HEADER_LENGTH]);
         h.frame_length >= DATA_HEADER_LENGTH as i32
@@ -578,6 +625,28 @@ impl Sender {
     /// `log.buf[log.index(from)..][..length]`. Returns (length, position after them, data
     /// frames).
     fn frames_span(&self, from: i64, limit: i64, stop_at: i64) -> (usize, i64, u64) {
+        let term_end = self.log.term_start(from) + self.cfg.term_length as i64;
+        let f = self.run_frame as i64;
+        if f > 0 && from >= self.run_start && (from - self.run_start) % f == 0 {
+            // Inside the run of equal frames: whole frames ending by the limit (and the term
+            // end, and the publisher position where the run ends), starting before `stop_at`,
+            // at most an MTU of them.
+            let end = limit.min(term_end).min(self.publisher_position);
+            let by_end = ((end - from).max(0) / f) as usize;
+            let start_before = (end.min(stop_at) - from).max(0);
+            let by_start = ((start_before + f - 1) / f) as usize;
+            let n = by_end.min(by_start).min(self.cfg.mtu / self.run_frame);
+            return (
+                n * self.run_frame,
+                from + (n * self.run_frame) as i64,
+                n as u64,
+            );
+        }
+        self.frames_span_walk(from, limit, stop_at)
+    }
+
+    /// [`Sender::frames_span`] by walking the frame headers.
+    fn frames_span_walk(&self, from: i64, limit: i64, stop_at: i64) -> (usize, i64, u64) {
         let start = self.log.index(from);
         let term_end = self.log.term_start(from) + self.cfg.term_length as i64;
         // Frames of one term are contiguous in the log: the span is sent as it lies there.
@@ -856,6 +925,88 @@ impl Claim<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn datagram_spans_found_by_arithmetic_match_the_header_walk() {
+        let cfg = Config {
+            mtu: 1408,
+            ..Config::with_term_length(crate::config::TERM_LENGTH_MIN)
+        };
+        let mut s = Sender::new(cfg, 7, 1, 100, 0).unwrap();
+        s.receivers.push(ReceiverEntry {
+            receiver_id: 1,
+            limit: i64::MAX,
+            position: 0,
+            last_seen_ns: 0,
+            group_tag: None,
+        });
+        // Runs of equal messages, changes of length, fragments, claims and padding at the
+        // term ends; the sender position follows so the publication window never closes.
+        let mut checked = 0;
+        for i in 0..6000usize {
+            let length = match i % 500 {
+                0..=199 => 64,
+                200..=209 => 3000,
+                210..=349 => 100 + i % 3,
+                350 => 0,
+                _ => 64,
+            };
+            if i % 97 == 0 {
+                let mut c = s.try_claim(40).unwrap();
+                c.buffer_mut().fill(1);
+                c.commit();
+            } else {
+                s.offer(&vec![i as u8; length]).unwrap();
+            }
+            let p = s.publisher_position;
+            let oldest = s.oldest_available();
+            for back in [0i64, 96, 1408, 4992, 5000] {
+                let from = (s.sender_position - back).max(oldest);
+                if !s.is_frame_start(from) {
+                    continue;
+                }
+                for (limit, stop_at) in [(p, i64::MAX), (p - 200, i64::MAX), (p, from + 500)] {
+                    assert_eq!(
+                        s.frames_span(from, limit, stop_at),
+                        s.frames_span_walk(from, limit, stop_at),
+                        "from {from} limit {limit} stop_at {stop_at} run {} {}",
+                        s.run_start,
+                        s.run_frame
+                    );
+                    checked += 1;
+                }
+            }
+            // Send the way the driver does, datagram by datagram.
+            while s.sender_position < p {
+                let (_, next, _) = s.frames_span(s.sender_position, p, i64::MAX);
+                if next == s.sender_position {
+                    break;
+                }
+                s.sender_position = next;
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
+    }
+
+    #[test]
+    fn a_nak_for_an_unaligned_offset_at_the_end_of_the_log_is_refused_not_a_panic() {
+        let t = crate::config::TERM_LENGTH_MIN;
+        let mut s = Sender::new(Config::with_term_length(t), 7, 1, 100, 0).unwrap();
+        // The publisher in the fourth term: the third term (the log's last partition) is
+        // still available for retransmits.
+        s.publisher_position = 3 * t as i64 + 64;
+        s.sender_position = s.publisher_position;
+        let nak = Nak {
+            session_id: 7,
+            stream_id: 1,
+            term_id: 102,
+            term_offset: t as i32 - 8,
+            length: 96,
+        };
+        s.on_nak(0, &nak);
+        assert_eq!(s.counters().get(CounterId::NaksUnavailable), 1);
+        assert!(s.retransmits.is_empty());
+    }
 
     #[test]
     fn small_copies_copy_every_byte_at_every_length() {

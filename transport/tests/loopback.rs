@@ -42,6 +42,16 @@ fn free_port() -> u16 {
 /// Sends `count` messages through `publication` and checks every subscription receives all of
 /// them once, in order, within the deadline.
 fn exchange(publication: &mut Publication, subs: &mut [Subscription], count: u64) {
+    exchange_lengths(publication, subs, count, |i| 8 + (i as usize * 37) % 3000);
+}
+
+/// [`exchange`] with message `i` of `length(i)` bytes.
+fn exchange_lengths(
+    publication: &mut Publication,
+    subs: &mut [Subscription],
+    count: u64,
+    length: impl Fn(u64) -> usize,
+) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut idle = IdleStrategy::backoff();
     let mut next = 0u64;
@@ -64,7 +74,7 @@ fn exchange(publication: &mut Publication, subs: &mut [Subscription], count: u64
             && publication.is_connected()
             && publication.sender().receiver_count() == subs.len()
         {
-            match publication.offer(&message(next, 8 + (next as usize * 37) % 3000)) {
+            match publication.offer(&message(next, length(next))) {
                 Ok(_) => {
                     next += 1;
                     work += 1;
@@ -114,6 +124,36 @@ fn unicast_on_loopback_delivers_every_message_in_order_despite_injected_loss() {
         subs[0].poll_event(),
         Some(ImageEvent::Available { .. })
     ));
+}
+
+#[test]
+fn runs_of_equal_datagrams_received_in_place_survive_loss_and_length_changes() {
+    // Long runs of equal messages make equal full datagrams, which a subscription receives
+    // straight into its log; injected loss, shorter datagrams and changes of message length
+    // interrupt those runs in the middle of a batch.
+    let mut sub = Subscription::new(
+        &Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
+        STREAM_ID,
+        test_config(),
+    )
+    .unwrap();
+    let endpoint = match sub.local_addr().unwrap() {
+        std::net::SocketAddr::V4(a) => a,
+        other => panic!("{other}"),
+    };
+    sub.inject_loss(0.003, 5);
+    let mut publication =
+        Publication::new(&Channel::unicast(endpoint), STREAM_ID, test_config()).unwrap();
+    let mut subs = [sub];
+    exchange_lengths(&mut publication, &mut subs, 60_000, |i| {
+        match (i / 5000) % 4 {
+            0 | 2 => 64,
+            1 => 100 + (i % 3) as usize,
+            _ => 64 + (i % 1500) as usize,
+        }
+    });
+    assert!(subs[0].counters().get(CounterId::DropsInjected) > 0);
+    assert!(publication.counters().get(CounterId::Retransmits) > 0);
 }
 
 #[test]

@@ -20,6 +20,12 @@ use crate::report::{latency_us, machine, peak_rss_bytes, pin_to, print};
 
 const MESSAGE_LENGTH: usize = 64;
 const STREAM_ID: i32 = 1;
+/// Default term length of the logs, in bytes: 1 MiB. Its half-term receiver window still
+/// covers 64 datagrams at an 8 KiB MTU (hundreds at the default MTU), and the three-term logs
+/// (3 MiB on each side) stay within a core's L2 cache, so neither the publisher's writes nor
+/// the kernel's copies into the subscriber's log wait for memory (with 4 MiB terms, 12 MiB
+/// logs, a publisher's offers cost about twice as much CPU per datagram here).
+const TERM_LENGTH: usize = 1024 * 1024;
 const PHASES: [&str; 6] = [
     "raw-unicast",
     "raw-multicast",
@@ -38,6 +44,8 @@ struct Options {
     rounds: u64,
     /// Phases to run (profiling); all when empty. Skipped phases report 0.
     phases: Vec<String>,
+    /// Term length of every log, in bytes.
+    term_length: usize,
 }
 
 impl Options {
@@ -54,6 +62,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         rtt_samples: 20_000,
         rounds: 3,
         phases: Vec::new(),
+        term_length: TERM_LENGTH,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -88,6 +97,12 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .filter(|&n| n > 0)
                     .ok_or_else(|| format!("--rounds '{v}' is not a positive number"))?;
             }
+            "--term-length" => {
+                let v = value("--term-length")?;
+                o.term_length = v
+                    .parse()
+                    .map_err(|_| format!("--term-length '{v}' is not a number"))?;
+            }
             "--phases" => {
                 let v = value("--phases")?;
                 o.phases = v.split(',').map(str::to_owned).collect();
@@ -96,12 +111,13 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 }
             }
             "--help" | "-h" => {
-                return Err("options: --mtu N (default 1408; a multiple of 32), --seconds S \
+                return Err(format!("options: --mtu N (default 1408; a multiple of 32), --seconds S \
                             (per throughput figure, default 2), --rtt-samples N (default 20000), --rounds N \
                             (raw/transport alternations each figure is split into, default 3), --json, \
+                            --term-length N (bytes, a power of two; default {TERM_LENGTH}), \
                             --phases a,b (profiling: run only these of raw-unicast, raw-multicast, \
                             unicast, multicast, raw-rtt, rtt; the others report 0)"
-                    .into())
+                ))
             }
             other => return Err(format!("unknown option '{other}' (try --help)")),
         }
@@ -109,21 +125,17 @@ fn parse(args: &[String]) -> Result<Options, String> {
     Ok(o)
 }
 
-fn config(mtu: usize) -> Config {
-    // The transport's default term (4 MiB): its half-term receiver window covers hundreds
-    // of datagrams at any MTU (the socket's receive buffer bounds the window about there
-    // anyway), and the three-term logs stay small enough to be mostly cache-resident, which
-    // a 16 MiB term (48 MiB logs on each side) is not.
-    let term_length = transport::config::TERM_LENGTH_DEFAULT;
+fn config(mtu: usize, term_length: usize) -> Config {
+    // See `TERM_LENGTH` for the term length.
     // The publisher may run this far ahead of what was sent: a few send batches, so what
     // it wrote is still in cache when the driver sends it (a half-term window lets a
     // flow-controlled publisher run megabytes ahead, and every datagram is then read back
     // from memory). Only 64-byte messages are offered here.
-    let publication_window = publication_window(mtu);
+    let publication_window = publication_window(mtu).min(term_length / 2);
     Config {
         mtu,
         publication_window,
-        message_length_max: publication_window,
+        message_length_max: publication_window.min(term_length / 4),
         ..Config::with_term_length(term_length)
     }
 }
@@ -284,14 +296,31 @@ fn raw_throughput(
     let (mut datagrams, mut bytes) = (vec![0usize; receivers], vec![0usize; receivers]);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(seconds);
-    while Instant::now() < end {
+    // One clock read per duty cycle (and one more after a busy one), as the transport's
+    // receiving loop does.
+    let end_ns = now_ns() + end.saturating_duration_since(Instant::now()).as_nanos() as u64;
+    let mut busy_ns = 0u64;
+    loop {
+        let t0 = now_ns();
+        if t0 >= end_ns {
+            break;
+        }
+        let mut work = 0;
         for (i, s) in sockets.iter().enumerate() {
             let (n, b) = raw::recv_batch(s, &mut bufs, slot);
             datagrams[i] += n;
             bytes[i] += b;
+            work += n;
+        }
+        if work > 0 {
+            busy_ns += now_ns() - t0;
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    eprintln!(
+        "bench transport: raw receiving thread busy_ns_per_datagram={:.0}",
+        busy_ns as f64 / datagrams.iter().sum::<usize>().max(1) as f64
+    );
     stop.store(true, Ordering::Relaxed);
     sender.join().map_err(|_| "raw sender panicked")??;
     let min = |v: &[usize]| *v.iter().min().unwrap_or(&0) as f64 / elapsed;
@@ -356,7 +385,12 @@ fn raw_rtt(datagram_length: usize, samples: u64) -> Result<Histogram<u64>, Strin
 
 /// Transport throughput of 64-byte messages: (messages/s per receiver, min over receivers;
 /// wire bytes/s per receiver).
-fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f64, f64), String> {
+fn transport_throughput(
+    mtu: usize,
+    term_length: usize,
+    receivers: usize,
+    seconds: f64,
+) -> Result<(f64, f64), String> {
     let port = free_port()?;
     let channel = if receivers > 1 {
         Channel::multicast(
@@ -368,7 +402,10 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
     };
     let mut subs = Vec::new();
     for _ in 0..receivers {
-        subs.push(Subscription::new(&channel, STREAM_ID, config(mtu)).map_err(|e| e.to_string())?);
+        subs.push(
+            Subscription::new(&channel, STREAM_ID, config(mtu, term_length))
+                .map_err(|e| e.to_string())?,
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
@@ -376,14 +413,15 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
     let offered2 = offered.clone();
     let publisher = std::thread::spawn(move || -> Result<u64, String> {
         pin_to(0);
-        let mut p =
-            Publication::new(&channel, STREAM_ID, config(mtu)).map_err(|e| e.to_string())?;
+        let mut p = Publication::new(&channel, STREAM_ID, config(mtu, term_length))
+            .map_err(|e| e.to_string())?;
         let msg = [42u8; MESSAGE_LENGTH];
         let offers_per_cycle = (mtu / 96).max(1) * 16;
         let mut back_pressure = 0u64;
         let mut cycles = 0u64;
         let mut flow_blocked = 0u64;
         let mut ahead_sum = 0u64;
+        let mut busy_ns = 0u64;
         let cpu0 = thread_cpu_ns();
         while !stop2.load(Ordering::Relaxed) {
             cycles += 1;
@@ -394,9 +432,11 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
                 ahead_sum += (p.position() - p.sender().sender_position()) as u64;
             }
             // Offer up to a few datagrams' worth per duty cycle so each sendmmsg carries many.
+            let t0 = now_ns();
+            let mut work = 0;
             for _ in 0..offers_per_cycle {
                 match p.offer(&msg) {
-                    Ok(_) => {}
+                    Ok(_) => work += 1,
                     Err(OfferError::BackPressured) => {
                         back_pressure += 1;
                         break;
@@ -405,14 +445,18 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
                     Err(e) => return Err(e.to_string()),
                 }
             }
-            p.do_work(now_ns());
+            work += p.do_work(t0);
+            if work > 0 {
+                busy_ns += now_ns() - t0;
+            }
         }
         offered2.store(p.position() as u64, Ordering::Relaxed);
         let c = p.counters();
         eprintln!(
-            "bench transport: publisher cpu_ns_per_datagram={:.0} (including waits for flow control) unsent_bytes_mean={}",
+            "bench transport: publisher cpu_ns_per_datagram={:.0} (including waits for flow control) busy_ns_per_datagram={:.0} unsent_bytes_mean={}",
             (thread_cpu_ns() - cpu0) as f64
                 / c.get(transport::CounterId::DatagramsSent).max(1) as f64,
+            busy_ns as f64 / c.get(transport::CounterId::DatagramsSent).max(1) as f64,
             ahead_sum / cycles.max(1)
         );
         eprintln!(
@@ -515,22 +559,22 @@ fn transport_throughput(mtu: usize, receivers: usize, seconds: f64) -> Result<(f
 }
 
 /// Transport ping-pong: round trips of one 64-byte message, in nanoseconds.
-fn transport_rtt(mtu: usize, samples: u64) -> Result<Histogram<u64>, String> {
+fn transport_rtt(mtu: usize, term_length: usize, samples: u64) -> Result<Histogram<u64>, String> {
     let (port_a, port_b) = (free_port()?, free_port()?);
     let ch_a = Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port_a));
     let ch_b = Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port_b));
     let mut ping_sub =
-        Subscription::new(&ch_b, STREAM_ID, config(mtu)).map_err(|e| e.to_string())?;
+        Subscription::new(&ch_b, STREAM_ID, config(mtu, term_length)).map_err(|e| e.to_string())?;
     let mut ping_pub =
-        Publication::new(&ch_a, STREAM_ID, config(mtu)).map_err(|e| e.to_string())?;
+        Publication::new(&ch_a, STREAM_ID, config(mtu, term_length)).map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let pong = std::thread::spawn(move || -> Result<(), String> {
         pin_to(1);
-        let mut sub =
-            Subscription::new(&ch_a, STREAM_ID, config(mtu)).map_err(|e| e.to_string())?;
-        let mut publication =
-            Publication::new(&ch_b, STREAM_ID, config(mtu)).map_err(|e| e.to_string())?;
+        let mut sub = Subscription::new(&ch_a, STREAM_ID, config(mtu, term_length))
+            .map_err(|e| e.to_string())?;
+        let mut publication = Publication::new(&ch_b, STREAM_ID, config(mtu, term_length))
+            .map_err(|e| e.to_string())?;
         let mut pending: Option<[u8; MESSAGE_LENGTH]> = None;
         while !stop2.load(Ordering::Relaxed) {
             let now = now_ns();
@@ -604,9 +648,9 @@ fn transport_rtt(mtu: usize, samples: u64) -> Result<Histogram<u64>, String> {
 pub fn run(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
     let machine = machine(); // before pinning, which narrows the visible cores
-    config(o.mtu)
+    config(o.mtu, o.term_length)
         .validate()
-        .map_err(|e| format!("--mtu {}: {e}", o.mtu))?;
+        .map_err(|e| format!("--mtu {} --term-length {}: {e}", o.mtu, o.term_length))?;
     // A full datagram of 64-byte messages: each frame is 96 bytes (32-byte header).
     let frame = (MESSAGE_LENGTH + 32).div_ceil(32) * 32;
     let datagram = o.mtu / frame * frame;
@@ -637,13 +681,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
             raw_uni.push(raw_throughput(datagram, 1, slice)?);
         }
         if step("unicast", "transport unicast throughput") {
-            uni.push(transport_throughput(o.mtu, 1, slice)?);
+            uni.push(transport_throughput(o.mtu, o.term_length, 1, slice)?);
         }
         if step("raw-multicast", "raw UDP multicast throughput") {
             raw_multi.push(raw_throughput(datagram, 2, slice)?);
         }
         if step("multicast", "transport multicast throughput") {
-            multi.push(transport_throughput(o.mtu, 2, slice)?);
+            multi.push(transport_throughput(o.mtu, o.term_length, 2, slice)?);
         }
         if step("raw-rtt", "raw UDP round trips") {
             raw_h
@@ -651,7 +695,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
         }
         if step("rtt", "transport round trips") {
-            tr_h.add(transport_rtt(o.mtu, o.rtt_samples / rounds)?)
+            tr_h.add(transport_rtt(o.mtu, o.term_length, o.rtt_samples / rounds)?)
                 .map_err(|e| e.to_string())?;
         }
     }
@@ -690,15 +734,15 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let v = json!({
         "scenario": "transport",
         "machine": machine,
-        "command": format!("cargo run --release -p bench -- transport --mtu {} --seconds {} --rtt-samples {} --rounds {}{}{}",
-            o.mtu, o.seconds, o.rtt_samples, o.rounds,
+        "command": format!("cargo run --release -p bench -- transport --mtu {} --term-length {} --seconds {} --rtt-samples {} --rounds {}{}{}",
+            o.mtu, o.term_length, o.seconds, o.rtt_samples, o.rounds,
             if o.phases.is_empty() { String::new() } else { format!(" --phases {}", o.phases.join(",")) },
             if o.json { " --json" } else { "" }),
         "mtu": o.mtu,
         "message_length": MESSAGE_LENGTH,
         "datagram_length": datagram,
-        "term_length": config(o.mtu).term_length,
-        "publication_window": publication_window(o.mtu),
+        "term_length": config(o.mtu, o.term_length).term_length,
+        "publication_window": config(o.mtu, o.term_length).publication_window,
         "unicast_msgs_per_s": uni_msgs.round(),
         "multicast_msgs_per_s": multi_msgs.round(),
         "unicast_wire_bytes_per_s": uni_bytes.round(),
