@@ -244,11 +244,12 @@ const ACCOUNTS_CACHE_RESIDENT: usize = 16_384;
 /// The two-stage prefetch of a batch of transfers, shared by the fast path ([`Batch`]) and the
 /// general one: `PREFETCH_DISTANCE` entries ahead, the index buckets of the transfer's
 /// accounts and id; half as far ahead (the buckets are in cache by then), the account records,
-/// whose slots are kept in the keys as guesses for the look-ups.
+/// whose slots are kept in the keys as guesses for the look-ups, and the retention buckets
+/// past an overflowed pair (`RetentionIndex::prefetch_overflow`).
 struct Prefetch<'t> {
     account_index: &'t Index,
     accounts: &'t [AccountRecord],
-    ids: &'t RetentionIndex,
+    ring: &'t Ring,
     /// Whether the account tables are worth prefetching (not when they stay in cache).
     accounts_too: bool,
 }
@@ -273,6 +274,9 @@ impl Prefetch<'_> {
         if let Some(k) = keys.get(i + PREFETCH_DISTANCE) {
             self.buckets(k);
         }
+        if let Some(k) = keys.get(i + PREFETCH_DISTANCE / 2) {
+            self.ring.index.prefetch_overflow(k.id, self.ring.live());
+        }
         if self.accounts_too {
             if let Some(k) = keys.get_mut(i + PREFETCH_DISTANCE / 2) {
                 self.records(k);
@@ -286,7 +290,7 @@ impl Prefetch<'_> {
             self.account_index.prefetch(k.debit);
             self.account_index.prefetch(k.credit);
         }
-        self.ids.prefetch(k.id);
+        self.ring.index.prefetch(k.id);
     }
 
     #[inline(always)]
@@ -656,7 +660,7 @@ impl Batch<'_> {
         Prefetch {
             account_index: self.account_index,
             accounts: self.accounts,
-            ids: &self.ring.index,
+            ring: &*self.ring,
             accounts_too,
         }
     }
@@ -1016,7 +1020,7 @@ impl Engine {
         Prefetch {
             account_index: &self.account_index,
             accounts: &self.accounts,
-            ids: &self.ring.index,
+            ring: &self.ring,
             accounts_too,
         }
     }
