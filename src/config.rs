@@ -122,6 +122,7 @@ pub struct PipelineSection {
     pub batches_in_flight_max: usize,
     pub reply_ring_bytes: usize,
     pub query_ring_bytes: usize,
+    pub journal_on_sequencer: bool,
 }
 
 impl Default for PipelineSection {
@@ -131,6 +132,7 @@ impl Default for PipelineSection {
             batches_in_flight_max: d.batches_in_flight_max,
             reply_ring_bytes: d.reply_ring_bytes,
             query_ring_bytes: d.query_ring_bytes,
+            journal_on_sequencer: d.journal_on_sequencer,
         }
     }
 }
@@ -249,6 +251,7 @@ pub fn node_config(file: FileConfig) -> Result<sequencer::node::NodeConfig, Stri
     p.batches_in_flight_max = file.pipeline.batches_in_flight_max;
     p.reply_ring_bytes = file.pipeline.reply_ring_bytes;
     p.query_ring_bytes = file.pipeline.query_ring_bytes;
+    p.journal_on_sequencer = file.pipeline.journal_on_sequencer;
     p.snapshot_interval_commands = file.snapshot.interval_commands;
     p.snapshots_kept = file.snapshot.kept;
     p.retain_journal = file.snapshot.retain_journal;

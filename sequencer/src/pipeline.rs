@@ -5,10 +5,17 @@
 //! - **sequencer** (pinnable, idle strategy): polls the ingress rings, stamps each command with
 //!   its position and log time into the open batch, and seals the batch when the journal has
 //!   nothing in flight (smart batching: whatever arrived while the previous write ran) or when
-//!   it is full. Sealed batches go, shared, to the journal writer and the engine.
-//! - **journal writer** (blocks in the kernel, not pinned): writes every batch it has been
-//!   handed with O_DIRECT, then one `fdatasync` for all of them (group commit), and publishes
-//!   the durable position.
+//!   it is full. A sealed batch goes, shared, to the engine and to the journal. By default
+//!   ([`PipelineConfig::journal_on_sequencer`]) the sequencer thread writes it itself with
+//!   O_DIRECT and `fdatasync`s it before it takes more commands; what arrives meanwhile waits
+//!   in the ingress rings (or the socket buffer) and forms the next group commit.
+//! - **journal writer** (only with `journal_on_sequencer = false`; blocks in the kernel, not
+//!   pinned): writes every batch it has been handed, then one `fdatasync` for all of them
+//!   (group commit), publishes the durable position and wakes the sequencer. The hand-offs
+//!   cost two thread wake-ups per commit, which on a machine with fewer cores than busy
+//!   threads are most of a command's latency beyond the disk's own; the thread pays off only
+//!   where stamping commands costs about as much as the sync, so that overlapping the two
+//!   matters.
 //! - **segment preparer**: zero-fills the next journal segment off the hot path.
 //! - **engine** (pinnable, idle strategy): applies batches in log order, reading commands in
 //!   place from the sealed batch buffers, and pushes each reply with its position into the
@@ -54,6 +61,9 @@ const REPLY_HEADER_SIZE: usize = 24;
 const INGRESS_POLL_LIMIT: usize = 256;
 /// How long a shutdown waits for the last replies to be durable and sent.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Polling rounds (ingress rings and frontend) the sequencer runs before a group commit when
+/// it syncs the journal itself: enough to take everything that arrived during the last sync.
+const INLINE_DRAIN_ROUNDS_MAX: usize = 64;
 /// Queries the engine answers per round between batches.
 const QUERY_POLL_LIMIT: usize = 64;
 /// How long blocked threads wait before re-checking for shutdown.
@@ -119,6 +129,15 @@ pub struct PipelineConfig {
     pub retain_journal: bool,
     /// Leader term written into batch headers. Default 1.
     pub term: u64,
+    /// Whether the sequencer thread writes and syncs the journal itself (true, the default)
+    /// rather than handing batches to a journal writer thread. Inline, a batch's way to
+    /// durability has no thread hand-offs (two wake-ups fewer per group commit, which on a
+    /// machine with few cores are most of the latency beyond the disk's own), and commands
+    /// that arrive during an `fdatasync` wait in the ingress rings (or the socket buffer) to
+    /// form the next batch. With a writer thread the sequencer goes on taking commands
+    /// during the sync, which helps only when stamping commands costs about as much as the
+    /// sync.
+    pub journal_on_sequencer: bool,
 }
 
 impl PipelineConfig {
@@ -139,6 +158,7 @@ impl PipelineConfig {
             snapshots_kept: 2,
             retain_journal: true,
             term: 1,
+            journal_on_sequencer: true,
         }
     }
 
@@ -666,11 +686,23 @@ impl Pipeline {
             }),
         )?);
 
-        let sh = shared.clone();
-        threads.push(spawn(
-            "tally-journal",
-            Box::new(move || journal_loop(journal, journal_rx, to_preparer, &sh)),
-        )?);
+        let writer = JournalWriter {
+            journal,
+            to_preparer,
+            retained: 0,
+            unsynced: false,
+        };
+        let journal_sink = if config.journal_on_sequencer {
+            drop(journal_rx);
+            JournalSink::Inline(Box::new(writer))
+        } else {
+            let sh = shared.clone();
+            threads.push(spawn(
+                "tally-journal",
+                Box::new(move || journal_loop(writer, journal_rx, &sh)),
+            )?);
+            JournalSink::Thread(to_journal)
+        };
 
         let sh = shared.clone();
         let snap_durable = durable.clone();
@@ -726,7 +758,7 @@ impl Pipeline {
             term: config.term,
             clock,
             durable: durable.clone(),
-            to_journal,
+            journal: journal_sink,
             to_engine,
             queries: query_producer,
         };
@@ -861,6 +893,15 @@ fn replay(journal_dir: &std::path::Path, engine: &mut Engine, last: u64) -> Resu
     Ok(replayed)
 }
 
+/// Where sealed batches go to be made durable.
+enum JournalSink {
+    /// To the journal writer thread, which syncs whatever has arrived (group commit) and
+    /// wakes the sequencer.
+    Thread(SyncSender<Arc<SealedBatch>>),
+    /// Written by the sequencer thread itself, synced before it seals the next batch.
+    Inline(Box<JournalWriter>),
+}
+
 struct SequencerState {
     free: Vec<BatchBuilder>,
     in_flight: VecDeque<Arc<SealedBatch>>,
@@ -870,7 +911,7 @@ struct SequencerState {
     term: u64,
     clock: LogClock,
     durable: DurableWatch,
-    to_journal: SyncSender<Arc<SealedBatch>>,
+    journal: JournalSink,
     to_engine: SyncSender<Arc<SealedBatch>>,
     queries: ring::Producer,
 }
@@ -918,12 +959,46 @@ impl SequencerState {
         self.in_flight.push_back(sealed.clone());
         shared.batches.fetch_add(1, Ordering::Relaxed);
         // Channels hold batches_in_flight_max: sends cannot block, as at most that many
-        // batches exist. A closed channel means that thread died: stop.
-        if self.to_journal.send(sealed.clone()).is_err() || self.to_engine.send(sealed).is_err() {
-            shared.fail("journal writer or engine thread stopped".into());
+        // batches exist. A closed channel means that thread died: stop. The engine gets the
+        // batch first, so that it applies while the batch is written.
+        if self.to_engine.send(sealed.clone()).is_err() {
+            shared.fail("engine thread stopped".into());
         }
         shared.wake_engine();
+        match &mut self.journal {
+            JournalSink::Thread(to_journal) => {
+                if to_journal.send(sealed).is_err() {
+                    shared.fail("journal writer thread stopped".into());
+                }
+            }
+            // A write failure is fatal (recorded in `shared`); the loop stops on it.
+            JournalSink::Inline(writer) => {
+                writer.write(&sealed, shared);
+            }
+        }
         true
+    }
+
+    /// Whether the next batch may be sealed: the journal has made everything sealed durable
+    /// (smart batching), or the sequencer syncs inline (it syncs each batch it seals before
+    /// it takes more commands, so there is never a write in flight to wait for).
+    fn may_seal(&self) -> bool {
+        matches!(self.journal, JournalSink::Inline(_))
+            || self.durable.get() >= self.sealed_position()
+    }
+
+    /// With the journal inline: one `fdatasync` for the batches written since the last one
+    /// (group commit: everything that arrived while the previous sync ran). Returns whether
+    /// it synced.
+    fn sync_inline(&mut self, shared: &Shared) -> bool {
+        match &mut self.journal {
+            JournalSink::Inline(writer) if writer.unsynced => writer.sync(shared),
+            JournalSink::Inline(writer) => {
+                writer.retire(shared);
+                false
+            }
+            JournalSink::Thread(_) => false,
+        }
     }
 
     fn sealed_position(&self) -> u64 {
@@ -1014,26 +1089,43 @@ fn sequencer_loop(
             }
             return;
         }
-        s.recycle();
-        let mut work = s.poll_ingress(&mut consumers, shared);
-        if let Some((f, replies)) = frontend.as_mut() {
-            let now_ns = wall_ns();
-            let timestamp_ns = s.clock.stamp(now_ns);
-            let mut io = FrontendIo {
-                s: &mut s,
-                shared,
-                replies,
-                timestamp_ns,
-                stopping,
-            };
-            work += f.do_work(now_ns, &mut io);
+        // With the journal inline, nothing was taken during the last sync: take everything
+        // that arrived meanwhile (bounded) into the next group commit.
+        let rounds_max = match s.journal {
+            JournalSink::Inline(_) => INLINE_DRAIN_ROUNDS_MAX,
+            JournalSink::Thread(_) => 1,
+        };
+        let mut work = 0;
+        for _ in 0..rounds_max {
+            s.recycle();
+            let mut round = s.poll_ingress(&mut consumers, shared);
+            if let Some((f, replies)) = frontend.as_mut() {
+                let now_ns = wall_ns();
+                let timestamp_ns = s.clock.stamp(now_ns);
+                let mut io = FrontendIo {
+                    s: &mut s,
+                    shared,
+                    replies,
+                    timestamp_ns,
+                    stopping,
+                };
+                round += f.do_work(now_ns, &mut io);
+            }
+            work += round;
+            if round == 0 {
+                break;
+            }
         }
         // Smart batching: seal when the journal has caught up with everything sealed.
-        if s.durable.get() >= s.sealed_position() && s.seal(shared) {
+        if s.may_seal() && s.seal(shared) {
+            work += 1;
+        }
+        if s.sync_inline(shared) {
             work += 1;
         }
         if stopping && work == 0 && consumers.iter().all(|c| c.is_empty()) {
             s.seal(shared);
+            s.sync_inline(shared);
             if let Some((f, replies)) = frontend.as_mut() {
                 drain_frontend(&mut s, f.as_mut(), replies, &mut idle, shared);
                 f.on_shutdown();
@@ -1147,76 +1239,101 @@ fn drain_frontend(
     }
 }
 
-fn journal_loop(
-    mut journal: Journal,
-    batches: Receiver<Arc<SealedBatch>>,
+/// The journal's write side: group commit, its statistics, segment preparation requests and
+/// retention. Owned by the journal writer thread, or by the sequencer thread itself when
+/// [`PipelineConfig::journal_on_sequencer`] is set.
+struct JournalWriter {
+    journal: Journal,
     to_preparer: mpsc::Sender<u64>,
-    shared: &Shared,
-) {
-    let mut retained = 0u64;
+    /// Position before which segments have been retired.
+    retained: u64,
+    /// Whether a batch has been written since the last `fdatasync`.
+    unsynced: bool,
+}
+
+impl JournalWriter {
+    /// Writes one sealed batch (O_DIRECT, not yet durable). False after a fatal error.
+    fn write(&mut self, batch: &SealedBatch, shared: &Shared) -> bool {
+        if let Err(e) = self.journal.write(batch) {
+            shared.fail(format!("journal write failed: {e}"));
+            return false;
+        }
+        self.unsynced = true;
+        if let Some(index) = self.journal.take_spare_request() {
+            let _ = self.to_preparer.send(index);
+        }
+        true
+    }
+
+    /// One `fdatasync` for everything written (group commit): publishes the durable
+    /// position, then retires segments no longer needed. False after a fatal error.
+    fn sync(&mut self, shared: &Shared) -> bool {
+        shared
+            .segment_used
+            .store(self.journal.segment_used(), Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        if let Err(e) = self.journal.sync() {
+            shared.fail(format!("journal fdatasync failed: {e}"));
+            return false;
+        }
+        self.unsynced = false;
+        shared.record_sync(started.elapsed());
+        shared.segments_prepared_inline.store(
+            self.journal.stats().segments_prepared_inline,
+            Ordering::Relaxed,
+        );
+        self.retire(shared)
+    }
+
+    /// Removes journal segments wholly before the oldest kept snapshot (they are not needed
+    /// to recover). False after a fatal error.
+    fn retire(&mut self, shared: &Shared) -> bool {
+        let retain = shared.retain_from.load(Ordering::Acquire);
+        if retain <= self.retained {
+            return true;
+        }
+        match self.journal.retain_from(retain, &Retention::Delete) {
+            Ok(n) => {
+                shared
+                    .segments_retired
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                self.retained = retain;
+                true
+            }
+            Err(e) => {
+                shared.fail(format!("journal retention failed: {e}"));
+                false
+            }
+        }
+    }
+}
+
+/// The journal writer thread: writes every batch handed to it, then one `fdatasync` for all
+/// of them, and wakes the sequencer (durable moved: replies can go, the next batch be sealed).
+fn journal_loop(mut writer: JournalWriter, batches: Receiver<Arc<SealedBatch>>, shared: &Shared) {
     loop {
         let first = match batches.recv_timeout(WAKE_INTERVAL) {
             Ok(batch) => batch,
             Err(RecvTimeoutError::Timeout) => {
-                if !retire_segments(&mut journal, &mut retained, shared) {
+                if !writer.retire(shared) {
                     return;
                 }
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        // Group commit: write everything that is waiting, then one fdatasync.
         let mut next = Some(first);
         while let Some(batch) = next.take() {
-            if let Err(e) = journal.write(&batch) {
-                shared.fail(format!("journal write failed: {e}"));
+            if !writer.write(&batch, shared) {
                 return;
             }
             drop(batch);
-            if let Some(index) = journal.take_spare_request() {
-                let _ = to_preparer.send(index);
-            }
             next = batches.try_recv().ok();
         }
-        shared
-            .segment_used
-            .store(journal.segment_used(), Ordering::Relaxed);
-        let started = std::time::Instant::now();
-        if let Err(e) = journal.sync() {
-            shared.fail(format!("journal fdatasync failed: {e}"));
+        if !writer.sync(shared) {
             return;
         }
-        shared.record_sync(started.elapsed());
-        shared
-            .segments_prepared_inline
-            .store(journal.stats().segments_prepared_inline, Ordering::Relaxed);
-        // Durable moved: replies can be released and the next batch sealed.
         shared.wake_sequencer();
-        if !retire_segments(&mut journal, &mut retained, shared) {
-            return;
-        }
-    }
-}
-
-/// Removes journal segments wholly before the oldest kept snapshot (they are not needed to
-/// recover). Returns false after a fatal error.
-fn retire_segments(journal: &mut Journal, retained: &mut u64, shared: &Shared) -> bool {
-    let retain = shared.retain_from.load(Ordering::Acquire);
-    if retain <= *retained {
-        return true;
-    }
-    match journal.retain_from(retain, &Retention::Delete) {
-        Ok(n) => {
-            shared
-                .segments_retired
-                .fetch_add(n as u64, Ordering::Relaxed);
-            *retained = retain;
-            true
-        }
-        Err(e) => {
-            shared.fail(format!("journal retention failed: {e}"));
-            false
-        }
     }
 }
 

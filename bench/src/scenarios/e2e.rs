@@ -32,6 +32,8 @@ const USAGE_HEAD: &str = "usage: bench e2e [--clients N] [--rate N] [--duration-
   --accounts N      accounts transfers move between (default 10000)
   --rss-accounts N  accounts created before measuring the node's peak RSS (default 1000000; 0 = skip)
   --data DIR        folder for the node's data (default ./target/bench-e2e)
+  --journal-thread  the node uses a journal writer thread (default: its sequencer thread
+                    writes and syncs the journal, `journal_on_sequencer`)
   --json            print one JSON object
 idle flags (the client threads and the node's threads):";
 
@@ -50,6 +52,7 @@ struct Args {
     data: PathBuf,
     idle: report::IdleFlags,
     json: bool,
+    journal_thread: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -64,6 +67,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         data: PathBuf::from("target/bench-e2e"),
         idle: report::IdleFlags::default(),
         json: false,
+        journal_thread: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -91,6 +95,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             }
             "--data" => a.data = PathBuf::from(value("--data")?),
             "--json" => a.json = true,
+            "--journal-thread" => a.journal_thread = true,
             "--help" | "-h" => return Err(usage()),
             other => return Err(format!("unknown option '{other}'\n\n{}", usage())),
         }
@@ -126,6 +131,10 @@ pub fn run_node(args: &[String]) -> Result<(), String> {
     let mut idle = report::IdleFlags::default();
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
+        if flag == "--journal-thread" {
+            config.pipeline.journal_on_sequencer = false;
+            continue;
+        }
         let value = it.next().cloned().ok_or(format!("{flag} needs a value"));
         if !idle.take(flag, || value)? {
             return Err(format!("e2e-node: unknown option '{flag}'"));
@@ -204,6 +213,7 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
     let mut child = Command::new(exe)
         .args(["e2e-node", &dir.join("node").display().to_string()])
         .args(a.idle.args())
+        .args(a.journal_thread.then_some("--journal-thread"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -301,6 +311,9 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
         Some(r) => command.push_str(&format!(" --rate {r}")),
         None => command.push_str(&format!(" --in-flight {}", a.in_flight)),
     }
+    if a.journal_thread {
+        command.push_str(" --journal-thread");
+    }
     if a.batch > 1 {
         command.push_str(&format!(" --batch {}", a.batch));
     }
@@ -326,6 +339,7 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
         "segments_prepared_inline": node_status["segments_prepared_inline"],
         "commands_per_batch": node_status["commands_per_batch"],
         "machine": report::machine(),
+        "journal_on_sequencer": !a.journal_thread,
         "command": command,
     }))
 }

@@ -29,6 +29,8 @@ const USAGE_HEAD: &str = "usage: bench pipeline [--rate N] [--duration-s S] [--a
   --data DIR       folder for the journal (default: a fresh folder under ./target/bench-pipeline);
                    it must be on the disk you want to measure (O_DIRECT is required)
   --segment-mb N   journal segment size in MiB (default: the journal's default, 64)
+  --journal-thread a journal writer thread writes and syncs batches (default: the sequencer
+                   thread does, `journal_on_sequencer`)
   --json           print one JSON object
 idle flags (the pipeline threads, the producer on back-pressure and the reply reader):";
 
@@ -46,6 +48,7 @@ struct Args {
     idle_flags: report::IdleFlags,
     idle: IdleKind,
     json: bool,
+    journal_thread: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -59,6 +62,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         idle_flags: report::IdleFlags::default(),
         idle: sequencer::pipeline::IDLE_DEFAULT,
         json: false,
+        journal_thread: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -82,6 +86,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--data" => a.data = Some(PathBuf::from(value("--data")?)),
             "--segment-mb" => a.segment_mb = Some(number("--segment-mb", value("--segment-mb")?)?),
             "--json" => a.json = true,
+            "--journal-thread" => a.journal_thread = true,
             "--help" | "-h" => return Err(usage()),
             other => return Err(format!("unknown option '{other}'\n\n{}", usage())),
         }
@@ -186,6 +191,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     config.engine.accounts_max = (a.accounts + 16) as u32;
     config.engine.transfers_retained_max = 20_000_000;
     config.batches_in_flight_max = 16;
+    config.journal_on_sequencer = !a.journal_thread;
     if let Some(mb) = a.segment_mb {
         config.journal.segment_size = mb.saturating_mul(1 << 20);
     }
@@ -377,6 +383,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     if let Some(mb) = a.segment_mb {
         command.push_str(&format!(" --segment-mb {mb}"));
     }
+    if a.journal_thread {
+        command.push_str(" --journal-thread");
+    }
     command.push(' ');
     command.push_str(&a.idle_flags.args().join(" "));
     let v = json!({
@@ -392,6 +401,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "replies_undecodable": undecodable,
         "p50_us": lat["p50_us"], "p99_us": lat["p99_us"], "p999_us": lat["p999_us"], "max_us": lat["max_us"],
         "idle": format!("{:?}", a.idle),
+        "journal_on_sequencer": !a.journal_thread,
         "batches": status.batches,
         "commands_per_batch": if status.batches > 0 { (status.sequenced_position as f64 / status.batches as f64).round() } else { 0.0 },
         "journal_syncs": status.journal_syncs,
