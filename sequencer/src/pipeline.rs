@@ -253,6 +253,9 @@ struct Shared {
     /// their idle park (`IdleStrategy` parks with `park_timeout`).
     sequencer_thread: std::sync::OnceLock<std::thread::Thread>,
     engine_thread: std::sync::OnceLock<std::thread::Thread>,
+    /// The thread that waits in [`Replies::wait`], if any: woken when replies may have become
+    /// ready (a new durable position, or new replies from the engine).
+    egress_thread: std::sync::OnceLock<std::thread::Thread>,
     /// An eventfd that wakes the sequencer thread from its kernel wait (frontend mode only).
     sequencer_wake_fd: std::sync::OnceLock<std::os::fd::OwnedFd>,
     /// Bytes used of the journal segment being written (paces the segment preparer).
@@ -277,6 +280,13 @@ impl Shared {
             // SAFETY: writes 8 bytes from a live buffer to an eventfd this struct owns. A full
             // counter (EAGAIN) means a wake-up is pending anyway.
             let _ = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        }
+    }
+
+    /// Wakes the thread waiting in [`Replies::wait`], if one ever did.
+    fn wake_egress(&self) {
+        if let Some(t) = self.egress_thread.get() {
+            t.unpark();
         }
     }
 
@@ -424,9 +434,29 @@ pub struct Reply<'a> {
 pub struct Replies {
     ring: ring::Consumer,
     durable: DurableWatch,
+    shared: Arc<Shared>,
 }
 
 impl Replies {
+    /// Blocks the calling thread until replies may be ready (the journal made more commands
+    /// durable, or the engine answered more) or `timeout` passes, instead of spinning or
+    /// parking on a fixed period. Call it after a [`Replies::poll`] that returned 0; a wake-up
+    /// that came in between is not lost (it returns at once). The first thread that waits
+    /// becomes the one woken: keep the `Replies` on one thread.
+    pub fn wait(&self, timeout: Duration) {
+        let me = self
+            .shared
+            .egress_thread
+            .get_or_init(std::thread::current)
+            .id()
+            == std::thread::current().id();
+        if me {
+            std::thread::park_timeout(timeout);
+        } else {
+            std::thread::sleep(timeout.min(Duration::from_micros(50)));
+        }
+    }
+
     /// Calls `handler` on up to `limit` durable replies; returns how many.
     pub fn poll(&mut self, limit: usize, mut handler: impl FnMut(Reply<'_>)) -> usize {
         let durable = self.durable.get();
@@ -765,6 +795,7 @@ impl Pipeline {
         let replies = Replies {
             ring: reply_consumer,
             durable: durable.clone(),
+            shared: shared.clone(),
         };
         let (replies, frontend) = match frontend {
             Some(f) => (None, Some((f, replies))),
@@ -1278,6 +1309,7 @@ impl JournalWriter {
         }
         self.unsynced = false;
         shared.record_sync(started.elapsed());
+        shared.wake_egress();
         shared.segments_prepared_inline.store(
             self.journal.stats().segments_prepared_inline,
             Ordering::Relaxed,
@@ -1396,6 +1428,7 @@ fn engine_loop(
             .store(engine.state_hash(), Ordering::Release);
         // Replies are waiting (they leave once durable) and the batch buffer can be reused.
         shared.wake_sequencer();
+        shared.wake_egress();
         if snapshot_interval > 0 && engine.position() - last_snapshot >= snapshot_interval {
             // A full channel means the previous snapshot is still being written: skip.
             if to_snapshot.try_send(engine.freeze()).is_ok() {

@@ -225,3 +225,77 @@ fn journal_segments_before_the_oldest_kept_snapshot_are_retired_and_restart_stil
     assert_eq!(pipeline.status().state_hash, hash);
     pipeline.shutdown();
 }
+
+#[test]
+fn replies_wait_returns_when_a_reply_is_ready_not_at_its_timeout() {
+    let dir = TempDir::new("pipeline-wait");
+    let (mut pipeline, _) = Pipeline::start(test_config(dir.path())).unwrap();
+    let mut replies = pipeline.take_replies().unwrap();
+    let mut producer = pipeline.producer().unwrap();
+    // Nothing is ready: a short wait registers this thread and times out.
+    assert_eq!(replies.poll(16, |_| {}), 0);
+    replies.wait(std::time::Duration::from_millis(1));
+    let offerer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        offer(&mut producer, 7, 1, &create_external(99, 1));
+        producer
+    });
+    let started = std::time::Instant::now();
+    let mut got = 0;
+    while got == 0 {
+        got = replies.poll(16, |_| {});
+        if got == 0 {
+            // A wait far longer than the test: only a wake-up ends it in time.
+            replies.wait(std::time::Duration::from_secs(60));
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "no wake-up"
+        );
+    }
+    assert_eq!(got, 1);
+    drop(offerer.join().unwrap());
+    assert_eq!(pipeline.shutdown().fatal, None);
+}
+
+#[test]
+fn a_journal_writer_thread_and_the_inline_journal_reach_the_same_state() {
+    let mut hashes = Vec::new();
+    for inline in [true, false] {
+        let dir = TempDir::new(if inline {
+            "pipeline-inline"
+        } else {
+            "pipeline-thread"
+        });
+        let mut config = test_config(dir.path());
+        config.journal_on_sequencer = inline;
+        let (mut pipeline, _) = Pipeline::start(config.clone()).unwrap();
+        let mut replies = pipeline.take_replies().unwrap();
+        let mut producer = pipeline.producer().unwrap();
+        offer(&mut producer, 7, 1, &create_external(99, 1));
+        offer(&mut producer, 7, 2, &create_account(1, 1, true));
+        offer(&mut producer, 7, 3, &create_account(2, 1, true));
+        for i in 0..300u64 {
+            offer(
+                &mut producer,
+                7,
+                4 + i,
+                &deposit(1000 + u128::from(i), 1, 3),
+            );
+        }
+        offer(&mut producer, 7, 304, &transfer(9, 1, 2, 500, 1));
+        let got = collect(&mut replies, 304);
+        let not_ok: Vec<_> = got.iter().filter(|g| g.result != ResultCode::Ok).collect();
+        assert!(not_ok.is_empty(), "{not_ok:?}");
+        let status = pipeline.shutdown();
+        assert_eq!(status.fatal, None);
+        assert_eq!(status.durable_position, 304);
+        // A restart recovers the same state from the journal either way.
+        let (pipeline, report) = Pipeline::start(config).unwrap();
+        assert_eq!(report.position, 304);
+        let restarted = pipeline.shutdown();
+        assert_eq!(restarted.state_hash, status.state_hash);
+        hashes.push(status.state_hash);
+    }
+    assert_eq!(hashes[0], hashes[1]);
+}

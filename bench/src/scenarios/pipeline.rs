@@ -362,7 +362,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
             return Err("no reply for 10 s".into());
         }
         let _ = n;
-        idle.idle(0);
+        // Back-off: sleep until the pipeline says replies may be ready (it wakes this thread
+        // after each sync and each applied batch); other strategies poll as configured.
+        if matches!(a.idle, IdleKind::BackOff { .. }) {
+            replies.wait(Duration::from_millis(1));
+        } else {
+            idle.idle(0);
+        }
     }
     let elapsed = last_reply.duration_since(start);
     let sent = producer_thread.join().map_err(|_| "producer panicked")??;
