@@ -1,4 +1,4 @@
-//! The leader pipeline: ingress → sequencer → journal writer → engine → egress, in one process.
+//! The leader pipeline: ingress → sequencer (and, by default, its journal writes) → engine → egress, in one process.
 //!
 //! See [`pipeline`] for the threads and the durability rule, [`ring`] for the hand-off rings,
 //! [`clock`] for log time, [`snapshots`] for the snapshot folder. The network (transport

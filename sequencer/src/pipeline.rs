@@ -1,4 +1,4 @@
-//! The leader pipeline in one process: ingress → sequencer → journal writer → engine → egress.
+//! The leader pipeline in one process: ingress → sequencer (with the journal writes) → engine → egress.
 //!
 //! Threads (DESIGN §3), all started by [`Pipeline::start`] and joined by
 //! [`Pipeline::shutdown`]:
