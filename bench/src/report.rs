@@ -176,3 +176,39 @@ impl IdleFlags {
         ]
     }
 }
+
+/// Bytes of each write of the disk probe: one 4 KiB block, what a group commit holds at an
+/// offered 100,000 commands/s (a few commands per `fdatasync`), so the latency targets are
+/// judged against the cost of the writes the run actually makes.
+pub const DISK_PROBE_WRITE_BYTES: usize = 4096;
+/// Write+sync samples of the disk probe: enough for its 99th percentile to rest on ten.
+pub const DISK_PROBE_SYNCS: usize = 1000;
+
+/// The disk's own durable-write cost on the run's folder (a `probe` folder under `dir`,
+/// removed afterwards), measured before the run: `disk_sync_p50_us`, `disk_sync_p99_us`,
+/// `disk_write_mb_per_s`, `disk_probe_write_bytes`, `disk_probe_syncs`.
+pub fn disk_probe(dir: &std::path::Path) -> Result<Value, String> {
+    let probe_dir = dir.join("probe");
+    std::fs::create_dir_all(&probe_dir)
+        .map_err(|e| format!("create {}: {e}", probe_dir.display()))?;
+    let probe = journal::disk_probe(&probe_dir, DISK_PROBE_WRITE_BYTES, DISK_PROBE_SYNCS)
+        .map_err(|e| e.to_string());
+    let _ = std::fs::remove_dir_all(&probe_dir);
+    let probe = probe?;
+    Ok(json!({
+        "disk_sync_p50_us": probe.sync_p50_us,
+        "disk_sync_p99_us": probe.sync_p99_us,
+        "disk_write_mb_per_s": probe.write_mb_per_s,
+        "disk_probe_write_bytes": DISK_PROBE_WRITE_BYTES,
+        "disk_probe_syncs": DISK_PROBE_SYNCS,
+    }))
+}
+
+/// Adds every field of `extra` (an object) to `v` (an object).
+pub fn merge(v: &mut Value, extra: &Value) {
+    if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+        for (k, x) in extra {
+            v.insert(k.clone(), x.clone());
+        }
+    }
+}

@@ -204,10 +204,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
 }
 
 fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String> {
-    let probe_dir = dir.join("probe");
-    std::fs::create_dir_all(&probe_dir).map_err(|e| e.to_string())?;
-    let probe = journal::disk_probe(&probe_dir, 16 * 1024, 300).map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_dir_all(&probe_dir);
+    let probe = report::disk_probe(dir)?;
 
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
@@ -317,7 +314,7 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
     if a.batch > 1 {
         command.push_str(&format!(" --batch {}", a.batch));
     }
-    Ok(json!({
+    let mut v = json!({
         "scenario": "e2e",
         "mode": if a.rate.is_some() { "open_loop" } else { "closed_loop" },
         "clients": a.clients,
@@ -328,9 +325,6 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
         "failed": failed,
         "throughput_per_s": (done as f64 / elapsed).round(),
         "rtt_p50_us": lat["p50_us"], "rtt_p99_us": lat["p99_us"], "rtt_p999_us": lat["p999_us"], "rtt_max_us": lat["max_us"],
-        "disk_sync_p50_us": probe.sync_p50_us,
-        "disk_sync_p99_us": probe.sync_p99_us,
-        "disk_write_mb_per_s": probe.write_mb_per_s,
         "node_accounts": accounts_total + 1,
         "peak_rss_bytes": node_peak_rss,
         "journal_syncs": node_status["journal_syncs"],
@@ -341,7 +335,9 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
         "machine": report::machine(),
         "journal_on_sequencer": !a.journal_thread,
         "command": command,
-    }))
+    });
+    report::merge(&mut v, &probe);
+    Ok(v)
 }
 
 struct LoadResult {

@@ -181,10 +181,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("create {}: {e}", folder.0.display()))?;
 
     // The disk's own cost, on the same folder, before the run.
-    let probe_dir = folder.0.join("probe");
-    std::fs::create_dir_all(&probe_dir).map_err(|e| e.to_string())?;
-    let probe = journal::disk_probe(&probe_dir, 16 * 1024, 300).map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_dir_all(&probe_dir);
+    let probe = report::disk_probe(&folder.0)?;
 
     let mut config = PipelineConfig::new(folder.0.join("node"));
     config.snapshot_interval_commands = 0;
@@ -394,7 +391,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     command.push(' ');
     command.push_str(&a.idle_flags.args().join(" "));
-    let v = json!({
+    let mut v = json!({
         "scenario": "pipeline",
         "mode": if a.rate.is_some() { "open_loop" } else { "closed_loop" },
         "offered_rate_per_s": a.rate,
@@ -414,14 +411,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "journal_sync_p99_bucket_us": status.journal_sync_p99_us,
         "journal_sync_max_us": status.journal_sync_max_us,
         "segments_prepared_inline": status.segments_prepared_inline,
-        "disk_sync_p50_us": probe.sync_p50_us,
-        "disk_sync_p99_us": probe.sync_p99_us,
-        "disk_write_mb_per_s": probe.write_mb_per_s,
-        "disk_probe_write_bytes": 16 * 1024,
         "peak_rss_bytes": report::peak_rss_bytes(),
         "machine": report::machine(),
         "command": command,
     });
+    report::merge(&mut v, &probe);
     report::print(a.json, &v);
     Ok(())
 }
