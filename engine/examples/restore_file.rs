@@ -41,7 +41,9 @@ fn main() {
     }
 }
 
-fn build(config: EngineConfig, accounts: u64, retained: u64) -> Engine {
+/// An engine with `accounts` accounts and `retained` transfers among them (also used by the
+/// `restore_timing` example).
+pub fn build(config: EngineConfig, accounts: u64, retained: u64) -> Engine {
     let mut e = Engine::new(config).unwrap();
     let mut pos = 0;
     let mut meta = || {

@@ -208,17 +208,7 @@ impl Batch {
                 std::ptr::null_mut(),
             )
         };
-        if r < 0 {
-            self.count = 0;
-            return Err(io::Error::last_os_error());
-        }
-        let r = r as usize;
-        for i in 0..r {
-            self.lengths[i] = self.headers[i].msg_len as usize;
-            self.addr_lengths[i] = self.headers[i].msg_hdr.msg_namelen;
-        }
-        self.count = r;
-        Ok(r)
+        self.received(r)
     }
 
     /// Receives up to `max` (at most a batch) datagrams without blocking, each straight into
@@ -283,6 +273,11 @@ impl Batch {
                 std::ptr::null_mut(),
             )
         };
+        self.received(r)
+    }
+
+    /// Takes `recvmmsg`'s result: the count received, their lengths and source lengths.
+    fn received(&mut self, r: libc::c_int) -> io::Result<usize> {
         if r < 0 {
             self.count = 0;
             return Err(io::Error::last_os_error());
