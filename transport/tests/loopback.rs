@@ -100,8 +100,9 @@ fn exchange_lengths(
     }
 }
 
-#[test]
-fn unicast_on_loopback_delivers_every_message_in_order_despite_injected_loss() {
+/// A subscription on a free loopback port that drops `loss` of what it receives (seeded), and
+/// a publication to it.
+fn unicast_pair(loss: f64, seed: u64) -> (Subscription, Publication) {
     let mut sub = Subscription::new(
         &Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
         STREAM_ID,
@@ -112,9 +113,15 @@ fn unicast_on_loopback_delivers_every_message_in_order_despite_injected_loss() {
         std::net::SocketAddr::V4(a) => a,
         other => panic!("{other}"),
     };
-    sub.inject_loss(0.05, 1);
-    let mut publication =
+    sub.inject_loss(loss, seed);
+    let publication =
         Publication::new(&Channel::unicast(endpoint), STREAM_ID, test_config()).unwrap();
+    (sub, publication)
+}
+
+#[test]
+fn unicast_on_loopback_delivers_every_message_in_order_despite_injected_loss() {
+    let (sub, mut publication) = unicast_pair(0.05, 1);
     publication.inject_loss(0.05, 2);
     let mut subs = [sub];
     exchange(&mut publication, &mut subs, 5000);
@@ -131,19 +138,7 @@ fn runs_of_equal_datagrams_received_in_place_survive_loss_and_length_changes() {
     // Long runs of equal messages make equal full datagrams, which a subscription receives
     // straight into its log; injected loss, shorter datagrams and changes of message length
     // interrupt those runs in the middle of a batch.
-    let mut sub = Subscription::new(
-        &Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
-        STREAM_ID,
-        test_config(),
-    )
-    .unwrap();
-    let endpoint = match sub.local_addr().unwrap() {
-        std::net::SocketAddr::V4(a) => a,
-        other => panic!("{other}"),
-    };
-    sub.inject_loss(0.003, 5);
-    let mut publication =
-        Publication::new(&Channel::unicast(endpoint), STREAM_ID, test_config()).unwrap();
+    let (sub, mut publication) = unicast_pair(0.003, 5);
     let mut subs = [sub];
     exchange_lengths(&mut publication, &mut subs, 60_000, |i| {
         match (i / 5000) % 4 {
