@@ -24,6 +24,15 @@ struct Ledger {
 }
 
 impl Ledger {
+    /// A fresh engine of `config` at position 0 and log time `now_ns`.
+    fn with_config(config: EngineConfig, now_ns: u64) -> Ledger {
+        Ledger {
+            engine: Engine::new(config).unwrap(),
+            position: 0,
+            now_ns,
+        }
+    }
+
     fn new() -> Ledger {
         let config = EngineConfig {
             accounts_max: 100,
@@ -32,11 +41,7 @@ impl Ledger {
             sessions_max: 4,
             ledgers_max: 4,
         };
-        Ledger {
-            engine: Engine::new(config).unwrap(),
-            position: 0,
-            now_ns: 1_000 * SECOND_NS,
-        }
+        Ledger::with_config(config, 1_000 * SECOND_NS)
     }
 
     fn send(&mut self, session_id: u64, client_seq: u64, command: &Command<'_>) -> Reply {
@@ -68,11 +73,7 @@ impl Ledger {
             sessions_max: 2,
             ledgers_max: 2,
         };
-        let mut l = Ledger {
-            engine: Engine::new(config).unwrap(),
-            position: 0,
-            now_ns: SECOND_NS,
-        };
+        let mut l = Ledger::with_config(config, SECOND_NS);
         for (id, flags) in [(1, af::EXTERNAL), (2, 0)] {
             let r = l.run(&Command::CreateAccount {
                 id,
@@ -676,11 +677,7 @@ fn a_snapshot_larger_than_one_read_chunk_restores_from_short_reads_and_trailing_
         sessions_max: 2,
         ledgers_max: 2,
     };
-    let mut l = Ledger {
-        engine: Engine::new(config).unwrap(),
-        position: 0,
-        now_ns: SECOND_NS,
-    };
+    let mut l = Ledger::with_config(config, SECOND_NS);
     l.run(&Command::CreateAccount {
         id: u64::MAX,
         ledger: 1,

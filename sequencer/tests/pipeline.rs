@@ -285,11 +285,17 @@ fn a_journal_writer_thread_and_the_inline_journal_reach_the_same_state() {
         }
         offer(&mut producer, 7, 304, &transfer(9, 1, 2, 500, 1));
         let got = collect(&mut replies, 304);
+        // Only the writer-thread mode has a journal thread (no other test here starts one).
+        assert_eq!(journal_threads() > 0, !inline);
         let not_ok: Vec<_> = got.iter().filter(|g| g.result != ResultCode::Ok).collect();
         assert!(not_ok.is_empty(), "{not_ok:?}");
         let status = pipeline.shutdown();
         assert_eq!(status.fatal, None);
         assert_eq!(status.durable_position, 304);
+        assert!(
+            status.journal_syncs > 0,
+            "the syncs are counted in both modes"
+        );
         // A restart recovers the same state from the journal either way.
         let (pipeline, report) = Pipeline::start(config).unwrap();
         assert_eq!(report.position, 304);
@@ -298,4 +304,16 @@ fn a_journal_writer_thread_and_the_inline_journal_reach_the_same_state() {
         hashes.push(status.state_hash);
     }
     assert_eq!(hashes[0], hashes[1]);
+}
+
+/// Threads of this process named `tally-journal` (Linux `/proc`).
+fn journal_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|name| name.trim() == "tally-journal")
+                .count()
+        })
+        .unwrap_or(0)
 }

@@ -25,57 +25,10 @@ pub(crate) fn touch_lines(bytes: &[u8]) {
     std::hint::black_box(x);
 }
 
-/// Alignment of a log's bytes: a transparent huge page (2 MiB on x86-64 and arm64), so that
-/// a log of whole huge pages can be backed by them.
-const HUGE_PAGE_LENGTH: usize = 2 * 1024 * 1024;
-
-/// A log's bytes: a zeroed heap buffer whose first byte is aligned to [`HUGE_PAGE_LENGTH`]
-/// (the allocation is that much longer). Dereferences to exactly the log's bytes.
-pub(crate) struct LogBuf {
-    vec: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl LogBuf {
-    fn zeroed(len: usize) -> Self {
-        let mut vec = vec![0u8; len + HUGE_PAGE_LENGTH];
-        let start = vec
-            .as_ptr()
-            .align_offset(HUGE_PAGE_LENGTH)
-            .min(HUGE_PAGE_LENGTH);
-        // Ask for huge pages before the first touch: the hot paths walk the log
-        // sequentially, and with 4 KiB pages every other 8 KiB datagram costs a TLB miss.
-        crate::mmsg::advise_huge_pages(&mut vec[start..start + len]);
-        LogBuf { vec, start, len }
-    }
-}
-
-impl std::fmt::Debug for LogBuf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogBuf").field("len", &self.len).finish()
-    }
-}
-
-impl std::ops::Deref for LogBuf {
-    type Target = [u8];
-    #[inline(always)]
-    fn deref(&self) -> &[u8] {
-        &self.vec[self.start..self.start + self.len]
-    }
-}
-
-impl std::ops::DerefMut for LogBuf {
-    #[inline(always)]
-    fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.vec[self.start..self.start + self.len]
-    }
-}
-
 /// Geometry and storage of a log of three terms.
 #[derive(Debug)]
 pub(crate) struct TermLog {
-    pub buf: LogBuf,
+    pub buf: Vec<u8>,
     pub term_length: usize,
     pub shift: u32,
     pub initial_term_id: i32,
@@ -85,7 +38,7 @@ impl TermLog {
     /// A zeroed log. `term_length` must already be validated as a power of two.
     pub fn new(term_length: usize, initial_term_id: i32) -> Self {
         assert!(term_length.is_power_of_two());
-        let mut buf = LogBuf::zeroed(term_length * TERM_COUNT);
+        let mut buf = vec![0u8; term_length * TERM_COUNT];
         // A zeroed allocation is mapped lazily: without this, the first pass over the log
         // takes a page fault every few messages, which shows in round-trip tail latency.
         for page in buf.chunks_mut(PAGE_LENGTH) {

@@ -352,24 +352,6 @@ impl Batch {
     }
 }
 
-/// Asks the kernel to back `bytes` with transparent huge pages where it can (`madvise`
-/// `MADV_HUGEPAGE`, Linux). Best effort: a kernel without them, or with them disabled,
-/// leaves the pages as they are.
-pub fn advise_huge_pages(bytes: &mut [u8]) {
-    if bytes.is_empty() {
-        return;
-    }
-    // SAFETY: the range is a live allocation we own (borrowed mutably for the call); the
-    // advice changes how it is backed, never its contents or validity.
-    unsafe {
-        libc::madvise(
-            bytes.as_mut_ptr() as *mut libc::c_void,
-            bytes.len(),
-            libc::MADV_HUGEPAGE,
-        );
-    }
-}
-
 /// Waits until `socket` is readable or `timeout` has passed (`ppoll`, nanosecond timeout).
 /// Returns whether it is readable. An interrupted wait (a signal) returns `Ok(false)`.
 ///
