@@ -212,3 +212,116 @@ pub fn merge(v: &mut Value, extra: &Value) {
         }
     }
 }
+
+/// What the disk alone allows an open-loop run: the latencies an ideal group commit would give
+/// commands offered every `1 / rate_per_s` seconds for `duration_s` seconds, on syncs timed on
+/// this disk for as long as the run (a `model` folder under `dir`, removed afterwards).
+///
+/// The model is a journal with no CPU cost at all: one write + `fdatasync` at a time (the
+/// disk serves one flush at a time), each started the moment the previous one ends if a
+/// command is waiting (or when the next command arrives), covering every command that arrived
+/// before it started, and taking the next measured duration, in the order measured (so a stall
+/// lasts as long as it did and delays every command that arrived during it). A command's
+/// latency is from its arrival to the end of the sync that covers it. Because commands arrive
+/// uniformly in time, a stall weighs by its length: a 3 ms sync delays 300 commands at
+/// 100,000/s, while it is one sample in the probe's `disk_sync_p99_us`. Fields:
+/// `disk_model_p50_us`, `disk_model_p99_us`, `disk_model_p999_us`, `disk_model_max_us`,
+/// `disk_model_syncs`, `disk_model_sync_max_us`. A run's own latency cannot be below these
+/// (up to the difference between two stretches of the same disk's time).
+pub fn disk_model(
+    dir: &std::path::Path,
+    rate_per_s: u64,
+    duration_s: u64,
+) -> Result<Value, String> {
+    let model_dir = dir.join("model");
+    std::fs::create_dir_all(&model_dir)
+        .map_err(|e| format!("create {}: {e}", model_dir.display()))?;
+    let probe = journal::disk_probe_for(
+        &model_dir,
+        DISK_PROBE_WRITE_BYTES,
+        std::time::Duration::from_secs(duration_s),
+    )
+    .map_err(|e| e.to_string());
+    let _ = std::fs::remove_dir_all(&model_dir);
+    let probe = probe?;
+    let hist = ideal_group_commit(&probe.samples_ns, rate_per_s, rate_per_s * duration_s);
+    let lat = latency_us(&hist);
+    Ok(json!({
+        "disk_model_p50_us": lat["p50_us"],
+        "disk_model_p99_us": lat["p99_us"],
+        "disk_model_p999_us": lat["p999_us"],
+        "disk_model_max_us": lat["max_us"],
+        "disk_model_syncs": probe.samples_ns.len(),
+        "disk_model_sync_max_us": probe.sync_max_us,
+    }))
+}
+
+/// Latencies (ns) of `commands` offered every `1 / rate_per_s` s to an ideal group commit whose
+/// syncs take `syncs_ns` in turn (cycled if the commands outlast them). See [`disk_model`].
+fn ideal_group_commit(syncs_ns: &[u64], rate_per_s: u64, commands: u64) -> Histogram<u64> {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).expect("bounds");
+    if syncs_ns.is_empty() || rate_per_s == 0 {
+        return hist;
+    }
+    let arrival = |k: u64| (u128::from(k) * 1_000_000_000 / u128::from(rate_per_s)) as u64;
+    let (mut free_at, mut next, mut sync) = (0u64, 0u64, 0usize);
+    while next < commands {
+        let start = free_at.max(arrival(next));
+        let end = start + syncs_ns[sync % syncs_ns.len()];
+        while next < commands && arrival(next) <= start {
+            let _ = hist.record((end - arrival(next)).max(1));
+            next += 1;
+        }
+        free_at = end;
+        sync += 1;
+    }
+    hist
+}
+
+/// Adds the latency targets of an open-loop run to `v` (which holds the run's percentiles
+/// under `keys` = (p99, p99.9) and the probe's `disk_sync_p99_us`): `p99_limit_us` =
+/// 2 × `disk_sync_p99_us` + `extra_us.0`, `p999_limit_us` = 3 × `disk_sync_p99_us` +
+/// `extra_us.1`, and whether the run (`p99_within_limit`, `p999_within_limit`) and the disk
+/// model (when present) are within them.
+pub fn latency_limits(v: &mut Value, keys: (&str, &str), extra_us: (f64, f64)) {
+    let get = |k: &str| v.get(k).and_then(Value::as_f64);
+    let Some(disk_p99) = get("disk_sync_p99_us") else {
+        return;
+    };
+    let p99_limit = 2.0 * disk_p99 + extra_us.0;
+    let p999_limit = 3.0 * disk_p99 + extra_us.1;
+    let within = |k: &str, limit: f64| get(k).map(|x| x <= limit);
+    let extra = json!({
+        "p99_limit_us": p99_limit,
+        "p999_limit_us": p999_limit,
+        "p99_within_limit": within(keys.0, p99_limit),
+        "p999_within_limit": within(keys.1, p999_limit),
+        "disk_model_p99_within_limit": within("disk_model_p99_us", p99_limit),
+        "disk_model_p999_within_limit": within("disk_model_p999_us", p999_limit),
+    });
+    merge(v, &extra);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ideal_group_commit;
+
+    #[test]
+    fn an_ideal_group_commit_charges_a_stall_to_every_command_that_arrives_during_it() {
+        // 100,000 commands/s (one every 10 us); syncs of 50 us, then one of 3 ms, then 50 us.
+        let mut syncs = vec![50_000u64; 100];
+        syncs[10] = 3_000_000;
+        let hist = ideal_group_commit(&syncs, 100_000, 2_000);
+        // The stall's sync covers the commands that arrived during the sync before it, and
+        // every command arriving during the stall waits for the rest of it plus one more sync.
+        assert!(hist.max() >= 3_000_000, "max {}", hist.max());
+        assert!(
+            hist.count_between(1_000_000, u64::MAX) >= 150,
+            "a stall weighs by its length"
+        );
+        // Without the stall no command waits more than two syncs.
+        let calm = ideal_group_commit(&[50_000], 100_000, 2_000);
+        assert!(calm.max() <= 100_000 + 100, "max {}", calm.max());
+        assert_eq!(calm.len(), 2_000);
+    }
+}

@@ -136,7 +136,7 @@ pub use format::{Entry, FormatError};
 pub use journal::{
     DirectIoStatus, DurableWatch, Journal, JournalStats, RecoveryReport, Retention, Tail,
 };
-pub use probe::{disk_probe, DiskProbe, PROBE_FILE_SIZE_MAX};
+pub use probe::{disk_probe, disk_probe_for, DiskProbe, PROBE_FILE_SIZE_MAX};
 pub use reader::{BatchView, JournalReader};
 pub use segment::{segment_file_name, Prepared, SegmentPreparer, LOCK_FILE_NAME};
 

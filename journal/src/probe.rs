@@ -4,7 +4,7 @@
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::buffer::AlignedBuf;
 use crate::error::{Error, Result};
@@ -15,7 +15,7 @@ use crate::{DirectIo, BLOCK_SIZE};
 pub const PROBE_FILE_SIZE_MAX: u64 = 64 * 1024 * 1024;
 
 /// Result of [`disk_probe`].
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DiskProbe {
     /// Median of write + `fdatasync`, in microseconds.
     pub sync_p50_us: f64,
@@ -27,6 +27,16 @@ pub struct DiskProbe {
     pub write_mb_per_s: f64,
     /// Whether O_DIRECT was in effect (false on filesystems that refuse it, e.g. tmpfs).
     pub direct_io: bool,
+    /// Every write + `fdatasync`, in nanoseconds, in the order they were made (so stalls keep
+    /// their place in time, for a model of what a group commit would have seen).
+    pub samples_ns: Vec<u64>,
+}
+
+/// When a probe stops.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    After(usize),
+    At(Duration),
 }
 
 /// Writes `iterations` aligned buffers of `write_size` bytes (rounded up to 4 KiB) with
@@ -41,7 +51,6 @@ pub fn disk_probe(
     write_size: usize,
     iterations: usize,
 ) -> Result<DiskProbe> {
-    let dir = dir.as_ref();
     if iterations == 0 {
         return Err(Error::InvalidOption {
             key: "iterations",
@@ -49,6 +58,24 @@ pub fn disk_probe(
             rule: ">= 1",
         });
     }
+    probe(dir.as_ref(), write_size, Stop::After(iterations))
+}
+
+/// [`disk_probe`] that goes on for `duration` (at least one write) instead of a count: as
+/// many back-to-back durable writes as the disk makes in that time, so that rare stalls show
+/// up about as often as in a run of the same length.
+///
+/// # Errors
+/// As [`disk_probe`].
+pub fn disk_probe_for(
+    dir: impl AsRef<Path>,
+    write_size: usize,
+    duration: Duration,
+) -> Result<DiskProbe> {
+    probe(dir.as_ref(), write_size, Stop::At(duration))
+}
+
+fn probe(dir: &Path, write_size: usize, stop: Stop) -> Result<DiskProbe> {
     if write_size == 0 || write_size as u64 > PROBE_FILE_SIZE_MAX {
         return Err(Error::InvalidOption {
             key: "write_size",
@@ -57,20 +84,19 @@ pub fn disk_probe(
         });
     }
     let write_size = crate::format::padded_size(write_size);
-    let slots = (PROBE_FILE_SIZE_MAX / write_size as u64).clamp(1, iterations as u64);
+    let expected = match stop {
+        Stop::After(n) => n as u64,
+        Stop::At(_) => u64::MAX,
+    };
+    let slots = (PROBE_FILE_SIZE_MAX / write_size as u64).clamp(1, expected);
     let file_size = slots * write_size as u64;
     let path = dir.join(format!("disk-probe-{}.tmp", std::process::id()));
-    let result = probe_file(&path, write_size, iterations, file_size);
+    let result = probe_file(&path, write_size, stop, file_size);
     let _ = fs::remove_file(&path);
     result
 }
 
-fn probe_file(
-    path: &Path,
-    write_size: usize,
-    iterations: usize,
-    file_size: u64,
-) -> Result<DiskProbe> {
+fn probe_file(path: &Path, write_size: usize, stop: Stop, file_size: u64) -> Result<DiskProbe> {
     let (file, direct_io) = segment::open_for_write(path, DirectIo::Optional, true)?;
     let zeros = AlignedBuf::zeroed(write_size);
     let mut offset = 0;
@@ -85,9 +111,19 @@ fn probe_file(
         .iter_mut()
         .enumerate()
         .for_each(|(i, b)| *b = (i % 251) as u8 | 1);
-    let mut samples_ns = Vec::with_capacity(iterations);
+    let mut samples_ns = Vec::with_capacity(match stop {
+        Stop::After(n) => n,
+        Stop::At(_) => 1 << 16,
+    });
     let started = Instant::now();
-    for i in 0..iterations {
+    for i in 0.. {
+        let done = match stop {
+            Stop::After(n) => i >= n,
+            Stop::At(d) => i > 0 && started.elapsed() >= d,
+        };
+        if done {
+            break;
+        }
         let offset = (i as u64 * write_size as u64) % file_size;
         let t = Instant::now();
         file.write_all_at(data.as_slice(), offset)
@@ -97,10 +133,12 @@ fn probe_file(
         samples_ns.push(t.elapsed().as_nanos() as u64);
     }
     let elapsed_s = started.elapsed().as_secs_f64();
-    samples_ns.sort_unstable();
+    let iterations = samples_ns.len();
+    let mut sorted = samples_ns.clone();
+    sorted.sort_unstable();
     let percentile = |p: f64| {
-        let rank = ((p * samples_ns.len() as f64).ceil() as usize).clamp(1, samples_ns.len());
-        samples_ns[rank - 1] as f64 / 1000.0
+        let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1] as f64 / 1000.0
     };
     debug_assert!(write_size.is_multiple_of(BLOCK_SIZE));
     Ok(DiskProbe {
@@ -109,5 +147,6 @@ fn probe_file(
         sync_max_us: percentile(1.0),
         write_mb_per_s: (iterations * write_size) as f64 / elapsed_s / 1e6,
         direct_io,
+        samples_ns,
     })
 }

@@ -492,8 +492,28 @@ fn disk_probe_measures_durable_writes() {
     let probe = journal::disk_probe(dir.path(), 4096, 20).expect("probe");
     assert!(probe.sync_p50_us > 0.0 && probe.sync_p50_us <= probe.sync_p99_us);
     assert!(probe.sync_p99_us <= probe.sync_max_us && probe.write_mb_per_s > 0.0);
+    assert_eq!(
+        probe.samples_ns.len(),
+        20,
+        "every write+sync kept, in order"
+    );
+    let max_ns = *probe.samples_ns.iter().max().expect("samples");
+    assert_eq!(max_ns as f64 / 1000.0, probe.sync_max_us);
     assert!(
         std::fs::read_dir(dir.path()).expect("dir").next().is_none(),
         "probe file removed"
     );
+}
+
+#[test]
+fn a_timed_disk_probe_runs_for_its_duration() {
+    let dir = TempDir::new("probe-timed");
+    let wanted = std::time::Duration::from_millis(50);
+    let t = std::time::Instant::now();
+    let probe = journal::disk_probe_for(dir.path(), 4096, wanted).expect("probe");
+    assert!(t.elapsed() >= wanted);
+    let total_ns: u64 = probe.samples_ns.iter().sum();
+    assert!(!probe.samples_ns.is_empty() && total_ns > 0);
+    assert!(probe.sync_p50_us <= probe.sync_max_us);
+    assert!(std::fs::read_dir(dir.path()).expect("dir").next().is_none());
 }

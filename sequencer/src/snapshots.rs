@@ -49,6 +49,87 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(positions)
 }
 
+/// Bytes a [`Writeback`] lets the page cache hold before it asks the kernel to start writing
+/// them out (and how far the writer may run ahead of the disk: see [`Writeback`]).
+pub const WRITEBACK_WINDOW: u64 = 16 << 20;
+
+/// A buffered file writer that keeps the disk busy while the snapshot is being encoded.
+///
+/// A plain buffered write of a large snapshot leaves every byte dirty in the page cache until
+/// the final `fsync`, so the time to write it is the time to copy it into the cache *plus* the
+/// time to write it all out. Here, after every [`WRITEBACK_WINDOW`] bytes the writer asks the
+/// kernel to start writing that window out (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which
+/// does not wait) and waits for the window before it (`SYNC_FILE_RANGE_WAIT_BEFORE`), so
+/// copying and writing overlap, at most two windows are dirty at a time, and the final
+/// `fsync` has little left to do. The file stays in the page cache (a restart soon after reads
+/// it from there). `sync_file_range` is only a hint about timing, not about durability: the
+/// caller still syncs the file (and [`write_atomic`] does).
+pub struct Writeback {
+    out: BufWriter<File>,
+    /// Bytes handed to the file so far (what has reached the kernel is at most this).
+    written: u64,
+    /// End of the last window whose writeback was started.
+    started: u64,
+}
+
+impl Writeback {
+    /// Wraps `file` (written from its start) with a 1 MiB buffer.
+    #[must_use]
+    pub fn new(file: File) -> Writeback {
+        Writeback {
+            out: BufWriter::with_capacity(1 << 20, file),
+            written: 0,
+            started: 0,
+        }
+    }
+
+    /// Starts writeback of the full windows the kernel has and waits for the ones before.
+    fn start_writeback(&mut self) {
+        use std::os::fd::AsRawFd;
+        let in_kernel = self.written - self.out.buffer().len() as u64;
+        while in_kernel >= self.started + WRITEBACK_WINDOW {
+            let fd = self.out.get_ref().as_raw_fd();
+            let window = |start: u64| (start as libc::off64_t, WRITEBACK_WINDOW as libc::off64_t);
+            let (at, len) = window(self.started);
+            // SAFETY: plain syscalls on an open descriptor we own; errors only mean the hint
+            // was not taken (the final fsync reports real I/O errors).
+            unsafe {
+                libc::sync_file_range(fd, at, len, libc::SYNC_FILE_RANGE_WRITE);
+                if let Some(previous) = self.started.checked_sub(WRITEBACK_WINDOW) {
+                    let (at, len) = window(previous);
+                    libc::sync_file_range(fd, at, len, libc::SYNC_FILE_RANGE_WAIT_BEFORE);
+                }
+            }
+            self.started += WRITEBACK_WINDOW;
+        }
+    }
+
+    /// Flushes the buffer and syncs the file (data and metadata); returns the file.
+    ///
+    /// # Errors
+    /// Write or sync errors.
+    pub fn finish(self) -> std::io::Result<File> {
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(file)
+    }
+}
+
+impl Write for Writeback {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.written += n as u64;
+        self.start_writeback();
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        self.start_writeback();
+        Ok(())
+    }
+}
+
 /// Writes a snapshot atomically with `write` filling the file; returns its path.
 ///
 /// # Errors
@@ -56,19 +137,15 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<u64>> {
 pub fn write_atomic(
     dir: &Path,
     position: u64,
-    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<u64>,
+    write: impl FnOnce(&mut Writeback) -> std::io::Result<u64>,
 ) -> Result<PathBuf, String> {
     let path = dir.join(file_name(position));
     let tmp = dir.join(format!("{}{TMP_SUFFIX}", file_name(position)));
     let fail = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
     let file = File::create(&tmp).map_err(|e| fail("create", &tmp, e))?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let mut w = Writeback::new(file);
     write(&mut w).map_err(|e| fail("write", &tmp, e))?;
-    w.flush().map_err(|e| fail("write", &tmp, e))?;
-    let file = w
-        .into_inner()
-        .map_err(|e| fail("write", &tmp, e.into_error()))?;
-    file.sync_all().map_err(|e| fail("fsync", &tmp, e))?;
+    w.finish().map_err(|e| fail("write and fsync", &tmp, e))?;
     fs::rename(&tmp, &path).map_err(|e| fail("rename", &tmp, e))?;
     File::open(dir)
         .and_then(|d| d.sync_all())

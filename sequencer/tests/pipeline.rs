@@ -317,3 +317,33 @@ fn journal_threads() -> usize {
         })
         .unwrap_or(0)
 }
+
+/// The snapshot writer that starts writeback as it goes writes exactly the bytes it was given,
+/// across several writeback windows and in writes of every size (smaller than its buffer,
+/// larger than it, and a tail shorter than a window).
+#[test]
+fn a_snapshot_written_with_writeback_reads_back_byte_for_byte() {
+    use std::io::Write;
+    let dir = TempDir::new("writeback");
+    let window = sequencer::snapshots::WRITEBACK_WINDOW as usize;
+    let bytes: Vec<u8> = (0..2 * window + 12_345)
+        .map(|i| (i * 7 + i / 4096) as u8)
+        .collect();
+    let path = sequencer::snapshots::write_atomic(dir.path(), 42, |w| {
+        let (mut at, mut size) = (0usize, 1usize);
+        while at < bytes.len() {
+            let end = (at + size).min(bytes.len());
+            w.write_all(&bytes[at..end])?;
+            at = end;
+            size = size * 3 % (3 << 20) + 1;
+        }
+        Ok(bytes.len() as u64)
+    })
+    .unwrap();
+    assert_eq!(
+        path.file_name().unwrap(),
+        &*sequencer::snapshots::file_name(42)
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    assert_eq!(sequencer::snapshots::list(dir.path()).unwrap(), vec![42]);
+}

@@ -34,6 +34,9 @@ const USAGE_HEAD: &str = "usage: bench e2e [--clients N] [--rate N] [--duration-
   --data DIR        folder for the node's data (default ./target/bench-e2e)
   --journal-thread  the node uses a journal writer thread (default: its sequencer thread
                     writes and syncs the journal, `journal_on_sequencer`)
+  --no-disk-model   open loop: skip the disk model (by default, after the run, the disk is
+                    timed for as long again and an ideal group commit of the same requests is
+                    modelled on it: `disk_model_p99_us`, `disk_model_p999_us`, ...)
   --json            print one JSON object
 idle flags (the client threads and the node's threads):";
 
@@ -53,6 +56,7 @@ struct Args {
     idle: report::IdleFlags,
     json: bool,
     journal_thread: bool,
+    disk_model: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -68,6 +72,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         idle: report::IdleFlags::default(),
         json: false,
         journal_thread: false,
+        disk_model: true,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -96,6 +101,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--data" => a.data = PathBuf::from(value("--data")?),
             "--json" => a.json = true,
             "--journal-thread" => a.journal_thread = true,
+            "--no-disk-model" => a.disk_model = false,
             "--help" | "-h" => return Err(usage()),
             other => return Err(format!("unknown option '{other}'\n\n{}", usage())),
         }
@@ -314,6 +320,9 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
     if a.batch > 1 {
         command.push_str(&format!(" --batch {}", a.batch));
     }
+    if !a.disk_model {
+        command.push_str(" --no-disk-model");
+    }
     let mut v = json!({
         "scenario": "e2e",
         "mode": if a.rate.is_some() { "open_loop" } else { "closed_loop" },
@@ -337,6 +346,14 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
         "command": command,
     });
     report::merge(&mut v, &probe);
+    if let Some(rate) = a.rate {
+        if a.disk_model {
+            let requests_per_s = (rate / a.batch as u64).max(1);
+            let model = report::disk_model(dir, requests_per_s, a.duration_s)?;
+            report::merge(&mut v, &model);
+        }
+        report::latency_limits(&mut v, ("rtt_p99_us", "rtt_p999_us"), (200.0, 1000.0));
+    }
     Ok(v)
 }
 

@@ -16,8 +16,9 @@
 //! Snapshot (after the timed run): a first `freeze` into a fresh copy (`snapshot_freeze_ms`,
 //! pays for mapping the copy's pages) and, once that copy is dropped, a second one that reuses
 //! its buffers (`snapshot_refreeze_ms`, what a node snapshotting periodically pays: the only
-//! time the engine is held); the first copy written to a temp file through a 1 MiB `BufWriter`
-//! (`snapshot_write_no_fsync_ms` up to the last `write`, `snapshot_write_ms` including
+//! time the engine is held); the first copy written to a temp file the way the node writes
+//! one, through `sequencer::snapshots::Writeback` (a 1 MiB buffer, writeback started every
+//! 16 MiB; `snapshot_write_no_fsync_ms` up to the last `write`, `snapshot_write_ms` including
 //! `fsync`); then `Engine::restore` streaming from that file (in the page cache) into a new
 //! engine, checked to have the same position and state hash (`snapshot_restore_ms`).
 //! `throughput_per_cpu_s` divides by this thread's CPU time, `load_average_1m` is sampled
@@ -396,11 +397,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let t0 = Instant::now();
     let (written, write_no_fsync_s) = {
         let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut w = sequencer::snapshots::Writeback::new(file);
         let n = frozen.write_to(&mut w).map_err(|e| e.to_string())?;
         w.flush().map_err(|e| e.to_string())?;
         let buffered = t0.elapsed().as_secs_f64();
-        w.get_ref().sync_all().map_err(|e| e.to_string())?;
+        w.finish().map_err(|e| e.to_string())?;
         (n, buffered)
     };
     let write_s = t0.elapsed().as_secs_f64();

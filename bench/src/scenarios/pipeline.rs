@@ -31,6 +31,9 @@ const USAGE_HEAD: &str = "usage: bench pipeline [--rate N] [--duration-s S] [--a
   --segment-mb N   journal segment size in MiB (default: the journal's default, 64)
   --journal-thread a journal writer thread writes and syncs batches (default: the sequencer
                    thread does, `journal_on_sequencer`)
+  --no-disk-model  open loop: skip the disk model (by default, after the run, the disk is timed
+                   for as long again and an ideal group commit at the same rate is modelled on
+                   it: `disk_model_p99_us`, `disk_model_p999_us`, ...)
   --json           print one JSON object
 idle flags (the pipeline threads, the producer on back-pressure and the reply reader):";
 
@@ -49,6 +52,7 @@ struct Args {
     idle: IdleKind,
     json: bool,
     journal_thread: bool,
+    disk_model: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -63,6 +67,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         idle: sequencer::pipeline::IDLE_DEFAULT,
         json: false,
         journal_thread: false,
+        disk_model: true,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -87,6 +92,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--segment-mb" => a.segment_mb = Some(number("--segment-mb", value("--segment-mb")?)?),
             "--json" => a.json = true,
             "--journal-thread" => a.journal_thread = true,
+            "--no-disk-model" => a.disk_model = false,
             "--help" | "-h" => return Err(usage()),
             other => return Err(format!("unknown option '{other}'\n\n{}", usage())),
         }
@@ -389,6 +395,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     if a.journal_thread {
         command.push_str(" --journal-thread");
     }
+    if !a.disk_model {
+        command.push_str(" --no-disk-model");
+    }
     command.push(' ');
     command.push_str(&a.idle_flags.args().join(" "));
     let mut v = json!({
@@ -416,6 +425,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "command": command,
     });
     report::merge(&mut v, &probe);
+    if let Some(rate) = a.rate {
+        if a.disk_model {
+            let model = report::disk_model(&folder.0, rate, a.duration_s)?;
+            report::merge(&mut v, &model);
+        }
+        report::latency_limits(&mut v, ("p99_us", "p999_us"), (100.0, 500.0));
+    }
     report::print(a.json, &v);
     Ok(())
 }
