@@ -23,6 +23,9 @@
 //! engine, checked to have the same position and state hash (`snapshot_restore_ms`).
 //! `throughput_per_cpu_s` divides by this thread's CPU time, `load_average_1m` is sampled
 //! before and after the timed run: the machine is shared, read the wall figure with both.
+//! `pass_throughput_per_s` gives the spread of the timed passes over the pool (min, median,
+//! max): the same code on the same data, so a wide spread is the machine (on the development
+//! VM, other tenants of the host's memory), not the engine.
 
 use std::io::Write;
 use std::time::Instant;
@@ -294,6 +297,9 @@ struct Stretch {
     failed: u64,
     elapsed_s: f64,
     cpu_s: f64,
+    /// Transfers per second of each pass over the pool (`--pool` transfers, a fraction of a
+    /// second each): how steady the machine was during the stretch.
+    pass_rates: Vec<f64>,
 }
 
 /// Applies `count` transfers from the pool (rewriting the ids, untimed, before each pass), and
@@ -312,10 +318,12 @@ fn run_rounds(
         failed: 0,
         elapsed_s: 0.0,
         cpu_s: 0.0,
+        pass_rates: Vec::new(),
     };
     while s.applied < count {
         *round += 1;
         set_round(pool, *round);
+        let applied_before = s.applied;
         let t0 = Instant::now();
         let cpu0 = thread_cpu_s();
         for (i, &(start, end)) in pool.ranges.iter().enumerate() {
@@ -334,10 +342,26 @@ fn run_rounds(
                 }
             }
         }
-        s.elapsed_s += t0.elapsed().as_secs_f64();
+        let elapsed_s = t0.elapsed().as_secs_f64();
+        s.pass_rates
+            .push((s.applied - applied_before) as f64 / elapsed_s.max(1e-9));
+        s.elapsed_s += elapsed_s;
         s.cpu_s += thread_cpu_s() - cpu0;
     }
     Ok(s)
+}
+
+/// `{min, median, max, passes}` of per-pass rates, rounded.
+fn spread(rates: &[f64]) -> serde_json::Value {
+    let mut v = rates.to_vec();
+    v.sort_by(f64::total_cmp);
+    let at = |i: usize| v.get(i).map_or(0.0, |x| x.round());
+    json!({
+        "min": at(0),
+        "median": at(v.len() / 2),
+        "max": at(v.len().saturating_sub(1)),
+        "passes": v.len(),
+    })
 }
 
 /// The 1-minute load average (`/proc/loadavg`), to judge how contended the machine was.
@@ -440,6 +464,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "elapsed_s": timed.elapsed_s,
         "cpu_s": timed.cpu_s,
         "throughput_per_cpu_s": (timed.applied as f64 / timed.cpu_s.max(1e-9)).round(),
+        "pass_throughput_per_s": spread(&timed.pass_rates),
         "failed_fraction_sampled": timed.failed as f64 / timed.sampled.max(1) as f64,
         "load_average_1m": [load_before, load_after],
         "peak_rss_bytes": peak_rss,
