@@ -319,7 +319,29 @@ pub(crate) struct Ring {
     /// `slot(head_seq)` and `slot(next_seq)`, kept incrementally (no division on the hot path).
     head_slot: u64,
     next_slot: u64,
-    index: RetentionIndex,
+    pub(crate) index: RetentionIndex,
+    /// A copy of the live records being taken while the ring keeps changing (see
+    /// [`RingCopy`]); `None` almost always.
+    copy: Option<Box<RingCopy>>,
+}
+
+/// A copy of the ring's live records as they were when it began, taken oldest first while
+/// commands go on. Records are written in two ways only: appended into the slot of a record
+/// `capacity` sequences older (the oldest, evicted), and changed in place when a pending
+/// transfer is posted, voided or expires. So the copy stays ahead of the first
+/// ([`Ring::copy_ahead`] before every command), and keeps the value, as it was at the start,
+/// of any record changed before it was copied (`originals`).
+#[derive(Clone)]
+struct RingCopy {
+    /// The records copied so far, oldest first (the first is sequence `start`).
+    records: Vec<Retained>,
+    start: u64,
+    /// Next sequence to copy.
+    next: u64,
+    /// First sequence not in the copy.
+    end: u64,
+    /// Records changed in place before they were copied, as they were at the start.
+    originals: Vec<(u64, Retained)>,
 }
 
 impl Ring {
@@ -340,6 +362,7 @@ impl Ring {
             head_slot: 0,
             next_slot: 0,
             index: RetentionIndex::with_capacity(capacity),
+            copy: None,
         }
     }
 
@@ -411,7 +434,75 @@ impl Ring {
             return None;
         }
         let slot = self.slot(seq);
+        if let Some(copy) = self.copy.as_deref_mut() {
+            if (copy.next..copy.end).contains(&seq) {
+                copy.originals.push((seq, self.records[slot]));
+            }
+        }
         Some(&mut self.records[slot])
+    }
+
+    /// Begins a copy of the live records ([`RingCopy`]) into `into` (its buffer reused).
+    pub(crate) fn copy_begin(&mut self, mut into: Vec<Retained>) {
+        crate::snapshot::reserve_huge(&mut into, self.len() as usize);
+        into.clear();
+        self.copy = Some(Box::new(RingCopy {
+            records: into,
+            start: self.head_seq,
+            next: self.head_seq,
+            end: self.next_seq,
+            originals: Vec::new(),
+        }));
+    }
+
+    /// Copies the records of the copy in progress up to (not including) sequence `upto`.
+    fn copy_upto(&mut self, upto: u64) {
+        let Some(mut copy) = self.copy.take() else {
+            return;
+        };
+        let upto = upto.min(copy.end);
+        while copy.next < upto {
+            let slot = self.slot(copy.next);
+            let run = (upto - copy.next).min(self.capacity - slot as u64) as usize;
+            copy.records
+                .extend_from_slice(&self.records[slot..slot + run]);
+            copy.next += run as u64;
+        }
+        self.copy = Some(copy);
+    }
+
+    /// Before a command: copies every record of the copy in progress that the command could
+    /// overwrite (it appends at most `TRANSFERS_PER_COMMAND_MAX` records, each into the slot of
+    /// the record `capacity` sequences older).
+    #[inline]
+    fn copy_ahead(&mut self) {
+        if self.copy.is_some() {
+            let reach =
+                (self.next_seq + TRANSFERS_PER_COMMAND_MAX as u64).saturating_sub(self.capacity);
+            self.copy_upto(reach);
+        }
+    }
+
+    /// Whether a copy is in progress.
+    pub(crate) fn copying(&self) -> bool {
+        self.copy.is_some()
+    }
+
+    /// Copies up to `records` more records of the copy in progress; returns the copy (with
+    /// the records changed since it began put back as they were) once it is complete.
+    pub(crate) fn copy_step(&mut self, records: u64) -> Option<Vec<Retained>> {
+        let next = self.copy.as_deref()?.next;
+        self.copy_upto(next.saturating_add(records));
+        let copy = self.copy.as_deref()?;
+        if copy.next < copy.end {
+            return None;
+        }
+        let mut copy = self.copy.take()?;
+        // Newest first, so that a record changed twice ends as it was at the start.
+        for (seq, original) in std::mem::take(&mut copy.originals).into_iter().rev() {
+            copy.records[(seq - copy.start) as usize] = original;
+        }
+        Some(copy.records)
     }
 
     fn push(&mut self, record: Retained) -> u64 {
@@ -860,6 +951,9 @@ pub struct Engine {
     undo_active: bool,
     /// Buffers of the last dropped [`crate::snapshot::Frozen`], for the next freeze.
     pub(crate) frozen_spare: crate::snapshot::Spare,
+    /// A snapshot being copied while commands go on ([`Engine::freeze_begin`]): its header
+    /// and small tables, taken at the start; the ring and its index are copied by the ring.
+    pub(crate) freezing: Option<Box<crate::snapshot::Parts>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -923,6 +1017,7 @@ impl Engine {
             undo: Vec::with_capacity(TRANSFERS_PER_COMMAND_MAX * 4),
             undo_active: false,
             frozen_spare: Default::default(),
+            freezing: None,
         })
     }
 
@@ -1165,6 +1260,8 @@ impl Engine {
         );
         self.position = meta.position;
         self.now_ns = self.now_ns.max(meta.timestamp_ns);
+        // A snapshot copy in progress must have what this command could overwrite.
+        self.ring.copy_ahead();
         self.results.clear();
         self.touched.clear();
         self.expire_due();

@@ -66,6 +66,39 @@ pub(crate) struct RetentionIndex {
     buckets: u64,
     /// Whether anything was ever inserted (a clean table is left untouched by `clear`).
     dirty: bool,
+    /// A copy of the bucket words being taken while the table keeps changing (see
+    /// [`IndexCopy`]); `None` almost always.
+    copy: Option<Box<IndexCopy>>,
+}
+
+/// Words per chunk of an [`IndexCopy`] (4 KiB: 64 buckets).
+const COPY_CHUNK_WORDS: usize = 1024;
+
+/// A copy of the bucket words as they were when it began, taken a chunk at a time while the
+/// table keeps changing: chunks are copied in order by [`RetentionIndex::copy_step`], and a
+/// chunk about to be written first is copied at that moment (copy on write), so the copy
+/// never sees a write made after it began.
+#[derive(Clone)]
+struct IndexCopy {
+    /// The copy (the bucket words' length).
+    words: Vec<u32>,
+    /// Chunks below this were copied in order.
+    next_chunk: usize,
+    /// Chunks copied ahead of `next_chunk` because they were about to be written, one bit each.
+    early: Vec<u64>,
+    chunks: usize,
+}
+
+impl IndexCopy {
+    fn copied(&self, chunk: usize) -> bool {
+        chunk < self.next_chunk || self.early[chunk / 64] & (1 << (chunk % 64)) != 0
+    }
+
+    fn take(&mut self, chunk: usize, from: &[u32]) {
+        let start = chunk * COPY_CHUNK_WORDS;
+        let end = (start + COPY_CHUNK_WORDS).min(from.len());
+        self.words[start..end].copy_from_slice(&from[start..end]);
+    }
 }
 
 impl RetentionIndex {
@@ -84,6 +117,7 @@ impl RetentionIndex {
             first,
             buckets: buckets as u64,
             dirty: false,
+            copy: None,
         }
     }
 
@@ -287,6 +321,7 @@ impl RetentionIndex {
             self.insert(hash, seq, live);
         } else {
             self.dirty = true;
+            self.before_write(hint);
             self.words[hint] = Self::fingerprint(hash);
             self.words[hint + LANES] = seq as u32;
         }
@@ -304,6 +339,7 @@ impl RetentionIndex {
             let (fps, seqs) = self.bucket(b);
             let free = lanes_free(fps, seqs, head, len);
             let start = self.start(b);
+            self.before_write(start);
             if free != 0 {
                 let lane = free.trailing_zeros() as usize;
                 self.words[start + lane] = fp;
@@ -333,6 +369,7 @@ impl RetentionIndex {
             let overflowed = Self::overflowed(seqs[OVERFLOW], live);
             if hits != 0 {
                 let start = self.start(b);
+                self.before_write(start);
                 self.words[start + hits.trailing_zeros() as usize] = 0;
                 return;
             }
@@ -341,6 +378,62 @@ impl RetentionIndex {
             }
             b = self.next(b);
         }
+    }
+
+    /// Keeps a copy being taken ([`IndexCopy`]) from seeing the write about to be made to
+    /// the bucket holding word `at` (an index into `words`; buckets never straddle chunks).
+    #[inline(always)]
+    fn before_write(&mut self, at: usize) {
+        if let Some(copy) = self.copy.as_deref_mut() {
+            let chunk = (at - self.first) / COPY_CHUNK_WORDS;
+            if !copy.copied(chunk) {
+                let from = &self.words[self.first..self.first + self.buckets as usize * WORDS];
+                copy.take(chunk, from);
+                copy.early[chunk / 64] |= 1 << (chunk % 64);
+            }
+        }
+    }
+
+    /// Begins a copy of the bucket words as they are now, into `into` (reused if it has the
+    /// right length, else replaced; its contents are overwritten), to be completed by
+    /// [`RetentionIndex::copy_step`] while the table keeps changing.
+    pub(crate) fn copy_begin(&mut self, mut into: Vec<u32>) {
+        let len = self.buckets as usize * WORDS;
+        if into.len() != len {
+            into = vec![0; len];
+            crate::prefetch::advise_huge_pages(&into);
+        }
+        let chunks = len.div_ceil(COPY_CHUNK_WORDS);
+        self.copy = Some(Box::new(IndexCopy {
+            words: into,
+            next_chunk: 0,
+            early: vec![0; chunks.div_ceil(64)],
+            chunks,
+        }));
+    }
+
+    /// Copies up to `chunks` more chunks (4 KiB each) of the copy begun by
+    /// [`RetentionIndex::copy_begin`]; returns the copy once it is complete.
+    pub(crate) fn copy_step(&mut self, chunks: usize) -> Option<Vec<u32>> {
+        let copy = self.copy.as_deref_mut()?;
+        let from = &self.words[self.first..self.first + self.buckets as usize * WORDS];
+        let end = copy.next_chunk.saturating_add(chunks).min(copy.chunks);
+        while copy.next_chunk < end {
+            let chunk = copy.next_chunk;
+            if !copy.copied(chunk) {
+                copy.take(chunk, from);
+            }
+            copy.next_chunk += 1;
+        }
+        if copy.next_chunk < copy.chunks {
+            return None;
+        }
+        self.copy.take().map(|c| c.words)
+    }
+
+    /// Whether a copy is being taken.
+    pub(crate) fn copying(&self) -> bool {
+        self.copy.is_some()
     }
 
     /// Empties the index (a table never written to is left untouched, its pages unmapped).

@@ -35,19 +35,20 @@
 //! from them. `Retained` is `align(64)` (one record per cache line); the file layout is
 //! unchanged.
 //!
-//! # Threads: freeze, then write elsewhere
+//! # Threads: copy while commands go on, then write elsewhere
 //! Encoding and writing a snapshot takes time proportional to the state (hundreds of
-//! megabytes with a full retention table), so the engine thread only calls
-//! [`Engine::freeze_into`]: it copies the used prefix of each table into a [`Frozen`] that the
-//! node keeps and reuses (so the copy is a plain memcpy into already-mapped pages), then hands
-//! the `Frozen` (`Send`) to another thread, which calls [`Frozen::write_to`] (temp file, fsync,
-//! rename: the node's job) while the engine goes on applying commands. The price is a second
-//! copy of the state in memory. Why a copy and not copy-on-write pages or an incremental
-//! snapshot: a copy needs no `unsafe`, no locks and no change to the hot path, and at memcpy
-//! speed it holds the engine for tens of milliseconds; an incremental format (accounts dirtied
-//! since the last snapshot, plus the ring's new tail) is the natural next step for learners
-//! (DESIGN §8), and the format version leaves room for it. [`Engine::snapshot`] encodes
-//! straight from the live tables for callers that can afford to hold the engine.
+//! megabytes with a full retention table), so the engine thread only copies it, into a
+//! [`Frozen`] that another thread writes ([`Frozen::write_to`]: temp file, fsync, rename, the
+//! node's job) while the engine goes on. The copy itself is spread over time:
+//! [`Engine::freeze_begin`] copies the small tables and [`Engine::freeze_step`] the retention
+//! ring and index a step at a time, with copy-on-write keeping the result at the starting
+//! position (see the crate docs for the rules and why). The price is a second copy of the
+//! state in memory (kept and reused between snapshots, so the pages are mapped once).
+//! [`Engine::freeze`] copies everything at once (`&self`), [`Engine::snapshot`] encodes
+//! straight from the live tables for callers that can afford to hold the engine; an
+//! incremental format (accounts dirtied since the last snapshot, plus the ring's new tail)
+//! is the natural next step for learners (DESIGN §8), and the format version leaves room for
+//! it.
 
 use std::io::{Read, Write};
 
@@ -70,6 +71,9 @@ const PENDING_SIZE: usize = 64;
 const SESSION_SIZE: usize = 40;
 /// Encoder buffer: large enough that writes reach the writer in big chunks.
 const CHUNK_SIZE: usize = 1 << 16;
+/// Bytes of retained transfers, and of the retention index, that one [`Engine::freeze_step`]
+/// copies.
+pub const FREEZE_STEP_BYTES: usize = 256 << 10;
 /// Chunk of the bulk sections (retained transfers) handed to the writer at once.
 const LARGE_CHUNK_SIZE: usize = 1 << 20;
 
@@ -265,7 +269,7 @@ impl Frozen {
 }
 
 /// Grows `v` to hold `len` items in one allocation backed by huge pages where possible.
-fn reserve_huge<T>(v: &mut Vec<T>, len: usize) {
+pub(crate) fn reserve_huge<T>(v: &mut Vec<T>, len: usize) {
     if v.capacity() < len {
         *v = Vec::with_capacity(len);
         crate::prefetch::advise_huge_pages(v);
@@ -710,6 +714,78 @@ impl Engine {
         p.pending.extend(self.pending_for_snapshot());
         p.sessions.clear();
         p.sessions.extend_from_slice(&self.sessions);
+    }
+
+    /// Begins a snapshot that is copied while commands go on, and returns `true` (`false`, and
+    /// nothing happens, if one is already in progress). The header and the small tables
+    /// (accounts, pending transfers, sessions) are copied now; the retention ring and its
+    /// index, most of a large state, are copied afterwards, a step at a time
+    /// ([`Engine::freeze_step`]), with what commands are about to overwrite copied first:
+    /// the ring's oldest records before each command, an index chunk just before its first
+    /// write, a record's value before a pending transfer's state changes it. The result is
+    /// the same as [`Engine::freeze`] at this position (the tests compare them byte for
+    /// byte), but the engine is held only for the small tables (a few milliseconds with a
+    /// million accounts, where a full freeze with ten million retained transfers holds it for
+    /// about a tenth of a second).
+    pub fn freeze_begin(&mut self) -> bool {
+        if self.freezing.is_some() {
+            return false;
+        }
+        let mut parts = self
+            .frozen_spare
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take())
+            .unwrap_or_default();
+        parts.position = self.position;
+        parts.now_ns = self.now_ns;
+        parts.hash = self.hash;
+        parts.ring_head_seq = self.ring.head_seq;
+        reserve_huge(&mut parts.accounts, self.accounts.len());
+        parts.accounts.clear();
+        parts.accounts.extend(self.accounts());
+        parts.pending.clear();
+        parts.pending.extend(self.pending_for_snapshot());
+        parts.sessions.clear();
+        parts.sessions.extend_from_slice(&self.sessions);
+        self.ring.copy_begin(std::mem::take(&mut parts.retained));
+        self.ring.index.copy_begin(std::mem::take(&mut parts.index));
+        self.freezing = Some(Box::new(parts));
+        true
+    }
+
+    /// Whether a snapshot begun by [`Engine::freeze_begin`] is still being copied.
+    pub fn freezing(&self) -> bool {
+        self.freezing.is_some()
+    }
+
+    /// Copies the next part of the snapshot in progress (up to [`FREEZE_STEP_BYTES`] of
+    /// retained transfers and as much of the retention index: about 50 µs on the development
+    /// VM); returns the [`Frozen`] snapshot once it is complete (`None` before, and when none
+    /// is in progress). Call it between commands, as often as latency allows.
+    pub fn freeze_step(&mut self) -> Option<Frozen> {
+        self.freeze_step_by(FREEZE_STEP_BYTES)
+    }
+
+    /// [`Engine::freeze_step`] copying up to `bytes` of each (at least one retained transfer
+    /// and one 4 KiB chunk of the index).
+    pub fn freeze_step_by(&mut self, bytes: usize) -> Option<Frozen> {
+        let parts = self.freezing.as_deref_mut()?;
+        let records = (bytes / std::mem::size_of::<Retained>()).max(1) as u64;
+        if let Some(records) = self.ring.copy_step(records) {
+            parts.retained = records;
+        }
+        if let Some(words) = self.ring.index.copy_step((bytes / (4 << 10)).max(1)) {
+            parts.index = words;
+        }
+        if self.ring.copying() || self.ring.index.copying() {
+            return None;
+        }
+        let parts = *self.freezing.take()?;
+        Some(Frozen {
+            parts,
+            spare: Some(std::sync::Arc::clone(&self.frozen_spare)),
+        })
     }
 
     /// Writes a snapshot of the live state straight into `w` (holds the engine for the whole

@@ -403,6 +403,48 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// A snapshot copied a step at a time while random commands go on (`freeze_begin`,
+    /// `freeze_step_by`) is byte for byte the snapshot taken where it began.
+    #[test]
+    fn a_snapshot_copied_while_commands_go_on_equals_the_snapshot_where_it_began(
+        steps in prop::collection::vec(step(), 1..200),
+        cut in any::<prop::sample::Index>(),
+        every in 1usize..6,
+        bytes_per_step in 1usize..9000,
+    ) {
+        let entries = log(&steps);
+        let cut = cut.index(entries.len() + 1);
+        let mut e = Engine::new(config()).unwrap();
+        for (meta, op) in &entries[..cut] {
+            engine_reply(&mut e, meta, op);
+        }
+        let mut at_start = Vec::new();
+        e.freeze().write_to(&mut at_start).unwrap();
+        prop_assert!(e.freeze_begin());
+        let mut frozen = None;
+        for (i, (meta, op)) in entries[cut..].iter().enumerate() {
+            engine_reply(&mut e, meta, op);
+            if frozen.is_none() && i % every == 0 {
+                frozen = e.freeze_step_by(bytes_per_step);
+            }
+        }
+        let frozen = match frozen {
+            Some(f) => f,
+            None => loop {
+                if let Some(f) = e.freeze_step_by(bytes_per_step) {
+                    break f;
+                }
+            },
+        };
+        let mut copied = Vec::new();
+        frozen.write_to(&mut copied).unwrap();
+        prop_assert!(copied == at_start, "the copy differs from the snapshot where it began");
+    }
+}
+
 /// Guards the generator: a sequence set that never reached a code would test nothing about it.
 #[test]
 fn the_random_sequences_reach_every_command_result_code() {

@@ -812,3 +812,107 @@ fn a_freeze_after_an_earlier_copy_was_dropped_holds_the_new_state_only() {
     assert_eq!(restored.transfer(77).unwrap().amount, 9);
     assert_eq!(restored.account(20), l.engine.account(20));
 }
+
+/// A snapshot copied while commands go on (`freeze_begin`, then `freeze_step`) is byte for
+/// byte the snapshot taken at its start: even when, before the copy is done, full commands
+/// wrap the ring over records not yet copied, pending transfers it holds are posted, voided
+/// or expire, and an atomic group fails after inserting into the index.
+#[test]
+fn a_snapshot_copied_while_commands_go_on_is_the_snapshot_at_its_start() {
+    let mut l = Ledger::funded();
+    let pending = |id, amount, timeout_s| TransferSpec {
+        flags: transfer_flags::PENDING,
+        timeout_s,
+        ..transfer(id, 10, 20, amount)
+    };
+    // Three pending transfers (still retained at the start) and a nearly full ring.
+    let r = l.run(&Command::Transfers {
+        flags: 0,
+        transfers: &[pending(1, 10, 0), pending(2, 20, 0), pending(3, 30, 1)],
+    });
+    assert_eq!(r.results, [R::Ok, R::Ok, R::Ok]);
+    for id in 0..90u128 {
+        l.run(&Command::Transfers {
+            flags: 0,
+            transfers: &[transfer(10_000 + id, 1, 20, 1)],
+        });
+    }
+    let mut at_start = Vec::new();
+    l.engine.freeze().write_to(&mut at_start).unwrap();
+    let (position, hash) = (l.engine.position(), l.engine.state_hash());
+
+    assert!(l.engine.freeze_begin());
+    assert!(!l.engine.freeze_begin(), "one copy at a time");
+    assert!(l.engine.freezing());
+    // One record and one index chunk copied: the rest is still to do.
+    assert!(l.engine.freeze_step_by(1).is_none());
+    // Pending transfers change state in place (post, void, expiry by log time).
+    let post = l.run(&Command::PostPending {
+        id: 50,
+        pending_id: 1,
+        amount: None,
+    });
+    assert_eq!(post.result, R::Ok);
+    let void = l.run(&Command::VoidPending {
+        id: 51,
+        pending_id: 2,
+    });
+    assert_eq!(void.result, R::Ok);
+    l.now_ns += 2 * SECOND_NS;
+    // An atomic group whose last member fails: its inserts are undone.
+    let group: Vec<TransferSpec> = (0..5u128)
+        .map(|i| transfer(20_000 + i, 1, 20, 1))
+        .chain(std::iter::once(transfer(20_009, 10, 20, 1 << 40)))
+        .collect();
+    let r = l.run(&Command::Transfers {
+        flags: batch_flags::ATOMIC,
+        transfers: &group,
+    });
+    assert!(r.results.iter().all(|&x| x != R::Ok));
+    // Full commands: each appends the most a command may, over the oldest records (the
+    // ring has 100 + 256 slots), before most of them were copied.
+    for round in 0..4u128 {
+        let full: Vec<TransferSpec> = (0..engine::TRANSFERS_PER_COMMAND_MAX as u128)
+            .map(|i| transfer(100_000 + round * 1000 + i, 1, 20, 1))
+            .collect();
+        let r = l.run(&Command::Transfers {
+            flags: 0,
+            transfers: &full,
+        });
+        assert!(r.results.iter().all(|&x| x == R::Ok));
+    }
+    assert!(l.engine.transfer(10_000).is_none(), "evicted by now");
+    let frozen = loop {
+        if let Some(f) = l.engine.freeze_step_by(4096) {
+            break f;
+        }
+    };
+    assert!(!l.engine.freezing());
+    assert_eq!((frozen.position(), frozen.state_hash()), (position, hash));
+    let mut copied = Vec::new();
+    frozen.write_to(&mut copied).unwrap();
+    assert!(
+        copied == at_start,
+        "the copy differs from the snapshot at its start"
+    );
+
+    // The live engine went on; the copy restores to the state at its start.
+    let restored = Engine::restore(*l.engine.config(), &copied[..]).unwrap();
+    assert_eq!(restored.position(), position);
+    assert_eq!(restored.state_hash(), hash);
+    assert!(restored.transfer(10_000).is_some());
+    drop(frozen);
+    // The next copy, begun and finished between commands, is the live state.
+    assert!(l.engine.freeze_begin());
+    let frozen = loop {
+        if let Some(f) = l.engine.freeze_step() {
+            break f;
+        }
+    };
+    assert_eq!(frozen.state_hash(), l.engine.state_hash());
+    let mut now = Vec::new();
+    frozen.write_to(&mut now).unwrap();
+    let mut eager = Vec::new();
+    l.engine.freeze().write_to(&mut eager).unwrap();
+    assert!(now == eager);
+}

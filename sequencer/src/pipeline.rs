@@ -20,9 +20,12 @@
 //! - **engine** (pinnable, idle strategy): applies batches in log order, reading commands in
 //!   place from the sealed batch buffers, and pushes each reply with its position into the
 //!   reply ring. It may run ahead of durability.
-//! - **snapshot writer**: every `snapshot_interval_commands` the engine freezes its state (a
-//!   few memcpys); this thread waits until that position is durable, then writes the snapshot
-//!   atomically, so the engine never waits for the disk.
+//! - **snapshot writer**: every `snapshot_interval_commands` the engine begins a copy of its
+//!   state (`Engine::freeze_begin`: the small tables now, the retention ring and index a
+//!   step of about 50 µs after each batch, copy-on-write keeping the copy at the starting
+//!   position); once complete, this thread waits until that position is durable, then
+//!   writes the snapshot atomically, so the engine never waits for the disk and is never held
+//!   for a whole copy.
 //!
 //! Egress: [`Replies::poll`] hands out a reply only once its position is durable — the
 //! durability rule of DESIGN §5: nothing is acknowledged before it is on disk.
@@ -1392,10 +1395,24 @@ fn engine_loop(
                 if shared.failed.load(Ordering::Acquire) {
                     return;
                 }
+                // Nothing to apply: a snapshot being copied goes on at full speed.
+                if engine.freezing() {
+                    snapshot_step(&mut engine, &to_snapshot);
+                    continue;
+                }
                 idle.idle(answered);
                 continue;
             }
-            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Disconnected) => {
+                // Stopping: a snapshot begun is finished and handed over, as it would have
+                // been had the copy been taken all at once.
+                while engine.freezing() {
+                    if let Some(frozen) = engine.freeze_step() {
+                        let _ = to_snapshot.send(frozen);
+                    }
+                }
+                return;
+            }
         };
         for entry in batch.entries() {
             let meta = entry_meta(&entry);
@@ -1429,12 +1446,28 @@ fn engine_loop(
         // Replies are waiting (they leave once durable) and the batch buffer can be reused.
         shared.wake_sequencer();
         shared.wake_egress();
-        if snapshot_interval > 0 && engine.position() - last_snapshot >= snapshot_interval {
-            // A full channel means the previous snapshot is still being written: skip.
-            if to_snapshot.try_send(engine.freeze()).is_ok() {
-                last_snapshot = engine.position();
-            }
+        if snapshot_interval > 0
+            && !engine.freezing()
+            && engine.position() - last_snapshot >= snapshot_interval
+        {
+            // The snapshot is copied a step per batch from here on (see `snapshot_step`):
+            // only the small tables are copied now.
+            engine.freeze_begin();
+            last_snapshot = engine.position();
         }
+        if engine.freezing() {
+            snapshot_step(&mut engine, &to_snapshot);
+        }
+    }
+}
+
+/// Copies the next step of the snapshot in progress (about 50 µs of copying: see
+/// `Engine::freeze_step`), and hands the snapshot to the writer once it is complete. A
+/// writer still busy with the previous snapshot (the channel full) means this one is
+/// dropped: the next comes an interval later.
+fn snapshot_step(engine: &mut Engine, to_snapshot: &SyncSender<engine::snapshot::Frozen>) {
+    if let Some(frozen) = engine.freeze_step() {
+        let _ = to_snapshot.try_send(frozen);
     }
 }
 

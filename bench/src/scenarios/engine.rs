@@ -20,7 +20,10 @@
 //! one, through `sequencer::snapshots::Writeback` (a 1 MiB buffer, writeback started every
 //! 16 MiB; `snapshot_write_no_fsync_ms` up to the last `write`, `snapshot_write_ms` including
 //! `fsync`); then `Engine::restore` streaming from that file (in the page cache) into a new
-//! engine, checked to have the same position and state hash (`snapshot_restore_ms`).
+//! engine, checked to have the same position and state hash (`snapshot_restore_ms`). Last,
+//! the snapshot a node takes, copied while commands go on (`snapshot_begin_ms`, the only
+//! hold, and `snapshot_step_max_us`, `snapshot_steps`, `snapshot_copy_ms`: see
+//! `incremental_snapshot`).
 //! `throughput_per_cpu_s` divides by this thread's CPU time, `load_average_1m` is sampled
 //! before and after the timed run: the machine is shared, read the wall figure with both.
 //! `pass_throughput_per_s` gives the spread of the timed passes over the pool (min, median,
@@ -364,6 +367,55 @@ fn spread(rates: &[f64]) -> serde_json::Value {
     })
 }
 
+/// What [`incremental_snapshot`] measured.
+struct Incremental {
+    begin_s: f64,
+    step_max_s: f64,
+    steps: u64,
+    copy_s: f64,
+}
+
+/// A node's periodic snapshot: `freeze_begin` between commands (the engine held for the small
+/// tables only: `snapshot_begin_ms`), then one `freeze_step` after each command of the pool
+/// (fresh ids) until the copy is complete (`snapshot_steps`, the longest `snapshot_step_max_us`,
+/// all of them together `snapshot_copy_ms`); the copy must be the state where it began.
+fn incremental_snapshot(
+    e: &mut Engine,
+    pool: &mut Encoded,
+    clock: &mut Clock,
+    reply: &mut [u8],
+    round: &mut u64,
+) -> Result<Incremental, String> {
+    *round += 1;
+    set_round(pool, *round);
+    let t0 = Instant::now();
+    e.freeze_begin();
+    let begin_s = t0.elapsed().as_secs_f64();
+    let (position, hash) = (e.position(), e.state_hash());
+    let (mut steps, mut step_max_s, mut copy_s) = (0u64, 0f64, 0f64);
+    let mut commands = pool.ranges.iter().cycle();
+    let frozen = loop {
+        let &(start, end) = commands.next().ok_or("empty pool")?;
+        e.apply(&clock.next(), &pool.bytes[start..end], reply);
+        let t = Instant::now();
+        let done = e.freeze_step();
+        let step_s = t.elapsed().as_secs_f64();
+        (steps, step_max_s, copy_s) = (steps + 1, step_max_s.max(step_s), copy_s + step_s);
+        if let Some(frozen) = done {
+            break frozen;
+        }
+    };
+    if (frozen.position(), frozen.state_hash()) != (position, hash) {
+        return Err("the incremental snapshot is not the state where it began".into());
+    }
+    Ok(Incremental {
+        begin_s,
+        step_max_s,
+        steps,
+        copy_s,
+    })
+}
+
 /// The 1-minute load average (`/proc/loadavg`), to judge how contended the machine was.
 fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
@@ -445,6 +497,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     if restored.state_hash() != e.state_hash() || restored.position() != e.position() {
         return Err("restored engine differs from the original".into());
     }
+    drop(restored);
+    let incremental = incremental_snapshot(&mut e, &mut pool, &mut clock, &mut reply, &mut round)?;
 
     let v = json!({
         "scenario": "engine",
@@ -473,6 +527,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "snapshot_bytes": written,
         "snapshot_freeze_ms": freeze_s * 1e3,
         "snapshot_refreeze_ms": refreeze_s * 1e3,
+        "snapshot_begin_ms": incremental.begin_s * 1e3,
+        "snapshot_step_max_us": incremental.step_max_s * 1e6,
+        "snapshot_steps": incremental.steps,
+        "snapshot_copy_ms": incremental.copy_s * 1e3,
         "snapshot_write_ms": write_s * 1e3,
         "snapshot_write_no_fsync_ms": write_no_fsync_s * 1e3,
         "snapshot_restore_ms": restore_s * 1e3,
