@@ -676,12 +676,7 @@ impl Engine {
     /// (the price: that copy's memory stays with the engine between snapshots).
     /// [`Engine::freeze_into`] reuses a `Frozen` the caller keeps instead.
     pub fn freeze(&self) -> Frozen {
-        let parts = self
-            .frozen_spare
-            .lock()
-            .ok()
-            .and_then(|mut slot| slot.take())
-            .unwrap_or_default();
+        let parts = self.take_spare();
         let mut frozen = Frozen {
             parts,
             spare: Some(std::sync::Arc::clone(&self.frozen_spare)),
@@ -694,10 +689,7 @@ impl Engine {
     /// large enough): the only part of a snapshot that holds the engine.
     pub fn freeze_into(&self, frozen: &mut Frozen) {
         let p = &mut frozen.parts;
-        p.position = self.position;
-        p.now_ns = self.now_ns;
-        p.hash = self.hash;
-        p.ring_head_seq = self.ring.head_seq;
+        self.copy_small_tables(p);
         let (a, b) = self.ring.live_records();
         reserve_huge(&mut p.retained, a.len() + b.len());
         p.retained.clear();
@@ -707,6 +699,24 @@ impl Engine {
         reserve_huge(&mut p.index, index.len());
         p.index.clear();
         p.index.extend_from_slice(index);
+    }
+
+    /// The buffers of the last dropped [`Frozen`], or empty ones.
+    fn take_spare(&self) -> Parts {
+        self.frozen_spare
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take())
+            .unwrap_or_default()
+    }
+
+    /// Copies the header fields and the small tables (accounts, pending transfers, sessions)
+    /// into `p`, reusing its buffers.
+    fn copy_small_tables(&self, p: &mut Parts) {
+        p.position = self.position;
+        p.now_ns = self.now_ns;
+        p.hash = self.hash;
+        p.ring_head_seq = self.ring.head_seq;
         reserve_huge(&mut p.accounts, self.accounts.len());
         p.accounts.clear();
         p.accounts.extend(self.accounts());
@@ -731,23 +741,8 @@ impl Engine {
         if self.freezing.is_some() {
             return false;
         }
-        let mut parts = self
-            .frozen_spare
-            .lock()
-            .ok()
-            .and_then(|mut slot| slot.take())
-            .unwrap_or_default();
-        parts.position = self.position;
-        parts.now_ns = self.now_ns;
-        parts.hash = self.hash;
-        parts.ring_head_seq = self.ring.head_seq;
-        reserve_huge(&mut parts.accounts, self.accounts.len());
-        parts.accounts.clear();
-        parts.accounts.extend(self.accounts());
-        parts.pending.clear();
-        parts.pending.extend(self.pending_for_snapshot());
-        parts.sessions.clear();
-        parts.sessions.extend_from_slice(&self.sessions);
+        let mut parts = self.take_spare();
+        self.copy_small_tables(&mut parts);
         self.ring.copy_begin(std::mem::take(&mut parts.retained));
         self.ring.index.copy_begin(std::mem::take(&mut parts.index));
         self.freezing = Some(Box::new(parts));

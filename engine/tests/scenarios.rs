@@ -138,6 +138,16 @@ fn transfer(id: u128, debit: u64, credit: u64, amount: u64) -> TransferSpec {
     }
 }
 
+/// A pending transfer of `amount` from account 10 to 20 (`Ledger::funded`), timing out after
+/// `timeout_s` seconds (0: never).
+fn pending(id: u128, amount: u64, timeout_s: u32) -> TransferSpec {
+    TransferSpec {
+        flags: transfer_flags::PENDING,
+        timeout_s,
+        ..transfer(id, 10, 20, amount)
+    }
+}
+
 fn snake(name: &str) -> String {
     let mut out = String::new();
     for (i, c) in name.chars().enumerate() {
@@ -283,11 +293,6 @@ fn a_retried_session_command_answers_the_original_result_and_changes_nothing() {
 #[test]
 fn pending_transfers_post_partially_void_and_expire_in_deadline_order() {
     let mut l = Ledger::funded();
-    let pending = |id, amount, timeout_s| TransferSpec {
-        flags: transfer_flags::PENDING,
-        timeout_s,
-        ..transfer(id, 10, 20, amount)
-    };
     let r = l.run(&Command::Transfers {
         flags: 0,
         transfers: &[pending(1, 10, 0), pending(2, 20, 2), pending(3, 30, 1)],
@@ -820,11 +825,6 @@ fn a_freeze_after_an_earlier_copy_was_dropped_holds_the_new_state_only() {
 #[test]
 fn a_snapshot_copied_while_commands_go_on_is_the_snapshot_at_its_start() {
     let mut l = Ledger::funded();
-    let pending = |id, amount, timeout_s| TransferSpec {
-        flags: transfer_flags::PENDING,
-        timeout_s,
-        ..transfer(id, 10, 20, amount)
-    };
     // Three pending transfers (still retained at the start) and a nearly full ring.
     let r = l.run(&Command::Transfers {
         flags: 0,
