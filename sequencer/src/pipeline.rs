@@ -1405,11 +1405,10 @@ fn engine_loop(
             }
             Err(TryRecvError::Disconnected) => {
                 // Stopping: a snapshot begun is finished and handed over, as it would have
-                // been had the copy been taken all at once.
+                // been had the copy been taken all at once (never waiting for the writer: if
+                // it is still busy, this one is dropped, as in `snapshot_step`).
                 while engine.freezing() {
-                    if let Some(frozen) = engine.freeze_step() {
-                        let _ = to_snapshot.send(frozen);
-                    }
+                    snapshot_step(&mut engine, &to_snapshot);
                 }
                 return;
             }
