@@ -34,6 +34,10 @@ const USAGE_HEAD: &str = "usage: bench e2e [--clients N] [--rate N] [--duration-
   --data DIR        folder for the node's data (default ./target/bench-e2e)
   --journal-thread  the node uses a journal writer thread (default: its sequencer thread
                     writes and syncs the journal, `journal_on_sequencer`)
+  --snapshot-interval N
+                    the node snapshots every N commands (default 0: never, so that snapshot
+                    I/O stays out of the latency figures; peak_rss_bytes then has no snapshot
+                    copy in it)
   --no-disk-model   open loop: skip the disk model (by default, after the run, the disk is
                     timed for as long again and an ideal group commit of the same requests is
                     modelled on it: `disk_model_p99_us`, `disk_model_p999_us`, ...)
@@ -57,6 +61,7 @@ struct Args {
     json: bool,
     journal_thread: bool,
     disk_model: bool,
+    snapshot_interval: u64,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -73,6 +78,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         json: false,
         journal_thread: false,
         disk_model: true,
+        snapshot_interval: 0,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -102,6 +108,9 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--json" => a.json = true,
             "--journal-thread" => a.journal_thread = true,
             "--no-disk-model" => a.disk_model = false,
+            "--snapshot-interval" => {
+                a.snapshot_interval = number("--snapshot-interval", value("--snapshot-interval")?)?
+            }
             "--help" | "-h" => return Err(usage()),
             other => return Err(format!("unknown option '{other}'\n\n{}", usage())),
         }
@@ -136,19 +145,25 @@ pub fn run_node(args: &[String]) -> Result<(), String> {
     let mut config = sequencer::node::NodeConfig::new(dir);
     let mut idle = report::IdleFlags::default();
     let mut it = args[1..].iter();
+    config.pipeline.snapshot_interval_commands = 0;
     while let Some(flag) = it.next() {
         if flag == "--journal-thread" {
             config.pipeline.journal_on_sequencer = false;
             continue;
         }
         let value = it.next().cloned().ok_or(format!("{flag} needs a value"));
+        if flag == "--snapshot-interval" {
+            config.pipeline.snapshot_interval_commands = value?
+                .parse()
+                .map_err(|_| "--snapshot-interval: not a number")?;
+            continue;
+        }
         if !idle.take(flag, || value)? {
             return Err(format!("e2e-node: unknown option '{flag}'"));
         }
     }
     config.pipeline.idle = idle.kind()?;
     config.listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
-    config.pipeline.snapshot_interval_commands = 0;
     config.pipeline.batches_in_flight_max = 16;
     let (node, _) = sequencer::node::Node::start(config)?;
     println!("{}", node.local_addr());
@@ -163,6 +178,7 @@ pub fn run_node(args: &[String]) -> Result<(), String> {
             "journal_sync_p99_bucket_us": status.journal_sync_p99_us,
             "journal_sync_max_us": status.journal_sync_max_us,
             "segments_prepared_inline": status.segments_prepared_inline,
+            "snapshots": status.snapshots,
             "commands_per_batch": if status.batches > 0 { (status.sequenced_position as f64 / status.batches as f64).round() } else { 0.0 },
         })
     );
@@ -217,6 +233,10 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
         .args(["e2e-node", &dir.join("node").display().to_string()])
         .args(a.idle.args())
         .args(a.journal_thread.then_some("--journal-thread"))
+        .args([
+            "--snapshot-interval".to_string(),
+            a.snapshot_interval.to_string(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -323,6 +343,9 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
     if !a.disk_model {
         command.push_str(" --no-disk-model");
     }
+    if a.snapshot_interval > 0 {
+        command.push_str(&format!(" --snapshot-interval {}", a.snapshot_interval));
+    }
     let mut v = json!({
         "scenario": "e2e",
         "mode": if a.rate.is_some() { "open_loop" } else { "closed_loop" },
@@ -343,6 +366,8 @@ fn measure(a: &Args, dir: &std::path::Path) -> Result<serde_json::Value, String>
         "commands_per_batch": node_status["commands_per_batch"],
         "machine": report::machine(),
         "journal_on_sequencer": !a.journal_thread,
+        "snapshot_interval_commands": a.snapshot_interval,
+        "node_snapshots": node_status["snapshots"],
         "command": command,
     });
     report::merge(&mut v, &probe);
