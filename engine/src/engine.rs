@@ -330,12 +330,14 @@ pub(crate) struct Ring {
 /// `capacity` sequences older (the oldest, evicted), and changed in place when a pending
 /// transfer is posted, voided or expires. So the copy stays ahead of the first
 /// ([`Ring::copy_ahead`] before every command), and keeps the value, as it was at the start,
-/// of any record changed before it was copied (`originals`).
+/// of any record changed before it was copied (`originals`, put back when drained).
 #[derive(Clone)]
 struct RingCopy {
-    /// The records copied so far, oldest first (the first is sequence `start`).
+    /// Records copied and not yet drained (the first is sequence `start + drained`).
     records: Vec<Retained>,
     start: u64,
+    /// Records drained so far.
+    drained: u64,
     /// Next sequence to copy.
     next: u64,
     /// First sequence not in the copy.
@@ -442,17 +444,21 @@ impl Ring {
         Some(&mut self.records[slot])
     }
 
-    /// Begins a copy of the live records ([`RingCopy`]) into `into` (its buffer reused).
-    pub(crate) fn copy_begin(&mut self, mut into: Vec<Retained>) {
-        crate::snapshot::reserve_huge(&mut into, self.len() as usize);
-        into.clear();
+    /// Begins a copy of the live records ([`RingCopy`]).
+    pub(crate) fn copy_begin(&mut self) {
         self.copy = Some(Box::new(RingCopy {
-            records: into,
+            records: Vec::new(),
             start: self.head_seq,
+            drained: 0,
             next: self.head_seq,
             end: self.next_seq,
             originals: Vec::new(),
         }));
+    }
+
+    /// Records in the copy in progress (or 0).
+    pub(crate) fn copy_len(&self) -> u64 {
+        self.copy.as_deref().map_or(0, |c| c.end - c.start)
     }
 
     /// Copies the records of the copy in progress up to (not including) sequence `upto`.
@@ -488,21 +494,39 @@ impl Ring {
         self.copy.is_some()
     }
 
-    /// Copies up to `records` more records of the copy in progress; returns the copy (with
-    /// the records changed since it began put back as they were) once it is complete.
-    pub(crate) fn copy_step(&mut self, records: u64) -> Option<Vec<Retained>> {
-        let next = self.copy.as_deref()?.next;
+    /// Copies up to `records` more records of the copy in progress; returns whether all
+    /// have been copied (the copy then ends once drained).
+    pub(crate) fn copy_step(&mut self, records: u64) -> bool {
+        let Some(next) = self.copy.as_deref().map(|c| c.next) else {
+            return true;
+        };
         self.copy_upto(next.saturating_add(records));
-        let copy = self.copy.as_deref()?;
-        if copy.next < copy.end {
-            return None;
-        }
-        let mut copy = self.copy.take()?;
+        self.copy.as_deref().is_none_or(|c| c.next == c.end)
+    }
+
+    /// Takes the records copied since the last drain, as `(offset from the first record,
+    /// records)`, with those changed since the copy began put back as they were; ends the
+    /// copy once it is complete.
+    pub(crate) fn copy_drain(&mut self) -> Option<(u64, Vec<Retained>)> {
+        let copy = self.copy.as_deref_mut()?;
+        let offset = copy.drained;
+        let mut records = std::mem::take(&mut copy.records);
+        let (from, to) = (
+            copy.start + offset,
+            copy.start + offset + records.len() as u64,
+        );
         // Newest first, so that a record changed twice ends as it was at the start.
-        for (seq, original) in std::mem::take(&mut copy.originals).into_iter().rev() {
-            copy.records[(seq - copy.start) as usize] = original;
+        for &(seq, original) in copy.originals.iter().rev() {
+            if (from..to).contains(&seq) {
+                records[(seq - from) as usize] = original;
+            }
         }
-        Some(copy.records)
+        copy.originals.retain(|&(seq, _)| seq >= to);
+        copy.drained += records.len() as u64;
+        if copy.next == copy.end {
+            self.copy = None;
+        }
+        Some((offset, records))
     }
 
     fn push(&mut self, record: Retained) -> u64 {
@@ -953,7 +977,7 @@ pub struct Engine {
     pub(crate) frozen_spare: crate::snapshot::Spare,
     /// A snapshot being copied while commands go on ([`Engine::freeze_begin`]): its header
     /// and small tables, taken at the start; the ring and its index are copied by the ring.
-    pub(crate) freezing: Option<Box<crate::snapshot::Parts>>,
+    pub(crate) freezing: Option<Box<crate::snapshot::Freezing>>,
 }
 
 impl std::fmt::Debug for Engine {

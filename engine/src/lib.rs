@@ -90,19 +90,22 @@
 //! it copies the header and the small tables (accounts, pending transfers, sessions: about
 //! 12 ms with a million accounts on this machine, 0.1 ms with ten thousand) and sets up a
 //! copy of the retention ring and its index, which are most of a large state (850 MB with ten
-//! million retained transfers). Those are then copied a step at a time,
-//! [`Engine::freeze_step`] (256 KiB of each, ~50 µs) after each batch of commands, while
-//! commands go on: before each command the ring's oldest records that it could overwrite are
-//! copied first, an index chunk (4 KiB) is copied just before its first write, and a retained
-//! record changed in place (a pending transfer posted, voided or expired) keeps its value
-//! from the start. The finished [`snapshot::Frozen`] is exactly the state where the copy
-//! began (tests compare it byte for byte with [`Engine::freeze`] taken there) and goes to
-//! another thread that checksums and writes it with [`snapshot::Frozen::write_to`]. Why not
-//! freeze all at once: at ten million retained transfers that holds the engine ~100 ms (over
-//! a second the first time, when the copy's pages are fresh), a pause every snapshot
-//! interval; why not `fork` or page protection: both need `unsafe` process tricks and cost a
-//! page fault per first write, while the write barriers here are one branch on paths that
-//! already write the line. [`Engine::freeze`] (all at once, `&self`) remains for tests and
+//! million retained transfers). Those are then copied a step at a time (256 KiB of each,
+//! ~50 µs) after each batch of commands, while commands go on: before each command the
+//! ring's oldest records that it could overwrite are copied first, an index bucket's words are
+//! saved just before its first write (and put back when its chunk is copied), and a retained
+//! record changed in place (a pending transfer posted, voided or expired) keeps its value from
+//! the start. The node streams the copy ([`Engine::freeze_pieces`]) to a writer thread, whose
+//! [`snapshot::SnapshotWriter`] writes each piece at its place in the file as it comes, so the
+//! copy is never held whole (tens of megabytes in flight, not a second copy of the state);
+//! [`Engine::freeze_step`] collects it into a [`snapshot::Frozen`] in memory instead. Either
+//! way the snapshot is exactly the state where the copy began (tests compare both with
+//! [`Engine::freeze`] taken there, byte for byte). Why not freeze all at once: at ten million
+//! retained transfers that holds the engine ~100 ms (over a second the first time, when the
+//! copy's pages are fresh) and doubles the node's memory; why not `fork` or page protection:
+//! both need `unsafe` process tricks and cost a page fault per first write, while the write
+//! barriers here are one branch on paths that already write the line. [`Engine::freeze`]
+//! (all at once, `&self`) remains for tests and
 //! tools. [`Engine::snapshot`] writes straight from the live
 //! tables instead (no copy, but it holds the engine for the write). [`Engine::restore`]
 //! streams the file a chunk at a time straight into the tables (retained transfers are read

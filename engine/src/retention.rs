@@ -72,32 +72,41 @@ pub(crate) struct RetentionIndex {
 }
 
 /// Words per chunk of an [`IndexCopy`] (4 KiB: 64 buckets).
-const COPY_CHUNK_WORDS: usize = 1024;
+pub(crate) const COPY_CHUNK_WORDS: usize = 1024;
 
-/// A copy of the bucket words as they were when it began, taken a chunk at a time while the
-/// table keeps changing: chunks are copied in order by [`RetentionIndex::copy_step`], and a
-/// chunk about to be written first is copied at that moment (copy on write), so the copy
-/// never sees a write made after it began.
+/// A copy of the bucket words as they were when it began, taken a chunk at a time in order
+/// ([`RetentionIndex::copy_step`]) while the table keeps changing. A bucket about to be
+/// written before its chunk was copied has its words saved first (once); the chunk, when
+/// copied, gets them back, so the copy never sees a write made after it began. Saving a
+/// bucket (64 bytes) rather than its chunk keeps what a burst of writes costs in memory to the
+/// lines they touch. Copied chunks wait in `out` until drained.
 #[derive(Clone)]
 struct IndexCopy {
-    /// The copy (the bucket words' length).
-    words: Vec<u32>,
-    /// Chunks below this were copied in order.
+    /// Chunks copied and not yet drained: (chunk number, its words).
+    out: Vec<(usize, Vec<u32>)>,
+    /// Chunks below this were copied.
     next_chunk: usize,
-    /// Chunks copied ahead of `next_chunk` because they were about to be written, one bit each.
-    early: Vec<u64>,
     chunks: usize,
+    /// One bit per bucket: its words as they were at the start are in `saved`.
+    saved_bits: Vec<u64>,
+    saved: std::collections::HashMap<usize, [u32; WORDS]>,
 }
 
 impl IndexCopy {
-    fn copied(&self, chunk: usize) -> bool {
-        chunk < self.next_chunk || self.early[chunk / 64] & (1 << (chunk % 64)) != 0
-    }
-
+    /// Copies chunk `chunk` of `from`, with the buckets saved before their writes put back.
     fn take(&mut self, chunk: usize, from: &[u32]) {
         let start = chunk * COPY_CHUNK_WORDS;
         let end = (start + COPY_CHUNK_WORDS).min(from.len());
-        self.words[start..end].copy_from_slice(&from[start..end]);
+        let mut words = from[start..end].to_vec();
+        for bucket in start / WORDS..end / WORDS {
+            if self.saved_bits[bucket / 64] & (1 << (bucket % 64)) != 0 {
+                if let Some(original) = self.saved.remove(&bucket) {
+                    let at = bucket * WORDS - start;
+                    words[at..at + WORDS].copy_from_slice(&original);
+                }
+            }
+        }
+        self.out.push((chunk, words));
     }
 }
 
@@ -381,54 +390,64 @@ impl RetentionIndex {
     }
 
     /// Keeps a copy being taken ([`IndexCopy`]) from seeing the write about to be made to
-    /// the bucket holding word `at` (an index into `words`; buckets never straddle chunks).
+    /// the bucket starting at word `at` (an index into `words`).
     #[inline(always)]
     fn before_write(&mut self, at: usize) {
         if let Some(copy) = self.copy.as_deref_mut() {
-            let chunk = (at - self.first) / COPY_CHUNK_WORDS;
-            if !copy.copied(chunk) {
-                let from = &self.words[self.first..self.first + self.buckets as usize * WORDS];
-                copy.take(chunk, from);
-                copy.early[chunk / 64] |= 1 << (chunk % 64);
+            let bucket = (at - self.first) / WORDS;
+            if bucket * WORDS / COPY_CHUNK_WORDS >= copy.next_chunk
+                && copy.saved_bits[bucket / 64] & (1 << (bucket % 64)) == 0
+            {
+                let start = self.first + bucket * WORDS;
+                let words: [u32; WORDS] = self.words[start..start + WORDS]
+                    .try_into()
+                    .expect("one bucket");
+                copy.saved.insert(bucket, words);
+                copy.saved_bits[bucket / 64] |= 1 << (bucket % 64);
             }
         }
     }
 
-    /// Begins a copy of the bucket words as they are now, into `into` (reused if it has the
-    /// right length, else replaced; its contents are overwritten), to be completed by
-    /// [`RetentionIndex::copy_step`] while the table keeps changing.
-    pub(crate) fn copy_begin(&mut self, mut into: Vec<u32>) {
+    /// Begins a copy of the bucket words as they are now, to be taken by
+    /// [`RetentionIndex::copy_step`] and [`RetentionIndex::copy_drain`] while the table keeps
+    /// changing.
+    pub(crate) fn copy_begin(&mut self) {
         let len = self.buckets as usize * WORDS;
-        if into.len() != len {
-            into = vec![0; len];
-            crate::prefetch::advise_huge_pages(&into);
-        }
-        let chunks = len.div_ceil(COPY_CHUNK_WORDS);
         self.copy = Some(Box::new(IndexCopy {
-            words: into,
+            out: Vec::new(),
             next_chunk: 0,
-            early: vec![0; chunks.div_ceil(64)],
-            chunks,
+            chunks: len.div_ceil(COPY_CHUNK_WORDS),
+            saved_bits: vec![0; (self.buckets as usize).div_ceil(64)],
+            saved: std::collections::HashMap::new(),
         }));
     }
 
-    /// Copies up to `chunks` more chunks (4 KiB each) of the copy begun by
-    /// [`RetentionIndex::copy_begin`]; returns the copy once it is complete.
-    pub(crate) fn copy_step(&mut self, chunks: usize) -> Option<Vec<u32>> {
-        let copy = self.copy.as_deref_mut()?;
+    /// Copies up to `chunks` more chunks (4 KiB each) of the copy in progress; returns
+    /// whether every chunk has been copied (the copy then ends once drained).
+    pub(crate) fn copy_step(&mut self, chunks: usize) -> bool {
+        let Some(copy) = self.copy.as_deref_mut() else {
+            return true;
+        };
         let from = &self.words[self.first..self.first + self.buckets as usize * WORDS];
         let end = copy.next_chunk.saturating_add(chunks).min(copy.chunks);
         while copy.next_chunk < end {
             let chunk = copy.next_chunk;
-            if !copy.copied(chunk) {
-                copy.take(chunk, from);
-            }
+            copy.take(chunk, from);
             copy.next_chunk += 1;
         }
-        if copy.next_chunk < copy.chunks {
-            return None;
+        copy.next_chunk == copy.chunks
+    }
+
+    /// Takes the chunks copied since the last drain; ends the copy if it is complete.
+    pub(crate) fn copy_drain(&mut self) -> Vec<(usize, Vec<u32>)> {
+        let Some(copy) = self.copy.as_deref_mut() else {
+            return Vec::new();
+        };
+        let out = std::mem::take(&mut copy.out);
+        if copy.next_chunk == copy.chunks {
+            self.copy = None;
         }
-        self.copy.take().map(|c| c.words)
+        out
     }
 
     /// Whether a copy is being taken.

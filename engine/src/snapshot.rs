@@ -35,20 +35,20 @@
 //! from them. `Retained` is `align(64)` (one record per cache line); the file layout is
 //! unchanged.
 //!
-//! # Threads: copy while commands go on, then write elsewhere
+//! # Threads: copy while commands go on, write elsewhere
 //! Encoding and writing a snapshot takes time proportional to the state (hundreds of
-//! megabytes with a full retention table), so the engine thread only copies it, into a
-//! [`Frozen`] that another thread writes ([`Frozen::write_to`]: temp file, fsync, rename, the
-//! node's job) while the engine goes on. The copy itself is spread over time:
-//! [`Engine::freeze_begin`] copies the small tables and [`Engine::freeze_step`] the retention
-//! ring and index a step at a time, with copy-on-write keeping the result at the starting
-//! position (see the crate docs for the rules and why). The price is a second copy of the
-//! state in memory (kept and reused between snapshots, so the pages are mapped once).
-//! [`Engine::freeze`] copies everything at once (`&self`), [`Engine::snapshot`] encodes
-//! straight from the live tables for callers that can afford to hold the engine; an
-//! incremental format (accounts dirtied since the last snapshot, plus the ring's new tail)
-//! is the natural next step for learners (DESIGN §8), and the format version leaves room for
-//! it.
+//! megabytes with a full retention table), so the engine thread only copies it, a step at a
+//! time after [`Engine::freeze_begin`] (see the crate docs for the rules that keep the copy at
+//! its starting position), and another thread writes it. A node streams it:
+//! [`Engine::freeze_pieces`] hands out [`Piece`]s as they are copied and a [`SnapshotWriter`]
+//! writes each at its offset (the header's counts fix every section's place), keeping the
+//! CRC32C of each part and combining them in file order for the trailer, so the file is
+//! byte for byte what [`Frozen::write_to`] writes and the copy is never held whole.
+//! [`Engine::freeze_step`] collects the copy into a [`Frozen`] instead (tests, tools, the
+//! bench), [`Engine::freeze`] copies everything at once (`&self`), and [`Engine::snapshot`]
+//! encodes straight from the live tables for callers that can afford to hold the engine. An
+//! incremental format (accounts dirtied since the last snapshot, plus the ring's new tail) is
+//! the natural next step for learners (DESIGN §8), and the format version leaves room for it.
 
 use std::io::{Read, Write};
 
@@ -268,6 +268,231 @@ impl Frozen {
     }
 }
 
+/// A snapshot being copied while commands go on: its header and small tables until they are
+/// handed out (streaming) or until the copy is complete (in memory), and its counts.
+#[derive(Debug)]
+pub(crate) struct Freezing {
+    parts: Option<Box<Parts>>,
+    counts: Counts,
+}
+
+/// One part of a snapshot streamed by [`Engine::freeze_pieces`], for a [`SnapshotWriter`].
+pub struct Piece(PieceKind);
+
+enum PieceKind {
+    Start(Box<Parts>, Counts),
+    Retained { offset: u64, records: Vec<Retained> },
+    Index { chunk: usize, words: Vec<u32> },
+    End,
+}
+
+impl Piece {
+    /// Bytes of memory the piece holds (for bounding what is in flight).
+    pub fn bytes(&self) -> usize {
+        match &self.0 {
+            PieceKind::Start(p, _) => {
+                p.accounts.len() * std::mem::size_of::<Account>()
+                    + p.pending.len() * std::mem::size_of::<PendingPart>()
+                    + p.sessions.len() * std::mem::size_of::<Session>()
+            }
+            PieceKind::Retained { records, .. } => records.len() * RETAINED_SIZE,
+            PieceKind::Index { words, .. } => words.len() * 4,
+            PieceKind::End => 0,
+        }
+    }
+
+    /// The position of the snapshot, on its first piece.
+    pub fn start_position(&self) -> Option<u64> {
+        match &self.0 {
+            PieceKind::Start(p, _) => Some(p.position),
+            _ => None,
+        }
+    }
+
+    /// Whether this is the last piece of a snapshot.
+    pub fn is_end(&self) -> bool {
+        matches!(self.0, PieceKind::End)
+    }
+}
+
+/// Writes into a file at a position that advances (positioned writes, so that several
+/// sections can be written out of order).
+struct At<'f> {
+    file: &'f std::fs::File,
+    at: u64,
+}
+
+impl Write for At<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(buf, self.at)?;
+        self.at += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes a snapshot streamed by [`Engine::freeze_pieces`] into a file as its pieces arrive:
+/// each section at its place (the counts in the first piece fix every offset), the CRC32C of
+/// each part kept and combined in file order at the end, so nothing is read back. The file
+/// is byte for byte what [`Frozen::write_to`] would write for the same snapshot.
+pub struct SnapshotWriter {
+    file: std::fs::File,
+    position: u64,
+    layout: (u64, u64, u64, u64),
+    head: (u32, u64),
+    tail: (u32, u64),
+    retained: (u32, u64),
+    retained_records: u64,
+    counts: Counts,
+    index: Vec<Option<(u32, u64)>>,
+}
+
+impl SnapshotWriter {
+    /// Writes the first piece (header, accounts, pending transfers, sessions) into `file`.
+    ///
+    /// # Errors
+    /// I/O errors; `InvalidInput` if `first` is not a snapshot's first piece.
+    pub fn start(file: std::fs::File, first: Piece) -> std::io::Result<SnapshotWriter> {
+        let PieceKind::Start(parts, counts) = first.0 else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a snapshot stream starts with its header piece",
+            ));
+        };
+        let layout = counts.layout();
+        let h = Header {
+            position: parts.position,
+            now_ns: parts.now_ns,
+            hash: parts.hash,
+            ring_head_seq: parts.ring_head_seq,
+        };
+        let mut e = encoder(At { file: &file, at: 0 });
+        put_head(&mut e, &h, counts, parts.accounts.iter().copied())?;
+        e.flush()?;
+        let head = (e.crc, e.len);
+        let mut e = encoder(At {
+            file: &file,
+            at: layout.2,
+        });
+        put_tail(&mut e, parts.pending.iter().copied(), &parts.sessions)?;
+        let tail = (e.crc, e.len);
+        let chunks = counts
+            .index_words
+            .div_ceil(crate::retention::COPY_CHUNK_WORDS);
+        Ok(SnapshotWriter {
+            file,
+            position: parts.position,
+            layout,
+            head,
+            tail,
+            retained: (0, 0),
+            retained_records: 0,
+            counts,
+            index: vec![None; chunks],
+        })
+    }
+
+    /// The position the snapshot covers.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Writes one more piece; returns `true` once the end piece has come.
+    ///
+    /// # Errors
+    /// I/O errors; `InvalidInput` for a piece out of place (a second header, retained records
+    /// out of order, an index chunk beyond the table).
+    pub fn write(&mut self, piece: Piece) -> std::io::Result<bool> {
+        let misplaced = |what: &str| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("snapshot stream: {what}"),
+            ))
+        };
+        match piece.0 {
+            PieceKind::Start(..) => return misplaced("a second header piece"),
+            PieceKind::End => return Ok(true),
+            PieceKind::Retained { offset, records } => {
+                if offset != self.retained_records
+                    || offset + records.len() as u64 > self.counts.retained as u64
+                {
+                    return misplaced("retained records out of order");
+                }
+                let at = self.layout.0 + offset * RETAINED_SIZE as u64;
+                let mut e = encoder(At {
+                    file: &self.file,
+                    at,
+                });
+                put_retained_records(&mut e, &records)?;
+                e.flush()?;
+                self.retained = (
+                    combine(self.retained, (e.crc, e.len)),
+                    self.retained.1 + e.len,
+                );
+                self.retained_records += records.len() as u64;
+            }
+            PieceKind::Index { chunk, words } => {
+                if chunk >= self.index.len() {
+                    return misplaced("an index chunk beyond the table");
+                }
+                let at = self.layout.1 + (chunk * crate::retention::COPY_CHUNK_WORDS * 4) as u64;
+                let mut e = encoder(At {
+                    file: &self.file,
+                    at,
+                });
+                put_index_words(&mut e, &words)?;
+                e.flush()?;
+                self.index[chunk] = Some((e.crc, e.len));
+            }
+        }
+        Ok(false)
+    }
+
+    /// Writes the trailer once every piece is in; returns the file (not yet synced) and its
+    /// length.
+    ///
+    /// # Errors
+    /// I/O errors; `InvalidInput` if pieces are missing.
+    pub fn finish(self) -> std::io::Result<(std::fs::File, u64)> {
+        if self.retained_records != self.counts.retained as u64
+            || self.index.iter().any(Option::is_none)
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "snapshot stream ended with pieces missing",
+            ));
+        }
+        let mut crc = self.head;
+        crc = (combine(crc, self.retained), crc.1 + self.retained.1);
+        for part in self.index.iter().flatten() {
+            crc = (combine(crc, *part), crc.1 + part.1);
+        }
+        crc = (combine(crc, self.tail), crc.1 + self.tail.1);
+        debug_assert_eq!(crc.1, self.layout.3);
+        let t = trailer(crc.0, crc.1);
+        {
+            use std::os::unix::fs::FileExt;
+            self.file.write_all_at(&t, crc.1)?;
+        }
+        Ok((self.file, crc.1 + TRAILER_SIZE as u64))
+    }
+}
+
+/// The CRC32C of `a`'s bytes followed by `b`'s, from each one's CRC and length.
+fn combine(a: (u32, u64), b: (u32, u64)) -> u32 {
+    if b.1 == 0 {
+        a.0
+    } else if a.1 == 0 {
+        b.0
+    } else {
+        crc32c::crc32c_combine(a.0, b.0, b.1 as usize)
+    }
+}
+
 /// Grows `v` to hold `len` items in one allocation backed by huge pages where possible.
 pub(crate) fn reserve_huge<T>(v: &mut Vec<T>, len: usize) {
     if v.capacity() < len {
@@ -325,34 +550,47 @@ impl<W: Write> Encoder<W> {
     }
 }
 
-fn write_snapshot<W: Write>(
-    w: W,
-    h: Header,
-    accounts: impl ExactSizeIterator<Item = Account>,
-    retained: (&[Retained], &[Retained]),
-    index: &[u32],
-    pending: impl Iterator<Item = PendingPart> + Clone,
-    sessions: &[Session],
-) -> std::io::Result<u64> {
-    let mut e = Encoder {
-        w,
-        buf: Vec::with_capacity(CHUNK_SIZE),
-        crc: 0,
-        len: 0,
-    };
+/// The counts a snapshot's header carries.
+#[derive(Clone, Copy, Debug)]
+struct Counts {
+    accounts: usize,
+    retained: usize,
+    pending: usize,
+    sessions: usize,
+    index_words: usize,
+}
+
+impl Counts {
+    /// Byte offsets of the sections (retained, index, pending) and of the trailer.
+    fn layout(&self) -> (u64, u64, u64, u64) {
+        let retained_at = (HEADER_SIZE + self.accounts * ACCOUNT_SIZE) as u64;
+        let index_at = retained_at + (self.retained * RETAINED_SIZE) as u64;
+        let pending_at = index_at + (self.index_words * 4) as u64;
+        let trailer_at =
+            pending_at + (self.pending * PENDING_SIZE + self.sessions * SESSION_SIZE) as u64;
+        (retained_at, index_at, pending_at, trailer_at)
+    }
+}
+
+/// The header and the accounts section.
+fn put_head<W: Write>(
+    e: &mut Encoder<W>,
+    h: &Header,
+    counts: Counts,
+    accounts: impl Iterator<Item = Account>,
+) -> std::io::Result<()> {
     e.put(&MAGIC)?;
     e.put(&FORMAT_VERSION.to_le_bytes())?;
     e.put(&0u32.to_le_bytes())?;
     for v in [h.position, h.now_ns, h.hash, h.ring_head_seq] {
         e.u64(v)?;
     }
-    let retained_count = retained.0.len() + retained.1.len();
     for v in [
-        accounts.len(),
-        retained_count,
-        pending.clone().count(),
-        sessions.len(),
-        index.len(),
+        counts.accounts,
+        counts.retained,
+        counts.pending,
+        counts.sessions,
+        counts.index_words,
         0,
     ] {
         e.u64(v as u64)?;
@@ -369,24 +607,36 @@ fn write_snapshot<W: Write>(
         b[40..48].copy_from_slice(&a.credits_pending.to_le_bytes());
         e.put(&b)?;
     }
+    Ok(())
+}
+
+/// Retained records, as the file holds them.
+fn put_retained_records<W: Write>(e: &mut Encoder<W>, records: &[Retained]) -> std::io::Result<()> {
     if cfg!(target_endian = "little") {
         // The records' bytes are the format's: no encoding, no copy.
         use zerocopy::IntoBytes;
-        e.put_large(retained.0.as_bytes())?;
-        e.put_large(retained.1.as_bytes())?;
+        e.put_large(records.as_bytes())
     } else {
-        for r in retained.0.iter().chain(retained.1) {
-            put_retained(&mut e, r)?;
-        }
+        records.iter().try_for_each(|r| put_retained(e, r))
     }
+}
+
+/// Retention index words, as the file holds them.
+fn put_index_words<W: Write>(e: &mut Encoder<W>, words: &[u32]) -> std::io::Result<()> {
     if cfg!(target_endian = "little") {
         use zerocopy::IntoBytes;
-        e.put_large(index.as_bytes())?;
+        e.put_large(words.as_bytes())
     } else {
-        for w in index {
-            e.put(&w.to_le_bytes())?;
-        }
+        words.iter().try_for_each(|w| e.put(&w.to_le_bytes()))
     }
+}
+
+/// The pending transfers and sessions sections.
+fn put_tail<W: Write>(
+    e: &mut Encoder<W>,
+    pending: impl Iterator<Item = PendingPart>,
+    sessions: &[Session],
+) -> std::io::Result<()> {
     for p in pending {
         let words = [
             p.id as u64,
@@ -418,14 +668,53 @@ fn write_snapshot<W: Write>(
         }
         e.put(&b)?;
     }
+    e.flush()
+}
+
+/// The trailer for `crc` over `len` bytes: CRC32C, reserved, total length.
+fn trailer(crc: u32, len: u64) -> [u8; TRAILER_SIZE] {
+    let mut t = [0u8; TRAILER_SIZE];
+    t[0..4].copy_from_slice(&crc.to_le_bytes());
+    t[8..16].copy_from_slice(&(len + TRAILER_SIZE as u64).to_le_bytes());
+    t
+}
+
+fn encoder<W: Write>(w: W) -> Encoder<W> {
+    Encoder {
+        w,
+        buf: Vec::with_capacity(CHUNK_SIZE),
+        crc: 0,
+        len: 0,
+    }
+}
+
+fn write_snapshot<W: Write>(
+    w: W,
+    h: Header,
+    accounts: impl ExactSizeIterator<Item = Account>,
+    retained: (&[Retained], &[Retained]),
+    index: &[u32],
+    pending: impl Iterator<Item = PendingPart> + Clone,
+    sessions: &[Session],
+) -> std::io::Result<u64> {
+    let counts = Counts {
+        accounts: accounts.len(),
+        retained: retained.0.len() + retained.1.len(),
+        pending: pending.clone().count(),
+        sessions: sessions.len(),
+        index_words: index.len(),
+    };
+    let mut e = encoder(w);
+    put_head(&mut e, &h, counts, accounts)?;
     e.flush()?;
-    let total = e.len + TRAILER_SIZE as u64;
-    let mut trailer = [0u8; TRAILER_SIZE];
-    trailer[0..4].copy_from_slice(&e.crc.to_le_bytes());
-    trailer[8..16].copy_from_slice(&total.to_le_bytes());
-    e.w.write_all(&trailer)?;
+    put_retained_records(&mut e, retained.0)?;
+    put_retained_records(&mut e, retained.1)?;
+    put_index_words(&mut e, index)?;
+    put_tail(&mut e, pending, sessions)?;
+    let t = trailer(e.crc, e.len);
+    e.w.write_all(&t)?;
     e.w.flush()?;
-    Ok(total)
+    Ok(e.len + TRAILER_SIZE as u64)
 }
 
 /// Encodes one retained record field by field (the bulk copy's equivalent, for big-endian
@@ -730,22 +1019,33 @@ impl Engine {
     /// nothing happens, if one is already in progress). The header and the small tables
     /// (accounts, pending transfers, sessions) are copied now; the retention ring and its
     /// index, most of a large state, are copied afterwards, a step at a time
-    /// ([`Engine::freeze_step`]), with what commands are about to overwrite copied first:
-    /// the ring's oldest records before each command, an index chunk just before its first
-    /// write, a record's value before a pending transfer's state changes it. The result is
-    /// the same as [`Engine::freeze`] at this position (the tests compare them byte for
-    /// byte), but the engine is held only for the small tables (a few milliseconds with a
-    /// million accounts, where a full freeze with ten million retained transfers holds it for
-    /// about a tenth of a second).
+    /// ([`Engine::freeze_step`] into memory, or [`Engine::freeze_pieces`] to stream them to a
+    /// [`SnapshotWriter`]), with what commands are about to overwrite copied first: the ring's
+    /// oldest records before each command, an index chunk just before its first write, a
+    /// record's value before a pending transfer's state changes it. The result is the same as
+    /// [`Engine::freeze`] at this position (the tests compare them byte for byte), but the
+    /// engine is held only for the small tables (a few milliseconds with a million accounts,
+    /// where a full freeze with ten million retained transfers holds it for about a tenth of a
+    /// second).
     pub fn freeze_begin(&mut self) -> bool {
         if self.freezing.is_some() {
             return false;
         }
         let mut parts = self.take_spare();
         self.copy_small_tables(&mut parts);
-        self.ring.copy_begin(std::mem::take(&mut parts.retained));
-        self.ring.index.copy_begin(std::mem::take(&mut parts.index));
-        self.freezing = Some(Box::new(parts));
+        self.ring.copy_begin();
+        self.ring.index.copy_begin();
+        let counts = Counts {
+            accounts: parts.accounts.len(),
+            retained: self.ring.copy_len() as usize,
+            pending: parts.pending.len(),
+            sessions: parts.sessions.len(),
+            index_words: self.ring.index.bucket_words().len(),
+        };
+        self.freezing = Some(Box::new(Freezing {
+            parts: Some(Box::new(parts)),
+            counts,
+        }));
         true
     }
 
@@ -756,8 +1056,8 @@ impl Engine {
 
     /// Copies the next part of the snapshot in progress (up to [`FREEZE_STEP_BYTES`] of
     /// retained transfers and as much of the retention index: about 50 µs on the development
-    /// VM); returns the [`Frozen`] snapshot once it is complete (`None` before, and when none
-    /// is in progress). Call it between commands, as often as latency allows.
+    /// VM) into memory; returns the [`Frozen`] snapshot once it is complete (`None` before,
+    /// and when none is in progress). Call it between commands, as often as latency allows.
     pub fn freeze_step(&mut self) -> Option<Frozen> {
         self.freeze_step_by(FREEZE_STEP_BYTES)
     }
@@ -765,22 +1065,74 @@ impl Engine {
     /// [`Engine::freeze_step`] copying up to `bytes` of each (at least one retained transfer
     /// and one 4 KiB chunk of the index).
     pub fn freeze_step_by(&mut self, bytes: usize) -> Option<Frozen> {
-        let parts = self.freezing.as_deref_mut()?;
-        let records = (bytes / std::mem::size_of::<Retained>()).max(1) as u64;
-        if let Some(records) = self.ring.copy_step(records) {
-            parts.retained = records;
+        let counts = self.freezing.as_deref()?.counts;
+        self.freeze_advance(bytes.max(1));
+        let ring = self.ring.copy_drain();
+        let index = self.ring.index.copy_drain();
+        let parts = self.freezing.as_deref_mut()?.parts.as_deref_mut()?;
+        if let Some((offset, records)) = ring {
+            if offset == 0 {
+                reserve_huge(&mut parts.retained, counts.retained);
+                parts.retained.clear();
+            }
+            parts.retained.extend_from_slice(&records);
         }
-        if let Some(words) = self.ring.index.copy_step((bytes / (4 << 10)).max(1)) {
-            parts.index = words;
+        if parts.index.len() != counts.index_words {
+            parts.index = vec![0; counts.index_words];
+            crate::prefetch::advise_huge_pages(&parts.index);
+        }
+        for (chunk, words) in index {
+            let at = chunk * crate::retention::COPY_CHUNK_WORDS;
+            parts.index[at..at + words.len()].copy_from_slice(&words);
         }
         if self.ring.copying() || self.ring.index.copying() {
             return None;
         }
-        let parts = *self.freezing.take()?;
+        let parts = *self.freezing.take()?.parts?;
         Some(Frozen {
             parts,
             spare: Some(std::sync::Arc::clone(&self.frozen_spare)),
         })
+    }
+
+    /// Streams the snapshot in progress instead of copying it into memory: copies up to
+    /// `bytes` more of the retention ring and of its index (0: none, only what commands forced
+    /// since the last call) and hands `out` every [`Piece`] ready: first the header and small
+    /// tables, then retained records and index chunks as they are copied, and last an end
+    /// piece (the snapshot is then complete and no longer in progress). A [`SnapshotWriter`]
+    /// on another thread writes them as they come, so the copy never has to be held whole:
+    /// what is in flight is what the writer has not written yet.
+    pub fn freeze_pieces(&mut self, bytes: usize, out: &mut impl FnMut(Piece)) {
+        let Some(freezing) = self.freezing.as_deref_mut() else {
+            return;
+        };
+        if let Some(parts) = freezing.parts.take() {
+            out(Piece(PieceKind::Start(parts, freezing.counts)));
+        }
+        if bytes > 0 {
+            self.freeze_advance(bytes);
+        }
+        if let Some((offset, records)) = self.ring.copy_drain() {
+            if !records.is_empty() {
+                out(Piece(PieceKind::Retained { offset, records }));
+            }
+        }
+        for (chunk, words) in self.ring.index.copy_drain() {
+            out(Piece(PieceKind::Index { chunk, words }));
+        }
+        if !self.ring.copying() && !self.ring.index.copying() {
+            self.freezing = None;
+            out(Piece(PieceKind::End));
+        }
+    }
+
+    /// Copies up to `bytes` more of the ring and of the index into their copies' outboxes.
+    fn freeze_advance(&mut self, bytes: usize) {
+        let records = (bytes / std::mem::size_of::<Retained>()).max(1) as u64;
+        self.ring.copy_step(records);
+        self.ring
+            .index
+            .copy_step((bytes / (crate::retention::COPY_CHUNK_WORDS * 4)).max(1));
     }
 
     /// Writes a snapshot of the live state straight into `w` (holds the engine for the whole

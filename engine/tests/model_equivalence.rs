@@ -8,6 +8,7 @@
 
 mod model;
 
+use engine::snapshot::SnapshotWriter;
 use engine::{
     account_flags as af, batch_flags, transfer_flags, Account, Command, Engine, EngineConfig,
     EntryMeta, TransferSpec, LIST_LIMIT_MAX,
@@ -406,14 +407,16 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
-    /// A snapshot copied a step at a time while random commands go on (`freeze_begin`,
-    /// `freeze_step_by`) is byte for byte the snapshot taken where it began.
+    /// A snapshot copied a step at a time while random commands go on (`freeze_begin`, then
+    /// `freeze_step_by` into memory or `freeze_pieces` streamed into a file) is byte for byte
+    /// the snapshot taken where it began.
     #[test]
     fn a_snapshot_copied_while_commands_go_on_equals_the_snapshot_where_it_began(
         steps in prop::collection::vec(step(), 1..200),
         cut in any::<prop::sample::Index>(),
         every in 1usize..6,
         bytes_per_step in 1usize..9000,
+        streamed in any::<bool>(),
     ) {
         let entries = log(&steps);
         let cut = cut.index(entries.len() + 1);
@@ -424,23 +427,48 @@ proptest! {
         let mut at_start = Vec::new();
         e.freeze().write_to(&mut at_start).unwrap();
         prop_assert!(e.freeze_begin());
+        let path = std::env::temp_dir().join(format!(
+            "tally-model-streamed-{}-{:?}.snap",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let mut writer: Option<SnapshotWriter> = None;
         let mut frozen = None;
+        let mut ended = false;
+        let mut step = |e: &mut Engine, frozen: &mut Option<_>, ended: &mut bool| {
+            if streamed {
+                e.freeze_pieces(bytes_per_step, &mut |piece| match &mut writer {
+                    None => {
+                        let file = std::fs::File::create(&path).unwrap();
+                        writer = Some(SnapshotWriter::start(file, piece).unwrap());
+                    }
+                    Some(w) => *ended |= w.write(piece).unwrap(),
+                });
+            } else if frozen.is_none() {
+                *frozen = e.freeze_step_by(bytes_per_step);
+                *ended = frozen.is_some();
+            }
+        };
         for (i, (meta, op)) in entries[cut..].iter().enumerate() {
             engine_reply(&mut e, meta, op);
-            if frozen.is_none() && i % every == 0 {
-                frozen = e.freeze_step_by(bytes_per_step);
+            if !ended && i % every == 0 {
+                step(&mut e, &mut frozen, &mut ended);
             }
         }
-        let frozen = match frozen {
-            Some(f) => f,
-            None => loop {
-                if let Some(f) = e.freeze_step_by(bytes_per_step) {
-                    break f;
-                }
-            },
+        while !ended {
+            step(&mut e, &mut frozen, &mut ended);
+        }
+        let copied = if streamed {
+            let (_, len) = writer.take().unwrap().finish().unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            let _ = std::fs::remove_file(&path);
+            prop_assert_eq!(bytes.len() as u64, len);
+            bytes
+        } else {
+            let mut bytes = Vec::new();
+            frozen.take().unwrap().write_to(&mut bytes).unwrap();
+            bytes
         };
-        let mut copied = Vec::new();
-        frozen.write_to(&mut copied).unwrap();
         prop_assert!(copied == at_start, "the copy differs from the snapshot where it began");
     }
 }

@@ -3,6 +3,7 @@
 
 mod model;
 
+use engine::snapshot::{Frozen, SnapshotWriter};
 use engine::{
     account_flags as af, batch_flags, transfer_flags, Command, Engine, EngineConfig, EntryMeta,
     ResultCode as R, SnapshotError, TransferSpec, REPLY_LEN_MAX,
@@ -818,12 +819,98 @@ fn a_freeze_after_an_earlier_copy_was_dropped_holds_the_new_state_only() {
     assert_eq!(restored.account(20), l.engine.account(20));
 }
 
-/// A snapshot copied while commands go on (`freeze_begin`, then `freeze_step`) is byte for
+/// Takes a snapshot begun with `freeze_begin` a step at a time: into memory
+/// (`freeze_step_by`), or streamed (`freeze_pieces`) into a file by a `SnapshotWriter`.
+enum Copier {
+    InMemory(Option<Frozen>),
+    Streamed {
+        path: std::path::PathBuf,
+        writer: Option<SnapshotWriter>,
+        ended: bool,
+    },
+}
+
+impl Copier {
+    fn new(streamed: bool) -> Copier {
+        if streamed {
+            let path = std::env::temp_dir().join(format!(
+                "tally-engine-streamed-{}-{:?}.snap",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            Copier::Streamed {
+                path,
+                writer: None,
+                ended: false,
+            }
+        } else {
+            Copier::InMemory(None)
+        }
+    }
+
+    /// One step of up to `bytes`; whether the copy is complete.
+    fn step(&mut self, e: &mut Engine, bytes: usize) -> bool {
+        match self {
+            Copier::InMemory(frozen) => {
+                *frozen = e.freeze_step_by(bytes);
+                frozen.is_some()
+            }
+            Copier::Streamed {
+                path,
+                writer,
+                ended,
+            } => {
+                e.freeze_pieces(bytes, &mut |piece| match writer {
+                    None => {
+                        let file = std::fs::File::create(&*path).unwrap();
+                        *writer = Some(SnapshotWriter::start(file, piece).unwrap());
+                    }
+                    Some(w) => *ended |= w.write(piece).unwrap(),
+                });
+                *ended
+            }
+        }
+    }
+
+    /// The snapshot's bytes (the position and hash it covers are checked against `expect`).
+    fn bytes(self, expect: (u64, u64)) -> Vec<u8> {
+        match self {
+            Copier::InMemory(frozen) => {
+                let frozen = frozen.expect("complete");
+                assert_eq!((frozen.position(), frozen.state_hash()), expect);
+                let mut bytes = Vec::new();
+                frozen.write_to(&mut bytes).unwrap();
+                bytes
+            }
+            Copier::Streamed { path, writer, .. } => {
+                let writer = writer.expect("started");
+                assert_eq!(writer.position(), expect.0);
+                let (_, len) = writer.finish().unwrap();
+                let bytes = std::fs::read(&path).unwrap();
+                let _ = std::fs::remove_file(&path);
+                assert_eq!(bytes.len() as u64, len);
+                bytes
+            }
+        }
+    }
+}
+
+/// A snapshot copied while commands go on (`freeze_begin`, then a step at a time) is byte for
 /// byte the snapshot taken at its start: even when, before the copy is done, full commands
 /// wrap the ring over records not yet copied, pending transfers it holds are posted, voided
 /// or expire, and an atomic group fails after inserting into the index.
 #[test]
 fn a_snapshot_copied_while_commands_go_on_is_the_snapshot_at_its_start() {
+    snapshot_copied_while_commands_go_on(false);
+}
+
+/// The same, streamed to a file piece by piece as it is copied.
+#[test]
+fn a_snapshot_streamed_while_commands_go_on_is_the_snapshot_at_its_start() {
+    snapshot_copied_while_commands_go_on(true);
+}
+
+fn snapshot_copied_while_commands_go_on(streamed: bool) {
     let mut l = Ledger::funded();
     // Three pending transfers (still retained at the start) and a nearly full ring.
     let r = l.run(&Command::Transfers {
@@ -844,8 +931,9 @@ fn a_snapshot_copied_while_commands_go_on_is_the_snapshot_at_its_start() {
     assert!(l.engine.freeze_begin());
     assert!(!l.engine.freeze_begin(), "one copy at a time");
     assert!(l.engine.freezing());
+    let mut copier = Copier::new(streamed);
     // One record and one index chunk copied: the rest is still to do.
-    assert!(l.engine.freeze_step_by(1).is_none());
+    assert!(!copier.step(&mut l.engine, 1));
     // Pending transfers change state in place (post, void, expiry by log time).
     let post = l.run(&Command::PostPending {
         id: 50,
@@ -882,15 +970,9 @@ fn a_snapshot_copied_while_commands_go_on_is_the_snapshot_at_its_start() {
         assert!(r.results.iter().all(|&x| x == R::Ok));
     }
     assert!(l.engine.transfer(10_000).is_none(), "evicted by now");
-    let frozen = loop {
-        if let Some(f) = l.engine.freeze_step_by(4096) {
-            break f;
-        }
-    };
+    while !copier.step(&mut l.engine, 4096) {}
     assert!(!l.engine.freezing());
-    assert_eq!((frozen.position(), frozen.state_hash()), (position, hash));
-    let mut copied = Vec::new();
-    frozen.write_to(&mut copied).unwrap();
+    let copied = copier.bytes((position, hash));
     assert!(
         copied == at_start,
         "the copy differs from the snapshot at its start"
@@ -901,17 +983,11 @@ fn a_snapshot_copied_while_commands_go_on_is_the_snapshot_at_its_start() {
     assert_eq!(restored.position(), position);
     assert_eq!(restored.state_hash(), hash);
     assert!(restored.transfer(10_000).is_some());
-    drop(frozen);
     // The next copy, begun and finished between commands, is the live state.
     assert!(l.engine.freeze_begin());
-    let frozen = loop {
-        if let Some(f) = l.engine.freeze_step() {
-            break f;
-        }
-    };
-    assert_eq!(frozen.state_hash(), l.engine.state_hash());
-    let mut now = Vec::new();
-    frozen.write_to(&mut now).unwrap();
+    let mut copier = Copier::new(streamed);
+    while !copier.step(&mut l.engine, 256 << 10) {}
+    let now = copier.bytes((l.engine.position(), l.engine.state_hash()));
     let mut eager = Vec::new();
     l.engine.freeze().write_to(&mut eager).unwrap();
     assert!(now == eager);

@@ -23,9 +23,12 @@
 //! - **snapshot writer**: every `snapshot_interval_commands` the engine begins a copy of its
 //!   state (`Engine::freeze_begin`: the small tables now, the retention ring and index a
 //!   step of about 50 µs after each batch, copy-on-write keeping the copy at the starting
-//!   position); once complete, this thread waits until that position is durable, then
-//!   writes the snapshot atomically, so the engine never waits for the disk and is never held
-//!   for a whole copy.
+//!   position) and streams it here piece by piece (`Engine::freeze_pieces`); this thread
+//!   writes each piece into a temporary file as it comes (`SnapshotWriter`), and once the
+//!   last has come and that position is durable, finishes, syncs and renames the file. The
+//!   engine never waits for the disk, is never held for a whole copy, and the copy is never
+//!   held whole in memory (the engine stops copying ahead while more than
+//!   `SNAPSHOT_IN_FLIGHT_MAX` bytes wait for the writer).
 //!
 //! Egress: [`Replies::poll`] hands out a reply only once its position is durable — the
 //! durability rule of DESIGN §5: nothing is acknowledged before it is on disk.
@@ -677,7 +680,12 @@ impl Pipeline {
         let (to_engine, engine_rx) =
             mpsc::sync_channel::<Arc<SealedBatch>>(config.batches_in_flight_max);
         let (to_preparer, preparer_rx) = mpsc::channel::<u64>();
-        let (to_snapshot, snapshot_rx) = mpsc::sync_channel::<engine::snapshot::Frozen>(1);
+        let (to_snapshot, snapshot_rx) = mpsc::channel::<engine::snapshot::Piece>();
+        let to_snapshot = SnapshotTx {
+            tx: to_snapshot,
+            in_flight: Arc::new(AtomicU64::new(0)),
+        };
+        let snapshot_in_flight = Arc::clone(&to_snapshot.in_flight);
 
         let report = StartReport {
             journal: journal_report,
@@ -745,6 +753,7 @@ impl Pipeline {
             Box::new(move || {
                 snapshot_loop(
                     snapshot_rx,
+                    &snapshot_in_flight,
                     snap_durable,
                     &snapshot_dir,
                     snapshots_kept,
@@ -1378,7 +1387,7 @@ fn engine_loop(
     batches: Receiver<Arc<SealedBatch>>,
     mut queries: ring::Consumer,
     mut replies: ring::Producer,
-    to_snapshot: SyncSender<engine::snapshot::Frozen>,
+    to_snapshot: SnapshotTx,
     snapshot_interval: u64,
     idle: IdleKind,
     shared: &Shared,
@@ -1395,9 +1404,9 @@ fn engine_loop(
                 if shared.failed.load(Ordering::Acquire) {
                     return;
                 }
-                // Nothing to apply: a snapshot being copied goes on at full speed.
-                if engine.freezing() {
-                    snapshot_step(&mut engine, &to_snapshot);
+                // Nothing to apply: a snapshot being copied goes on at full speed (as fast
+                // as the writer takes it).
+                if engine.freezing() && snapshot_step(&mut engine, &to_snapshot, false) {
                     continue;
                 }
                 idle.idle(answered);
@@ -1405,10 +1414,9 @@ fn engine_loop(
             }
             Err(TryRecvError::Disconnected) => {
                 // Stopping: a snapshot begun is finished and handed over, as it would have
-                // been had the copy been taken all at once (never waiting for the writer: if
-                // it is still busy, this one is dropped, as in `snapshot_step`).
+                // been had the copy been taken all at once.
                 while engine.freezing() {
-                    snapshot_step(&mut engine, &to_snapshot);
+                    snapshot_step(&mut engine, &to_snapshot, true);
                 }
                 return;
             }
@@ -1455,19 +1463,40 @@ fn engine_loop(
             last_snapshot = engine.position();
         }
         if engine.freezing() {
-            snapshot_step(&mut engine, &to_snapshot);
+            snapshot_step(&mut engine, &to_snapshot, false);
         }
     }
 }
 
-/// Copies the next step of the snapshot in progress (about 50 µs of copying: see
-/// `Engine::freeze_step`), and hands the snapshot to the writer once it is complete. A
-/// writer still busy with the previous snapshot (the channel full) means this one is
-/// dropped: the next comes an interval later.
-fn snapshot_step(engine: &mut Engine, to_snapshot: &SyncSender<engine::snapshot::Frozen>) {
-    if let Some(frozen) = engine.freeze_step() {
-        let _ = to_snapshot.try_send(frozen);
-    }
+/// Bytes of snapshot pieces the engine lets wait for the writer before it stops copying ahead
+/// (what commands force it to copy is still sent): the memory a snapshot costs while the disk
+/// is slower than the copy.
+const SNAPSHOT_IN_FLIGHT_MAX: u64 = 32 << 20;
+
+/// The engine's side of the snapshot stream: the pieces' channel and the bytes in it.
+struct SnapshotTx {
+    tx: mpsc::Sender<engine::snapshot::Piece>,
+    in_flight: Arc<AtomicU64>,
+}
+
+/// Copies the next step of the snapshot in progress (256 KiB of the retention ring and of
+/// its index, about 50 µs: see `Engine::freeze_pieces`) unless the writer is behind by
+/// [`SNAPSHOT_IN_FLIGHT_MAX`] (or `always`), and streams every piece ready to the snapshot
+/// writer. Returns whether it copied a step.
+fn snapshot_step(engine: &mut Engine, to: &SnapshotTx, always: bool) -> bool {
+    let ahead = always || to.in_flight.load(Ordering::Acquire) < SNAPSHOT_IN_FLIGHT_MAX;
+    let bytes = if ahead {
+        engine::snapshot::FREEZE_STEP_BYTES
+    } else {
+        0
+    };
+    engine.freeze_pieces(bytes, &mut |piece| {
+        to.in_flight
+            .fetch_add(piece.bytes() as u64, Ordering::AcqRel);
+        // A writer that is gone has failed the pipeline already.
+        let _ = to.tx.send(piece);
+    });
+    ahead
 }
 
 /// Answers waiting queries at the engine's current position; a query's reply is released
@@ -1496,36 +1525,73 @@ fn answer_queries(
 }
 
 fn snapshot_loop(
-    frozen: Receiver<engine::snapshot::Frozen>,
+    pieces: Receiver<engine::snapshot::Piece>,
+    in_flight: &AtomicU64,
     durable: DurableWatch,
     dir: &std::path::Path,
     keep: usize,
     retain: bool,
     shared: &Shared,
 ) {
-    while let Ok(state) = frozen.recv() {
-        // Only durable state may be snapshotted (see `snapshots`).
-        while durable.get() < state.position() {
-            if shared.failed.load(Ordering::Acquire) {
-                return;
+    let mut current: Option<(engine::snapshot::SnapshotWriter, std::path::PathBuf)> = None;
+    while let Ok(piece) = pieces.recv() {
+        in_flight.fetch_sub(piece.bytes() as u64, Ordering::AcqRel);
+        let written = if let Some(position) = piece.start_position() {
+            let tmp = snapshots::tmp_path(dir, position);
+            std::fs::File::create(&tmp)
+                .and_then(|file| engine::snapshot::SnapshotWriter::start(file, piece))
+                .map(|writer| current = Some((writer, tmp.clone())))
+                .map_err(|e| format!("write {}: {e}", tmp.display()))
+        } else if let Some((writer, tmp)) = current.as_mut() {
+            match writer.write(piece) {
+                Ok(false) => Ok(()),
+                Ok(true) => match current.take() {
+                    Some((writer, tmp)) => {
+                        finish_snapshot(writer, &tmp, &durable, dir, keep, retain, shared)
+                    }
+                    None => Ok(()),
+                },
+                Err(e) => Err(format!("write {}: {e}", tmp.display())),
             }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        let written = snapshots::write_atomic(dir, state.position(), |w| state.write_to(w))
-            .and_then(|_| snapshots::prune(dir, keep))
-            .and_then(|_| snapshots::list(dir).map_err(|e| format!("list {}: {e}", dir.display())));
-        match written {
-            Ok(kept) => {
-                shared.snapshots.fetch_add(1, Ordering::Relaxed);
-                // Recovery may fall back to the oldest kept snapshot: keep the log after it.
-                if let (true, Some(&oldest)) = (retain, kept.last()) {
-                    shared.retain_from.store(oldest + 1, Ordering::Release);
-                }
-            }
-            Err(e) => {
-                shared.fail(format!("snapshot failed: {e}"));
-                return;
-            }
+        } else {
+            Ok(())
+        };
+        if let Err(e) = written {
+            shared.fail(format!("snapshot failed: {e}"));
+            return;
         }
     }
+}
+
+/// A snapshot fully written to its temporary file: once its position is durable (only
+/// durable state may be snapshotted, see `snapshots`), the trailer, fsync, rename, then the
+/// older snapshots pruned and the journal before the oldest kept released.
+fn finish_snapshot(
+    writer: engine::snapshot::SnapshotWriter,
+    tmp: &std::path::Path,
+    durable: &DurableWatch,
+    dir: &std::path::Path,
+    keep: usize,
+    retain: bool,
+    shared: &Shared,
+) -> Result<(), String> {
+    let position = writer.position();
+    while durable.get() < position {
+        if shared.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let (file, _) = writer
+        .finish()
+        .map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    let kept = snapshots::commit(dir, position, tmp, &file)
+        .and_then(|_| snapshots::prune(dir, keep))
+        .and_then(|_| snapshots::list(dir).map_err(|e| format!("list {}: {e}", dir.display())))?;
+    shared.snapshots.fetch_add(1, Ordering::Relaxed);
+    // Recovery may fall back to the oldest kept snapshot: keep the log after it.
+    if let (true, Some(&oldest)) = (retain, kept.last()) {
+        shared.retain_from.store(oldest + 1, Ordering::Release);
+    }
+    Ok(())
 }

@@ -139,14 +139,30 @@ pub fn write_atomic(
     position: u64,
     write: impl FnOnce(&mut Writeback) -> std::io::Result<u64>,
 ) -> Result<PathBuf, String> {
-    let path = dir.join(file_name(position));
-    let tmp = dir.join(format!("{}{TMP_SUFFIX}", file_name(position)));
+    let tmp = tmp_path(dir, position);
     let fail = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
     let file = File::create(&tmp).map_err(|e| fail("create", &tmp, e))?;
     let mut w = Writeback::new(file);
     write(&mut w).map_err(|e| fail("write", &tmp, e))?;
-    w.finish().map_err(|e| fail("write and fsync", &tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| fail("rename", &tmp, e))?;
+    let file = w.finish().map_err(|e| fail("write and fsync", &tmp, e))?;
+    commit(dir, position, &tmp, &file)
+}
+
+/// The temporary file a snapshot at `position` is written to before [`commit`].
+pub fn tmp_path(dir: &Path, position: u64) -> PathBuf {
+    dir.join(format!("{}{TMP_SUFFIX}", file_name(position)))
+}
+
+/// Makes the snapshot written to `tmp` (its open `file`) the snapshot at `position`: syncs it,
+/// renames it into place and syncs the folder; returns its path.
+///
+/// # Errors
+/// I/O errors, naming the file.
+pub fn commit(dir: &Path, position: u64, tmp: &Path, file: &File) -> Result<PathBuf, String> {
+    let fail = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+    file.sync_all().map_err(|e| fail("fsync", tmp, e))?;
+    let path = dir.join(file_name(position));
+    fs::rename(tmp, &path).map_err(|e| fail("rename", tmp, e))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| fail("fsync folder", dir, e))?;
