@@ -82,7 +82,7 @@ pub(crate) const COPY_CHUNK_WORDS: usize = 1024;
 /// lines they touch. Copied chunks wait in `out` until drained.
 #[derive(Clone)]
 struct IndexCopy {
-    /// Chunks copied and not yet drained: (chunk number, its words).
+    /// Chunks copied and not yet drained, as runs: (first chunk, the words of the run).
     out: Vec<(usize, Vec<u32>)>,
     /// Chunks below this were copied.
     next_chunk: usize,
@@ -93,20 +93,29 @@ struct IndexCopy {
 }
 
 impl IndexCopy {
-    /// Copies chunk `chunk` of `from`, with the buckets saved before their writes put back.
+    /// Copies chunk `chunk` of `from`, with the buckets saved before their writes put back,
+    /// onto the run of chunks it follows in `out` (or a new one).
     fn take(&mut self, chunk: usize, from: &[u32]) {
         let start = chunk * COPY_CHUNK_WORDS;
         let end = (start + COPY_CHUNK_WORDS).min(from.len());
-        let mut words = from[start..end].to_vec();
+        let follows = self
+            .out
+            .last()
+            .is_some_and(|(first, words)| first * COPY_CHUNK_WORDS + words.len() == start);
+        if !follows {
+            self.out.push((chunk, Vec::new()));
+        }
+        let (first, words) = self.out.last_mut().expect("a run to extend");
+        let base = *first * COPY_CHUNK_WORDS;
+        words.extend_from_slice(&from[start..end]);
         for bucket in start / WORDS..end / WORDS {
             if self.saved_bits[bucket / 64] & (1 << (bucket % 64)) != 0 {
                 if let Some(original) = self.saved.remove(&bucket) {
-                    let at = bucket * WORDS - start;
+                    let at = bucket * WORDS - base;
                     words[at..at + WORDS].copy_from_slice(&original);
                 }
             }
         }
-        self.out.push((chunk, words));
     }
 }
 

@@ -41,9 +41,9 @@
 //! time after [`Engine::freeze_begin`] (see the crate docs for the rules that keep the copy at
 //! its starting position), and another thread writes it. A node streams it:
 //! [`Engine::freeze_pieces`] hands out [`Piece`]s as they are copied and a [`SnapshotWriter`]
-//! writes each at its offset (the header's counts fix every section's place), keeping the
-//! CRC32C of each part and combining them in file order for the trailer, so the file is
-//! byte for byte what [`Frozen::write_to`] writes and the copy is never held whole.
+//! writes each at its offset (the header's counts fix every section's place), with a running
+//! CRC32C per section combined for the trailer, so the file is byte for byte what
+//! [`Frozen::write_to`] writes and the copy is never held whole.
 //! [`Engine::freeze_step`] collects the copy into a [`Frozen`] instead (tests, tools, the
 //! bench), [`Engine::freeze`] copies everything at once (`&self`), and [`Engine::snapshot`]
 //! encodes straight from the live tables for callers that can afford to hold the engine. An
@@ -335,10 +335,76 @@ impl Write for At<'_> {
     }
 }
 
+/// Bytes of a section written between two starts of its writeback (see [`Writeback`]).
+const WRITEBACK_WINDOW: u64 = 16 << 20;
+
+/// Keeps the disk busy while a section of a streamed snapshot is written front to back: after
+/// every [`WRITEBACK_WINDOW`] bytes, asks the kernel to start writing that window out
+/// (`sync_file_range(WRITE)`, which does not wait) and waits for the window before it, so
+/// that at most two windows per section are dirty. Without it the page cache fills with the
+/// whole snapshot, the kernel throttles the writer to the disk's pace anyway, and the final
+/// `fsync` has everything left to do. A hint about timing only: durability is the final
+/// `fsync`'s job, and a failed call changes nothing.
+#[derive(Clone, Copy, Debug)]
+struct Writeback {
+    /// End of the last window whose writeback was started.
+    started: u64,
+    /// Start of that window (waited for once the next one starts).
+    previous: Option<u64>,
+}
+
+impl Writeback {
+    fn new(at: u64) -> Writeback {
+        Writeback {
+            started: at,
+            previous: None,
+        }
+    }
+
+    /// The section has been written up to `end`.
+    fn written(&mut self, file: &std::fs::File, end: u64) {
+        while end >= self.started + WRITEBACK_WINDOW {
+            sync_file_range(
+                file,
+                self.started,
+                WRITEBACK_WINDOW,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+            if let Some(previous) = self.previous {
+                sync_file_range(
+                    file,
+                    previous,
+                    WRITEBACK_WINDOW,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE,
+                );
+            }
+            self.previous = Some(self.started);
+            self.started += WRITEBACK_WINDOW;
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn sync_file_range(file: &std::fs::File, at: u64, len: u64, flags: libc::c_uint) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor `file` keeps open; it reads and writes no
+    // memory of ours. Errors only mean the hint was not taken.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            at as libc::off64_t,
+            len as libc::off64_t,
+            flags,
+        );
+    }
+}
+
 /// Writes a snapshot streamed by [`Engine::freeze_pieces`] into a file as its pieces arrive:
-/// each section at its place (the counts in the first piece fix every offset), the CRC32C of
-/// each part kept and combined in file order at the end, so nothing is read back. The file
-/// is byte for byte what [`Frozen::write_to`] would write for the same snapshot.
+/// the header, accounts and the small sections at once (the counts in the first piece fix
+/// every section's offset), then the retained transfers and the index, each in order, with
+/// its CRC32C running on as it goes; the trailer's CRC combines the four parts', so nothing
+/// is read back. The file is byte for byte what [`Frozen::write_to`] would write for the same
+/// snapshot.
 pub struct SnapshotWriter {
     file: std::fs::File,
     position: u64,
@@ -348,7 +414,11 @@ pub struct SnapshotWriter {
     retained: (u32, u64),
     retained_records: u64,
     counts: Counts,
-    index: Vec<Option<(u32, u64)>>,
+    /// CRC32C and length of the index section so far, and the chunks it holds.
+    index: (u32, u64),
+    index_chunks: usize,
+    /// Writeback of the retained and index sections, each written front to back.
+    writeback: [Writeback; 2],
 }
 
 impl SnapshotWriter {
@@ -380,9 +450,6 @@ impl SnapshotWriter {
         });
         put_tail(&mut e, parts.pending.iter().copied(), &parts.sessions)?;
         let tail = (e.crc, e.len);
-        let chunks = counts
-            .index_words
-            .div_ceil(crate::retention::COPY_CHUNK_WORDS);
         Ok(SnapshotWriter {
             file,
             position: parts.position,
@@ -392,7 +459,9 @@ impl SnapshotWriter {
             retained: (0, 0),
             retained_records: 0,
             counts,
-            index: vec![None; chunks],
+            index: (0, 0),
+            index_chunks: 0,
+            writeback: [Writeback::new(layout.0), Writeback::new(layout.1)],
         })
     }
 
@@ -423,30 +492,36 @@ impl SnapshotWriter {
                     return misplaced("retained records out of order");
                 }
                 let at = self.layout.0 + offset * RETAINED_SIZE as u64;
+                // In order: the section's CRC runs on from the bytes before.
                 let mut e = encoder(At {
                     file: &self.file,
                     at,
                 });
+                e.crc = self.retained.0;
                 put_retained_records(&mut e, &records)?;
                 e.flush()?;
-                self.retained = (
-                    combine(self.retained, (e.crc, e.len)),
-                    self.retained.1 + e.len,
-                );
+                self.retained = (e.crc, self.retained.1 + e.len);
                 self.retained_records += records.len() as u64;
+                self.writeback[0].written(&self.file, at + e.len);
             }
             PieceKind::Index { chunk, words } => {
-                if chunk >= self.index.len() {
-                    return misplaced("an index chunk beyond the table");
+                const CHUNK_WORDS: usize = crate::retention::COPY_CHUNK_WORDS;
+                if chunk != self.index_chunks
+                    || chunk * CHUNK_WORDS + words.len() > self.counts.index_words
+                {
+                    return misplaced("index chunks out of order");
                 }
-                let at = self.layout.1 + (chunk * crate::retention::COPY_CHUNK_WORDS * 4) as u64;
+                let at = self.layout.1 + (chunk * CHUNK_WORDS * 4) as u64;
                 let mut e = encoder(At {
                     file: &self.file,
                     at,
                 });
+                e.crc = self.index.0;
                 put_index_words(&mut e, &words)?;
                 e.flush()?;
-                self.index[chunk] = Some((e.crc, e.len));
+                self.index = (e.crc, self.index.1 + e.len);
+                self.index_chunks += words.len().div_ceil(CHUNK_WORDS);
+                self.writeback[1].written(&self.file, at + e.len);
             }
         }
         Ok(false)
@@ -459,7 +534,7 @@ impl SnapshotWriter {
     /// I/O errors; `InvalidInput` if pieces are missing.
     pub fn finish(self) -> std::io::Result<(std::fs::File, u64)> {
         if self.retained_records != self.counts.retained as u64
-            || self.index.iter().any(Option::is_none)
+            || self.index.1 != (self.counts.index_words * 4) as u64
         {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -468,9 +543,7 @@ impl SnapshotWriter {
         }
         let mut crc = self.head;
         crc = (combine(crc, self.retained), crc.1 + self.retained.1);
-        for part in self.index.iter().flatten() {
-            crc = (combine(crc, *part), crc.1 + part.1);
-        }
+        crc = (combine(crc, self.index), crc.1 + self.index.1);
         crc = (combine(crc, self.tail), crc.1 + self.tail.1);
         debug_assert_eq!(crc.1, self.layout.3);
         let t = trailer(crc.0, crc.1);

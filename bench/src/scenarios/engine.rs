@@ -23,7 +23,8 @@
 //! engine, checked to have the same position and state hash (`snapshot_restore_ms`). Last,
 //! the snapshot a node takes, copied while commands go on (`snapshot_begin_ms`, the only
 //! hold, and `snapshot_step_max_us`, `snapshot_steps`, `snapshot_copy_ms`: see
-//! `incremental_snapshot`).
+//! `incremental_snapshot`), and the node's streamed write of one, from its start to the file
+//! synced (`snapshot_streamed_write_ms`: see `streamed_snapshot`).
 //! `throughput_per_cpu_s` divides by this thread's CPU time, `load_average_1m` is sampled
 //! before and after the timed run: the machine is shared, read the wall figure with both.
 //! `pass_throughput_per_s` gives the spread of the timed passes over the pool (min, median,
@@ -416,6 +417,49 @@ fn incremental_snapshot(
     })
 }
 
+/// The node's way of writing a snapshot, timed from `freeze_begin` to the file synced: the
+/// engine copies it in steps (`freeze_pieces`, here back to back, as an idle node does) and
+/// a writer thread writes each piece at its place (`SnapshotWriter`), then fsync. The file
+/// must restore to the state where the copy began.
+fn streamed_snapshot(e: &mut Engine, path: &std::path::Path) -> Result<f64, String> {
+    use engine::snapshot::{Piece, SnapshotWriter, FREEZE_STEP_BYTES};
+    let (position, hash) = (e.position(), e.state_hash());
+    let (tx, rx) = std::sync::mpsc::channel::<Piece>();
+    let file_path = path.to_path_buf();
+    let t0 = Instant::now();
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let file = std::fs::File::create(&file_path)?;
+        let first = rx.recv().map_err(std::io::Error::other)?;
+        let mut w = SnapshotWriter::start(file, first)?;
+        while let Ok(piece) = rx.recv() {
+            if w.write(piece)? {
+                break;
+            }
+        }
+        let (file, _) = w.finish()?;
+        file.sync_all()
+    });
+    e.freeze_begin();
+    while e.freezing() {
+        e.freeze_pieces(FREEZE_STEP_BYTES, &mut |piece| {
+            let _ = tx.send(piece);
+        });
+    }
+    drop(tx);
+    writer
+        .join()
+        .map_err(|_| "snapshot writer panicked")?
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let restored = Engine::restore(*e.config(), file).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(path);
+    if (restored.position(), restored.state_hash()) != (position, hash) {
+        return Err("the streamed snapshot does not restore to where it began".into());
+    }
+    Ok(elapsed)
+}
+
 /// The 1-minute load average (`/proc/loadavg`), to judge how contended the machine was.
 fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
@@ -499,6 +543,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     drop(restored);
     let incremental = incremental_snapshot(&mut e, &mut pool, &mut clock, &mut reply, &mut round)?;
+    let streamed_s = streamed_snapshot(&mut e, &path)?;
 
     let v = json!({
         "scenario": "engine",
@@ -531,6 +576,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "snapshot_step_max_us": incremental.step_max_s * 1e6,
         "snapshot_steps": incremental.steps,
         "snapshot_copy_ms": incremental.copy_s * 1e3,
+        "snapshot_streamed_write_ms": streamed_s * 1e3,
         "snapshot_write_ms": write_s * 1e3,
         "snapshot_write_no_fsync_ms": write_no_fsync_s * 1e3,
         "snapshot_restore_ms": restore_s * 1e3,
