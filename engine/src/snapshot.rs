@@ -411,15 +411,18 @@ pub struct SnapshotWriter {
     layout: (u64, u64, u64, u64),
     head: (u32, u64),
     tail: (u32, u64),
-    retained: (u32, u64),
-    retained_records: u64,
     counts: Counts,
-    /// CRC32C and length of the index section so far, and the chunks it holds.
-    index: (u32, u64),
-    index_chunks: usize,
-    /// Writeback of the retained and index sections, each written front to back.
+    /// CRC32C and length so far of the sections written in order ([`RETAINED`], [`INDEX`]).
+    sections: [(u32, u64); 2],
+    /// Their writeback.
     writeback: [Writeback; 2],
+    retained_records: u64,
+    index_chunks: usize,
 }
+
+/// The sections a [`SnapshotWriter`] writes in order, as it receives them.
+const RETAINED: usize = 0;
+const INDEX: usize = 1;
 
 impl SnapshotWriter {
     /// Writes the first piece (header, accounts, pending transfers, sessions) into `file`.
@@ -456,12 +459,11 @@ impl SnapshotWriter {
             layout,
             head,
             tail,
-            retained: (0, 0),
-            retained_records: 0,
             counts,
-            index: (0, 0),
-            index_chunks: 0,
+            sections: [(0, 0); 2],
             writeback: [Writeback::new(layout.0), Writeback::new(layout.1)],
+            retained_records: 0,
+            index_chunks: 0,
         })
     }
 
@@ -492,17 +494,8 @@ impl SnapshotWriter {
                     return misplaced("retained records out of order");
                 }
                 let at = self.layout.0 + offset * RETAINED_SIZE as u64;
-                // In order: the section's CRC runs on from the bytes before.
-                let mut e = encoder(At {
-                    file: &self.file,
-                    at,
-                });
-                e.crc = self.retained.0;
-                put_retained_records(&mut e, &records)?;
-                e.flush()?;
-                self.retained = (e.crc, self.retained.1 + e.len);
+                self.append(RETAINED, at, |e| put_retained_records(e, &records))?;
                 self.retained_records += records.len() as u64;
-                self.writeback[0].written(&self.file, at + e.len);
             }
             PieceKind::Index { chunk, words } => {
                 const CHUNK_WORDS: usize = crate::retention::COPY_CHUNK_WORDS;
@@ -512,19 +505,31 @@ impl SnapshotWriter {
                     return misplaced("index chunks out of order");
                 }
                 let at = self.layout.1 + (chunk * CHUNK_WORDS * 4) as u64;
-                let mut e = encoder(At {
-                    file: &self.file,
-                    at,
-                });
-                e.crc = self.index.0;
-                put_index_words(&mut e, &words)?;
-                e.flush()?;
-                self.index = (e.crc, self.index.1 + e.len);
+                self.append(INDEX, at, |e| put_index_words(e, &words))?;
                 self.index_chunks += words.len().div_ceil(CHUNK_WORDS);
-                self.writeback[1].written(&self.file, at + e.len);
             }
         }
         Ok(false)
+    }
+
+    /// Writes what `put` encodes at `at`, the next bytes of section `section` (written in
+    /// order, so its CRC32C runs on from the bytes before), and starts their writeback.
+    fn append(
+        &mut self,
+        section: usize,
+        at: u64,
+        put: impl FnOnce(&mut Encoder<At<'_>>) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let mut e = encoder(At {
+            file: &self.file,
+            at,
+        });
+        e.crc = self.sections[section].0;
+        put(&mut e)?;
+        e.flush()?;
+        self.sections[section] = (e.crc, self.sections[section].1 + e.len);
+        self.writeback[section].written(&self.file, at + e.len);
+        Ok(())
     }
 
     /// Writes the trailer once every piece is in; returns the file (not yet synced) and its
@@ -534,7 +539,7 @@ impl SnapshotWriter {
     /// I/O errors; `InvalidInput` if pieces are missing.
     pub fn finish(self) -> std::io::Result<(std::fs::File, u64)> {
         if self.retained_records != self.counts.retained as u64
-            || self.index.1 != (self.counts.index_words * 4) as u64
+            || self.sections[INDEX].1 != (self.counts.index_words * 4) as u64
         {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -542,8 +547,9 @@ impl SnapshotWriter {
             ));
         }
         let mut crc = self.head;
-        crc = (combine(crc, self.retained), crc.1 + self.retained.1);
-        crc = (combine(crc, self.index), crc.1 + self.index.1);
+        for part in self.sections {
+            crc = (combine(crc, part), crc.1 + part.1);
+        }
         crc = (combine(crc, self.tail), crc.1 + self.tail.1);
         debug_assert_eq!(crc.1, self.layout.3);
         let t = trailer(crc.0, crc.1);
