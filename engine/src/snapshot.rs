@@ -308,11 +308,6 @@ impl Piece {
             _ => None,
         }
     }
-
-    /// Whether this is the last piece of a snapshot.
-    pub fn is_end(&self) -> bool {
-        matches!(self.0, PieceKind::End)
-    }
 }
 
 /// Writes into a file at a position that advances (positioned writes, so that several

@@ -63,7 +63,7 @@ pub const WRITEBACK_WINDOW: u64 = 16 << 20;
 /// copying and writing overlap, at most two windows are dirty at a time, and the final
 /// `fsync` has little left to do. The file stays in the page cache (a restart soon after reads
 /// it from there). `sync_file_range` is only a hint about timing, not about durability: the
-/// caller still syncs the file (and [`write_atomic`] does).
+/// caller still syncs the file ([`Writeback::finish`] does, and [`commit`] again).
 pub struct Writeback {
     out: BufWriter<File>,
     /// Bytes handed to the file so far (what has reached the kernel is at most this).
@@ -128,24 +128,6 @@ impl Write for Writeback {
         self.start_writeback();
         Ok(())
     }
-}
-
-/// Writes a snapshot atomically with `write` filling the file; returns its path.
-///
-/// # Errors
-/// I/O errors, naming the file.
-pub fn write_atomic(
-    dir: &Path,
-    position: u64,
-    write: impl FnOnce(&mut Writeback) -> std::io::Result<u64>,
-) -> Result<PathBuf, String> {
-    let tmp = tmp_path(dir, position);
-    let fail = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
-    let file = File::create(&tmp).map_err(|e| fail("create", &tmp, e))?;
-    let mut w = Writeback::new(file);
-    write(&mut w).map_err(|e| fail("write", &tmp, e))?;
-    let file = w.finish().map_err(|e| fail("write and fsync", &tmp, e))?;
-    commit(dir, position, &tmp, &file)
 }
 
 /// The temporary file a snapshot at `position` is written to before [`commit`].

@@ -320,7 +320,7 @@ fn journal_threads() -> usize {
 
 /// The snapshot writer that starts writeback as it goes writes exactly the bytes it was given,
 /// across several writeback windows and in writes of every size (smaller than its buffer,
-/// larger than it, and a tail shorter than a window).
+/// larger than it, and a tail shorter than a window), and `commit` puts the file in place.
 #[test]
 fn a_snapshot_written_with_writeback_reads_back_byte_for_byte() {
     use std::io::Write;
@@ -329,17 +329,18 @@ fn a_snapshot_written_with_writeback_reads_back_byte_for_byte() {
     let bytes: Vec<u8> = (0..2 * window + 12_345)
         .map(|i| (i * 7 + i / 4096) as u8)
         .collect();
-    let path = sequencer::snapshots::write_atomic(dir.path(), 42, |w| {
-        let (mut at, mut size) = (0usize, 1usize);
-        while at < bytes.len() {
-            let end = (at + size).min(bytes.len());
-            w.write_all(&bytes[at..end])?;
-            at = end;
-            size = size * 3 % (3 << 20) + 1;
-        }
-        Ok(bytes.len() as u64)
-    })
-    .unwrap();
+    let tmp = sequencer::snapshots::tmp_path(dir.path(), 42);
+    let mut w = sequencer::snapshots::Writeback::new(std::fs::File::create(&tmp).unwrap());
+    let (mut at, mut size) = (0usize, 1usize);
+    while at < bytes.len() {
+        let end = (at + size).min(bytes.len());
+        w.write_all(&bytes[at..end]).unwrap();
+        at = end;
+        size = size * 3 % (3 << 20) + 1;
+    }
+    let file = w.finish().unwrap();
+    let path = sequencer::snapshots::commit(dir.path(), 42, &tmp, &file).unwrap();
+    assert!(!tmp.exists());
     assert_eq!(
         path.file_name().unwrap(),
         &*sequencer::snapshots::file_name(42)
