@@ -111,6 +111,9 @@ pub(crate) struct AccountRecord {
     pub(crate) account: Account,
     /// Position of the last command that listed this account in its reply (dedup marker).
     touched_position: u64,
+    /// The [`AccountsCopy`] epoch in which this record's value at the copy's start was saved
+    /// (in the cache line's spare bytes).
+    saved_epoch: u64,
 }
 
 const _: () = assert!(std::mem::size_of::<AccountRecord>() == 64);
@@ -344,6 +347,97 @@ struct RingCopy {
     end: u64,
     /// Records changed in place before they were copied, as they were at the start.
     originals: Vec<(u64, Retained)>,
+}
+
+/// A copy of the accounts table as it was when it began, taken a step at a time while
+/// commands go on (slots `next..end` are still to copy). Balances are changed in place, so
+/// every write to an account goes through [`AccountsCopy::before_write`] first: while the
+/// account is still to copy, its value is saved once (the record's `saved_epoch` says it was)
+/// and copied in its place when the copy reaches it. When no copy is in progress `next` and
+/// `end` are equal and the barrier costs one compare. Accounts created during the copy lie at
+/// or beyond `end` and are not part of it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct AccountsCopy {
+    next: u32,
+    end: u32,
+    /// Distinguishes this copy's saved records from earlier copies' (starts at 1).
+    epoch: u64,
+    active: bool,
+    /// Accounts copied and not yet drained (the first is slot `drained`).
+    copied: Vec<Account>,
+    drained: u32,
+    /// Values at the start of accounts changed before they were copied, by slot.
+    originals: std::collections::HashMap<u32, Account>,
+}
+
+impl AccountsCopy {
+    /// Call before changing account `slot` (`rec`).
+    #[inline(always)]
+    fn before_write(&mut self, slot: u32, rec: &mut AccountRecord) {
+        if slot.wrapping_sub(self.next) < self.end.wrapping_sub(self.next)
+            && rec.saved_epoch != self.epoch
+        {
+            self.save(slot, rec);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn save(&mut self, slot: u32, rec: &mut AccountRecord) {
+        rec.saved_epoch = self.epoch;
+        self.originals.insert(slot, rec.account);
+    }
+
+    /// Begins a copy of the first `len` accounts.
+    pub(crate) fn begin(&mut self, len: usize) {
+        self.epoch += 1;
+        self.next = 0;
+        self.end = len as u32;
+        self.active = true;
+        self.copied.clear();
+        self.drained = 0;
+        self.originals.clear();
+    }
+
+    /// Whether a copy is in progress (until its last accounts are drained).
+    pub(crate) fn copying(&self) -> bool {
+        self.active
+    }
+
+    /// Copies up to `n` more accounts from `table`.
+    pub(crate) fn step(&mut self, table: &[AccountRecord], n: usize) {
+        let from = self.next as usize;
+        let to = (from + n).min(self.end as usize);
+        let epoch = self.epoch;
+        for (slot, rec) in (from..to).zip(&table[from..to]) {
+            let account = if rec.saved_epoch == epoch {
+                self.originals.remove(&(slot as u32)).unwrap_or(rec.account)
+            } else {
+                rec.account
+            };
+            self.copied.push(account);
+        }
+        self.next = to as u32;
+    }
+
+    /// Takes the accounts copied since the last drain, as `(slot of the first, accounts)`;
+    /// ends the copy once all are drained. `None` when no copy is in progress.
+    pub(crate) fn drain(&mut self) -> Option<(u64, Vec<Account>)> {
+        if !self.active {
+            return None;
+        }
+        let offset = self.drained;
+        let copied = std::mem::take(&mut self.copied);
+        self.drained += copied.len() as u32;
+        if self.next == self.end {
+            // Done: the barrier's range becomes empty.
+            self.active = false;
+            self.next = 0;
+            self.end = 0;
+            self.originals = Default::default();
+        }
+        Some((u64::from(offset), copied))
+    }
 }
 
 impl Ring {
@@ -733,6 +827,7 @@ impl RestoreScratch {
 /// that the compiler keeps their pointers in registers across the loop.
 struct Batch<'a> {
     accounts: &'a mut [AccountRecord],
+    accounts_copy: &'a mut AccountsCopy,
     account_index: &'a Index,
     ring: &'a mut Ring,
     touched: &'a mut Vec<u32>,
@@ -860,6 +955,7 @@ impl Batch<'_> {
         let position = self.position;
         {
             let d = &mut self.accounts[di];
+            self.accounts_copy.before_write(debit, d);
             d.account.debits_posted = d_new;
             if d.touched_position != position {
                 d.touched_position = position;
@@ -868,6 +964,7 @@ impl Batch<'_> {
         }
         {
             let c = &mut self.accounts[ci];
+            self.accounts_copy.before_write(credit, c);
             c.account.credits_posted = c_new;
             if c.touched_position != position {
                 c.touched_position = position;
@@ -901,7 +998,7 @@ impl Batch<'_> {
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
 fn run_posted(
-    accounts: &mut [AccountRecord],
+    (accounts, accounts_copy): (&mut [AccountRecord], &mut AccountsCopy),
     account_index: &Index,
     ring: &mut Ring,
     touched: &mut Vec<u32>,
@@ -914,6 +1011,7 @@ fn run_posted(
 ) -> Result<u32, (usize, ResultCode)> {
     Batch {
         accounts,
+        accounts_copy,
         account_index,
         ring,
         touched,
@@ -976,8 +1074,11 @@ pub struct Engine {
     /// Buffers of the last dropped [`crate::snapshot::Frozen`], for the next freeze.
     pub(crate) frozen_spare: crate::snapshot::Spare,
     /// A snapshot being copied while commands go on ([`Engine::freeze_begin`]): its header
-    /// and small tables, taken at the start; the ring and its index are copied by the ring.
+    /// and small tables, taken at the start (the accounts are copied by `accounts_copy`, the
+    /// ring and its index by the ring).
     pub(crate) freezing: Option<Box<crate::snapshot::Freezing>>,
+    /// The accounts table's part of that copy.
+    pub(crate) accounts_copy: AccountsCopy,
 }
 
 impl std::fmt::Debug for Engine {
@@ -1042,6 +1143,7 @@ impl Engine {
             undo_active: false,
             frozen_spare: Default::default(),
             freezing: None,
+            accounts_copy: AccountsCopy::default(),
         })
     }
 
@@ -1443,6 +1545,14 @@ impl Engine {
         }
     }
 
+    /// Account `slot` to change (through the snapshot copy's barrier, [`AccountsCopy`]).
+    #[inline]
+    fn account_mut(&mut self, slot: u32) -> &mut Account {
+        let rec = &mut self.accounts[slot as usize];
+        self.accounts_copy.before_write(slot, rec);
+        &mut rec.account
+    }
+
     fn touch(&mut self, account: u32) {
         let rec = &mut self.accounts[account as usize];
         if rec.touched_position != self.position {
@@ -1498,6 +1608,7 @@ impl Engine {
                 ..Account::default()
             },
             touched_position: 0,
+            saved_epoch: 0,
         });
         self.account_index.insert(account_hash(id), slot);
         if external {
@@ -1588,7 +1699,7 @@ impl Engine {
         let mut seen = 0u32;
         let first_failure = if all_posted {
             let run = run_posted(
-                &mut self.accounts[..],
+                (&mut self.accounts[..], &mut self.accounts_copy),
                 &self.account_index,
                 &mut self.ring,
                 &mut self.touched,
@@ -1644,7 +1755,7 @@ impl Engine {
     fn rollback(&mut self) {
         while let Some(u) = self.undo.pop() {
             match u {
-                Undo::Balances { account, old } => self.accounts[account as usize].account = old,
+                Undo::Balances { account, old } => *self.account_mut(account) = old,
                 Undo::RingPush => self.ring.pop_newest(),
                 Undo::PendingInsert { slot } => self.pending_remove(slot),
             }
@@ -1656,6 +1767,7 @@ impl Engine {
     fn batch(&mut self) -> Batch<'_> {
         Batch {
             accounts: &mut self.accounts[..],
+            accounts_copy: &mut self.accounts_copy,
             account_index: &self.account_index,
             ring: &mut self.ring,
             touched: &mut self.touched,
@@ -1827,7 +1939,7 @@ impl Engine {
             push_transfer_undo(&mut self.undo, (debit, *d), (credit, *c));
         }
         {
-            let d = &mut self.accounts[debit as usize].account;
+            let d = self.account_mut(debit);
             if pending {
                 d.debits_pending = d_new;
             } else {
@@ -1835,7 +1947,7 @@ impl Engine {
             }
         }
         {
-            let c = &mut self.accounts[credit as usize].account;
+            let c = self.account_mut(credit);
             if pending {
                 c.credits_pending = c_new;
             } else {
@@ -1949,12 +2061,12 @@ impl Engine {
         // After this point the command must succeed. Totals cannot overflow: posted grows by at
         // most what pending shrinks by.
         {
-            let d = &mut self.accounts[p.debit as usize].account;
+            let d = self.account_mut(p.debit);
             d.debits_pending -= p.amount;
             d.debits_posted = d_posted;
         }
         {
-            let c = &mut self.accounts[p.credit as usize].account;
+            let c = self.account_mut(p.credit);
             c.credits_pending -= p.amount;
             c.credits_posted = c_posted;
         }
@@ -1994,11 +2106,11 @@ impl Engine {
                 break;
             }
             {
-                let d = &mut self.accounts[p.debit as usize].account;
+                let d = self.account_mut(p.debit);
                 d.debits_pending -= p.amount;
             }
             {
-                let c = &mut self.accounts[p.credit as usize].account;
+                let c = self.account_mut(p.credit);
                 c.credits_pending -= p.amount;
             }
             if let Some(r) = self.ring.get_mut(p.ring_seq) {
@@ -2223,6 +2335,7 @@ impl Engine {
             self.accounts.push(AccountRecord {
                 account: a,
                 touched_position: 0,
+                saved_epoch: 0,
             });
             if a.flags & af::EXTERNAL != 0 {
                 if self.find_external(a.ledger).is_some()

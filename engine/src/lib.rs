@@ -87,15 +87,16 @@
 //!
 //! # Snapshots and threads
 //! See [`snapshot`]. A node's engine thread calls [`Engine::freeze_begin`] between commands:
-//! it copies the header and the small tables (accounts, pending transfers, sessions: about
-//! 12 ms with a million accounts on this machine, 0.1 ms with ten thousand) and sets up a
-//! copy of the retention ring and its index, which are most of a large state (850 MB with ten
-//! million retained transfers). Those are then copied a step at a time (256 KiB of each,
-//! ~50 µs) after each batch of commands, while commands go on: before each command the
-//! ring's oldest records that it could overwrite are copied first, an index bucket's words are
-//! saved just before its first write (and put back when its chunk is copied), and a retained
-//! record changed in place (a pending transfer posted, voided or expired) keeps its value from
-//! the start. The node streams the copy ([`Engine::freeze_pieces`]) to a writer thread, whose
+//! it copies the header and the small tables (pending transfers, sessions) and sets up
+//! copies of the accounts, the retention ring and its index, which are all of a large state
+//! (48 MB for a million accounts, 850 MB with ten million retained transfers). Those are then
+//! copied a step at a time (256 KiB of each, ~50 µs) after each batch of commands, while
+//! commands go on: an account's value is saved before its first change while it is still to
+//! copy (a compare on every balance write; the record's spare bytes mark it saved), before
+//! each command the ring's oldest records that it could overwrite are copied first, an index
+//! bucket's words are saved just before its first write (and put back when its chunk is
+//! copied), and a retained record changed in place (a pending transfer posted, voided or
+//! expired) keeps its value from the start. The node streams the copy ([`Engine::freeze_pieces`]) to a writer thread, whose
 //! [`snapshot::SnapshotWriter`] writes each piece at its place in the file as it comes, so the
 //! copy is never held whole (tens of megabytes in flight, not a second copy of the state);
 //! [`Engine::freeze_step`] collects it into a [`snapshot::Frozen`] in memory instead. Either

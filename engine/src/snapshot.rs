@@ -281,6 +281,7 @@ pub struct Piece(PieceKind);
 
 enum PieceKind {
     Start(Box<Parts>, Counts),
+    Accounts { offset: u64, accounts: Vec<Account> },
     Retained { offset: u64, records: Vec<Retained> },
     Index { chunk: usize, words: Vec<u32> },
     End,
@@ -295,6 +296,7 @@ impl Piece {
                     + p.pending.len() * std::mem::size_of::<PendingPart>()
                     + p.sessions.len() * std::mem::size_of::<Session>()
             }
+            PieceKind::Accounts { accounts, .. } => accounts.len() * std::mem::size_of::<Account>(),
             PieceKind::Retained { records, .. } => records.len() * RETAINED_SIZE,
             PieceKind::Index { words, .. } => words.len() * 4,
             PieceKind::End => 0,
@@ -395,10 +397,10 @@ fn sync_file_range(file: &std::fs::File, at: u64, len: u64, flags: libc::c_uint)
 }
 
 /// Writes a snapshot streamed by [`Engine::freeze_pieces`] into a file as its pieces arrive:
-/// the header, accounts and the small sections at once (the counts in the first piece fix
-/// every section's offset), then the retained transfers and the index, each in order, with
-/// its CRC32C running on as it goes; the trailer's CRC combines the four parts', so nothing
-/// is read back. The file is byte for byte what [`Frozen::write_to`] would write for the same
+/// the header and the small sections at once (the counts in the first piece fix every
+/// section's offset), then the accounts, the retained transfers and the index, each in order,
+/// with its CRC32C running on as it goes; the trailer's CRC combines the five parts', so
+/// nothing is read back. The file is byte for byte what [`Frozen::write_to`] would write for the same
 /// snapshot.
 pub struct SnapshotWriter {
     file: std::fs::File,
@@ -407,20 +409,23 @@ pub struct SnapshotWriter {
     head: (u32, u64),
     tail: (u32, u64),
     counts: Counts,
-    /// CRC32C and length so far of the sections written in order ([`RETAINED`], [`INDEX`]).
-    sections: [(u32, u64); 2],
+    /// CRC32C and length so far of the sections written in order ([`ACCOUNTS`], [`RETAINED`],
+    /// [`INDEX`]), in file order.
+    sections: [(u32, u64); 3],
     /// Their writeback.
-    writeback: [Writeback; 2],
+    writeback: [Writeback; 3],
+    accounts: u64,
     retained_records: u64,
     index_chunks: usize,
 }
 
 /// The sections a [`SnapshotWriter`] writes in order, as it receives them.
-const RETAINED: usize = 0;
-const INDEX: usize = 1;
+const ACCOUNTS: usize = 0;
+const RETAINED: usize = 1;
+const INDEX: usize = 2;
 
 impl SnapshotWriter {
-    /// Writes the first piece (header, accounts, pending transfers, sessions) into `file`.
+    /// Writes the first piece (header, pending transfers, sessions) into `file`.
     ///
     /// # Errors
     /// I/O errors; `InvalidInput` if `first` is not a snapshot's first piece.
@@ -439,7 +444,7 @@ impl SnapshotWriter {
             ring_head_seq: parts.ring_head_seq,
         };
         let mut e = encoder(At { file: &file, at: 0 });
-        put_head(&mut e, &h, counts, parts.accounts.iter().copied())?;
+        put_header(&mut e, &h, counts)?;
         e.flush()?;
         let head = (e.crc, e.len);
         let mut e = encoder(At {
@@ -455,8 +460,13 @@ impl SnapshotWriter {
             head,
             tail,
             counts,
-            sections: [(0, 0); 2],
-            writeback: [Writeback::new(layout.0), Writeback::new(layout.1)],
+            sections: [(0, 0); 3],
+            writeback: [
+                Writeback::new(HEADER_SIZE as u64),
+                Writeback::new(layout.0),
+                Writeback::new(layout.1),
+            ],
+            accounts: 0,
             retained_records: 0,
             index_chunks: 0,
         })
@@ -482,6 +492,16 @@ impl SnapshotWriter {
         match piece.0 {
             PieceKind::Start(..) => return misplaced("a second header piece"),
             PieceKind::End => return Ok(true),
+            PieceKind::Accounts { offset, accounts } => {
+                if offset != self.accounts
+                    || offset + accounts.len() as u64 > self.counts.accounts as u64
+                {
+                    return misplaced("accounts out of order");
+                }
+                let at = (HEADER_SIZE as u64) + offset * ACCOUNT_SIZE as u64;
+                self.append(ACCOUNTS, at, |e| put_accounts(e, accounts.iter().copied()))?;
+                self.accounts += accounts.len() as u64;
+            }
             PieceKind::Retained { offset, records } => {
                 if offset != self.retained_records
                     || offset + records.len() as u64 > self.counts.retained as u64
@@ -533,7 +553,8 @@ impl SnapshotWriter {
     /// # Errors
     /// I/O errors; `InvalidInput` if pieces are missing.
     pub fn finish(self) -> std::io::Result<(std::fs::File, u64)> {
-        if self.retained_records != self.counts.retained as u64
+        if self.accounts != self.counts.accounts as u64
+            || self.retained_records != self.counts.retained as u64
             || self.sections[INDEX].1 != (self.counts.index_words * 4) as u64
         {
             return Err(std::io::Error::new(
@@ -635,7 +656,8 @@ struct Counts {
 }
 
 impl Counts {
-    /// Byte offsets of the sections (retained, index, pending) and of the trailer.
+    /// Byte offsets of the sections (retained, index, pending) and of the trailer (the
+    /// accounts follow the header).
     fn layout(&self) -> (u64, u64, u64, u64) {
         let retained_at = (HEADER_SIZE + self.accounts * ACCOUNT_SIZE) as u64;
         let index_at = retained_at + (self.retained * RETAINED_SIZE) as u64;
@@ -646,13 +668,8 @@ impl Counts {
     }
 }
 
-/// The header and the accounts section.
-fn put_head<W: Write>(
-    e: &mut Encoder<W>,
-    h: &Header,
-    counts: Counts,
-    accounts: impl Iterator<Item = Account>,
-) -> std::io::Result<()> {
+/// The header.
+fn put_header<W: Write>(e: &mut Encoder<W>, h: &Header, counts: Counts) -> std::io::Result<()> {
     e.put(&MAGIC)?;
     e.put(&FORMAT_VERSION.to_le_bytes())?;
     e.put(&0u32.to_le_bytes())?;
@@ -669,6 +686,14 @@ fn put_head<W: Write>(
     ] {
         e.u64(v as u64)?;
     }
+    Ok(())
+}
+
+/// Accounts, as the file holds them.
+fn put_accounts<W: Write>(
+    e: &mut Encoder<W>,
+    accounts: impl Iterator<Item = Account>,
+) -> std::io::Result<()> {
     for a in accounts {
         let mut b = [0u8; ACCOUNT_SIZE];
         b[0..8].copy_from_slice(&a.id.to_le_bytes());
@@ -779,7 +804,8 @@ fn write_snapshot<W: Write>(
         index_words: index.len(),
     };
     let mut e = encoder(w);
-    put_head(&mut e, &h, counts, accounts)?;
+    put_header(&mut e, &h, counts)?;
+    put_accounts(&mut e, accounts)?;
     e.flush()?;
     put_retained_records(&mut e, retained.0)?;
     put_retained_records(&mut e, retained.1)?;
@@ -1053,6 +1079,9 @@ impl Engine {
     pub fn freeze_into(&self, frozen: &mut Frozen) {
         let p = &mut frozen.parts;
         self.copy_small_tables(p);
+        reserve_huge(&mut p.accounts, self.accounts.len());
+        p.accounts.clear();
+        p.accounts.extend(self.accounts());
         let (a, b) = self.ring.live_records();
         reserve_huge(&mut p.retained, a.len() + b.len());
         p.retained.clear();
@@ -1073,16 +1102,13 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// Copies the header fields and the small tables (accounts, pending transfers, sessions)
-    /// into `p`, reusing its buffers.
+    /// Copies the header fields and the small tables (pending transfers, sessions) into `p`,
+    /// reusing its buffers.
     fn copy_small_tables(&self, p: &mut Parts) {
         p.position = self.position;
         p.now_ns = self.now_ns;
         p.hash = self.hash;
         p.ring_head_seq = self.ring.head_seq;
-        reserve_huge(&mut p.accounts, self.accounts.len());
-        p.accounts.clear();
-        p.accounts.extend(self.accounts());
         p.pending.clear();
         p.pending.extend(self.pending_for_snapshot());
         p.sessions.clear();
@@ -1091,26 +1117,28 @@ impl Engine {
 
     /// Begins a snapshot that is copied while commands go on, and returns `true` (`false`, and
     /// nothing happens, if one is already in progress). The header and the small tables
-    /// (accounts, pending transfers, sessions) are copied now; the retention ring and its
-    /// index, most of a large state, are copied afterwards, a step at a time
-    /// ([`Engine::freeze_step`] into memory, or [`Engine::freeze_pieces`] to stream them to a
-    /// [`SnapshotWriter`]), with what commands are about to overwrite copied first: the ring's
-    /// oldest records before each command, an index chunk just before its first write, a
-    /// record's value before a pending transfer's state changes it. The result is the same as
-    /// [`Engine::freeze`] at this position (the tests compare them byte for byte), but the
-    /// engine is held only for the small tables (a few milliseconds with a million accounts,
-    /// where a full freeze with ten million retained transfers holds it for about a tenth of a
-    /// second).
+    /// (pending transfers, sessions) are copied now; the accounts, the retention ring and its
+    /// index are copied afterwards, a step at a time ([`Engine::freeze_step`] into memory, or
+    /// [`Engine::freeze_pieces`] to stream them to a [`SnapshotWriter`]), with what commands
+    /// are about to overwrite saved first: an account's value before its first change, the
+    /// ring's oldest records before each command, an index bucket just before its first write,
+    /// a record's value before a pending transfer's state changes it. The result is the same
+    /// as [`Engine::freeze`] at this position (the tests compare them byte for byte), but the
+    /// engine is held only for the small tables (a fraction of a millisecond, where a full
+    /// freeze of a million accounts and ten million retained transfers holds it for about a
+    /// tenth of a second).
     pub fn freeze_begin(&mut self) -> bool {
         if self.freezing.is_some() {
             return false;
         }
         let mut parts = self.take_spare();
         self.copy_small_tables(&mut parts);
+        parts.accounts.clear();
+        self.accounts_copy.begin(self.accounts.len());
         self.ring.copy_begin();
         self.ring.index.copy_begin();
         let counts = Counts {
-            accounts: parts.accounts.len(),
+            accounts: self.accounts.len(),
             retained: self.ring.copy_len() as usize,
             pending: parts.pending.len(),
             sessions: parts.sessions.len(),
@@ -1129,8 +1157,8 @@ impl Engine {
     }
 
     /// Copies the next part of the snapshot in progress (up to [`FREEZE_STEP_BYTES`] of
-    /// retained transfers and as much of the retention index: about 50 µs on the development
-    /// VM) into memory; returns the [`Frozen`] snapshot once it is complete (`None` before,
+    /// accounts, as much of the retained transfers and of the retention index: about 50 µs on
+    /// the development VM) into memory; returns the [`Frozen`] snapshot once it is complete (`None` before,
     /// and when none is in progress). Call it between commands, as often as latency allows.
     pub fn freeze_step(&mut self) -> Option<Frozen> {
         self.freeze_step_by(FREEZE_STEP_BYTES)
@@ -1141,9 +1169,17 @@ impl Engine {
     pub fn freeze_step_by(&mut self, bytes: usize) -> Option<Frozen> {
         let counts = self.freezing.as_deref()?.counts;
         self.freeze_advance(bytes.max(1));
+        let accounts = self.accounts_copy.drain();
         let ring = self.ring.copy_drain();
         let index = self.ring.index.copy_drain();
         let parts = self.freezing.as_deref_mut()?.parts.as_deref_mut()?;
+        if let Some((offset, accounts)) = accounts {
+            if offset == 0 {
+                reserve_huge(&mut parts.accounts, counts.accounts);
+                parts.accounts.clear();
+            }
+            parts.accounts.extend_from_slice(&accounts);
+        }
         if let Some((offset, records)) = ring {
             if offset == 0 {
                 reserve_huge(&mut parts.retained, counts.retained);
@@ -1159,7 +1195,7 @@ impl Engine {
             let at = chunk * crate::retention::COPY_CHUNK_WORDS;
             parts.index[at..at + words.len()].copy_from_slice(&words);
         }
-        if self.ring.copying() || self.ring.index.copying() {
+        if self.freeze_copying() {
             return None;
         }
         let parts = *self.freezing.take()?.parts?;
@@ -1170,9 +1206,10 @@ impl Engine {
     }
 
     /// Streams the snapshot in progress instead of copying it into memory: copies up to
-    /// `bytes` more of the retention ring and of its index (0: none, only what commands forced
-    /// since the last call) and hands `out` every [`Piece`] ready: first the header and small
-    /// tables, then retained records and index chunks as they are copied, and last an end
+    /// `bytes` more of the accounts, of the retention ring and of its index (0: none, only what
+    /// commands forced since the last call) and hands `out` every [`Piece`] ready: first the
+    /// header and small tables, then accounts, retained records and index chunks as they are
+    /// copied, and last an end
     /// piece (the snapshot is then complete and no longer in progress). A [`SnapshotWriter`]
     /// on another thread writes them as they come, so the copy never has to be held whole:
     /// what is in flight is what the writer has not written yet.
@@ -1186,6 +1223,11 @@ impl Engine {
         if bytes > 0 {
             self.freeze_advance(bytes);
         }
+        if let Some((offset, accounts)) = self.accounts_copy.drain() {
+            if !accounts.is_empty() {
+                out(Piece(PieceKind::Accounts { offset, accounts }));
+            }
+        }
         if let Some((offset, records)) = self.ring.copy_drain() {
             if !records.is_empty() {
                 out(Piece(PieceKind::Retained { offset, records }));
@@ -1194,14 +1236,22 @@ impl Engine {
         for (chunk, words) in self.ring.index.copy_drain() {
             out(Piece(PieceKind::Index { chunk, words }));
         }
-        if !self.ring.copying() && !self.ring.index.copying() {
+        if !self.freeze_copying() {
             self.freezing = None;
             out(Piece(PieceKind::End));
         }
     }
 
-    /// Copies up to `bytes` more of the ring and of the index into their copies' outboxes.
+    /// Whether a part of the snapshot in progress is still being copied.
+    fn freeze_copying(&self) -> bool {
+        self.accounts_copy.copying() || self.ring.copying() || self.ring.index.copying()
+    }
+
+    /// Copies up to `bytes` more of the accounts, of the ring and of the index into their
+    /// copies' outboxes.
     fn freeze_advance(&mut self, bytes: usize) {
+        self.accounts_copy
+            .step(&self.accounts, (bytes / ACCOUNT_SIZE).max(1));
         let records = (bytes / std::mem::size_of::<Retained>()).max(1) as u64;
         self.ring.copy_step(records);
         self.ring

@@ -946,6 +946,20 @@ fn snapshot_copied_while_commands_go_on(streamed: bool) {
         pending_id: 2,
     });
     assert_eq!(void.result, R::Ok);
+    // An account created (and funded) during the copy is not part of it.
+    let created = l.run(&Command::CreateAccount {
+        id: 30,
+        ledger: 1,
+        flags: 0,
+        code: 0,
+    });
+    assert_eq!(created.result, R::Ok);
+    let funded = l.run(&Command::Deposit {
+        transfer_id: 52,
+        account_id: 30,
+        amount: 5,
+    });
+    assert_eq!(funded.result, R::Ok);
     l.now_ns += 2 * SECOND_NS;
     // An atomic group whose last member fails: its inserts are undone.
     let group: Vec<TransferSpec> = (0..5u128)

@@ -21,9 +21,9 @@
 //!   place from the sealed batch buffers, and pushes each reply with its position into the
 //!   reply ring. It may run ahead of durability.
 //! - **snapshot writer**: every `snapshot_interval_commands` the engine begins a copy of its
-//!   state (`Engine::freeze_begin`: the small tables now, the retention ring and index a
-//!   step of about 50 µs after each batch, copy-on-write keeping the copy at the starting
-//!   position) and streams it here piece by piece (`Engine::freeze_pieces`); this thread
+//!   state (`Engine::freeze_begin`: the small tables now, the accounts, the retention ring
+//!   and its index a step of about 50-80 µs after each batch, copy-on-write keeping the copy
+//!   at the starting position) and streams it here piece by piece (`Engine::freeze_pieces`); this thread
 //!   writes each piece into a temporary file as it comes (`SnapshotWriter`), and once the
 //!   last has come and that position is durable, finishes, syncs and renames the file. The
 //!   engine never waits for the disk, is never held for a whole copy, and the copy is never

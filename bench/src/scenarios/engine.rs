@@ -376,8 +376,8 @@ struct Incremental {
     copy_s: f64,
 }
 
-/// A node's periodic snapshot: `freeze_begin` between commands (the engine held for the small
-/// tables only: `snapshot_begin_ms`), then one `freeze_step` after each command of the pool
+/// A node's periodic snapshot: `freeze_begin` between commands (the engine held for the header
+/// and the small tables only: `snapshot_begin_ms`), then one `freeze_step` after each command of the pool
 /// (fresh ids) until the copy is complete (`snapshot_steps`, the longest `snapshot_step_max_us`,
 /// all of them together `snapshot_copy_ms`); the copy must be the state where it began.
 fn incremental_snapshot(
