@@ -87,6 +87,13 @@ pub struct Config {
     pub multicast: bool,
     /// Multicast TTL advertised in SETUP.
     pub ttl: u8,
+    /// Socket driver: use UDP segmentation offload where the kernel has it. A sender hands
+    /// the kernel a run of equal datagrams lying back to back in its term in one call
+    /// (`UDP_SEGMENT`), and a receiver takes such a run in one read (`UDP_GRO`): the same
+    /// datagrams on the wire, a fraction of the per-datagram system cost. Turned off by
+    /// itself when the kernel or the route refuses it (e.g. datagrams over a link's MTU).
+    /// Default on.
+    pub udp_offload: bool,
 }
 
 impl Default for Config {
@@ -111,6 +118,7 @@ impl Default for Config {
             close_linger_ns: 1_000_000_000,
             multicast: false,
             ttl: 1,
+            udp_offload: true,
         }
     }
 }

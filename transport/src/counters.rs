@@ -56,10 +56,14 @@ pub enum CounterId {
     DropsInjected = 23,
     /// Errors returned by socket calls.
     SocketErrors = 24,
+    /// Runs of several datagrams handed to the kernel in one (`Config::udp_offload`).
+    SegmentedSends = 25,
+    /// Reads that brought a run of several datagrams coalesced (`Config::udp_offload`).
+    CoalescedReceives = 26,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: usize = 25;
+pub const COUNTER_COUNT: usize = 27;
 
 /// Labels, indexed by [`CounterId`].
 pub const COUNTER_LABELS: [&str; COUNTER_COUNT] = [
@@ -88,9 +92,11 @@ pub const COUNTER_LABELS: [&str; COUNTER_COUNT] = [
     "drops_unexpected_type",
     "drops_injected",
     "socket_errors",
+    "segmented_sends",
+    "coalesced_receives",
 ];
 
-const _: () = assert!(CounterId::SocketErrors as usize + 1 == COUNTER_COUNT);
+const _: () = assert!(CounterId::CoalescedReceives as usize + 1 == COUNTER_COUNT);
 
 /// A set of counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -245,7 +245,7 @@ impl Publication {
         if cfg.multicast && cfg.flow_control == FlowControl::Unicast {
             cfg.flow_control = FlowControl::Min;
         }
-        let mtu = cfg.mtu;
+        let (mtu, offload) = (cfg.mtu, cfg.udp_offload);
         let sender = Sender::new(cfg, session_id, stream_id, initial_term_id, now_ns())
             .map_err(config_error)?;
         let socket = new_socket()?;
@@ -270,11 +270,13 @@ impl Publication {
             && socket
                 .connect(&SocketAddr::V4(channel.endpoint).into())
                 .is_ok();
+        let mut tx = Batch::new(BATCH_DATAGRAMS, mtu);
+        tx.set_segmentation(offload);
         Ok(Publication {
             sender,
             socket,
             endpoint: SocketAddr::V4(channel.endpoint).into(),
-            tx: Batch::new(BATCH_DATAGRAMS, mtu),
+            tx,
             rx: Batch::new(BATCH_DATAGRAMS, CONTROL_SLOT_LENGTH),
             loss: None,
             control_next_ns: 0,
@@ -380,7 +382,13 @@ impl Publication {
         loop {
             if self.tx.has_unsent() {
                 match self.tx.send(&self.socket, self.sender.log_bytes()) {
-                    Ok(n) => work += n,
+                    Ok(n) => {
+                        work += n;
+                        let runs = self.tx.take_runs_sent();
+                        self.sender
+                            .counters_mut()
+                            .add(CounterId::SegmentedSends, runs);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return work,
                     // A connected socket reports an earlier ICMP port-unreachable (no
                     // subscriber yet) once; the batch was not sent: retry it next cycle.
@@ -552,7 +560,13 @@ impl Subscription {
         let window_max = (rcvbuf / 2 / (cfg.mtu + DATAGRAM_OVERHEAD_ESTIMATE) * cfg.mtu)
             & !(FRAME_ALIGNMENT - 1);
         cfg.receiver_window = cfg.receiver_window.min(window_max).max(cfg.mtu);
-        let receive_slot = cfg.mtu.max(CONTROL_SLOT_LENGTH);
+        // Coalesced runs (a sender's segmented sends) arrive up to 64 KiB at a time.
+        let coalescing = cfg.udp_offload && crate::mmsg::enable_coalescing(&socket);
+        let receive_slot = if coalescing {
+            RECEIVE_SLOT_LENGTH
+        } else {
+            cfg.mtu.max(CONTROL_SLOT_LENGTH)
+        };
         let receiver = Receiver::new(cfg, stream_id, session_id_seed()).map_err(config_error)?;
         if channel.is_multicast() {
             socket.set_reuse_address(true)?;
@@ -563,10 +577,12 @@ impl Subscription {
         } else {
             socket.bind(&SocketAddr::V4(channel.endpoint).into())?;
         }
+        let mut rx = Batch::new(BATCH_DATAGRAMS, receive_slot);
+        rx.set_coalescing(coalescing);
         Ok(Subscription {
             receiver,
             socket,
-            rx: Batch::new(BATCH_DATAGRAMS, receive_slot),
+            rx,
             tx: Batch::new(BATCH_DATAGRAMS, CONTROL_SLOT_LENGTH),
             loss: None,
             rx_idle: false,
@@ -642,13 +658,21 @@ impl Subscription {
         self.rx_idle = !matches!(received, Ok(n) if n > 0);
         match received {
             Ok(n) => {
-                // Datagrams before `from` were taken in place; `dropped` is one whose loss
-                // injection was already drawn. `run` follows whether every datagram of the
-                // batch continued one session in order, and the longest of them.
-                let (mut from, mut dropped) = (0, None);
+                let coalesced = (0..n)
+                    .filter(|&i| (1..self.rx.length(i)).contains(&self.rx.segment(i)))
+                    .count();
+                self.receiver
+                    .counters_mut()
+                    .add(CounterId::CoalescedReceives, coalesced as u64);
+                // Slots before `from` were taken in place, and the first `from_segment`
+                // datagrams of slot `from` (a coalesced run, see `Batch::segment`, broken part
+                // way); `dropped` is one whose loss injection was already drawn. `run`
+                // follows whether every slot of the batch continued one session in order, and
+                // the longest of them.
+                let (mut from, mut from_segment, mut dropped) = (0, 0, None);
                 let mut run = Run::default();
                 if let Some((t, stride)) = &target {
-                    while from < n {
+                    'slots: while from < n {
                         let length = self.rx.length(from);
                         let Some(source) = self.rx.source(from) else {
                             break;
@@ -660,13 +684,26 @@ impl Subscription {
                             dropped = Some(from);
                             break;
                         }
-                        if !self
-                            .receiver
-                            .accept_direct(t, now, source, from * stride, length)
-                        {
-                            break;
+                        let segment = match self.rx.segment(from) {
+                            0 => length,
+                            g => g,
+                        };
+                        let mut at = 0;
+                        while at < length || at == 0 {
+                            let part = segment.min(length - at);
+                            if !self.receiver.accept_direct(
+                                t,
+                                now,
+                                source,
+                                from * stride + at,
+                                part,
+                            ) {
+                                from_segment = at / segment.max(1);
+                                break 'slots;
+                            }
+                            at += part.max(1);
                         }
-                        run.add(self.receiver.last_in_order());
+                        run.add(self.receiver.last_in_order().map(|(s, _)| (s, length)));
                         from += 1;
                     }
                     // The rest lie in the log where they may not stay: move each to its slot
@@ -684,7 +721,7 @@ impl Subscription {
                         run.add(None);
                         continue;
                     };
-                    // (The loss of `dropped` was drawn above: draw once per datagram.)
+                    // (The loss of `dropped` was drawn above: draw once per slot.)
                     let lost = dropped == Some(i) || Loss::drops(&mut self.loss);
                     if lost {
                         self.receiver.counters_mut().incr(CounterId::DropsInjected);
@@ -694,8 +731,21 @@ impl Subscription {
                         truncated = true;
                         run.add(None);
                     } else {
-                        self.receiver.handle_datagram(now, source, bytes);
-                        run.add(self.receiver.last_in_order());
+                        let segment = self.rx.segment(i);
+                        if segment == 0 || bytes.len() <= segment {
+                            self.receiver.handle_datagram(now, source, bytes);
+                            run.add(self.receiver.last_in_order());
+                        } else {
+                            // A coalesced run: its datagrams one by one.
+                            let skip = if i == from { from_segment } else { 0 };
+                            let mut in_order = true;
+                            for datagram in bytes.chunks(segment).skip(skip) {
+                                self.receiver.handle_datagram(now, source, datagram);
+                                in_order &= self.receiver.last_in_order().is_some();
+                            }
+                            let last = self.receiver.last_in_order();
+                            run.add(last.filter(|_| in_order).map(|(s, _)| (s, bytes.len())));
+                        }
                     }
                 }
                 if n > 0 {

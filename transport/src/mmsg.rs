@@ -38,7 +38,32 @@ pub(crate) struct Batch {
     pub sent: usize,
     /// Recv: headers hold valid receive pointers (set on the first `recv`).
     receive_ready: bool,
+    /// Send: hand runs of equal datagrams to the kernel as one (`UDP_SEGMENT`); see
+    /// [`Batch::set_segmentation`].
+    segmentation: bool,
+    /// Send: slots each header carries (one, or a segmented run's count).
+    header_slots: Vec<usize>,
+    /// Send: segmented runs sent since [`Batch::take_runs_sent`] last asked.
+    runs_sent: u64,
+    /// Each header's control message: a segmented run's segment size (send), or room for
+    /// the kernel's (receive, with coalescing).
+    controls: Vec<Control>,
+    /// Recv: the socket hands runs of equal datagrams over coalesced (`UDP_GRO`); see
+    /// [`Batch::set_coalescing`].
+    coalescing: bool,
+    /// Recv: each received slot's segment size when it holds a coalesced run (else 0).
+    segments: Vec<usize>,
 }
+
+/// Room for one control message carrying a small integer (`CMSG_SPACE` of a `u32`, 8-aligned).
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct Control([u8; 24]);
+
+/// Largest UDP payload of an IPv4 datagram: the bound on a segmented run's bytes.
+const SEGMENTED_BYTES_MAX: usize = 65_507;
+/// Most segments in one run (the kernel's limit was 64 before Linux 6.0).
+const SEGMENTS_MAX: usize = 64;
 
 // SAFETY: the raw pointers inside `iovecs`/`headers` only ever point into this struct's own
 // heap buffers, which never move; moving the struct to another thread moves their only owner.
@@ -61,7 +86,49 @@ impl Batch {
             count: 0,
             sent: 0,
             receive_ready: false,
+            segmentation: false,
+            header_slots: vec![0; slots],
+            runs_sent: 0,
+            controls: vec![Control([0; 24]); slots],
+            coalescing: false,
+            segments: vec![0; slots],
         }
+    }
+
+    /// Recv: the socket was set to coalesce runs of equal datagrams ([`enable_coalescing`]):
+    /// read the segment size the kernel attaches to each ([`Batch::segment`]). Slots should
+    /// then hold 64 KiB.
+    pub fn set_coalescing(&mut self, on: bool) {
+        self.coalescing = on;
+        self.receive_ready = false;
+    }
+
+    /// The segment size of received slot `i` when it holds several datagrams coalesced (each
+    /// `segment` bytes, the last possibly shorter), else 0.
+    pub fn segment(&self, i: usize) -> usize {
+        self.segments[i]
+    }
+
+    /// Points header `i` at its control buffer for a receive, if coalescing.
+    fn receive_control(&mut self, i: usize) {
+        if self.coalescing {
+            self.headers[i].msg_hdr.msg_control =
+                self.controls[i].0.as_mut_ptr() as *mut libc::c_void;
+            self.headers[i].msg_hdr.msg_controllen = std::mem::size_of::<Control>();
+        }
+    }
+
+    /// Send: whether runs of datagrams lying back to back in the external buffer, of one
+    /// length (the last may be shorter), for one destination, go to the kernel as one
+    /// (`UDP_SEGMENT`: it cuts them into the same datagrams). Turned off for good by the
+    /// first send the kernel refuses for it.
+    pub fn set_segmentation(&mut self, on: bool) {
+        self.segmentation = on;
+    }
+
+    /// Segmented runs sent since the last call.
+    pub fn take_runs_sent(&mut self) -> u64 {
+        std::mem::take(&mut self.runs_sent)
     }
 
     /// Bytes per slot: the longest datagram a slot holds without truncation.
@@ -188,12 +255,19 @@ impl Batch {
         if !self.receive_ready {
             self.external.fill(None);
             self.prepare(0, n, true, &[]);
+            for i in 0..n {
+                self.receive_control(i);
+            }
             self.receive_ready = true;
         } else {
             // Pointers are still valid (heap buffers never move); reset what the kernel wrote.
-            for h in &mut self.headers[..self.count] {
-                h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                h.msg_hdr.msg_flags = 0;
+            for i in 0..self.count {
+                let h = &mut self.headers[i].msg_hdr;
+                h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                h.msg_flags = 0;
+                if self.coalescing {
+                    h.msg_controllen = std::mem::size_of::<Control>();
+                }
             }
         }
         let fd: RawFd = socket.as_raw_fd();
@@ -257,6 +331,7 @@ impl Batch {
                 msg_hdr: h,
                 msg_len: 0,
             };
+            self.receive_control(i);
         }
         let fd: RawFd = socket.as_raw_fd();
         // SAFETY: `headers[..n]` were just built; each points at two iovecs of this struct,
@@ -286,6 +361,11 @@ impl Batch {
         for i in 0..r {
             self.lengths[i] = self.headers[i].msg_len as usize;
             self.addr_lengths[i] = self.headers[i].msg_hdr.msg_namelen;
+            self.segments[i] = if self.coalescing {
+                received_segment(&self.headers[i].msg_hdr)
+            } else {
+                0
+            };
         }
         self.count = r;
         Ok(r)
@@ -323,33 +403,213 @@ impl Batch {
             return Ok(0);
         }
         self.receive_ready = false;
-        self.prepare(from, to, false, external);
+        let (headers, segmented) = if self.segmentation {
+            self.prepare_segmented(from, to, external)
+        } else {
+            self.prepare(from, to, false, external);
+            self.header_slots[from..to].fill(1);
+            (to - from, false)
+        };
         let fd: RawFd = socket.as_raw_fd();
-        // SAFETY: `headers[from..to]` are initialised by `prepare` and point into live
-        // buffers of this struct or into `external` (bounds-checked by `prepare`), which is
-        // borrowed for the whole call; the kernel only reads them.
+        // SAFETY: `headers[from..from + headers]` are initialised by `prepare` or
+        // `prepare_segmented` and point into live buffers of this struct or into `external`
+        // (bounds-checked there), which is borrowed for the whole call; the kernel only reads
+        // them.
         let r = unsafe {
             libc::sendmmsg(
                 fd,
                 self.headers[from..].as_mut_ptr(),
-                (to - from) as libc::c_uint,
+                headers as libc::c_uint,
                 libc::MSG_DONTWAIT,
             )
         };
         if r < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            if segmented
+                && matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+                )
+            {
+                // The kernel or the route does not take segmented sends (too old a kernel,
+                // or datagrams longer than the route's MTU): send datagram by datagram.
+                self.segmentation = false;
+                return self.send(socket, external);
+            }
+            return Err(e);
         }
-        self.sent += r as usize;
+        let done = &self.header_slots[from..from + r as usize];
+        let slots: usize = done.iter().sum();
+        self.runs_sent += done.iter().filter(|&&k| k > 1).count() as u64;
+        self.sent += slots;
         if self.sent == self.count {
             self.clear();
         }
-        Ok(r as usize)
+        Ok(slots)
+    }
+
+    /// Builds send headers for slots `from..to` from `headers[from]` on, a run of external
+    /// datagrams lying back to back, of one length (the last may be shorter) and for one
+    /// destination in one header with a `UDP_SEGMENT` control message. Returns the headers
+    /// built and whether any carries a run.
+    fn prepare_segmented(&mut self, from: usize, to: usize, external: &[u8]) -> (usize, bool) {
+        let mut h = from;
+        let mut i = from;
+        let mut any = false;
+        while i < to {
+            let mut j = i + 1;
+            if let Some(start) = self.external[i] {
+                let segment = self.lengths[i];
+                let mut end = start + segment;
+                let mut last = segment;
+                while j < to
+                    && j - i < SEGMENTS_MAX
+                    && last == segment
+                    && self.external[j] == Some(end)
+                    && self.lengths[j] <= segment
+                    && end - start + self.lengths[j] <= SEGMENTED_BYTES_MAX
+                    && self.same_destination(i, j)
+                {
+                    last = self.lengths[j];
+                    end += last;
+                    j += 1;
+                }
+                if j - i > 1 {
+                    self.iovecs[h] = libc::iovec {
+                        // Bounds-checked here, so the kernel only reads inside `external`.
+                        iov_base: external[start..end].as_ptr() as *mut libc::c_void,
+                        iov_len: end - start,
+                    };
+                    self.header(h, i);
+                    let c = &mut self.controls[h];
+                    let space = control_message(
+                        c,
+                        libc::SOL_UDP,
+                        libc::UDP_SEGMENT,
+                        &(segment as u16).to_ne_bytes(),
+                    );
+                    self.headers[h].msg_hdr.msg_control = c.0.as_mut_ptr() as *mut libc::c_void;
+                    self.headers[h].msg_hdr.msg_controllen = space;
+                    self.header_slots[h] = j - i;
+                    any = true;
+                    h += 1;
+                    i = j;
+                    continue;
+                }
+            }
+            self.prepare(i, i + 1, false, external);
+            // `prepare` built header `i` over iovec `i`: move both to `h` (h <= i).
+            self.iovecs[h] = self.iovecs[i];
+            self.header(h, i);
+            self.header_slots[h] = 1;
+            h += 1;
+            i = j;
+        }
+        (h - from, any)
+    }
+
+    /// Header `h` over iovec `h`, addressed as slot `slot`.
+    fn header(&mut self, h: usize, slot: usize) {
+        // SAFETY: all-zero bytes are a valid msghdr.
+        let mut m: libc::msghdr = unsafe { zeroed() };
+        m.msg_namelen = self.addr_lengths[slot];
+        if m.msg_namelen > 0 {
+            m.msg_name = &mut self.addrs[slot] as *mut libc::sockaddr_storage as *mut libc::c_void;
+        }
+        m.msg_iov = &mut self.iovecs[h];
+        m.msg_iovlen = 1;
+        self.headers[h] = libc::mmsghdr {
+            msg_hdr: m,
+            msg_len: 0,
+        };
+    }
+
+    /// Whether slots `a` and `b` go to the same destination.
+    fn same_destination(&self, a: usize, b: usize) -> bool {
+        let n = self.addr_lengths[a];
+        if n != self.addr_lengths[b] {
+            return false;
+        }
+        let bytes = |i: usize| {
+            // SAFETY: a sockaddr_storage is plain bytes; `n` is at most its size (`push`).
+            unsafe {
+                std::slice::from_raw_parts(
+                    &self.addrs[i] as *const libc::sockaddr_storage as *const u8,
+                    n as usize,
+                )
+            }
+        };
+        bytes(a) == bytes(b)
     }
 
     pub fn clear(&mut self) {
         self.count = 0;
         self.sent = 0;
     }
+}
+
+/// The segment size the kernel attached to a coalesced receive (`UDP_GRO`), or 0.
+fn received_segment(h: &libc::msghdr) -> usize {
+    let mut segment = 0;
+    if h.msg_control.is_null() || h.msg_flags & libc::MSG_CTRUNC != 0 {
+        return 0;
+    }
+    // SAFETY: `h` was filled by the kernel's recvmmsg: its control buffer (ours, valid) holds
+    // `msg_controllen` bytes of well-formed control messages, which the CMSG macros walk.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP
+                && (*c).cmsg_type == libc::UDP_GRO
+                && (*c).cmsg_len as usize
+                    >= libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as usize
+            {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                segment = v.max(0) as usize;
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    segment
+}
+
+/// Asks the kernel to hand runs of equal datagrams of one flow over coalesced, with their
+/// segment size (`UDP_GRO`); returns whether it took the option (kernels before 5.0 do not).
+pub fn enable_coalescing(socket: &impl AsRawFd) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: a plain setsockopt with a valid pointer to an int and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            &on as *const libc::c_int as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    r == 0
+}
+
+/// Writes one control message (`level`, `kind`, `data`) into `c`; returns the bytes it takes.
+fn control_message(c: &mut Control, level: libc::c_int, kind: libc::c_int, data: &[u8]) -> usize {
+    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic on a length.
+    let (space, len) = unsafe {
+        (
+            libc::CMSG_SPACE(data.len() as u32) as usize,
+            libc::CMSG_LEN(data.len() as u32) as usize,
+        )
+    };
+    assert!(space <= c.0.len(), "control message too long");
+    c.0 = [0; 24];
+    // SAFETY: `c` is 8-aligned and holds `space` bytes: a cmsghdr followed by its data.
+    unsafe {
+        let h = c.0.as_mut_ptr() as *mut libc::cmsghdr;
+        (*h).cmsg_level = level;
+        (*h).cmsg_type = kind;
+        (*h).cmsg_len = len as _;
+        std::ptr::copy_nonoverlapping(data.as_ptr(), libc::CMSG_DATA(h), data.len());
+    }
+    space
 }
 
 /// Waits until `socket` is readable or `timeout` has passed (`ppoll`, nanosecond timeout).

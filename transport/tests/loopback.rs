@@ -103,10 +103,15 @@ fn exchange_lengths(
 /// A subscription on a free loopback port that drops `loss` of what it receives (seeded), and
 /// a publication to it.
 fn unicast_pair(loss: f64, seed: u64) -> (Subscription, Publication) {
+    unicast_pair_with(loss, seed, test_config())
+}
+
+/// [`unicast_pair`] with both ends configured by `config`.
+fn unicast_pair_with(loss: f64, seed: u64, config: Config) -> (Subscription, Publication) {
     let mut sub = Subscription::new(
         &Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
         STREAM_ID,
-        test_config(),
+        config.clone(),
     )
     .unwrap();
     let endpoint = match sub.local_addr().unwrap() {
@@ -114,8 +119,7 @@ fn unicast_pair(loss: f64, seed: u64) -> (Subscription, Publication) {
         other => panic!("{other}"),
     };
     sub.inject_loss(loss, seed);
-    let publication =
-        Publication::new(&Channel::unicast(endpoint), STREAM_ID, test_config()).unwrap();
+    let publication = Publication::new(&Channel::unicast(endpoint), STREAM_ID, config).unwrap();
     (sub, publication)
 }
 
@@ -135,10 +139,25 @@ fn unicast_on_loopback_delivers_every_message_in_order_despite_injected_loss() {
 
 #[test]
 fn runs_of_equal_datagrams_received_in_place_survive_loss_and_length_changes() {
+    runs_of_equal_datagrams(true);
+}
+
+/// The same without UDP segmentation offload: datagram by datagram through the kernel.
+#[test]
+fn runs_of_equal_datagrams_survive_loss_and_length_changes_without_udp_offload() {
+    runs_of_equal_datagrams(false);
+}
+
+fn runs_of_equal_datagrams(udp_offload: bool) {
     // Long runs of equal messages make equal full datagrams, which a subscription receives
-    // straight into its log; injected loss, shorter datagrams and changes of message length
-    // interrupt those runs in the middle of a batch.
-    let (sub, mut publication) = unicast_pair(0.003, 5);
+    // straight into its log (with offload, runs of them coalesced in one read); injected loss,
+    // shorter datagrams and changes of message length interrupt those runs in the middle of a
+    // batch.
+    let config = Config {
+        udp_offload,
+        ..test_config()
+    };
+    let (sub, mut publication) = unicast_pair_with(0.003, 5, config);
     let mut subs = [sub];
     exchange_lengths(&mut publication, &mut subs, 60_000, |i| {
         match (i / 5000) % 4 {
@@ -149,17 +168,29 @@ fn runs_of_equal_datagrams_received_in_place_survive_loss_and_length_changes() {
     });
     assert!(subs[0].counters().get(CounterId::DropsInjected) > 0);
     assert!(publication.counters().get(CounterId::Retransmits) > 0);
+    let segmented = publication.counters().get(CounterId::SegmentedSends);
+    let coalesced = subs[0].counters().get(CounterId::CoalescedReceives);
+    if udp_offload {
+        // Loopback takes segmented sends on every kernel since 4.18, coalesced reads since 5.0.
+        assert!(segmented > 0, "no run was sent segmented");
+        assert!(coalesced > 0, "no run arrived coalesced");
+    } else {
+        assert_eq!((segmented, coalesced), (0, 0));
+    }
 }
 
 #[test]
 fn a_subscriber_configured_for_a_smaller_mtu_recovers_the_publishers_larger_datagrams() {
-    // The subscription sizes its receive slots for its own MTU; the publication's first
-    // larger datagrams arrive truncated, are dropped, and come back as retransmits once the
-    // slots have grown.
+    // Without coalesced reads (which take 64 KiB slots from the start), the subscription
+    // sizes its receive slots for its own MTU; the publication's first larger datagrams
+    // arrive truncated, are dropped, and come back as retransmits once the slots have grown.
     let sub = Subscription::new(
         &Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
         STREAM_ID,
-        test_config(),
+        Config {
+            udp_offload: false,
+            ..test_config()
+        },
     )
     .unwrap();
     let endpoint = match sub.local_addr().unwrap() {
