@@ -46,9 +46,18 @@ struct Options {
     phases: Vec<String>,
     /// Term length of every log, in bytes.
     term_length: usize,
+    /// `Config::udp_offload` of every endpoint.
+    udp_offload: bool,
 }
 
+/// What every endpoint of a run is configured from: MTU, term length, UDP offload.
+type Setup = (usize, usize, bool);
+
 impl Options {
+    fn setup(&self) -> Setup {
+        (self.mtu, self.term_length, self.udp_offload)
+    }
+
     fn runs(&self, phase: &str) -> bool {
         self.phases.is_empty() || self.phases.iter().any(|p| p == phase)
     }
@@ -63,6 +72,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         rounds: 3,
         phases: Vec::new(),
         term_length: TERM_LENGTH,
+        udp_offload: true,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -73,6 +83,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         };
         match a.as_str() {
             "--json" => o.json = true,
+            "--no-udp-offload" => o.udp_offload = false,
             "--mtu" => {
                 let v = value("--mtu")?;
                 o.mtu = v.parse().map_err(|_| format!("--mtu '{v}' is not a number"))?;
@@ -116,7 +127,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
                             (raw/transport alternations each figure is split into, default 3), --json, \
                             --term-length N (bytes, a power of two; default {TERM_LENGTH}), \
                             --phases a,b (profiling: run only these of raw-unicast, raw-multicast, \
-                            unicast, multicast, raw-rtt, rtt; the others report 0)"
+                            unicast, multicast, raw-rtt, rtt; the others report 0), --no-udp-offload \
+                            (the transport sends and reads datagram by datagram, as the raw baseline \
+                            does; default: segmented sends and coalesced reads where the kernel has them)"
                 ))
             }
             other => return Err(format!("unknown option '{other}' (try --help)")),
@@ -125,7 +138,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
     Ok(o)
 }
 
-fn config(mtu: usize, term_length: usize) -> Config {
+fn config((mtu, term_length, udp_offload): Setup) -> Config {
     // See `TERM_LENGTH` for the term length.
     // The publisher may run this far ahead of what was sent: a few send batches, so what
     // it wrote is still in cache when the driver sends it (a half-term window lets a
@@ -136,6 +149,7 @@ fn config(mtu: usize, term_length: usize) -> Config {
         mtu,
         publication_window,
         message_length_max: publication_window.min(term_length / 4),
+        udp_offload,
         ..Config::with_term_length(term_length)
     }
 }
@@ -385,12 +399,8 @@ fn raw_rtt(datagram_length: usize, samples: u64) -> Result<Histogram<u64>, Strin
 
 /// Transport throughput of 64-byte messages: (messages/s per receiver, min over receivers;
 /// wire bytes/s per receiver).
-fn transport_throughput(
-    mtu: usize,
-    term_length: usize,
-    receivers: usize,
-    seconds: f64,
-) -> Result<(f64, f64), String> {
+fn transport_throughput(setup: Setup, receivers: usize, seconds: f64) -> Result<(f64, f64), String> {
+    let mtu = setup.0;
     let port = free_port()?;
     let channel = if receivers > 1 {
         Channel::multicast(
@@ -403,7 +413,7 @@ fn transport_throughput(
     let mut subs = Vec::new();
     for _ in 0..receivers {
         subs.push(
-            Subscription::new(&channel, STREAM_ID, config(mtu, term_length))
+            Subscription::new(&channel, STREAM_ID, config(setup))
                 .map_err(|e| e.to_string())?,
         );
     }
@@ -413,7 +423,7 @@ fn transport_throughput(
     let offered2 = offered.clone();
     let publisher = std::thread::spawn(move || -> Result<u64, String> {
         pin_to(0);
-        let mut p = Publication::new(&channel, STREAM_ID, config(mtu, term_length))
+        let mut p = Publication::new(&channel, STREAM_ID, config(setup))
             .map_err(|e| e.to_string())?;
         let msg = [42u8; MESSAGE_LENGTH];
         let offers_per_cycle = (mtu / 96).max(1) * 16;
@@ -559,21 +569,21 @@ fn transport_throughput(
 }
 
 /// Transport ping-pong: round trips of one 64-byte message, in nanoseconds.
-fn transport_rtt(mtu: usize, term_length: usize, samples: u64) -> Result<Histogram<u64>, String> {
+fn transport_rtt(setup: Setup, samples: u64) -> Result<Histogram<u64>, String> {
     let (port_a, port_b) = (free_port()?, free_port()?);
     let ch_a = Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port_a));
     let ch_b = Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port_b));
     let mut ping_sub =
-        Subscription::new(&ch_b, STREAM_ID, config(mtu, term_length)).map_err(|e| e.to_string())?;
+        Subscription::new(&ch_b, STREAM_ID, config(setup)).map_err(|e| e.to_string())?;
     let mut ping_pub =
-        Publication::new(&ch_a, STREAM_ID, config(mtu, term_length)).map_err(|e| e.to_string())?;
+        Publication::new(&ch_a, STREAM_ID, config(setup)).map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let pong = std::thread::spawn(move || -> Result<(), String> {
         pin_to(1);
-        let mut sub = Subscription::new(&ch_a, STREAM_ID, config(mtu, term_length))
+        let mut sub = Subscription::new(&ch_a, STREAM_ID, config(setup))
             .map_err(|e| e.to_string())?;
-        let mut publication = Publication::new(&ch_b, STREAM_ID, config(mtu, term_length))
+        let mut publication = Publication::new(&ch_b, STREAM_ID, config(setup))
             .map_err(|e| e.to_string())?;
         let mut pending: Option<[u8; MESSAGE_LENGTH]> = None;
         while !stop2.load(Ordering::Relaxed) {
@@ -648,7 +658,7 @@ fn transport_rtt(mtu: usize, term_length: usize, samples: u64) -> Result<Histogr
 pub fn run(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
     let machine = machine(); // before pinning, which narrows the visible cores
-    config(o.mtu, o.term_length)
+    config(o.setup())
         .validate()
         .map_err(|e| format!("--mtu {} --term-length {}: {e}", o.mtu, o.term_length))?;
     // A full datagram of 64-byte messages: each frame is 96 bytes (32-byte header).
@@ -681,13 +691,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
             raw_uni.push(raw_throughput(datagram, 1, slice)?);
         }
         if step("unicast", "transport unicast throughput") {
-            uni.push(transport_throughput(o.mtu, o.term_length, 1, slice)?);
+            uni.push(transport_throughput(o.setup(), 1, slice)?);
         }
         if step("raw-multicast", "raw UDP multicast throughput") {
             raw_multi.push(raw_throughput(datagram, 2, slice)?);
         }
         if step("multicast", "transport multicast throughput") {
-            multi.push(transport_throughput(o.mtu, o.term_length, 2, slice)?);
+            multi.push(transport_throughput(o.setup(), 2, slice)?);
         }
         if step("raw-rtt", "raw UDP round trips") {
             raw_h
@@ -695,7 +705,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
         }
         if step("rtt", "transport round trips") {
-            tr_h.add(transport_rtt(o.mtu, o.term_length, o.rtt_samples / rounds)?)
+            tr_h.add(transport_rtt(o.setup(), o.rtt_samples / rounds)?)
                 .map_err(|e| e.to_string())?;
         }
     }
@@ -734,15 +744,17 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let v = json!({
         "scenario": "transport",
         "machine": machine,
-        "command": format!("cargo run --release -p bench -- transport --mtu {} --term-length {} --seconds {} --rtt-samples {} --rounds {}{}{}",
+        "command": format!("cargo run --release -p bench -- transport --mtu {} --term-length {} --seconds {} --rtt-samples {} --rounds {}{}{}{}",
             o.mtu, o.term_length, o.seconds, o.rtt_samples, o.rounds,
             if o.phases.is_empty() { String::new() } else { format!(" --phases {}", o.phases.join(",")) },
+            if o.udp_offload { "" } else { " --no-udp-offload" },
             if o.json { " --json" } else { "" }),
         "mtu": o.mtu,
         "message_length": MESSAGE_LENGTH,
         "datagram_length": datagram,
-        "term_length": config(o.mtu, o.term_length).term_length,
-        "publication_window": config(o.mtu, o.term_length).publication_window,
+        "term_length": config(o.setup()).term_length,
+        "publication_window": config(o.setup()).publication_window,
+        "udp_offload": o.udp_offload,
         "unicast_msgs_per_s": uni_msgs.round(),
         "multicast_msgs_per_s": multi_msgs.round(),
         "unicast_wire_bytes_per_s": uni_bytes.round(),
