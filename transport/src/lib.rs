@@ -8,6 +8,14 @@
 //! `recvmmsg`/`sendmmsg` as [`driver::Publication`] and [`driver::Subscription`], each an
 //! [`idle::Agent`] to be run by a duty-cycle loop. Nothing in this crate spawns threads.
 //!
+//! Data leaves a publication straight from its term log, and a run of equal datagrams lying
+//! back to back there goes to the kernel in one segmented send (`UDP_SEGMENT`); a subscription
+//! reads such runs coalesced (`UDP_GRO`), in order straight into its log. On the wire they are
+//! the same datagrams, so peers without offload (Aeron in other languages) see no difference;
+//! the per-datagram system cost, most of a loopback datagram's, is paid once per run (up to
+//! 64 datagrams or 64 KiB). [`config::Config::udp_offload`] turns it off; it also turns
+//! itself off when the kernel or the route refuses a segmented send.
+//!
 //! Positions are byte positions in a session's stream (Aeron's), computed from term id and
 //! term offset.
 #![deny(unsafe_code)]
