@@ -87,13 +87,18 @@ pub struct Config {
     pub multicast: bool,
     /// Multicast TTL advertised in SETUP.
     pub ttl: u8,
-    /// Socket driver: use UDP segmentation offload where the kernel has it. A sender hands
-    /// the kernel a run of equal datagrams lying back to back in its term in one call
-    /// (`UDP_SEGMENT`), and a receiver takes such a run in one read (`UDP_GRO`): the same
-    /// datagrams on the wire, a fraction of the per-datagram system cost. Turned off by
-    /// itself when the kernel or the route refuses it (e.g. datagrams over a link's MTU).
-    /// Default on.
-    pub udp_offload: bool,
+    /// Socket driver, sender: hand the kernel a run of equal datagrams lying back to back in
+    /// the term in one call (`UDP_SEGMENT`): the same datagrams on the wire, a fraction of
+    /// the per-datagram system cost. Turned off by itself when the kernel or the route
+    /// refuses it (e.g. datagrams over a link's MTU). Default on.
+    pub udp_segmentation: bool,
+    /// Socket driver, receiver: take such runs in one read (`UDP_GRO`), in order straight
+    /// into the log. Worth it for a bulk stream of full datagrams from few senders (on
+    /// loopback, 8 KiB multicast to two receivers on one thread: 0.7 of raw UDP's bytes/s
+    /// without it, about 1.0 with it); default off, because on the node's ingress (many
+    /// clients' requests of a few datagrams each) it cost about a third of `bench e2e`'s
+    /// throughput, for a reason not found yet.
+    pub udp_coalescing: bool,
 }
 
 impl Default for Config {
@@ -118,7 +123,8 @@ impl Default for Config {
             close_linger_ns: 1_000_000_000,
             multicast: false,
             ttl: 1,
-            udp_offload: true,
+            udp_segmentation: true,
+            udp_coalescing: false,
         }
     }
 }

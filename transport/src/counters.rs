@@ -56,9 +56,9 @@ pub enum CounterId {
     DropsInjected = 23,
     /// Errors returned by socket calls.
     SocketErrors = 24,
-    /// Runs of several datagrams handed to the kernel in one (`Config::udp_offload`).
+    /// Runs of several datagrams handed to the kernel in one (`Config::udp_segmentation`).
     SegmentedSends = 25,
-    /// Reads that brought a run of several datagrams coalesced (`Config::udp_offload`).
+    /// Reads that brought a run of several datagrams coalesced (`Config::udp_coalescing`).
     CoalescedReceives = 26,
 }
 

@@ -245,7 +245,7 @@ impl Publication {
         if cfg.multicast && cfg.flow_control == FlowControl::Unicast {
             cfg.flow_control = FlowControl::Min;
         }
-        let (mtu, offload) = (cfg.mtu, cfg.udp_offload);
+        let (mtu, offload) = (cfg.mtu, cfg.udp_segmentation);
         let sender = Sender::new(cfg, session_id, stream_id, initial_term_id, now_ns())
             .map_err(config_error)?;
         let socket = new_socket()?;
@@ -561,7 +561,7 @@ impl Subscription {
             & !(FRAME_ALIGNMENT - 1);
         cfg.receiver_window = cfg.receiver_window.min(window_max).max(cfg.mtu);
         // Coalesced runs (a sender's segmented sends) arrive up to 64 KiB at a time.
-        let coalescing = cfg.udp_offload && crate::mmsg::enable_coalescing(&socket);
+        let coalescing = cfg.udp_coalescing && crate::mmsg::enable_coalescing(&socket);
         let receive_slot = if coalescing {
             RECEIVE_SLOT_LENGTH
         } else {

@@ -9,12 +9,13 @@
 //! [`idle::Agent`] to be run by a duty-cycle loop. Nothing in this crate spawns threads.
 //!
 //! Data leaves a publication straight from its term log, and a run of equal datagrams lying
-//! back to back there goes to the kernel in one segmented send (`UDP_SEGMENT`); a subscription
-//! reads such runs coalesced (`UDP_GRO`), in order straight into its log. On the wire they are
-//! the same datagrams, so peers without offload (Aeron in other languages) see no difference;
-//! the per-datagram system cost, most of a loopback datagram's, is paid once per run (up to
-//! 64 datagrams or 64 KiB). [`config::Config::udp_offload`] turns it off; it also turns
-//! itself off when the kernel or the route refuses a segmented send.
+//! back to back there goes to the kernel in one segmented send (`UDP_SEGMENT`,
+//! [`config::Config::udp_segmentation`], on by default; it turns itself off when the kernel
+//! or the route refuses it); a subscription may read such runs coalesced (`UDP_GRO`,
+//! [`config::Config::udp_coalescing`], off by default), in order straight into its log. On
+//! the wire they are the same datagrams, so peers without offload (Aeron in other languages)
+//! see no difference; the per-datagram system cost, most of a loopback datagram's, is paid
+//! once per run (up to 64 datagrams or 64 KiB).
 //!
 //! Positions are byte positions in a session's stream (Aeron's), computed from term id and
 //! term offset.

@@ -142,19 +142,31 @@ fn runs_of_equal_datagrams_received_in_place_survive_loss_and_length_changes() {
     runs_of_equal_datagrams(true);
 }
 
+/// The same with segmented sends and coalesced reads.
+#[test]
+fn runs_of_equal_datagrams_sent_segmented_and_read_coalesced_survive_loss_and_length_changes() {
+    runs_of_equal_datagrams_with(true, true);
+}
+
 /// The same without UDP segmentation offload: datagram by datagram through the kernel.
 #[test]
 fn runs_of_equal_datagrams_survive_loss_and_length_changes_without_udp_offload() {
-    runs_of_equal_datagrams(false);
+    runs_of_equal_datagrams_with(false, false);
 }
 
-fn runs_of_equal_datagrams(udp_offload: bool) {
+/// With the default offload (segmented sends), or none.
+fn runs_of_equal_datagrams(udp_segmentation: bool) {
+    runs_of_equal_datagrams_with(udp_segmentation, false);
+}
+
+fn runs_of_equal_datagrams_with(udp_segmentation: bool, udp_coalescing: bool) {
     // Long runs of equal messages make equal full datagrams, which a subscription receives
     // straight into its log (with offload, runs of them coalesced in one read); injected loss,
     // shorter datagrams and changes of message length interrupt those runs in the middle of a
     // batch.
     let config = Config {
-        udp_offload,
+        udp_segmentation,
+        udp_coalescing,
         ..test_config()
     };
     let (sub, mut publication) = unicast_pair_with(0.003, 5, config);
@@ -170,13 +182,17 @@ fn runs_of_equal_datagrams(udp_offload: bool) {
     assert!(publication.counters().get(CounterId::Retransmits) > 0);
     let segmented = publication.counters().get(CounterId::SegmentedSends);
     let coalesced = subs[0].counters().get(CounterId::CoalescedReceives);
-    if udp_offload {
-        // Loopback takes segmented sends on every kernel since 4.18, coalesced reads since 5.0.
-        assert!(segmented > 0, "no run was sent segmented");
-        assert!(coalesced > 0, "no run arrived coalesced");
-    } else {
-        assert_eq!((segmented, coalesced), (0, 0));
-    }
+    // Loopback takes segmented sends on every kernel since 4.18, coalesced reads since 5.0.
+    assert_eq!(
+        segmented > 0,
+        udp_segmentation,
+        "runs sent segmented: {segmented}"
+    );
+    assert_eq!(
+        coalesced > 0,
+        udp_coalescing,
+        "runs read coalesced: {coalesced}"
+    );
 }
 
 #[test]
@@ -188,7 +204,7 @@ fn a_subscriber_configured_for_a_smaller_mtu_recovers_the_publishers_larger_data
         &Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
         STREAM_ID,
         Config {
-            udp_offload: false,
+            udp_coalescing: false,
             ..test_config()
         },
     )

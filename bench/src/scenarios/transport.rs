@@ -3,11 +3,12 @@
 //! baseline measured in the same run with the same datagram sizes (`sendmmsg`/`recvmmsg`, no
 //! protocol), so the ratio is visible.
 //!
-//! The transport runs as configured by default, with UDP offload on (`Config::udp_offload`:
-//! runs of equal datagrams go to the kernel in one segmented send and arrive in one coalesced
-//! read), so it can beat the raw baseline, which sends and reads datagram by datagram as the
-//! issue defines it; the datagrams on the wire are the same. `--no-udp-offload` measures the
-//! transport datagram by datagram too.
+//! The transport runs as configured by default, with segmented sends
+//! (`Config::udp_segmentation`: a run of equal datagrams goes to the kernel in one call), so it
+//! can beat the raw baseline, which sends datagram by datagram as the issue defines it; the
+//! datagrams on the wire are the same. `--no-udp-segmentation` measures the transport datagram
+//! by datagram too; `--udp-coalescing` adds coalesced reads (`Config::udp_coalescing`, off by
+//! default).
 //!
 //! Threads: never more than 2 spinning threads (this VM has 2 cores): publisher + subscriber,
 //! with both multicast receivers composed onto one thread; ping + pong. Busy-spin idle
@@ -52,16 +53,23 @@ struct Options {
     phases: Vec<String>,
     /// Term length of every log, in bytes.
     term_length: usize,
-    /// `Config::udp_offload` of every endpoint.
-    udp_offload: bool,
+    /// `Config::udp_segmentation` and `Config::udp_coalescing` of every endpoint.
+    udp_segmentation: bool,
+    udp_coalescing: bool,
 }
 
-/// What every endpoint of a run is configured from: MTU, term length, UDP offload.
-type Setup = (usize, usize, bool);
+/// What every endpoint of a run is configured from: MTU, term length, UDP segmentation and
+/// coalescing.
+type Setup = (usize, usize, bool, bool);
 
 impl Options {
     fn setup(&self) -> Setup {
-        (self.mtu, self.term_length, self.udp_offload)
+        (
+            self.mtu,
+            self.term_length,
+            self.udp_segmentation,
+            self.udp_coalescing,
+        )
     }
 
     fn runs(&self, phase: &str) -> bool {
@@ -78,7 +86,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
         rounds: 3,
         phases: Vec::new(),
         term_length: TERM_LENGTH,
-        udp_offload: true,
+        udp_segmentation: true,
+        udp_coalescing: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -89,7 +98,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
         };
         match a.as_str() {
             "--json" => o.json = true,
-            "--no-udp-offload" => o.udp_offload = false,
+            "--no-udp-segmentation" => o.udp_segmentation = false,
+            "--udp-coalescing" => o.udp_coalescing = true,
             "--mtu" => {
                 let v = value("--mtu")?;
                 o.mtu = v.parse().map_err(|_| format!("--mtu '{v}' is not a number"))?;
@@ -133,9 +143,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
                             (raw/transport alternations each figure is split into, default 3), --json, \
                             --term-length N (bytes, a power of two; default {TERM_LENGTH}), \
                             --phases a,b (profiling: run only these of raw-unicast, raw-multicast, \
-                            unicast, multicast, raw-rtt, rtt; the others report 0), --no-udp-offload \
-                            (the transport sends and reads datagram by datagram, as the raw baseline \
-                            does; default: segmented sends and coalesced reads where the kernel has them)"
+                            unicast, multicast, raw-rtt, rtt; the others report 0), --no-udp-segmentation \
+                            (the transport sends datagram by datagram, as the raw baseline does), \
+                            --udp-coalescing (subscriptions read runs of datagrams coalesced)"
                 ))
             }
             other => return Err(format!("unknown option '{other}' (try --help)")),
@@ -144,7 +154,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
     Ok(o)
 }
 
-fn config((mtu, term_length, udp_offload): Setup) -> Config {
+fn config((mtu, term_length, udp_segmentation, udp_coalescing): Setup) -> Config {
     // See `TERM_LENGTH` for the term length.
     // The publisher may run this far ahead of what was sent: a few send batches, so what
     // it wrote is still in cache when the driver sends it (a half-term window lets a
@@ -155,7 +165,8 @@ fn config((mtu, term_length, udp_offload): Setup) -> Config {
         mtu,
         publication_window,
         message_length_max: publication_window.min(term_length / 4),
-        udp_offload,
+        udp_segmentation,
+        udp_coalescing,
         ..Config::with_term_length(term_length)
     }
 }
@@ -753,17 +764,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let v = json!({
         "scenario": "transport",
         "machine": machine,
-        "command": format!("cargo run --release -p bench -- transport --mtu {} --term-length {} --seconds {} --rtt-samples {} --rounds {}{}{}{}",
+        "command": format!("cargo run --release -p bench -- transport --mtu {} --term-length {} --seconds {} --rtt-samples {} --rounds {}{}{}{}{}",
             o.mtu, o.term_length, o.seconds, o.rtt_samples, o.rounds,
             if o.phases.is_empty() { String::new() } else { format!(" --phases {}", o.phases.join(",")) },
-            if o.udp_offload { "" } else { " --no-udp-offload" },
+            if o.udp_segmentation { "" } else { " --no-udp-segmentation" },
+            if o.udp_coalescing { " --udp-coalescing" } else { "" },
             if o.json { " --json" } else { "" }),
         "mtu": o.mtu,
         "message_length": MESSAGE_LENGTH,
         "datagram_length": datagram,
         "term_length": config(o.setup()).term_length,
         "publication_window": config(o.setup()).publication_window,
-        "udp_offload": o.udp_offload,
+        "udp_segmentation": o.udp_segmentation,
+        "udp_coalescing": o.udp_coalescing,
         "unicast_msgs_per_s": uni_msgs.round(),
         "multicast_msgs_per_s": multi_msgs.round(),
         "unicast_wire_bytes_per_s": uni_bytes.round(),
