@@ -225,24 +225,12 @@ impl Batch {
                     self.lengths[i]
                 },
             };
-            // SAFETY: all-zero bytes are a valid msghdr.
-            let mut h: libc::msghdr = unsafe { zeroed() };
-            h.msg_namelen = if receiving {
+            let name_length = if receiving {
                 size_of::<libc::sockaddr_storage>() as libc::socklen_t
             } else {
                 self.addr_lengths[i]
             };
-            // No address (a connected socket's peer) is a null name, which lets the kernel
-            // use the socket's cached route.
-            if h.msg_namelen > 0 {
-                h.msg_name = &mut self.addrs[i] as *mut libc::sockaddr_storage as *mut libc::c_void;
-            }
-            h.msg_iov = &mut self.iovecs[i];
-            h.msg_iovlen = 1;
-            self.headers[i] = libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            };
+            self.header(i, i, name_length);
         }
     }
 
@@ -480,7 +468,7 @@ impl Batch {
                         iov_base: external[start..end].as_ptr() as *mut libc::c_void,
                         iov_len: end - start,
                     };
-                    self.header(h, i);
+                    self.header(h, i, self.addr_lengths[i]);
                     let c = &mut self.controls[h];
                     let space = control_message(
                         c,
@@ -500,7 +488,7 @@ impl Batch {
             self.prepare(i, i + 1, false, external);
             // `prepare` built header `i` over iovec `i`: move both to `h` (h <= i).
             self.iovecs[h] = self.iovecs[i];
-            self.header(h, i);
+            self.header(h, i, self.addr_lengths[i]);
             self.header_slots[h] = 1;
             h += 1;
             i = j;
@@ -508,11 +496,14 @@ impl Batch {
         (h - from, any)
     }
 
-    /// Header `h` over iovec `h`, addressed as slot `slot`.
-    fn header(&mut self, h: usize, slot: usize) {
+    /// Header `h` over iovec `h`, with slot `slot`'s address (`name_length` bytes of it: the
+    /// address's length to send, the room for one to receive).
+    fn header(&mut self, h: usize, slot: usize, name_length: libc::socklen_t) {
         // SAFETY: all-zero bytes are a valid msghdr.
         let mut m: libc::msghdr = unsafe { zeroed() };
-        m.msg_namelen = self.addr_lengths[slot];
+        m.msg_namelen = name_length;
+        // No address (a connected socket's peer) is a null name, which lets the kernel use the
+        // socket's cached route.
         if m.msg_namelen > 0 {
             m.msg_name = &mut self.addrs[slot] as *mut libc::sockaddr_storage as *mut libc::c_void;
         }
