@@ -209,22 +209,7 @@ impl Batch {
 
     fn prepare(&mut self, from: usize, to: usize, receiving: bool, external: &[u8]) {
         for i in from..to {
-            let at = i * self.slot_length;
-            let base = match self.external[i] {
-                // Bounds-checked here, so the kernel only ever reads inside `external`.
-                Some(offset) if !receiving => {
-                    external[offset..offset + self.lengths[i]].as_ptr() as *mut libc::c_void
-                }
-                _ => self.data[at..].as_mut_ptr() as *mut libc::c_void,
-            };
-            self.iovecs[i] = libc::iovec {
-                iov_base: base,
-                iov_len: if receiving {
-                    self.slot_length
-                } else {
-                    self.lengths[i]
-                },
-            };
+            self.iovecs[i] = self.slot_iovec(i, receiving, external);
             let name_length = if receiving {
                 size_of::<libc::sockaddr_storage>() as libc::socklen_t
             } else {
@@ -485,15 +470,34 @@ impl Batch {
                     continue;
                 }
             }
-            self.prepare(i, i + 1, false, external);
-            // `prepare` built header `i` over iovec `i`: move both to `h` (h <= i).
-            self.iovecs[h] = self.iovecs[i];
+            self.iovecs[h] = self.slot_iovec(i, false, external);
             self.header(h, i, self.addr_lengths[i]);
             self.header_slots[h] = 1;
             h += 1;
             i = j;
         }
         (h - from, any)
+    }
+
+    /// The iovec of slot `i`: its own bytes (a receive, or a send from the slot), or its
+    /// bytes in `external` (a send pushed with `push_external`).
+    fn slot_iovec(&mut self, i: usize, receiving: bool, external: &[u8]) -> libc::iovec {
+        let at = i * self.slot_length;
+        let base = match self.external[i] {
+            // Bounds-checked here, so the kernel only ever reads inside `external`.
+            Some(offset) if !receiving => {
+                external[offset..offset + self.lengths[i]].as_ptr() as *mut libc::c_void
+            }
+            _ => self.data[at..].as_mut_ptr() as *mut libc::c_void,
+        };
+        libc::iovec {
+            iov_base: base,
+            iov_len: if receiving {
+                self.slot_length
+            } else {
+                self.lengths[i]
+            },
+        }
     }
 
     /// Header `h` over iovec `h`, with slot `slot`'s address (`name_length` bytes of it: the
