@@ -93,11 +93,8 @@ pub struct Config {
     /// refuses it (e.g. datagrams over a link's MTU). Default on.
     pub udp_segmentation: bool,
     /// Socket driver, receiver: take such runs in one read (`UDP_GRO`), in order straight
-    /// into the log. Worth it for a bulk stream of full datagrams from few senders (on
-    /// loopback, 8 KiB multicast to two receivers on one thread: 0.7 of raw UDP's bytes/s
-    /// without it, about 1.0 with it); default off, because on the node's ingress (many
-    /// clients' requests of a few datagrams each) it cost about a third of `bench e2e`'s
-    /// throughput, for a reason not found yet.
+    /// into the log (receive slots are then 64 KiB). Off where the kernel lacks it. Default
+    /// on.
     pub udp_coalescing: bool,
 }
 
@@ -124,7 +121,7 @@ impl Default for Config {
             multicast: false,
             ttl: 1,
             udp_segmentation: true,
-            udp_coalescing: false,
+            udp_coalescing: true,
         }
     }
 }

@@ -707,11 +707,18 @@ impl Subscription {
                         from += 1;
                     }
                     // The rest lie in the log where they may not stay: move each to its slot
-                    // (what did not fit there is already in the slot, past `stride`).
+                    // (what did not fit there is already in the slot, past `stride`). Of slot
+                    // `from`, only what follows the datagrams already taken in place: those
+                    // are the image's now.
                     for i in from..n {
                         let part = self.rx.length(i).min(*stride);
-                        let slot = &mut self.rx.slot_mut(i)[..part];
-                        self.receiver.take_direct(t, i * stride, slot);
+                        let taken = if i == from {
+                            (from_segment * self.rx.segment(i)).min(part)
+                        } else {
+                            0
+                        };
+                        let slot = &mut self.rx.slot_mut(i)[taken..part];
+                        self.receiver.take_direct(t, i * stride + taken, slot);
                     }
                 }
                 let mut truncated = false;

@@ -11,8 +11,8 @@
 //! Data leaves a publication straight from its term log, and a run of equal datagrams lying
 //! back to back there goes to the kernel in one segmented send (`UDP_SEGMENT`,
 //! [`config::Config::udp_segmentation`], on by default; it turns itself off when the kernel
-//! or the route refuses it); a subscription may read such runs coalesced (`UDP_GRO`,
-//! [`config::Config::udp_coalescing`], off by default), in order straight into its log. On
+//! or the route refuses it); a subscription reads such runs coalesced (`UDP_GRO`,
+//! [`config::Config::udp_coalescing`], on by default), in order straight into its log. On
 //! the wire they are the same datagrams, so peers without offload (Aeron in other languages)
 //! see no difference; the per-datagram system cost, most of a loopback datagram's, is paid
 //! once per run (up to 64 datagrams or 64 KiB).

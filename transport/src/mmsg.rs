@@ -233,8 +233,10 @@ impl Batch {
             }
             self.receive_ready = true;
         } else {
-            // Pointers are still valid (heap buffers never move); reset what the kernel wrote.
-            for i in 0..self.count {
+            // Pointers are still valid (heap buffers never move); reset what the kernel wrote
+            // into every header this call may use (not only last call's: the kernel shrinks
+            // `msg_controllen` to what it wrote, 0 without a control message).
+            for i in 0..max {
                 let h = &mut self.headers[i].msg_hdr;
                 h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 h.msg_flags = 0;

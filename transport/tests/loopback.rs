@@ -139,24 +139,42 @@ fn unicast_on_loopback_delivers_every_message_in_order_despite_injected_loss() {
 
 #[test]
 fn runs_of_equal_datagrams_received_in_place_survive_loss_and_length_changes() {
-    runs_of_equal_datagrams(true);
+    runs_of_equal_datagrams_with(true, true);
 }
 
-/// The same with segmented sends and coalesced reads.
+/// The same with segmented sends read datagram by datagram.
 #[test]
-fn runs_of_equal_datagrams_sent_segmented_and_read_coalesced_survive_loss_and_length_changes() {
-    runs_of_equal_datagrams_with(true, true);
+fn runs_of_equal_datagrams_sent_segmented_and_read_one_by_one_survive_loss_and_length_changes() {
+    runs_of_equal_datagrams_with(true, false);
+}
+
+/// Coalesced runs broken part way (taken in place up to a datagram the in-order path does
+/// not take, the rest the general way) deliver every message intact: messages of many
+/// lengths, fragmented ones among them, in small terms.
+#[test]
+fn coalesced_runs_broken_part_way_deliver_every_message_intact() {
+    let config = Config {
+        udp_segmentation: true,
+        udp_coalescing: true,
+        ..Config {
+            nak_delay_multicast_max_ns: 200_000,
+            nak_retry_ns: 2_000_000,
+            retransmit_linger_ns: 1_000_000,
+            heartbeat_interval_ns: 1_000_000,
+            setup_interval_ns: 1_000_000,
+            ..Config::with_term_length(64 * 1024)
+        }
+    };
+    let (sub, mut publication) = unicast_pair_with(0.0, 1, config);
+    let mut subs = [sub];
+    exchange(&mut publication, &mut subs, 100_000);
+    assert!(subs[0].counters().get(CounterId::CoalescedReceives) > 0);
 }
 
 /// The same without UDP segmentation offload: datagram by datagram through the kernel.
 #[test]
 fn runs_of_equal_datagrams_survive_loss_and_length_changes_without_udp_offload() {
     runs_of_equal_datagrams_with(false, false);
-}
-
-/// With the default offload (segmented sends), or none.
-fn runs_of_equal_datagrams(udp_segmentation: bool) {
-    runs_of_equal_datagrams_with(udp_segmentation, false);
 }
 
 fn runs_of_equal_datagrams_with(udp_segmentation: bool, udp_coalescing: bool) {
