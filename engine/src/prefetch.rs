@@ -66,6 +66,40 @@ pub(crate) fn span<T>(table: &[T], capacity: usize) -> (usize, usize) {
     (table.as_ptr() as usize, capacity * std::mem::size_of::<T>())
 }
 
+/// Lets the calling thread run on the cores its creator may not use: a thread inherits its
+/// creator's CPU affinity, so a helper started by a thread pinned to one core would share that
+/// core with it and help nothing. The new mask is every online core outside `avoid` (the
+/// creator's mask), or every online core if that leaves none. Returns whether it moved.
+pub(crate) fn leave_cores(avoid: &libc::cpu_set_t) -> bool {
+    // SAFETY: plain syscalls on a local, zero-initialised `cpu_set_t`.
+    unsafe {
+        let online = libc::sysconf(libc::_SC_NPROCESSORS_ONLN)
+            .clamp(1, libc::CPU_SETSIZE as libc::c_long) as usize;
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..online {
+            if !libc::CPU_ISSET(cpu, avoid) {
+                libc::CPU_SET(cpu, &mut set);
+            }
+        }
+        if libc::CPU_COUNT(&set) == 0 {
+            for cpu in 0..online {
+                libc::CPU_SET(cpu, &mut set);
+            }
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// The calling thread's CPU affinity mask (all zero if it cannot be read).
+pub(crate) fn current_cores() -> libc::cpu_set_t {
+    // SAFETY: a zero-initialised `cpu_set_t` is valid, and the kernel writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+        set
+    }
+}
+
 /// Asks the kernel to map (zero-filled, writable) every page of each range now, as a write
 /// would on first touch, but without writing: contents never change, and a range that is
 /// no longer mapped only makes the call fail. Meant for a helper thread that runs ahead of a
@@ -102,4 +136,53 @@ pub(crate) fn populate_for_write(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_helper_started_by_a_pinned_thread_leaves_its_core() {
+        let allowed = current_cores();
+        // SAFETY: reading a `cpu_set_t` the kernel filled.
+        let count = unsafe { libc::CPU_COUNT(&allowed) };
+        if count < 2 {
+            eprintln!(
+                "skipped: this process may use {count} core(s); the helper has nowhere to go"
+            );
+            return;
+        }
+        let first = (0..libc::CPU_SETSIZE as usize)
+            .find(|&cpu| unsafe { libc::CPU_ISSET(cpu, &allowed) })
+            .expect("an allowed core");
+        std::thread::spawn(move || {
+            // SAFETY: plain syscalls on local, zero-initialised sets.
+            unsafe {
+                let mut one: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(first, &mut one);
+                assert_eq!(
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one),
+                    0
+                );
+            }
+            let pinned = current_cores();
+            std::thread::spawn(move || {
+                assert!(leave_cores(&pinned));
+                let now = current_cores();
+                // SAFETY: reading sets the kernel filled.
+                unsafe {
+                    assert!(
+                        !libc::CPU_ISSET(first, &now),
+                        "the helper still runs on its creator's core"
+                    );
+                    assert!(libc::CPU_COUNT(&now) >= 1);
+                }
+            })
+            .join()
+            .expect("helper");
+        })
+        .join()
+        .expect("pinned thread");
+    }
 }

@@ -56,6 +56,8 @@ struct Options {
     /// `Config::udp_segmentation` and `Config::udp_coalescing` of every endpoint.
     udp_segmentation: bool,
     udp_coalescing: bool,
+    /// Where to write every round trip (diagnosis of the latency tail), if anywhere.
+    rtt_trace: Option<String>,
 }
 
 /// What every endpoint of a run is configured from: MTU, term length, UDP segmentation and
@@ -88,6 +90,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         term_length: TERM_LENGTH,
         udp_segmentation: true,
         udp_coalescing: true,
+        rtt_trace: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -130,6 +133,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .parse()
                     .map_err(|_| format!("--term-length '{v}' is not a number"))?;
             }
+            "--rtt-trace" => o.rtt_trace = Some(value("--rtt-trace")?),
             "--phases" => {
                 let v = value("--phases")?;
                 o.phases = v.split(',').map(str::to_owned).collect();
@@ -142,7 +146,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
                             (per throughput figure, default 2), --rtt-samples N (default 20000), --rounds N \
                             (raw/transport alternations each figure is split into, default 3), --json, \
                             --term-length N (bytes, a power of two; default {TERM_LENGTH}), \
-                            --phases a,b (profiling: run only these of raw-unicast, raw-multicast, \
+                            --rtt-trace FILE (writes every round trip as \
+                            'raw|transport START_NS RTT_NS', start on one monotonic clock, to find \
+                            what makes the tail), --phases a,b (profiling: run only these of raw-unicast, raw-multicast, \
                             unicast, multicast, raw-rtt, rtt; the others report 0), --no-udp-segmentation \
                             (the transport sends datagram by datagram, as the raw baseline does), \
                             --no-udp-coalescing (subscriptions read datagram by datagram)"
@@ -359,7 +365,11 @@ fn raw_throughput(
 }
 
 /// Raw UDP ping-pong round trips of `datagram_length` bytes, in nanoseconds.
-fn raw_rtt(datagram_length: usize, samples: u64) -> Result<Histogram<u64>, String> {
+fn raw_rtt(
+    datagram_length: usize,
+    samples: u64,
+    trace: &mut Vec<(u64, u64)>,
+) -> Result<Histogram<u64>, String> {
     let a = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let b = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     a.connect(b.local_addr().unwrap())
@@ -382,12 +392,14 @@ fn raw_rtt(datagram_length: usize, samples: u64) -> Result<Histogram<u64>, Strin
     pin_to(0);
     let mut h =
         Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).map_err(|e| e.to_string())?;
+    // Reserved ahead: growing it while measuring would add to the tail being measured.
+    trace.reserve(samples as usize);
     let mut buf = vec![1u8; datagram_length];
     let mut rbuf = vec![0u8; 65536];
     let mut lost = 0u64;
     for i in 0..samples + samples / 10 {
         buf[..8].copy_from_slice(&i.to_le_bytes());
-        let t0 = Instant::now();
+        let (t0, t0_ns) = (Instant::now(), now_ns());
         a.send(&buf).map_err(|e| e.to_string())?;
         loop {
             if let Ok(n) = a.recv(&mut rbuf) {
@@ -404,7 +416,9 @@ fn raw_rtt(datagram_length: usize, samples: u64) -> Result<Histogram<u64>, Strin
             }
         }
         if i >= samples / 10 {
-            let _ = h.record(t0.elapsed().as_nanos() as u64);
+            let rtt = t0.elapsed().as_nanos() as u64;
+            let _ = h.record(rtt);
+            trace.push((t0_ns, rtt));
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -589,7 +603,11 @@ fn transport_throughput(
 }
 
 /// Transport ping-pong: round trips of one 64-byte message, in nanoseconds.
-fn transport_rtt(setup: Setup, samples: u64) -> Result<Histogram<u64>, String> {
+fn transport_rtt(
+    setup: Setup,
+    samples: u64,
+    trace: &mut Vec<(u64, u64)>,
+) -> Result<Histogram<u64>, String> {
     let (port_a, port_b) = (free_port()?, free_port()?);
     let ch_a = Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port_a));
     let ch_b = Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port_b));
@@ -632,6 +650,8 @@ fn transport_rtt(setup: Setup, samples: u64) -> Result<Histogram<u64>, String> {
     pin_to(0);
     let mut h =
         Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).map_err(|e| e.to_string())?;
+    // Reserved ahead: growing it while measuring would add to the tail being measured.
+    trace.reserve(samples as usize);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !(ping_pub.is_connected() && ping_sub.receiver().image_count() > 0) {
         if Instant::now() > deadline {
@@ -651,7 +671,7 @@ fn transport_rtt(setup: Setup, samples: u64) -> Result<Histogram<u64>, String> {
     let mut msg = [0u8; MESSAGE_LENGTH];
     for i in 0..samples + samples / 10 {
         msg[..8].copy_from_slice(&i.to_le_bytes());
-        let t0 = Instant::now();
+        let (t0, t0_ns) = (Instant::now(), now_ns());
         while ping_pub.offer(&msg).is_err() {
             ping_pub.do_work(now_ns());
         }
@@ -666,12 +686,26 @@ fn transport_rtt(setup: Setup, samples: u64) -> Result<Histogram<u64>, String> {
             }
         }
         if i >= samples / 10 {
-            let _ = h.record(t0.elapsed().as_nanos() as u64);
+            let rtt = t0.elapsed().as_nanos() as u64;
+            let _ = h.record(rtt);
+            trace.push((t0_ns, rtt));
         }
     }
     stop.store(true, Ordering::Relaxed);
     pong.join().map_err(|_| "pong panicked")??;
     Ok(h)
+}
+
+/// Writes round trips as lines `LABEL START_NS RTT_NS`.
+fn write_rtt_trace(path: &str, traces: &[(&str, &[(u64, u64)])]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for (label, samples) in traces {
+        for (start, rtt) in *samples {
+            writeln!(out, "{label} {start} {rtt}")?;
+        }
+    }
+    out.flush()
 }
 
 /// Runs the scenario.
@@ -701,6 +735,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut multi = Vec::new();
     let mut raw_h = empty()?;
     let mut tr_h = empty()?;
+    let (mut raw_trace, mut tr_trace) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         // Announces phase `key` of this round and says whether it is to run.
         let step = |key: &str, what: &str| {
@@ -721,13 +756,21 @@ pub fn run(args: &[String]) -> Result<(), String> {
         }
         if step("raw-rtt", "raw UDP round trips") {
             raw_h
-                .add(raw_rtt(frame, o.rtt_samples / rounds)?)
+                .add(raw_rtt(frame, o.rtt_samples / rounds, &mut raw_trace)?)
                 .map_err(|e| e.to_string())?;
         }
         if step("rtt", "transport round trips") {
-            tr_h.add(transport_rtt(o.setup(), o.rtt_samples / rounds)?)
-                .map_err(|e| e.to_string())?;
+            tr_h.add(transport_rtt(
+                o.setup(),
+                o.rtt_samples / rounds,
+                &mut tr_trace,
+            )?)
+            .map_err(|e| e.to_string())?;
         }
+    }
+    if let Some(path) = &o.rtt_trace {
+        write_rtt_trace(path, &[("raw", &raw_trace), ("transport", &tr_trace)])
+            .map_err(|e| format!("--rtt-trace {path}: {e}"))?;
     }
     let mean = |v: &[(f64, f64)], second: bool| {
         v.iter()
