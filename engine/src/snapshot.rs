@@ -998,6 +998,11 @@ fn restore_body<R: Read>(
         }
     })?;
     drop(accounts);
+    // The retained transfers' sequences (`ring_head_seq` on) must not run past `u64::MAX`
+    // (the header is not yet checked: a damaged head would overflow them).
+    if invalid.is_none() && ring_head_seq.checked_add(counts[1]).is_none() {
+        invalid = Some("retained transfer sequences overflow");
+    }
     // Retained records are read straight into the ring (their in-memory layout is the
     // record's), then checked and indexed a chunk at a time.
     // The saved retention index is used as it is when this configuration sizes the index

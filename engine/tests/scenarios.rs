@@ -537,6 +537,46 @@ fn a_truncated_snapshot_is_refused_with_a_clear_error() {
     }
 }
 
+/// CRC32C (Castagnoli), bit by bit: for tests that forge a trailer.
+fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A snapshot whose ring head sequence is damaged so that its retained transfers' sequences
+/// would run past `u64::MAX` (a torn header, all ones) is refused with an error: as a checksum
+/// mismatch, and, with a trailer forged to match, as inconsistent; never with an arithmetic
+/// overflow while its records are taken in (a panic where overflow checks are on).
+#[test]
+fn a_snapshot_whose_ring_sequences_would_overflow_is_refused() {
+    let (l, bytes) = small_snapshot();
+    let config = *l.engine.config();
+    assert!(l.engine.retained_count() > 0);
+    let mut bad = bytes.clone();
+    bad[40..48].copy_from_slice(&u64::MAX.to_le_bytes());
+    match Engine::restore(config, &bad[..]) {
+        Err(SnapshotError::ChecksumMismatch { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let body = bad.len() - 16;
+    let crc = crc32c(&bad[..body]);
+    bad[body..body + 4].copy_from_slice(&crc.to_le_bytes());
+    match Engine::restore(config, &bad[..]) {
+        Err(SnapshotError::Invalid(_)) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn a_snapshot_too_big_for_the_configuration_names_the_table() {
     let (_, bytes) = small_snapshot();
