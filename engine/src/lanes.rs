@@ -1,11 +1,11 @@
-//! Eight-lane `u32` compares for the retention index's buckets, as bit masks (bit `i` for lane
-//! `i`): two SSE2 compares and a `movemask` each on x86_64 (SSE2 is part of its baseline), a
+//! Sixteen-lane `u32` compares for the retention index's buckets, as bit masks (bit `i` for lane
+//! `i`): four SSE2 compares and `movemask`s on x86_64 (SSE2 is part of its baseline), a
 //! plain loop elsewhere. With `prefetch.rs`, the only module allowed `unsafe`: unaligned
 //! 16-byte loads from a borrowed `[u32; 8]`.
 #![allow(unsafe_code)]
 
 /// Lanes per compare.
-pub(crate) const LANES: usize = 8;
+pub(crate) const LANES: usize = 16;
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
@@ -15,54 +15,50 @@ mod imp {
         _mm_movemask_ps, _mm_set1_epi32, _mm_sub_epi32, _mm_xor_si128,
     };
 
-    /// The two halves of `lanes` as vectors.
+    /// Vectors of four lanes each.
+    const VECTORS: usize = LANES / 4;
+
+    /// `lanes` as vectors of four.
     #[inline(always)]
-    fn load(lanes: &[u32; LANES]) -> (__m128i, __m128i) {
-        let (lo, hi) = lanes.split_at(LANES / 2);
+    fn load(lanes: &[u32; LANES]) -> [__m128i; VECTORS] {
         // SAFETY: each pointer comes from a live borrow of four `u32`s (16 bytes), exactly
         // what `_mm_loadu_si128` reads; it allows any alignment. SSE2 is in the x86_64
         // baseline, so the instructions always exist.
-        unsafe {
-            (
-                _mm_loadu_si128(lo.as_ptr().cast()),
-                _mm_loadu_si128(hi.as_ptr().cast()),
-            )
-        }
+        std::array::from_fn(|i| unsafe { _mm_loadu_si128(lanes[4 * i..].as_ptr().cast()) })
     }
 
-    /// Bit mask of the lanes where the 32-bit comparison vector is all ones.
+    /// Bit mask of the lanes where the 32-bit comparison vectors are all ones.
     #[inline(always)]
-    fn mask(lo: __m128i, hi: __m128i) -> u32 {
-        // SAFETY: register-only SSE (baseline on x86_64) operations, no memory access.
-        unsafe {
-            let lo = _mm_movemask_ps(_mm_castsi128_ps(lo)) as u32;
-            let hi = _mm_movemask_ps(_mm_castsi128_ps(hi)) as u32;
-            lo | hi << 4
+    fn mask(v: [__m128i; VECTORS]) -> u32 {
+        let mut m = 0;
+        for (i, v) in v.into_iter().enumerate() {
+            // SAFETY: register-only SSE (baseline on x86_64) operations, no memory access.
+            m |= (unsafe { _mm_movemask_ps(_mm_castsi128_ps(v)) } as u32) << (4 * i);
         }
+        m
     }
 
     #[inline(always)]
     pub(crate) fn equal(lanes: &[u32; LANES], value: u32) -> u32 {
-        let (lo, hi) = load(lanes);
         // SAFETY: register-only SSE2 operations (baseline on x86_64), no memory access.
         unsafe {
             let v = _mm_set1_epi32(value as i32);
-            mask(_mm_cmpeq_epi32(lo, v), _mm_cmpeq_epi32(hi, v))
+            mask(load(lanes).map(|l| _mm_cmpeq_epi32(l, v)))
         }
     }
 
     #[inline(always)]
     pub(crate) fn offset_below(lanes: &[u32; LANES], base: u32, len: u32) -> u32 {
-        let (lo, hi) = load(lanes);
         // SAFETY: register-only SSE2 operations (baseline on x86_64), no memory access.
         unsafe {
             // Unsigned `lane - base < len` as a signed compare with both sides biased.
             let bias = _mm_set1_epi32(i32::MIN);
             let base = _mm_set1_epi32(base as i32);
             let len = _mm_xor_si128(_mm_set1_epi32(len as i32), bias);
-            let lo = _mm_xor_si128(_mm_sub_epi32(lo, base), bias);
-            let hi = _mm_xor_si128(_mm_sub_epi32(hi, base), bias);
-            mask(_mm_cmpgt_epi32(len, lo), _mm_cmpgt_epi32(len, hi))
+            mask(
+                load(lanes)
+                    .map(|l| _mm_cmpgt_epi32(len, _mm_xor_si128(_mm_sub_epi32(l, base), bias))),
+            )
         }
     }
 }
@@ -108,7 +104,24 @@ mod tests {
 
     #[test]
     fn masks_match_a_plain_loop_on_every_lane() {
-        let lanes = [0, 1, u32::MAX, 7, 0x8000_0000, 7, 0x7fff_ffff, 3];
+        let lanes = [
+            0,
+            1,
+            u32::MAX,
+            7,
+            0x8000_0000,
+            7,
+            0x7fff_ffff,
+            3,
+            5,
+            0,
+            u32::MAX - 1,
+            0x8000_0001,
+            2,
+            7,
+            1,
+            0x7fff_fff5,
+        ];
         for value in [0, 1, 3, 7, u32::MAX, 0x8000_0000] {
             let want = (0..LANES).fold(0, |m, i| m | u32::from(lanes[i] == value) << i);
             assert_eq!(equal(&lanes, value), want);

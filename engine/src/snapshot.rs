@@ -1,14 +1,15 @@
 //! Snapshots: the whole engine state at a position, in a versioned, checksummed format.
 //!
-//! # Format (version 2, little-endian)
+//! # Format (version 3, little-endian)
 //! A 96-byte header (`MAGIC`, format version, reserved, position, log time, state hash, ring
 //! head sequence, then the counts of accounts, retained transfers, pending transfers and
 //! sessions, the count of retention index words, and 8 reserved bytes), the sections of
 //! fixed-size records in that order (accounts in creation order; retained transfers oldest
 //! first; the retention index's bucket words; pending transfers; sessions), and a trailer:
-//! the CRC32C of every preceding byte and the total length. Version 1, still read, is the
-//! same without the index section (its count is zero): the index is then rebuilt, as it is
-//! when the restoring configuration sizes the index differently from the writer's.
+//! the CRC32C of every preceding byte and the total length. Versions 1 and 2 are still read:
+//! version 1 is the same without the index section (its count is zero), version 2's index
+//! has the older layout (64-byte buckets of seven entries); the index is then rebuilt, as it
+//! is when the restoring configuration sizes the index differently from the writer's.
 //!
 //! # Restore streams
 //! [`Engine::restore`] reads a chunk (`RESTORE_CHUNK_SIZE`) at a time, adds it to the
@@ -58,7 +59,10 @@ use crate::{Account, ConfigError, Engine, EngineConfig};
 /// First eight bytes of every snapshot.
 pub const MAGIC: [u8; 8] = *b"TLLYSNAP";
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// The first format version whose retention index has this build's layout (128-byte buckets
+/// of fifteen entries): an older file's index is rebuilt, not loaded.
+const INDEX_LAYOUT_VERSION: u32 = 3;
 /// The oldest format version this build reads.
 pub const FORMAT_VERSION_MIN: u32 = 1;
 /// Header bytes.
@@ -968,7 +972,7 @@ fn restore_stream(config: EngineConfig, r: impl Read) -> Result<Engine, Snapshot
             &mut e,
             &mut src,
             ring_head_seq,
-            (counts, index_words),
+            (counts, index_words, version >= INDEX_LAYOUT_VERSION),
             (position, now_ns, hash),
         );
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -982,7 +986,7 @@ fn restore_body<R: Read>(
     e: &mut Engine,
     src: &mut Source<R>,
     ring_head_seq: u64,
-    (counts, index_words): ([u64; 4], u64),
+    (counts, index_words, index_layout_current): ([u64; 4], u64, bool),
     (position, now_ns, hash): (u64, u64, u64),
 ) -> Result<(), SnapshotError> {
     e.restore_ring_head(ring_head_seq);
@@ -1005,9 +1009,12 @@ fn restore_body<R: Read>(
     }
     // Retained records are read straight into the ring (their in-memory layout is the
     // record's), then checked and indexed a chunk at a time.
-    // The saved retention index is used as it is when this configuration sizes the index
-    // the same (its layout depends only on the bucket count); else it is rebuilt.
-    let load_index = index_words != 0 && index_words == e.retention_index_words().len() as u64;
+    // The saved retention index is used as it is when it has this build's layout and this
+    // configuration sizes the index the same (the layout then depends only on the bucket
+    // count); else it is rebuilt.
+    let load_index = index_layout_current
+        && index_words != 0
+        && index_words == e.retention_index_words().len() as u64;
     let checked = e.restore_retained(counts[1], invalid.is_none(), !load_index, |bytes| {
         src.fill(bytes, true)
     })?;

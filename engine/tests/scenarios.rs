@@ -3,7 +3,7 @@
 
 mod model;
 
-use engine::snapshot::{Frozen, SnapshotWriter};
+use engine::snapshot::{Frozen, SnapshotWriter, HEADER_SIZE, TRAILER_SIZE};
 use engine::{
     account_flags as af, batch_flags, transfer_flags, Command, Engine, EngineConfig, EntryMeta,
     ResultCode as R, SnapshotError, TransferSpec, REPLY_LEN_MAX,
@@ -836,6 +836,53 @@ fn a_snapshot_restores_into_a_larger_retention_by_rebuilding_its_index() {
             assert_eq!(again.result, R::TransferExists);
         }
     }
+}
+
+#[test]
+fn a_version_2_snapshots_index_is_rebuilt_not_loaded() {
+    // Version 2 saved the retention index in an older layout (64-byte buckets of seven
+    // entries): loading those words as they are would lose ids. A version 2 file whose index
+    // words are all zero (the worst a reader could be handed) must still know every id.
+    let mut l = Ledger::with_retention(3_000);
+    for id in 1..=5_000u128 {
+        let r = l.run(&Command::Deposit {
+            transfer_id: id * 0x1_0000_0001,
+            account_id: 2,
+            amount: 1,
+        });
+        assert_eq!(r.result, R::Ok);
+    }
+    let mut bytes = Vec::new();
+    l.engine.snapshot(&mut bytes).unwrap();
+    let le64 = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+    let (accounts, retained, index_words) = (le64(48), le64(56), le64(80));
+    assert!(index_words > 0);
+    // The sections before the index: accounts (48 bytes each) and retained transfers (64).
+    let index_at = HEADER_SIZE + accounts * 48 + retained * 64;
+    bytes[index_at..index_at + index_words * 4].fill(0);
+    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let body = bytes.len() - TRAILER_SIZE;
+    let crc = crc32c::crc32c(&bytes[..body]);
+    bytes[body..body + 4].copy_from_slice(&crc.to_le_bytes());
+    let mut resumed = Ledger {
+        engine: Engine::restore(*l.engine.config(), &bytes[..]).unwrap(),
+        position: l.position,
+        now_ns: l.now_ns,
+    };
+    assert_eq!(resumed.engine.state_hash(), l.engine.state_hash());
+    for id in 1..=5_000u128 {
+        assert_eq!(
+            resumed.engine.transfer(id * 0x1_0000_0001).is_some(),
+            id > 2_000,
+            "transfer {id}"
+        );
+    }
+    let again = resumed.run(&Command::Deposit {
+        transfer_id: 4_321 * 0x1_0000_0001,
+        account_id: 2,
+        amount: 1,
+    });
+    assert_eq!(again.result, R::TransferExists);
 }
 
 #[test]
