@@ -51,7 +51,7 @@
 //! memory. Per account: a 64-byte record
 //! (one cache line, `align(64)`) plus 13-27 bytes of index (load factor at most 0.6): about 81
 //! bytes measured at one million accounts. Per retained transfer: a 64-byte record (accounts by
-//! slot, not id) plus 16 bytes of index (one 128-byte bucket per 8 ids): at the default 10
+//! slot, not id) plus 16 bytes of index (one 64-byte bucket per 4 ids): at the default 10
 //! million, 640 MB of records and 160 MB of index once the ring has filled. Per open pending
 //! transfer: 64 bytes plus index and 4 bytes of heap.
 //!
@@ -76,7 +76,7 @@
 //! being read (no read-for-ownership) and without evicting from the core's caches the small
 //! account table they would otherwise keep (64 bytes per transfer stream past it); a store
 //! fence ends each command. The only `unsafe` in the crate is the prefetch hint and the
-//! `madvise` calls, in `prefetch.rs`, the SSE2 loads of the retention index's sixteen-lane
+//! `madvise` calls, in `prefetch.rs`, the SSE2 loads of the retention index's lane
 //! compares, in `lanes.rs`, and the ring's mapping and streaming stores, in `lines.rs`.
 //! Evicting the oldest retained transfer writes nothing: the retention index (`retention.rs`)
 //! stores each id's ring sequence and treats entries outside the ring's live

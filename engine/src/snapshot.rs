@@ -8,7 +8,7 @@
 //! first; the retention index's bucket words; pending transfers; sessions), and a trailer:
 //! the CRC32C of every preceding byte and the total length. Versions 1 and 2 are still read:
 //! version 1 is the same without the index section (its count is zero), version 2's index
-//! has the older layout (64-byte buckets of seven entries); the index is then rebuilt, as it
+//! has an older layout (seven entries with 32-bit fingerprints per bucket); the index is then rebuilt, as it
 //! is when the restoring configuration sizes the index differently from the writer's.
 //!
 //! # Restore streams
@@ -60,8 +60,8 @@ use crate::{Account, ConfigError, Engine, EngineConfig};
 pub const MAGIC: [u8; 8] = *b"TLLYSNAP";
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 3;
-/// The first format version whose retention index has this build's layout (128-byte buckets
-/// of fifteen entries): an older file's index is rebuilt, not loaded.
+/// The first format version whose retention index has this build's layout (ten entries with
+/// 16-bit fingerprints per 64-byte bucket): an older file's index is rebuilt, not loaded.
 const INDEX_LAYOUT_VERSION: u32 = 3;
 /// The oldest format version this build reads.
 pub const FORMAT_VERSION_MIN: u32 = 1;
