@@ -14,9 +14,10 @@ pub enum CounterId {
     DatagramsSent = 2,
     /// Datagrams received.
     DatagramsReceived = 3,
-    /// DATA frames sent (first transmission).
+    /// DATA frames sent (first transmission; the PAD frame that fills a term's end is not one).
     DataFramesSent = 4,
-    /// DATA frames received and stored.
+    /// DATA and PAD frames received and stored (so one more than the sender's
+    /// `DataFramesSent` per padded term end).
     DataFramesReceived = 5,
     /// NAKs sent.
     NaksSent = 6,

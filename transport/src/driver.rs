@@ -666,10 +666,10 @@ impl Subscription {
                     .add(CounterId::CoalescedReceives, coalesced as u64);
                 // Slots before `from` were taken in place, and the first `from_segment`
                 // datagrams of slot `from` (a coalesced run, see `Batch::segment`, broken part
-                // way); `dropped` is one whose loss injection was already drawn. `run`
+                // way); `drawn` is the slot whose loss injection was already drawn, and the draw. `run`
                 // follows whether every slot of the batch continued one session in order, and
                 // the longest of them.
-                let (mut from, mut from_segment, mut dropped) = (0, 0, None);
+                let (mut from, mut from_segment, mut drawn) = (0, 0, None);
                 let mut run = Run::default();
                 if let Some((t, stride)) = &target {
                     'slots: while from < n {
@@ -680,8 +680,9 @@ impl Subscription {
                         if length > *stride || self.rx.truncated(from) {
                             break;
                         }
-                        if Loss::drops(&mut self.loss) {
-                            dropped = Some(from);
+                        let lost = Loss::drops(&mut self.loss);
+                        drawn = Some((from, lost));
+                        if lost {
                             break;
                         }
                         let segment = match self.rx.segment(from) {
@@ -728,8 +729,11 @@ impl Subscription {
                         run.add(None);
                         continue;
                     };
-                    // (The loss of `dropped` was drawn above: draw once per slot.)
-                    let lost = dropped == Some(i) || Loss::drops(&mut self.loss);
+                    // Loss is drawn once per slot (slot `from`'s may have been drawn above).
+                    let lost = match drawn {
+                        Some((slot, lost)) if slot == i => lost,
+                        _ => Loss::drops(&mut self.loss),
+                    };
                     if lost {
                         self.receiver.counters_mut().incr(CounterId::DropsInjected);
                         run.add(None);
