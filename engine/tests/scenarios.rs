@@ -792,8 +792,9 @@ fn a_snapshot_larger_than_one_read_chunk_restores_from_short_reads_and_trailing_
     ));
 }
 
-#[test]
-fn a_snapshot_restores_into_a_larger_retention_by_rebuilding_its_index() {
+/// A ledger whose 3,000-id retention ring has wrapped (5,000 deposits, ids 2,001 to 5,000
+/// retained), and its snapshot.
+fn ledger_past_its_retention() -> (Ledger, Vec<u8>) {
     let mut l = Ledger::with_retention(3_000);
     for id in 1..=5_000u128 {
         let r = l.run(&Command::Deposit {
@@ -805,6 +806,39 @@ fn a_snapshot_restores_into_a_larger_retention_by_rebuilding_its_index() {
     }
     let mut bytes = Vec::new();
     l.engine.snapshot(&mut bytes).unwrap();
+    (l, bytes)
+}
+
+/// Restores `bytes` (a snapshot of `l` from [`ledger_past_its_retention`]) with `config` and
+/// checks that it has `l`'s hash, knows exactly the retained ids and refuses them again.
+fn assert_restores_the_retained_ids(l: &Ledger, bytes: &[u8], config: EngineConfig) {
+    let mut resumed = Ledger {
+        engine: Engine::restore(config, bytes).unwrap(),
+        position: l.position,
+        now_ns: l.now_ns,
+    };
+    assert_eq!(resumed.engine.state_hash(), l.engine.state_hash());
+    assert_eq!(resumed.engine.retained_count(), 3_000);
+    for id in 1..=5_000u128 {
+        assert_eq!(
+            resumed.engine.transfer(id * 0x1_0000_0001).is_some(),
+            id > 2_000,
+            "transfer {id}"
+        );
+    }
+    for id in [2_001u128, 3_500, 5_000] {
+        let again = resumed.run(&Command::Deposit {
+            transfer_id: id * 0x1_0000_0001,
+            account_id: 2,
+            amount: 1,
+        });
+        assert_eq!(again.result, R::TransferExists);
+    }
+}
+
+#[test]
+fn a_snapshot_restores_into_a_larger_retention_by_rebuilding_its_index() {
+    let (l, bytes) = ledger_past_its_retention();
     let config = *l.engine.config();
     // The same configuration takes the saved index as it is; a larger retention sizes the
     // index differently and rebuilds it from the records.
@@ -813,47 +847,17 @@ fn a_snapshot_restores_into_a_larger_retention_by_rebuilding_its_index() {
         ..config
     };
     for config in [config, larger] {
-        let mut resumed = Ledger {
-            engine: Engine::restore(config, &bytes[..]).unwrap(),
-            position: l.position,
-            now_ns: l.now_ns,
-        };
-        assert_eq!(resumed.engine.state_hash(), l.engine.state_hash());
-        assert_eq!(resumed.engine.retained_count(), 3_000);
-        for id in 1..=5_000u128 {
-            assert_eq!(
-                resumed.engine.transfer(id * 0x1_0000_0001).is_some(),
-                id > 2_000,
-                "transfer {id}"
-            );
-        }
-        for id in [2_001u128, 3_500, 5_000] {
-            let again = resumed.run(&Command::Deposit {
-                transfer_id: id * 0x1_0000_0001,
-                account_id: 2,
-                amount: 1,
-            });
-            assert_eq!(again.result, R::TransferExists);
-        }
+        assert_restores_the_retained_ids(&l, &bytes, config);
     }
 }
 
 #[test]
 fn a_version_2_snapshots_index_is_rebuilt_not_loaded() {
-    // Version 2 saved the retention index in an older layout (64-byte buckets of seven
-    // entries): loading those words as they are would lose ids. A version 2 file whose index
-    // words are all zero (the worst a reader could be handed) must still know every id.
-    let mut l = Ledger::with_retention(3_000);
-    for id in 1..=5_000u128 {
-        let r = l.run(&Command::Deposit {
-            transfer_id: id * 0x1_0000_0001,
-            account_id: 2,
-            amount: 1,
-        });
-        assert_eq!(r.result, R::Ok);
-    }
-    let mut bytes = Vec::new();
-    l.engine.snapshot(&mut bytes).unwrap();
+    // Version 2 saved the retention index in an older layout (seven entries with 32-bit
+    // fingerprints per bucket): loading those words as they are would lose ids. A version 2
+    // file whose index words are all zero (the worst a reader could be handed) must still
+    // know every id.
+    let (l, mut bytes) = ledger_past_its_retention();
     let le64 = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
     let (accounts, retained, index_words) = (le64(48), le64(56), le64(80));
     assert!(index_words > 0);
@@ -864,25 +868,7 @@ fn a_version_2_snapshots_index_is_rebuilt_not_loaded() {
     let body = bytes.len() - TRAILER_SIZE;
     let crc = crc32c::crc32c(&bytes[..body]);
     bytes[body..body + 4].copy_from_slice(&crc.to_le_bytes());
-    let mut resumed = Ledger {
-        engine: Engine::restore(*l.engine.config(), &bytes[..]).unwrap(),
-        position: l.position,
-        now_ns: l.now_ns,
-    };
-    assert_eq!(resumed.engine.state_hash(), l.engine.state_hash());
-    for id in 1..=5_000u128 {
-        assert_eq!(
-            resumed.engine.transfer(id * 0x1_0000_0001).is_some(),
-            id > 2_000,
-            "transfer {id}"
-        );
-    }
-    let again = resumed.run(&Command::Deposit {
-        transfer_id: 4_321 * 0x1_0000_0001,
-        account_id: 2,
-        amount: 1,
-    });
-    assert_eq!(again.result, R::TransferExists);
+    assert_restores_the_retained_ids(&l, &bytes, *l.engine.config());
 }
 
 #[test]
