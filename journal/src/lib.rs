@@ -95,7 +95,7 @@
 //!
 //! | at the stop block | valid batch later? | decision |
 //! |---|---|---|
-//! | zeros, rest of segment zero, next segment's first block written | either | padding (the writer rolled): its first block is the next stop candidate |
+//! | zeros after a batch, rest of segment zero, next segment's first block written | either | padding (the writer rolled): its first block is the next stop candidate |
 //! | zeros, nothing non-zero later | no | clean end |
 //! | zeros, then non-zero garbage | no | torn write: zero it, report bytes dropped |
 //! | zeros | yes | refuse: a batch is missing (hole) |

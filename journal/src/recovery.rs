@@ -17,7 +17,7 @@
 //! | `header_valid` | does it hold a structurally valid batch header that fits in the segment? |
 //! | `checksum_valid` | does the batch's CRC32C match? |
 //! | `continues` | are its entries well formed and does it continue the chain? |
-//! | `next_segment_started` | is the rest of the segment zero, and does the next segment's first block hold data? (the writer rolled because a batch did not fit) |
+//! | `next_segment_started` | is the stop point past the segment's start, the rest of the segment zero, and does the next segment's first block hold data? (the writer rolled because a batch did not fit) |
 //! | `later_valid` | is there a batch valid on its own at any later 4 KiB boundary, in this or a later segment? |
 //! | `later_nonzero` | is any later block non-zero? |
 //!
@@ -539,8 +539,12 @@ pub fn scan<S: SegmentSource>(source: &mut S) -> io::Result<ScanOutcome> {
                     offset: 0,
                 };
                 // The stop point then moves to the next segment's first block, so damage there
-                // is reported where it is, not at this segment's padding.
-                if next.segment < segment_count && scanner.rest_of_segment_zero(at)? {
+                // is reported where it is, not at this segment's padding. The writer only rolls
+                // out of a segment holding a batch: a segment zero from its start is a hole.
+                if at.offset > 0
+                    && next.segment < segment_count
+                    && scanner.rest_of_segment_zero(at)?
+                {
                     inputs.next_segment_started = !matches!(scanner.read_block(next)?, Block::Zero);
                 }
             }

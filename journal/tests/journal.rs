@@ -517,3 +517,28 @@ fn a_timed_disk_probe_runs_for_its_duration() {
     assert!(probe.sync_p50_us <= probe.sync_max_us);
     assert!(std::fs::read_dir(dir.path()).expect("dir").next().is_none());
 }
+
+#[test]
+fn a_zeroed_first_segment_before_valid_batches_is_a_hole_and_is_refused() {
+    // The writer never rolls out of an empty segment, so a first segment that is all zeros
+    // while the next one holds batches lost its batches: positions 1.. are gone. Recovery
+    // must refuse (it cannot check the chain into the first batch it sees), not start the
+    // journal at the next segment as if nothing were missing.
+    let dir = TempDir::new("zeroed-first");
+    let (mut journal, _) = Journal::open(dir.path(), options()).expect("open");
+    append_batches(&mut journal, 20, 10, 8000); // rolls once
+    drop(journal);
+    let batches = batch_locations(dir.path());
+    assert!(batches.iter().any(|b| b.0.ends_with(segment_file_name(1))));
+    let first = dir.path().join(segment_file_name(0));
+    edit(&first, 0, |b| b.fill(0), SEGMENT_SIZE as usize);
+    let error = Journal::open(dir.path(), options()).expect_err("must refuse");
+    assert!(
+        matches!(
+            &error,
+            Error::Corrupt { segment, offset: 0, reason: RefuseReason::HoleBeforeValidData, .. }
+                if segment == &first
+        ),
+        "{error:?}"
+    );
+}

@@ -161,6 +161,20 @@ pub fn prune(dir: &Path, keep: usize) -> Result<(), String> {
         let path = dir.join(file_name(position));
         fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))?;
     }
+    // Temporary files are from snapshots a crash interrupted (the one being written when this
+    // runs has just been committed).
+    let entries = fs::read_dir(dir).map_err(|e| format!("list {}: {e}", dir.display()))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("list {}: {e}", dir.display()))?
+            .path();
+        let stale = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+            n.starts_with(PREFIX) && n.ends_with(&format!("{SUFFIX}{TMP_SUFFIX}"))
+        });
+        if stale {
+            fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))?;
+        }
+    }
     Ok(())
 }
 

@@ -348,3 +348,20 @@ fn a_snapshot_written_with_writeback_reads_back_byte_for_byte() {
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     assert_eq!(sequencer::snapshots::list(dir.path()).unwrap(), vec![42]);
 }
+
+/// A crash while a snapshot is being written leaves its temporary file behind (as big as a
+/// snapshot); pruning after the next snapshot removes it, as `prune` documents, and keeps
+/// the newest snapshots.
+#[test]
+fn pruning_removes_temporary_files_left_by_a_crash() {
+    use sequencer::snapshots::{file_name, list, prune, tmp_path};
+    let dir = TempDir::new("prune-tmp");
+    for position in [100u64, 200, 300] {
+        std::fs::write(dir.path().join(file_name(position)), b"snapshot").unwrap();
+    }
+    let stale = tmp_path(dir.path(), 250);
+    std::fs::write(&stale, b"half a snapshot").unwrap();
+    prune(dir.path(), 2).unwrap();
+    assert_eq!(list(dir.path()).unwrap(), vec![300, 200]);
+    assert!(!stale.exists(), "the stale temporary file was removed");
+}
