@@ -543,3 +543,31 @@ fn output_within(command: &mut Command, limit: Duration) -> Output {
     }
     child.wait_with_output().unwrap()
 }
+
+#[test]
+fn a_bad_config_value_stops_start_up_naming_its_key() {
+    let dir = TempDir::new("config");
+    for (toml, key) in [
+        ("[node]\nsessions_max = 0\n", "node.sessions_max"),
+        ("[journal]\nsegment_bytes = 4096\n", "journal.segment_bytes"),
+        ("[snapshot]\nkept = 0\n", "snapshot.kept"),
+    ] {
+        let file = dir.0.join("tally.toml");
+        std::fs::write(&file, toml).unwrap();
+        let out = output_within(
+            Command::new(TALLY).args([
+                "node",
+                "--config",
+                file.to_str().unwrap(),
+                "--data",
+                dir.0.join("data").to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ]),
+            Duration::from_secs(20),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml}: {err}");
+        assert!(err.contains(key), "{toml}: the message names {key}: {err}");
+    }
+}
