@@ -204,6 +204,9 @@ pub fn node_config(file: FileConfig) -> Result<sequencer::node::NodeConfig, Stri
     let mut n = sequencer::node::NodeConfig::new(&file.node.data);
     n.listen = socket_v4("node.listen", &file.node.listen)?;
     n.name = file.node.name;
+    if file.node.sessions_max == 0 {
+        return Err("node.sessions_max = 0: must be at least 1".into());
+    }
     n.sessions_max = file.node.sessions_max;
     if !file.replication.multicast.is_empty() {
         let group = socket_v4("replication.multicast", &file.replication.multicast)?;
@@ -253,6 +256,9 @@ pub fn node_config(file: FileConfig) -> Result<sequencer::node::NodeConfig, Stri
     p.query_ring_bytes = file.pipeline.query_ring_bytes;
     p.journal_on_sequencer = file.pipeline.journal_on_sequencer;
     p.snapshot_interval_commands = file.snapshot.interval_commands;
+    if file.snapshot.kept == 0 {
+        return Err("snapshot.kept = 0: must be at least 1".into());
+    }
     p.snapshots_kept = file.snapshot.kept;
     p.retain_journal = file.snapshot.retain_journal;
     n.transport.mtu = file.transport.mtu;
@@ -263,6 +269,10 @@ pub fn node_config(file: FileConfig) -> Result<sequencer::node::NodeConfig, Stri
     n.transport
         .validate()
         .map_err(|e| format!("transport: {e}"))?;
+    n.pipeline
+        .journal
+        .validate()
+        .map_err(|e| format!("journal.segment_bytes: {e}"))?;
     n.pipeline.validate()?;
     Ok(n)
 }

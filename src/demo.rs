@@ -65,13 +65,25 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
     if args.accounts < 2 || args.clients == 0 || args.seconds == 0 {
         return Err("--accounts must be at least 2, --clients and --seconds at least 1".into());
     }
+    let accounts_max = args
+        .accounts
+        .checked_add(1_000)
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or(format!("--accounts {}: too many", args.accounts))?;
+    let load_time = Duration::from_secs(args.seconds);
+    let load_deadline = || {
+        Instant::now()
+            .checked_add(load_time)
+            .ok_or(format!("--seconds {}: too long", args.seconds))
+    };
+    load_deadline()?;
     let dir = std::env::temp_dir().join(format!("tally-demo-{}", std::process::id()));
     let _scratch = Scratch(dir.clone());
     let mut config = sequencer::node::NodeConfig::new(&dir);
     config.listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
     config.pipeline.journal.segment_size = 16 << 20;
     config.pipeline.journal.direct_io = journal::DirectIo::Optional;
-    config.pipeline.engine.accounts_max = (args.accounts + 1_000) as u32;
+    config.pipeline.engine.accounts_max = accounts_max;
     config.pipeline.engine.transfers_retained_max = 2_000_000;
     config.pipeline.engine.pending_max = 10_000;
     config.pipeline.snapshot_interval_commands = 0;
@@ -123,7 +135,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
     );
 
     // Mixed load, one thread per client session.
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let deadline = load_deadline()?;
     let load_started = Instant::now();
     let workers: Vec<_> = (0..args.clients)
         .map(|w| {

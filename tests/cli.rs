@@ -503,3 +503,71 @@ fn sigkill_under_load_loses_no_acknowledged_deposit() {
         "acknowledged {acked} <= balance {credits} <= sent {sent}"
     );
 }
+
+#[test]
+fn demo_arguments_out_of_range_are_refused_by_name_not_a_panic() {
+    for (flag, value) in [("--seconds", u64::MAX), ("--accounts", u64::from(u32::MAX))] {
+        let out = output_within(
+            Command::new(TALLY).args(["demo", flag, &value.to_string()]),
+            Duration::from_secs(20),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !matches!(out.status.code(), Some(0) | Some(101) | None),
+            "{flag} {value}: {:?} {err}",
+            out.status
+        );
+        assert!(
+            err.contains(flag),
+            "{flag} {value}: the message names it: {err}"
+        );
+        assert!(!err.contains("panicked"), "{flag} {value}: {err}");
+    }
+}
+
+/// Runs a command to completion, killing it (and failing) past `limit`.
+fn output_within(command: &mut Command, limit: Duration) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_bad_config_value_stops_start_up_naming_its_key() {
+    let dir = TempDir::new("config");
+    for (toml, key) in [
+        ("[node]\nsessions_max = 0\n", "node.sessions_max"),
+        ("[journal]\nsegment_bytes = 4096\n", "journal.segment_bytes"),
+        ("[snapshot]\nkept = 0\n", "snapshot.kept"),
+    ] {
+        let file = dir.0.join("tally.toml");
+        std::fs::write(&file, toml).unwrap();
+        let out = output_within(
+            Command::new(TALLY).args([
+                "node",
+                "--config",
+                file.to_str().unwrap(),
+                "--data",
+                dir.0.join("data").to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ]),
+            Duration::from_secs(20),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml}: {err}");
+        assert!(err.contains(key), "{toml}: the message names {key}: {err}");
+    }
+}

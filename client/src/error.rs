@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 /// Why a connection or a request failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientError {
-    /// The node never acknowledged the transport session or never answered `SessionConnect`.
-    /// Fix: start the node, or point the client at the address it listens on.
+    /// The node never acknowledged the transport session or never answered `SessionConnect`,
+    /// or its transport stopped acknowledging while requests were in flight (they fail after
+    /// one timeout). Fix: start the node, or point the client at the address it listens on.
     NotConnected {
         /// The node address tried.
         node: SocketAddr,

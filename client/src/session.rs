@@ -183,6 +183,9 @@ pub struct Client {
     ended: Option<ClientError>,
     /// The node's applied position when it accepted the session.
     connect_position: u64,
+    /// Since when requests have waited on a publication that lost the node (its transport
+    /// stopped acknowledging, so every send is refused); `None` while connected or idle.
+    unreachable_since: Option<u64>,
 }
 
 impl std::fmt::Debug for Client {
@@ -248,6 +251,7 @@ impl Client {
             scratch: Vec::new(),
             ended: None,
             connect_position: 0,
+            unreachable_since: None,
             config,
         };
         client.handshake(timeout_ns)?;
@@ -433,7 +437,8 @@ impl Client {
     /// with a non-`ok` result; see [`Response::result`].
     ///
     /// # Errors
-    /// [`ClientError::Timeout`] after every attempt; [`ClientError::Session`] when the node
+    /// [`ClientError::Timeout`] after every attempt; [`ClientError::NotConnected`] when the
+    /// node's transport stopped answering for a timeout; [`ClientError::Session`] when the node
     /// ends the session; [`ClientError::Malformed`]; [`ClientError::Encode`].
     pub fn request(&mut self, request: &Request) -> Result<Response, ClientError> {
         let id = loop {
@@ -590,6 +595,19 @@ impl Client {
             &mut done,
         );
         work += self.publication.do_work(now);
+        // A publication without a receiver refuses every send, so queued requests (first
+        // sends, retries, busy re-sends) would wait forever: after one timeout they fail.
+        if self.publication.is_connected() || self.tracker.in_flight() == 0 {
+            self.unreachable_since = None;
+        } else {
+            let since = *self.unreachable_since.get_or_insert(now);
+            let timeout_ns = self.config.timeout.as_nanos().min(u128::from(u64::MAX)) as u64;
+            if now.saturating_sub(since) >= timeout_ns {
+                let error = self.not_connected(since);
+                self.tracker.fail_all(&error, &mut done);
+                self.unreachable_since = None;
+            }
+        }
         work += done.len();
         self.completed.extend(done.drain(..));
         self.scratch = done;

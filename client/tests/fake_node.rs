@@ -376,3 +376,27 @@ fn poll_wait_returns_as_soon_as_replies_arrive_not_at_its_timeout() {
     client.close();
     node.stop();
 }
+
+#[test]
+fn a_request_to_a_node_that_went_away_fails_instead_of_hanging() {
+    let node = FakeNode::spawn(Behaviour::Answer);
+    let mut client = Client::connect(config(node.addr, 300, 1)).unwrap();
+    assert!(client.request(&deposit(1)).is_ok());
+    node.stop(); // its transport goes silent: no more status messages
+                 // Past the transport's receiver timeout the client's publication has no receiver left and
+                 // refuses every send (not connected): a retry or a new request can never go out.
+    let receiver_timeout = Duration::from_nanos(transport::Config::default().receiver_timeout_ns);
+    std::thread::sleep(receiver_timeout + Duration::from_millis(200));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(client.request(&deposit(2)));
+    });
+    // 300 ms per attempt, 2 attempts: the answer is due within a second; allow five.
+    let result = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("request() to a dead node neither completed nor timed out");
+    assert!(
+        matches!(result, Err(ClientError::NotConnected { .. })),
+        "{result:?}"
+    );
+}
