@@ -230,7 +230,21 @@ pub fn node_config(file: FileConfig) -> Result<sequencer::node::NodeConfig, Stri
     p.idle = idle_kind("threads.idle", &file.threads.idle)?;
     p.pin_cores = match (file.threads.pin_sequencer, file.threads.pin_engine) {
         (None, None) => None,
-        (Some(s), Some(e)) => Some((s, e)),
+        (Some(s), Some(e)) => {
+            // A core this process may not run on would be skipped silently by the pinning:
+            // refuse it here instead (when the allowed cores can be read at all).
+            if let Some(ids) = core_affinity::get_core_ids() {
+                let allowed: Vec<usize> = ids.iter().map(|c| c.id).collect();
+                for (key, core) in [("threads.pin_sequencer", s), ("threads.pin_engine", e)] {
+                    if !allowed.contains(&core) {
+                        return Err(format!(
+                            "{key} = {core} (or --pin): no such core for this process (it may use {allowed:?})"
+                        ));
+                    }
+                }
+            }
+            Some((s, e))
+        }
         _ => {
             return Err("threads.pin_sequencer and threads.pin_engine: set both or neither".into())
         }

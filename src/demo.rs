@@ -18,18 +18,18 @@ use schemas::ledger::ResultCode;
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Seconds of mixed load.
-    #[arg(long, default_value_t = 3)]
+    /// Seconds of mixed load (1 to 86,400).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     seconds: u64,
-    /// Client sessions (one thread each).
-    #[arg(long, default_value_t = 2)]
-    clients: usize,
-    /// Accounts the load moves money between.
-    #[arg(long, default_value_t = 1_000)]
+    /// Client sessions, one thread each (1 to 64).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    clients: u64,
+    /// Accounts the load moves money between (2 to 10,000,000).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(2..=10_000_000))]
     accounts: u64,
-    /// Requests each client keeps in flight (pipelining).
-    #[arg(long, default_value_t = 256)]
-    in_flight: usize,
+    /// Requests each client keeps in flight, pipelining (1 to 65,536).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    in_flight: u64,
 }
 
 const LEDGER: u32 = 1;
@@ -139,8 +139,8 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
     let load_started = Instant::now();
     let workers: Vec<_> = (0..args.clients)
         .map(|w| {
-            let (accounts, in_flight_max) = (args.accounts, args.in_flight);
-            std::thread::spawn(move || load(addr, w as u64, accounts, in_flight_max, deadline))
+            let (accounts, in_flight_max) = (args.accounts, args.in_flight as usize);
+            std::thread::spawn(move || load(addr, w, accounts, in_flight_max, deadline))
         })
         .collect();
     let mut hist =

@@ -76,6 +76,15 @@ enum LogCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Node(_)) {
+        // Like other Unix tools, a command whose reader goes away (`tally log dump | head`)
+        // ends quietly instead of failing on its next line. The node keeps Rust's default
+        // (SIGPIPE ignored) and never fails on its own output: see `say`.
+        // SAFETY: restoring a signal's default disposition at start-up, before any thread.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Command::Node(args) => run_node(args),
         Command::Log {
@@ -84,6 +93,13 @@ fn main() -> ExitCode {
         Command::Client(args) => cli_client::run(args),
         Command::Demo(args) => demo::run(args),
     }
+}
+
+/// A line on the node's standard output. A node must not fail because whoever read its
+/// output went away (a closed pipe): the line is then lost, nothing else.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 fn usage_error(message: String) -> ExitCode {
@@ -159,9 +175,9 @@ fn run_node(args: NodeArgs) -> ExitCode {
         "direct_io": format!("{:?}", report.journal.direct_io),
     });
     if args.json {
-        println!("{started}");
+        say(format_args!("{started}"));
     } else {
-        println!(
+        say(format_args!(
             "tally node listening on {} (data {}, position {}, replayed {} commands{})",
             node.local_addr(),
             data.display(),
@@ -173,7 +189,7 @@ fn run_node(args: NodeArgs) -> ExitCode {
                 .as_ref()
                 .map(|(p, _)| format!(" after snapshot {p}"))
                 .unwrap_or_default()
-        );
+        ));
         for (path, why) in &report.snapshot.refused {
             eprintln!("warning: snapshot {} refused: {why}", path.display());
         }
@@ -206,12 +222,12 @@ fn run_node(args: NodeArgs) -> ExitCode {
         "state_hash": format!("{:016x}", status.state_hash),
     });
     if args.json {
-        println!("{done}");
+        say(format_args!("{done}"));
     } else {
-        println!(
+        say(format_args!(
             "tally node stopped at position {} (durable {}, state hash {:016x})",
             status.applied_position, status.durable_position, status.state_hash
-        );
+        ));
     }
     match status.fatal {
         Some(f) => {
