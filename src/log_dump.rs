@@ -4,7 +4,10 @@
 //! where `command` is the SBE message as `codec-gen decode` prints it (or
 //! `{"undecodable": HEX, "error": …}` for bytes that are not a valid message: the log keeps
 //! whatever was sequenced, and the engine answered it `invalid_command`). Takes no lock: safe on
-//! a live node's folder, where it stops at the last complete batch.
+//! a live node's folder, where it stops at the last complete batch. On a stopped node's folder,
+//! the end is checked as the node's next start would check it: a torn last batch (never
+//! acknowledged) is a warning, damage with valid batches after it exits 1 naming the segment
+//! and offset, so a dump that is not the whole log never looks like one.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,7 +31,11 @@ pub struct DumpArgs {
 
 pub fn run(args: DumpArgs) -> ExitCode {
     match dump(&args, &mut std::io::stdout().lock()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Ended::Complete) => ExitCode::SUCCESS,
+        Ok(Ended::Damaged(why)) => {
+            eprintln!("tally log dump: {why}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("tally log dump: {e}");
             ExitCode::from(2)
@@ -36,11 +43,33 @@ pub fn run(args: DumpArgs) -> ExitCode {
     }
 }
 
+/// How a dump ended.
+enum Ended {
+    /// At the limit, or at the end of the log.
+    Complete,
+    /// At damage with valid batches after it: the entries printed are not the whole log.
+    Damaged(String),
+}
+
+/// Whether a node holds the journal's lock (it is running on this folder).
+fn node_running(dir: &std::path::Path) -> bool {
+    let Ok(file) = std::fs::File::open(dir.join(journal::LOCK_FILE_NAME)) else {
+        return false;
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(_) => true,
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn dump(args: &DumpArgs, out: &mut impl Write) -> Result<(), String> {
+fn dump(args: &DumpArgs, out: &mut impl Write) -> Result<Ended, String> {
     let dir = args.data.join("journal");
     if !dir.is_dir() {
         return Err(format!(
@@ -74,10 +103,36 @@ fn dump(args: &DumpArgs, out: &mut impl Write) -> Result<(), String> {
                 "command": command,
             });
             if writeln!(out, "{line}").is_err() {
-                return Ok(()); // stdout closed (e.g. piped into head)
+                return Ok(Ended::Complete); // stdout closed (e.g. piped into head)
             }
             printed += 1;
         }
     }
-    Ok(())
+    if printed >= limit || node_running(&dir) {
+        return Ok(Ended::Complete);
+    }
+    // The reader stops at the first batch that is not valid: the end of the log, a torn
+    // tail, or damage with valid batches after it. On a stopped node's folder, tell them
+    // apart as the node's next start would.
+    match journal::verify(&dir) {
+        Ok(journal::Tail::Clean) => Ok(Ended::Complete),
+        Ok(journal::Tail::Truncated {
+            segment,
+            offset,
+            bytes_dropped,
+            reason,
+        }) => {
+            eprintln!(
+                "tally log dump: the journal ends with a torn batch in {} at offset {offset} \
+                 ({bytes_dropped} bytes: {reason}); it was never acknowledged and the node \
+                 drops it at its next start",
+                segment.display()
+            );
+            Ok(Ended::Complete)
+        }
+        Err(e) => Ok(Ended::Damaged(format!(
+            "stopped after {printed} entries: the journal is damaged before its end, so the \
+             entries after the damage were not printed ({e})"
+        ))),
+    }
 }

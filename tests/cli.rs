@@ -577,3 +577,59 @@ fn a_bad_config_value_stops_start_up_naming_its_key() {
         assert!(err.contains(key), "{toml}: the message names {key}: {err}");
     }
 }
+
+#[test]
+fn log_dump_of_a_journal_damaged_before_its_end_exits_1_naming_the_damage() {
+    use std::os::unix::fs::FileExt;
+    let dir = TempDir::new("dump-damaged");
+    let journal_dir = dir.0.join("journal");
+    let options = journal::Options {
+        segment_size: 1 << 20,
+        direct_io: journal::DirectIo::Optional,
+    };
+    let (mut journal, _) = journal::Journal::open(&journal_dir, options).unwrap();
+    let mut offsets = Vec::new();
+    for _ in 0..20 {
+        let mut builder = journal::BatchBuilder::new(journal.next_position());
+        for _ in 0..10 {
+            let position = builder.next_position();
+            let meta = journal::EntryMeta {
+                timestamp_ns: position,
+                session_id: 1,
+                client_seq: position,
+            };
+            builder.try_append(meta, &[0xab; 40]).unwrap();
+        }
+        let batch = builder.seal(1, journal.next_position(), journal.last_checksum());
+        journal.append(&batch).unwrap();
+    }
+    drop(journal);
+    let mut reader = journal::JournalReader::open(&journal_dir).unwrap();
+    while let Some(batch) = reader.next_batch().unwrap() {
+        offsets.push((batch.segment_index(), batch.offset()));
+    }
+    let dump = || {
+        output_within(
+            Command::new(TALLY).args(["log", "dump", "--data", dir.0.to_str().unwrap()]),
+            Duration::from_secs(20),
+        )
+    };
+    let out = dump();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 200);
+    // One byte of the fourth batch flipped: the dump stops there and says the log goes on.
+    let (segment, offset) = offsets[3];
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(journal_dir.join(journal::segment_file_name(segment)))
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset + 100).unwrap();
+    file.write_all_at(&[byte[0] ^ 0xff], offset + 100).unwrap();
+    let out = dump();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 30);
+    assert!(err.contains("damaged") && err.contains("segment"), "{err}");
+}

@@ -172,6 +172,103 @@ struct FileSegments {
     segment_size: u64,
 }
 
+impl FileSegments {
+    /// Opens segments `indexes` of `dir` for reading, each checked to be `segment_size` long.
+    fn open(dir: &Path, indexes: &[u64], segment_size: u64) -> Result<FileSegments> {
+        let mut source = FileSegments {
+            files: Vec::new(),
+            segment_size,
+        };
+        for &index in indexes {
+            let path = segment::segment_path(dir, index);
+            let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+            let length = file
+                .metadata()
+                .map_err(|e| Error::io("stat", &path, e))?
+                .len();
+            if length != segment_size {
+                return Err(Error::SegmentSizeMismatch {
+                    path,
+                    length,
+                    expected: segment_size,
+                });
+            }
+            source.files.push((path, file));
+        }
+        Ok(source)
+    }
+
+    /// Scans every batch and says how the journal ends: [`Error::Corrupt`] where recovery
+    /// would refuse to open it, else the tail (a torn one is reported, not zeroed).
+    fn scan(mut self, dir: &Path) -> Result<(FileSegments, recovery::ScanOutcome, Tail)> {
+        let outcome = recovery::scan(&mut self).map_err(|e| Error::io("read", dir, e))?;
+        let path_of = |l: Location| self.files[l.segment].0.clone();
+        let tail = match &outcome.end {
+            ScanEnd::Clean => Tail::Clean,
+            ScanEnd::Refuse {
+                at,
+                reason,
+                detail,
+                valid_at,
+            } => {
+                return Err(Error::Corrupt {
+                    segment: path_of(*at),
+                    offset: at.offset,
+                    reason: *reason,
+                    detail: detail.clone(),
+                    valid_at: valid_at.map(|l| (path_of(l), l.offset)),
+                });
+            }
+            ScanEnd::Truncate {
+                bytes_dropped,
+                reason,
+                ..
+            } => Tail::Truncated {
+                segment: path_of(outcome.tail),
+                offset: outcome.tail.offset,
+                bytes_dropped: *bytes_dropped,
+                reason: reason.clone(),
+            },
+        };
+        Ok((self, outcome, tail))
+    }
+}
+
+/// Checks the journal in `dir` as [`Journal::open`] would, without writing anything: every
+/// batch is scanned, and the answer is how the journal ends ([`Tail::Truncated`] names a torn
+/// tail that an open would zero), or [`Error::Corrupt`] where an open would refuse (damage
+/// before valid data). The segment size is taken from the first segment. Meant for tools on a
+/// stopped node's folder: on a live node it may meet a batch being written (a torn tail).
+///
+/// # Errors
+/// [`Error::MissingSegment`], [`Error::SegmentSizeMismatch`], [`Error::Corrupt`], I/O errors.
+pub fn verify(dir: impl AsRef<Path>) -> Result<Tail> {
+    let dir = dir.as_ref();
+    let listing = segment::list(dir)?;
+    segment::check_contiguous(dir, &listing.segments)?;
+    let Some(&first) = listing.segments.first() else {
+        return Ok(Tail::Clean);
+    };
+    let path = segment::segment_path(dir, first);
+    let segment_size = fs::metadata(&path)
+        .map_err(|e| Error::io("stat", &path, e))?
+        .len();
+    let source = FileSegments::open(dir, &listing.segments, segment_size)?;
+    // The scan needs whole blocks and room for the largest batch.
+    if !segment_size.is_multiple_of(crate::BLOCK_SIZE as u64)
+        || segment_size < crate::BATCH_SIZE_MAX as u64
+    {
+        return Err(Error::SegmentSizeMismatch {
+            path,
+            length: segment_size,
+            expected: segment_size
+                .next_multiple_of(crate::BLOCK_SIZE as u64)
+                .max(crate::BATCH_SIZE_MAX as u64),
+        });
+    }
+    Ok(source.scan(dir)?.2)
+}
+
 impl SegmentSource for FileSegments {
     fn segment_count(&self) -> usize {
         self.files.len()
@@ -209,59 +306,17 @@ impl Journal {
             segment::prepare_segment(&dir, 0, options.segment_size, options.direct_io)?;
             listing.segments.push(0);
         }
-        let mut source = FileSegments {
-            files: Vec::new(),
-            segment_size: options.segment_size,
-        };
-        for &index in &listing.segments {
-            let path = segment::segment_path(&dir, index);
-            let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
-            let length = file
-                .metadata()
-                .map_err(|e| Error::io("stat", &path, e))?
-                .len();
-            if length != options.segment_size {
-                return Err(Error::SegmentSizeMismatch {
-                    path,
-                    length,
-                    expected: options.segment_size,
-                });
-            }
-            source.files.push((path, file));
+        let source = FileSegments::open(&dir, &listing.segments, options.segment_size)?;
+        let (source, outcome, tail) = source.scan(&dir)?;
+        if let ScanEnd::Truncate {
+            drop_start,
+            drop_end,
+            ..
+        } = outcome.end
+        {
+            zero_range(&source, drop_start, drop_end, options.direct_io)?;
         }
-        let outcome = recovery::scan(&mut source).map_err(|e| Error::io("read", &dir, e))?;
         let path_of = |l: Location| source.files[l.segment].0.clone();
-        let tail = match &outcome.end {
-            ScanEnd::Clean => Tail::Clean,
-            ScanEnd::Refuse {
-                at,
-                reason,
-                detail,
-                valid_at,
-            } => {
-                return Err(Error::Corrupt {
-                    segment: path_of(*at),
-                    offset: at.offset,
-                    reason: *reason,
-                    detail: detail.clone(),
-                    valid_at: valid_at.map(|l| (path_of(l), l.offset)),
-                });
-            }
-            ScanEnd::Truncate {
-                drop_start,
-                drop_end,
-                bytes_dropped,
-                reason,
-            } => {
-                zero_range(&source, *drop_start, *drop_end, options.direct_io)?;
-                Tail::Truncated {
-                    segment: path_of(outcome.tail),
-                    offset: outcome.tail.offset,
-                    bytes_dropped: *bytes_dropped,
-                    reason: reason.clone(),
-                }
-            }
-        };
         let segments: VecDeque<SegmentInfo> = listing.segments[..=outcome.tail.segment]
             .iter()
             .zip(&outcome.segments)

@@ -134,7 +134,7 @@ pub use batch::{AppendRefusal, BatchBuilder, EntryMeta, SealedBatch};
 pub use error::{Error, Result};
 pub use format::{Entry, FormatError};
 pub use journal::{
-    DirectIoStatus, DurableWatch, Journal, JournalStats, RecoveryReport, Retention, Tail,
+    verify, DirectIoStatus, DurableWatch, Journal, JournalStats, RecoveryReport, Retention, Tail,
 };
 pub use probe::{disk_probe, disk_probe_for, DiskProbe, PROBE_FILE_SIZE_MAX};
 pub use reader::{BatchView, JournalReader};

@@ -542,3 +542,40 @@ fn a_zeroed_first_segment_before_valid_batches_is_a_hole_and_is_refused() {
         "{error:?}"
     );
 }
+
+#[test]
+fn verify_tells_a_torn_tail_from_damage_before_valid_data_and_writes_nothing() {
+    let dir = TempDir::new("verify");
+    let (mut journal, _) = Journal::open(dir.path(), options()).expect("open");
+    append_batches(&mut journal, 20, 10, 8000); // rolls once
+    drop(journal);
+    assert_eq!(journal::verify(dir.path()).expect("verify"), Tail::Clean);
+    let batches = batch_locations(dir.path());
+    let snapshot = |path: &std::path::Path| std::fs::read(path).expect("read segment");
+
+    // The last batch torn: a warning-level tail, left as it is.
+    let (last, offset, _) = batches.last().unwrap().clone();
+    edit(&last, offset + 100, |b| b[0] ^= 0xff, 1);
+    let before = snapshot(&last);
+    assert!(matches!(
+        journal::verify(dir.path()).expect("verify"),
+        Tail::Truncated { segment, offset: o, .. } if segment == last && o == offset
+    ));
+    assert_eq!(snapshot(&last), before, "verify wrote to the journal");
+    edit(&last, offset + 100, |b| b[0] ^= 0xff, 1);
+
+    // A batch in the middle damaged: what an open refuses, verify reports.
+    let (middle, offset, _) = batches[3].clone();
+    edit(&middle, offset + 100, |b| b[0] ^= 0xff, 1);
+    let before = snapshot(&middle);
+    let error = journal::verify(dir.path()).expect_err("damage before valid data");
+    assert!(
+        matches!(&error, Error::Corrupt { segment, offset: o, .. } if segment == &middle && *o == offset),
+        "{error:?}"
+    );
+    assert_eq!(snapshot(&middle), before, "verify wrote to the journal");
+    assert!(matches!(
+        Journal::open(dir.path(), options()),
+        Err(Error::Corrupt { .. })
+    ));
+}
