@@ -191,7 +191,10 @@ fn run_node(args: NodeArgs) -> ExitCode {
                 .unwrap_or_default()
         ));
         for (path, why) in &report.snapshot.refused {
-            eprintln!("warning: snapshot {} refused: {why}", path.display());
+            eprintln!(
+                "warning: snapshot refused and set aside as {}: {why}",
+                path.display()
+            );
         }
         if let journal::Tail::Truncated {
             segment,

@@ -18,6 +18,8 @@ use engine::{Engine, EngineConfig};
 const PREFIX: &str = "snapshot-";
 const SUFFIX: &str = ".tsnap";
 const TMP_SUFFIX: &str = ".tmp";
+/// Added to the name of a snapshot that start-up refused (see [`load_newest`]).
+pub const REFUSED_SUFFIX: &str = ".refused";
 
 /// File name of the snapshot at `position` (20 digits, so names sort by position).
 pub fn file_name(position: u64) -> String {
@@ -41,8 +43,11 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<u64>> {
         else {
             continue;
         };
-        if let Ok(position) = digits.parse::<u64>() {
-            positions.push(position);
+        // Only the names this module writes: another spelling of a position (`snapshot-7`)
+        // would be listed under a name that `prune` could not find.
+        match digits.parse::<u64>() {
+            Ok(position) if file_name(position) == name => positions.push(position),
+            _ => {}
         }
     }
     positions.sort_unstable_by(|a, b| b.cmp(a));
@@ -183,9 +188,23 @@ pub fn prune(dir: &Path, keep: usize) -> Result<(), String> {
 pub struct Loaded {
     /// The newest snapshot that restored, if any: (position, path).
     pub used: Option<(u64, PathBuf)>,
-    /// Newer snapshots that were refused, with the reason (they are left on disk for a person
-    /// to look at; the next snapshot written supersedes them).
+    /// Newer snapshots that were refused, with the reason. Each is renamed with
+    /// [`REFUSED_SUFFIX`] (the path given is the new name): left on disk for a person to look
+    /// at, it no longer counts among the snapshots kept, so pruning never deletes a good
+    /// snapshot to keep a refused one, nor trims the journal to match it.
     pub refused: Vec<(PathBuf, String)>,
+}
+
+/// Renames a refused snapshot with [`REFUSED_SUFFIX`]; returns its new path (or the old one,
+/// with the rename's failure added to `why`).
+fn set_aside(path: PathBuf, why: String) -> (PathBuf, String) {
+    let mut name = path.clone().into_os_string();
+    name.push(REFUSED_SUFFIX);
+    let aside = PathBuf::from(name);
+    match fs::rename(&path, &aside) {
+        Ok(()) => (aside, why),
+        Err(e) => (path, format!("{why} (and renaming it failed: {e})")),
+    }
 }
 
 /// Restores the newest valid snapshot in `dir`, or a fresh engine when there is none.
@@ -206,14 +225,14 @@ pub fn load_newest(dir: &Path, config: &EngineConfig) -> Result<(Engine, Loaded)
                 loaded.used = Some((position, path));
                 return Ok((engine, loaded));
             }
-            Ok(engine) => loaded.refused.push((
+            Ok(engine) => loaded.refused.push(set_aside(
                 path,
                 format!(
                     "file name says position {position}, contents say {}",
                     engine.position()
                 ),
             )),
-            Err(e) => loaded.refused.push((path, e)),
+            Err(e) => loaded.refused.push(set_aside(path, e)),
         }
     }
     let engine = Engine::new(*config).map_err(|e| e.to_string())?;

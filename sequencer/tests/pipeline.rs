@@ -373,3 +373,102 @@ fn pruning_removes_temporary_files_left_by_a_crash() {
     assert_eq!(list(dir.path()).unwrap(), vec![300, 200]);
     assert!(!stale.exists(), "the stale temporary file was removed");
 }
+
+/// Offers deposits of 1 to account 1 in chunks (from client sequence `*seq` on) until `done`
+/// says so, collecting every reply; at most 30 s.
+fn deposit_until(
+    pipeline: &Pipeline,
+    producer: &mut sequencer::pipeline::Producer,
+    replies: &mut sequencer::pipeline::Replies,
+    seq: &mut u64,
+    mut done: impl FnMut(&Pipeline) -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done(pipeline) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            pipeline.status()
+        );
+        for _ in 0..300 {
+            offer(producer, 3, *seq, &deposit(u128::from(*seq), 1, 1));
+            *seq += 1;
+        }
+        assert_eq!(collect(replies, 300).len(), 300);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_refused_snapshot_is_set_aside_and_never_counts_among_the_kept() {
+    let dir = TempDir::new("pipeline-refused-snapshot");
+    let snapshots_dir = dir.path().join("snapshots");
+    let mut config = test_config(dir.path());
+    config.snapshot_interval_commands = 300;
+    config.snapshots_kept = 2;
+    let listed = || sequencer::snapshots::list(&snapshots_dir).unwrap();
+    let mut seq = 3;
+    {
+        let (mut pipeline, _) = Pipeline::start(config.clone()).unwrap();
+        let mut replies = pipeline.take_replies().unwrap();
+        let mut producer = pipeline.producer().unwrap();
+        offer(&mut producer, 3, 1, &create_external(99, 1));
+        offer(&mut producer, 3, 2, &create_account(1, 1, true));
+        collect(&mut replies, 2);
+        deposit_until(&pipeline, &mut producer, &mut replies, &mut seq, |_| {
+            listed().len() == 2
+        });
+        pipeline.shutdown();
+    }
+    let kept = listed();
+    let (newest, older) = (kept[0], kept[1]);
+    let newest_path = snapshots_dir.join(sequencer::snapshots::file_name(newest));
+    let mut bytes = std::fs::read(&newest_path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&newest_path, bytes).unwrap();
+
+    let (mut pipeline, report) = Pipeline::start(config.clone()).unwrap();
+    assert_eq!(report.snapshot.used.as_ref().map(|u| u.0), Some(older));
+    assert_eq!(report.snapshot.refused.len(), 1, "{:?}", report.snapshot);
+    let aside = &report.snapshot.refused[0].0;
+    assert!(aside.to_string_lossy().ends_with(".refused") && aside.exists());
+    assert_eq!(listed(), vec![older]);
+    // The next snapshot is kept with the good one it started from, not with the refused one.
+    let mut replies = pipeline.take_replies().unwrap();
+    let mut producer = pipeline.producer().unwrap();
+    deposit_until(&pipeline, &mut producer, &mut replies, &mut seq, |p| {
+        p.status().snapshots >= 1
+    });
+    pipeline.shutdown();
+    let kept = listed();
+    assert!(
+        kept.len() == 2 && kept[1] == older && kept[0] > newest,
+        "{kept:?}"
+    );
+    assert!(
+        aside.exists(),
+        "the refused snapshot is left for a person to look at"
+    );
+}
+
+#[test]
+fn only_snapshots_named_as_written_are_listed_and_pruned() {
+    // Another spelling of a position was listed, then `prune` looked for it under the
+    // written name, failed, and the snapshot thread stopped the pipeline.
+    let dir = TempDir::new("snapshot-names");
+    let d = dir.path();
+    use sequencer::snapshots::{file_name, list, prune, REFUSED_SUFFIX};
+    for name in [
+        "snapshot-7.tsnap".to_string(),
+        file_name(9),
+        file_name(8),
+        format!("{}{REFUSED_SUFFIX}", file_name(11)),
+    ] {
+        std::fs::write(d.join(name), b"x").unwrap();
+    }
+    assert_eq!(list(d).unwrap(), vec![9, 8]);
+    prune(d, 1).unwrap();
+    assert_eq!(list(d).unwrap(), vec![9]);
+    assert!(d.join("snapshot-7.tsnap").exists());
+}
