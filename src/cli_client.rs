@@ -390,10 +390,17 @@ fn execute(client: &mut Client, args: &ClientArgs) -> Result<ExitCode, ClientErr
                 ..
             } => debit_ledger = Some(account.ledger),
             other => {
-                eprintln!(
-                    "tally client: the debit account {from} was not found \
-                     (create it first, or give --ledger)"
-                );
+                match other.result() {
+                    Some(ResultCode::AccountNotFound) => eprintln!(
+                        "tally client: the debit account {from} was not found \
+                         (create it first, or give --ledger)"
+                    ),
+                    result => eprintln!(
+                        "tally client: the lookup of the debit account {from}'s ledger was \
+                         answered {} (retry, or give --ledger)",
+                        result.map_or("with no result code", |r| r.name())
+                    ),
+                }
                 return Ok(print(&other, None, args.json));
             }
         }

@@ -420,6 +420,13 @@ fn an_atomic_group_with_one_bad_member_applies_none() {
         100,
         "the good member left no trace"
     );
+    // A transfer without --ledger from an account that does not exist says so by name.
+    let out = node.cli(&[
+        "transfer", "--id", "12", "--from", "4242", "--to", "1", "--amount", "1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("debit account 4242 was not found"), "{err}");
 }
 
 #[test]
