@@ -59,9 +59,9 @@
 //! A `Transfers` command is applied transfer by transfer, but the loop works ahead within the
 //! batch (and `apply` first asks for every cache line of the command's bytes, which the
 //! decoder then reads in order): every index hash of the batch (both accounts and the id: one
-//! or two folded multiplies each) is computed once, in one pass; retention index buckets are
-//! prefetched 16 transfers ahead (the home bucket and the next), and 8 ahead, once those have
-//! arrived, the two after them when both overflowed (a look-up will scan on); once the account
+//! or two folded multiplies each) is computed once, in one pass; retention index buckets (one
+//! cache line each) are prefetched 16 transfers ahead, and 8 ahead, once the line has arrived,
+//! the next bucket when the home bucket's overflow word says a look-up will scan on; once the account
 //! table outgrows a core's cache (`16 384` accounts), account index buckets 16 ahead and
 //! account records 8 ahead, the slot found then being reused as a guess by the look-up. The
 //! common transfer (posted, no pending transfer open)
