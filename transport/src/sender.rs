@@ -679,7 +679,10 @@ impl Sender {
             let advance = align_frame(frame_length as usize);
             let is_pad = u16::from_le_bytes([h[6], h[7]]) == frame_type::PAD;
             let wire = if is_pad { DATA_HEADER_LENGTH } else { advance };
-            if span + advance > end || length + wire > mtu {
+            // A pad travels as its header: only that must fit below the limit (as in Aeron).
+            // Counting all of it stalled the stream for good when the pad was longer than
+            // the receivers' window.
+            if span + wire > end || length + wire > mtu {
                 break;
             }
             length += wire;
