@@ -388,3 +388,40 @@ fn padding_longer_than_the_receiver_window_is_sent_and_the_stream_goes_on() {
     );
     assert_eq!(got, messages);
 }
+
+#[test]
+fn a_replayed_old_setup_after_the_image_ended_does_not_deliver_its_messages_again() {
+    let mut r = receiver();
+    r.handle_datagram(1, source(), &data(0, b"a", SESSION));
+    r.handle_datagram(2, source(), &data(64, b"b", SESSION));
+    assert_eq!(delivered(&mut r), vec![b"a".to_vec(), b"b".to_vec()]);
+    // The sender goes silent past the liveness timeout (a cut): the image ends.
+    let later = Config::default().image_liveness_timeout_ns + 10;
+    r.handle_timeout(later);
+    assert_eq!(r.image_count(), 0);
+    // The first SETUP (position 0) arrives again, then frames the sender still holds (its
+    // retransmits answering the new image's NAK). Nothing may be delivered a second time.
+    r.handle_datagram(later + 1, source(), &setup());
+    r.handle_datagram(later + 2, source(), &data(0, b"a", SESSION));
+    r.handle_datagram(later + 3, source(), &data(64, b"b", SESSION));
+    assert!(
+        delivered(&mut r).is_empty(),
+        "messages delivered by the ended image were delivered again"
+    );
+    // A SETUP at or past where the ended image stopped joins as before.
+    let live = Setup {
+        flags: 0,
+        term_offset: 128,
+        session_id: SESSION,
+        stream_id: STREAM,
+        initial_term_id: 5,
+        active_term_id: 5,
+        term_length: 64 * 1024,
+        mtu: 1408,
+        ttl: 0,
+    };
+    r.handle_datagram(later + 4, source(), &live.encode());
+    assert_eq!(r.image_count(), 1);
+    r.handle_datagram(later + 5, source(), &data(128, b"c", SESSION));
+    assert_eq!(delivered(&mut r), vec![b"c".to_vec()]);
+}
