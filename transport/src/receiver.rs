@@ -143,6 +143,9 @@ pub struct Receiver {
     eos_to_send: Vec<(SocketAddr, i32, i32, i32)>,
     /// See [`Receiver::last_in_order`].
     last_in_order: Option<(i32, usize)>,
+    /// Sessions whose image ended, with the position delivered to: a SETUP joining below it
+    /// (an old one, replayed or delayed) would deliver those messages a second time.
+    ended: Vec<(i32, i64)>,
 }
 
 impl Receiver {
@@ -167,6 +170,7 @@ impl Receiver {
             closing: false,
             eos_to_send: Vec::new(),
             last_in_order: None,
+            ended: Vec::new(),
         })
     }
 
@@ -562,6 +566,14 @@ impl Receiver {
             self.counters.incr(CounterId::DropsMalformed);
             return;
         }
+        if self
+            .ended
+            .iter()
+            .any(|&(session, position)| session == s.session_id && join < position)
+        {
+            self.counters.incr(CounterId::DropsDuplicate);
+            return;
+        }
         let cleaned_until = log.term_start(join) + 3 * term_length as i64;
         self.images.push(Image {
             session_id: s.session_id,
@@ -672,6 +684,11 @@ impl Receiver {
             match img.end {
                 Some(reason) if img.subscriber >= img.rebuild => {
                     let img = self.images.remove(i);
+                    self.ended.retain(|&(session, _)| session != img.session_id);
+                    if self.ended.len() >= IMAGES_MAX {
+                        self.ended.remove(0);
+                    }
+                    self.ended.push((img.session_id, img.subscriber));
                     self.events.push_back(ImageEvent::Unavailable {
                         session_id: img.session_id,
                         position: img.subscriber,

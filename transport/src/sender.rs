@@ -12,7 +12,7 @@
 //!
 //! Invariants: `sender_position <= publisher_position <= sender_position + publication_window`;
 //! data is sent only below the flow-control `sender_limit`; a retransmit only resends bytes
-//! already sent and still in the log (the active and the previous term).
+//! already sent and still in the log (the sender position's term and the one before).
 
 use std::net::SocketAddr;
 
@@ -567,9 +567,14 @@ impl Sender {
         }
     }
 
-    /// Oldest position still in the log: the start of the term before the publisher's term.
+    /// Oldest position still in the log: the start of the term before the sender's term.
+    /// Its partition is reused only once the publisher enters the third term after it, and
+    /// the publisher runs at most half a term ahead of the sender position. Counting from
+    /// the publisher's term instead refused data still held to a receiver that cannot tell
+    /// it fell behind (it sees no frame beyond the sender position), and under the min
+    /// strategy such a receiver holds the sender's limit: the whole group stalled.
     fn oldest_available(&self) -> i64 {
-        (self.log.term_start(self.publisher_position) - self.cfg.term_length as i64).max(0)
+        (self.log.term_start(self.sender_position) - self.cfg.term_length as i64).max(0)
     }
 
     /// Whether a valid frame of ours starts at `position`.
@@ -674,7 +679,10 @@ impl Sender {
             let advance = align_frame(frame_length as usize);
             let is_pad = u16::from_le_bytes([h[6], h[7]]) == frame_type::PAD;
             let wire = if is_pad { DATA_HEADER_LENGTH } else { advance };
-            if span + advance > end || length + wire > mtu {
+            // A pad travels as its header: only that must fit below the limit (as in Aeron).
+            // Counting all of it stalled the stream for good when the pad was longer than
+            // the receivers' window.
+            if span + wire > end || length + wire > mtu {
                 break;
             }
             length += wire;

@@ -336,3 +336,92 @@ fn multicast_flow_control_follows_the_slowest_fastest_or_tagged_receivers() {
         "receivers that time out leave the set"
     );
 }
+
+#[test]
+fn padding_longer_than_the_receiver_window_is_sent_and_the_stream_goes_on() {
+    // A message that does not fit before the term end pads it; the pad travels as its
+    // 32-byte header. A receiver window shorter than the pad (valid: at least an MTU; the
+    // socket driver may shrink it to a quarter of the receive buffer) must not stop it.
+    let term = 64 * 1024;
+    let cfg = Config::with_term_length(term);
+    let mut s = Sender::new(cfg.clone(), SESSION, STREAM, 5, 0).unwrap();
+    let rcfg = Config {
+        receiver_window: 4096,
+        ..cfg
+    };
+    let mut r = Receiver::new(rcfg, STREAM, 1).unwrap();
+    let receiver_addr: SocketAddr = "10.0.0.2:2000".parse().unwrap();
+    // 55 frames of 1,056 bytes leave 7,456 bytes in the term: the 10,000-byte message
+    // (10,272 bytes of frames) pads them, a pad longer than the window.
+    let mut messages: Vec<Vec<u8>> = (0..55u8).map(|i| vec![i; 1000]).collect();
+    messages.push(vec![200; 10_000]);
+    messages.extend((0..5u8).map(|i| vec![100 + i; 1000]));
+    let mut next = 0;
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let mut now = 0u64;
+    for _ in 0..2000 {
+        while next < messages.len() && s.offer(&messages[next]).is_ok() {
+            next += 1;
+        }
+        while let Some(t) = s.poll_transmit(now, &mut buf) {
+            r.handle_datagram(now, source(), &buf[..t.length]);
+        }
+        r.poll(|m, _| got.push(m.to_vec()), usize::MAX);
+        while let Some(t) = r.poll_transmit(now, &mut buf) {
+            s.handle_datagram(now, receiver_addr, &buf[..t.length]);
+        }
+        if got.len() == messages.len() {
+            break;
+        }
+        now += 1_000_000;
+        s.handle_timeout(now);
+        r.handle_timeout(now);
+    }
+    assert_eq!(
+        got.len(),
+        messages.len(),
+        "stalled: offered {next}, sender at {} of {}, limit {}",
+        s.sender_position(),
+        s.position(),
+        s.sender_limit()
+    );
+    assert_eq!(got, messages);
+}
+
+#[test]
+fn a_replayed_old_setup_after_the_image_ended_does_not_deliver_its_messages_again() {
+    let mut r = receiver();
+    r.handle_datagram(1, source(), &data(0, b"a", SESSION));
+    r.handle_datagram(2, source(), &data(64, b"b", SESSION));
+    assert_eq!(delivered(&mut r), vec![b"a".to_vec(), b"b".to_vec()]);
+    // The sender goes silent past the liveness timeout (a cut): the image ends.
+    let later = Config::default().image_liveness_timeout_ns + 10;
+    r.handle_timeout(later);
+    assert_eq!(r.image_count(), 0);
+    // The first SETUP (position 0) arrives again, then frames the sender still holds (its
+    // retransmits answering the new image's NAK). Nothing may be delivered a second time.
+    r.handle_datagram(later + 1, source(), &setup());
+    r.handle_datagram(later + 2, source(), &data(0, b"a", SESSION));
+    r.handle_datagram(later + 3, source(), &data(64, b"b", SESSION));
+    assert!(
+        delivered(&mut r).is_empty(),
+        "messages delivered by the ended image were delivered again"
+    );
+    // A SETUP at or past where the ended image stopped joins as before.
+    let live = Setup {
+        flags: 0,
+        term_offset: 128,
+        session_id: SESSION,
+        stream_id: STREAM,
+        initial_term_id: 5,
+        active_term_id: 5,
+        term_length: 64 * 1024,
+        mtu: 1408,
+        ttl: 0,
+    };
+    r.handle_datagram(later + 4, source(), &live.encode());
+    assert_eq!(r.image_count(), 1);
+    r.handle_datagram(later + 5, source(), &data(128, b"c", SESSION));
+    assert_eq!(delivered(&mut r), vec![b"c".to_vec()]);
+}

@@ -529,3 +529,118 @@ fn a_clean_close_ends_the_image_with_end_of_stream_after_all_data() {
     }
     assert_eq!(net.sender.offer(b"late"), Err(OfferError::Closed));
 }
+
+#[test]
+fn a_min_receiver_back_from_a_cut_while_the_publisher_is_a_term_ahead_of_the_sender_stalls_no_one()
+{
+    // Min flow control. Receiver 1 is cut off until the sender drops it; the publication
+    // goes on with receiver 0 until the sender has sent well into the term after receiver
+    // 1's, and the publisher (a publication window ahead) has entered the term after that.
+    // Receiver 1 comes back: its status message pulls the limit below the sender position
+    // (min strategy), and it NAKs the rest of its term, which the sender still holds (the
+    // third partition is not reused before the publisher enters a fourth term). Either it
+    // is served or told it fell behind; in no case may the group stall.
+    let seed = 700;
+    let cfg = Config {
+        receiver_timeout_ns: 100_000_000,
+        ..sim_config(true)
+    };
+    let term = cfg.term_length as i64;
+    let mut net = Net::new(seed, 2, cfg, Faults::lossy(0.0));
+    net.faults.duplicate = 0.0;
+    net.faults.jitter_ns = 0;
+    while net.sender.receiver_count() < 2 {
+        assert!(net.now_ns < 1_000_000_000, "never connected");
+        net.pump();
+        net.step(1_000_000);
+    }
+    let mut next = 0u64;
+    let offer_one = |net: &mut Net, next: &mut u64| -> bool {
+        match net.sender.offer(&message(*next, 64)) {
+            Ok(_) => {
+                *next += 1;
+                true
+            }
+            Err(_) => false,
+        }
+    };
+    for _ in 0..10 {
+        assert!(offer_one(&mut net, &mut next));
+    }
+    for _ in 0..5 {
+        net.pump();
+        net.step(1_000_000);
+    }
+    assert_eq!(net.received[1].len(), 10);
+    net.partitions.push(Partition {
+        receiver: 1,
+        from_ns: net.now_ns,
+        to_ns: u64::MAX,
+    });
+    while net.sender.receiver_count() > 1 {
+        assert!(net.now_ns < 2_000_000_000, "receiver 1 never timed out");
+        net.pump();
+        net.step(1_000_000);
+    }
+    // Send into the second term, past its middle.
+    while net.sender.sender_position() < term + term / 2 + 1024 {
+        while offer_one(&mut net, &mut next) && net.sender.position() < term + term / 2 + 2048 {}
+        net.pump();
+        net.step(100_000);
+    }
+    // The publisher runs a window ahead, into the third term.
+    while offer_one(&mut net, &mut next) {}
+    assert!(net.sender.position() > 2 * term && net.sender.sender_position() < 2 * term);
+    // The cut heals; receiver 1's status message reaches the sender first.
+    net.partitions[0].to_ns = net.now_ns;
+    let mut buf = vec![0u8; 65536];
+    net.now_ns += 20_000_000;
+    let t = net.receivers[1]
+        .poll_transmit(net.now_ns, &mut buf)
+        .unwrap();
+    net.sender
+        .handle_datagram(net.now_ns, addr(2), &buf[..t.length]);
+    assert_eq!(net.sender.receiver_count(), 2);
+    let end = net.now_ns + 3_000_000_000;
+    let target = next + 2000;
+    while net.now_ns < end {
+        while next < target && offer_one(&mut net, &mut next) {}
+        net.pump();
+        let fell = net.events[1].iter().any(|e| {
+            matches!(
+                e,
+                ImageEvent::Unavailable {
+                    reason: ImageEnd::FellBehind { .. },
+                    ..
+                }
+            )
+        });
+        if next == target
+            && net.received[0].len() as u64 == target
+            && (fell || net.received[1].len() as u64 == target)
+        {
+            break;
+        }
+        net.step(1_000_000);
+    }
+    let expected: Vec<u64> = (0..target).collect();
+    assert_eq!(
+        net.received[0].len() as u64,
+        target,
+        "seed={seed}: receiver 0 stalled: offered {next}, sender pos {} sent {} limit {}, receiver 1 {:?} {:?}",
+        net.sender.position(),
+        net.sender.sender_position(),
+        net.sender.sender_limit(),
+        net.receivers[1].image_positions(SESSION_ID),
+        net.receivers[1].counters().iter().filter(|c| c.1 > 0).collect::<Vec<_>>(),
+    );
+    assert_eq!(net.received[0], expected);
+    let got = &net.received[1];
+    assert!(
+        got.len() as u64 == target || net.events[1].len() >= 2,
+        "seed={seed}: receiver 1 neither caught up nor fell behind: {} {:?}",
+        got.len(),
+        net.events[1]
+    );
+    assert!(got.windows(2).all(|w| w[1] > w[0]), "seed={seed}");
+}
