@@ -14,9 +14,14 @@ fn source() -> SocketAddr {
 }
 
 fn setup() -> [u8; frame::SETUP_LENGTH] {
+    setup_at(0)
+}
+
+/// A SETUP of the test session joining at `term_offset` of its first term.
+fn setup_at(term_offset: i32) -> [u8; frame::SETUP_LENGTH] {
     Setup {
         flags: 0,
-        term_offset: 0,
+        term_offset,
         session_id: SESSION,
         stream_id: STREAM,
         initial_term_id: 5,
@@ -409,18 +414,7 @@ fn a_replayed_old_setup_after_the_image_ended_does_not_deliver_its_messages_agai
         "messages delivered by the ended image were delivered again"
     );
     // A SETUP at or past where the ended image stopped joins as before.
-    let live = Setup {
-        flags: 0,
-        term_offset: 128,
-        session_id: SESSION,
-        stream_id: STREAM,
-        initial_term_id: 5,
-        active_term_id: 5,
-        term_length: 64 * 1024,
-        mtu: 1408,
-        ttl: 0,
-    };
-    r.handle_datagram(later + 4, source(), &live.encode());
+    r.handle_datagram(later + 4, source(), &setup_at(128));
     assert_eq!(r.image_count(), 1);
     r.handle_datagram(later + 5, source(), &data(128, b"c", SESSION));
     assert_eq!(delivered(&mut r), vec![b"c".to_vec()]);
