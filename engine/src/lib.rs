@@ -75,9 +75,10 @@
 //! mapping) appended with non-temporal stores (`lines.rs`): it goes to memory without first
 //! being read (no read-for-ownership) and without evicting from the core's caches the small
 //! account table they would otherwise keep (64 bytes per transfer stream past it); a store
-//! fence ends each command. The only `unsafe` in the crate is the prefetch hint and the
-//! `madvise` calls, in `prefetch.rs`, the SSE2 loads of the retention index's lane
-//! compares, in `lanes.rs`, and the ring's mapping and streaming stores, in `lines.rs`.
+//! fence ends each command. The only `unsafe` in the crate is the prefetch hint, the
+//! `madvise` calls and the restore helper's CPU affinity, in `prefetch.rs`, the SSE2 loads of
+//! the retention index's lane compares, in `lanes.rs`, and the ring's mapping and streaming
+//! stores, in `lines.rs`.
 //! Evicting the oldest retained transfer writes nothing: the retention index (`retention.rs`)
 //! stores each id's ring sequence and treats entries outside the ring's live
 //! range as free, so a new transfer touches one random line of it plus the sequential ring
