@@ -177,6 +177,8 @@ impl Node {
 
 struct ClientSession {
     publication: Publication,
+    /// Where `publication` sends: the response channel the client named.
+    channel: SocketAddrV4,
     transport_session: i32,
     /// Replies waiting for the publication to connect or to have room.
     pending: VecDeque<Vec<u8>>,
@@ -278,6 +280,20 @@ impl NodeFrontend {
         if let Some(existing) = self.sessions.get_mut(&client) {
             // A reconnect of a known session (e.g. the client restarted its transport):
             // keep the reply publication if the address is the same.
+            if existing.channel != channel {
+                let Ok(publication) = Publication::new(
+                    &Channel::unicast(channel),
+                    REPLY_STREAM_ID,
+                    self.transport.clone(),
+                ) else {
+                    self.counters
+                        .sessions_rejected
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                std::mem::replace(&mut existing.publication, publication).close();
+                existing.channel = channel;
+            }
             self.by_transport.insert(transport_session, client);
             existing.transport_session = transport_session;
             let position = io.applied_position();
@@ -300,6 +316,7 @@ impl NodeFrontend {
         };
         let mut session = ClientSession {
             publication,
+            channel,
             transport_session,
             pending: VecDeque::new(),
         };

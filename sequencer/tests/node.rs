@@ -23,6 +23,14 @@ struct RawClient {
 
 impl RawClient {
     fn connect(node: SocketAddr, id: u64) -> RawClient {
+        let mut c = RawClient::open(node, id);
+        let event = c.wait(is_session_event);
+        assert_eq!(event_code(&event), Some(SessionEventCode::Connected));
+        c
+    }
+
+    /// Opens the transport and sends `SessionConnect` without waiting for the answer.
+    fn open(node: SocketAddr, id: u64) -> RawClient {
         let SocketAddr::V4(node) = node else {
             panic!("v4")
         };
@@ -44,23 +52,43 @@ impl RawClient {
             subscription,
             replies: Vec::new(),
         };
-        let reply_addr = c.subscription.local_addr().unwrap().to_string();
-        let mut buf = [0u8; 128];
+        let connect = c.connect_message();
+        c.send_raw(&connect);
+        c
+    }
+
+    /// This client's `SessionConnect`, naming its reply subscription's address.
+    fn connect_message(&self) -> Vec<u8> {
+        let reply_addr = self.subscription.local_addr().unwrap().to_string();
+        let mut buf = vec![0u8; 128];
         let len = {
             let mut e = SessionConnectEncoder::wrap_with_header(&mut buf).unwrap();
-            e.set_client_session_id(id)
+            e.set_client_session_id(self.id)
                 .set_response_stream_id(REPLY_STREAM_ID);
             e.set_response_channel(reply_addr.as_bytes()).unwrap();
             e.finish().unwrap()
         };
-        c.send_raw(&buf[..len]);
-        let event =
-            c.wait(|bytes| matches!(ledger::decode(bytes), Ok(ledger::Decoded::SessionEvent(_))));
-        let ledger::Decoded::SessionEvent(e) = ledger::decode(&event).unwrap() else {
-            unreachable!()
-        };
-        assert_eq!(e.code(), Some(SessionEventCode::Connected));
-        c
+        buf.truncate(len);
+        buf
+    }
+
+    /// Like `wait`, but gives up after `timeout`.
+    fn try_wait(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&[u8]) -> bool,
+    ) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.replies.iter().position(|(_, b)| pred(b)) {
+                return Some(self.replies.remove(i).1);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            self.pump();
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     fn pump(&mut self) {
@@ -124,6 +152,17 @@ impl RawClient {
             self.pump();
             std::thread::sleep(Duration::from_micros(200));
         }
+    }
+}
+
+fn is_session_event(bytes: &[u8]) -> bool {
+    matches!(ledger::decode(bytes), Ok(ledger::Decoded::SessionEvent(_)))
+}
+
+fn event_code(bytes: &[u8]) -> Option<SessionEventCode> {
+    match ledger::decode(bytes) {
+        Ok(ledger::Decoded::SessionEvent(e)) => e.code(),
+        _ => None,
     }
 }
 
@@ -397,6 +436,29 @@ fn a_command_with_too_many_transfers_is_answered_invalid_command() {
     );
     assert_eq!(
         result_of(&c.request(2, &create_external(99, 1))),
+        ResultCode::Ok
+    );
+    node.shutdown();
+}
+
+#[test]
+fn a_session_reconnecting_from_a_new_reply_address_is_answered_there() {
+    let dir = TempDir::new("node-reconnect-addr");
+    let node = start_node(dir.path());
+    let mut first = RawClient::connect(node.local_addr(), 5);
+    assert_eq!(
+        result_of(&first.request(1, &create_external(99, 1))),
+        ResultCode::Ok
+    );
+    // The client restarts: new transport session, new reply address, same client session.
+    drop(first);
+    let mut second = RawClient::open(node.local_addr(), 5);
+    let event = second
+        .try_wait(Duration::from_secs(3), is_session_event)
+        .expect("the reconnect is answered at the new reply address");
+    assert_eq!(event_code(&event), Some(SessionEventCode::Connected));
+    assert_eq!(
+        result_of(&second.request(2, &create_account(1, 1, false))),
         ResultCode::Ok
     );
     node.shutdown();
