@@ -294,6 +294,13 @@ impl NodeFrontend {
                 std::mem::replace(&mut existing.publication, publication).close();
                 existing.channel = channel;
             }
+            // The old transport session no longer speaks for this client: its end must not
+            // close the session.
+            if existing.transport_session != transport_session
+                && self.by_transport.get(&existing.transport_session) == Some(&client)
+            {
+                self.by_transport.remove(&existing.transport_session);
+            }
             self.by_transport.insert(transport_session, client);
             existing.transport_session = transport_session;
             let position = io.applied_position();

@@ -4,6 +4,7 @@
 mod common;
 
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -70,6 +71,17 @@ impl RawClient {
         };
         buf.truncate(len);
         buf
+    }
+
+    /// Sends a request without waiting for its reply.
+    fn send_request(&mut self, seq: u64, message: &[u8]) {
+        let mut buf = vec![0u8; 24 + message.len()];
+        {
+            let mut h = RequestHeaderEncoder::wrap_with_header(&mut buf).unwrap();
+            h.set_client_session_id(self.id).set_client_seq(seq);
+        }
+        buf[24..].copy_from_slice(message);
+        self.send_raw(&buf);
     }
 
     /// Like `wait`, but gives up after `timeout`.
@@ -441,6 +453,14 @@ fn a_command_with_too_many_transfers_is_answered_invalid_command() {
     node.shutdown();
 }
 
+fn node_with(dir: &std::path::Path, edit: impl FnOnce(&mut NodeConfig)) -> Node {
+    let mut config = NodeConfig::new(dir);
+    config.pipeline = test_config(dir);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    edit(&mut config);
+    Node::start(config).unwrap().0
+}
+
 #[test]
 fn a_session_reconnecting_from_a_new_reply_address_is_answered_there() {
     let dir = TempDir::new("node-reconnect-addr");
@@ -461,5 +481,51 @@ fn a_session_reconnecting_from_a_new_reply_address_is_answered_there() {
         result_of(&second.request(2, &create_account(1, 1, false))),
         ResultCode::Ok
     );
+    node.shutdown();
+}
+
+#[test]
+fn the_old_transport_session_ending_does_not_close_a_reconnected_session() {
+    let dir = TempDir::new("node-reconnect-transport");
+    let node = node_with(dir.path(), |c| {
+        c.transport.image_liveness_timeout_ns = 300_000_000
+    });
+    let mut c = RawClient::connect(node.local_addr(), 6);
+    assert_eq!(
+        result_of(&c.request(1, &create_external(99, 1))),
+        ResultCode::Ok
+    );
+    // The client restarts its publication only (same reply address) and connects again.
+    let SocketAddr::V4(addr) = node.local_addr() else {
+        panic!("v4")
+    };
+    let old = std::mem::replace(
+        &mut c.publication,
+        Publication::new(
+            &Channel::unicast(addr),
+            INGRESS_STREAM_ID,
+            transport::Config::default(),
+        )
+        .unwrap(),
+    );
+    drop(old);
+    let connect = c.connect_message();
+    c.send_raw(&connect);
+    let event = c.wait(is_session_event);
+    assert_eq!(event_code(&event), Some(SessionEventCode::Connected));
+    // The old transport session's image times out on the node.
+    let wait_until = Instant::now() + Duration::from_millis(1_000);
+    while Instant::now() < wait_until {
+        c.pump();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    c.send_request(2, &create_account(1, 1, false));
+    let reply = c
+        .try_wait(Duration::from_secs(3), |b| {
+            matches!(ledger::decode(b), Ok(ledger::Decoded::CommandReply(_)))
+        })
+        .expect("the reconnected session is still served");
+    assert_eq!(result_of(&reply), ResultCode::Ok);
+    assert_eq!(node.counters().sessions_closed.load(Relaxed), 0);
     node.shutdown();
 }
