@@ -182,6 +182,8 @@ struct ClientSession {
     transport_session: i32,
     /// Replies waiting for the publication to connect or to have room.
     pending: VecDeque<Vec<u8>>,
+    /// Refused (kept only to deliver the refusal): its requests are not taken.
+    refused: bool,
 }
 
 struct NodeFrontend {
@@ -278,6 +280,10 @@ impl NodeFrontend {
             return;
         };
         if let Some(existing) = self.sessions.get_mut(&client) {
+            if existing.refused {
+                // Its refusal is on the way; it is closed once sent.
+                return;
+            }
             // A reconnect of a known session (e.g. the client restarted its transport):
             // keep the reply publication if the address is the same.
             if existing.channel != channel {
@@ -326,6 +332,7 @@ impl NodeFrontend {
             channel,
             transport_session,
             pending: VecDeque::new(),
+            refused: false,
         };
         let (code, detail) = if io.is_stopping() {
             (SessionEventCode::Closed, "the node is shutting down")
@@ -340,6 +347,7 @@ impl NodeFrontend {
         session
             .pending
             .push_back(session_event(client, code, io.applied_position(), detail));
+        session.refused = code != SessionEventCode::Connected;
         if code == SessionEventCode::Connected {
             self.counters
                 .sessions_opened
@@ -523,7 +531,7 @@ impl Frontend for NodeFrontend {
                 Inbound::Request {
                     client, seq, query, ..
                 } => {
-                    if !self.sessions.contains_key(&client) {
+                    if self.sessions.get(&client).is_none_or(|s| s.refused) {
                         self.counters
                             .unknown_session
                             .fetch_add(1, Ordering::Relaxed);

@@ -529,3 +529,33 @@ fn the_old_transport_session_ending_does_not_close_a_reconnected_session() {
     assert_eq!(node.counters().sessions_closed.load(Relaxed), 0);
     node.shutdown();
 }
+
+#[test]
+fn a_refused_session_gets_no_command_applied() {
+    let dir = TempDir::new("node-refused");
+    let node = node_with(dir.path(), |c| c.sessions_max = 1);
+    let mut a = RawClient::connect(node.local_addr(), 1);
+    assert_eq!(
+        result_of(&a.request(1, &create_external(99, 1))),
+        ResultCode::Ok
+    );
+    assert_eq!(node.status().sequenced_position, 1);
+    // A second session (the table is full) sends a command right behind its connect.
+    let mut b = RawClient::open(node.local_addr(), 2);
+    b.send_request(1, &create_account(77, 1, false));
+    let event = b.wait(is_session_event);
+    assert_eq!(event_code(&event), Some(SessionEventCode::Rejected));
+    let until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < until {
+        b.pump();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let reply = a.request(1 << 63, &get_account(77));
+    assert_eq!(result_of(&reply), ResultCode::AccountNotFound);
+    assert_eq!(
+        node.status().sequenced_position,
+        1,
+        "nothing from the refused session was sequenced"
+    );
+    node.shutdown();
+}
