@@ -184,6 +184,8 @@ struct ClientSession {
     pending: VecDeque<Vec<u8>>,
     /// Refused (kept only to deliver the refusal): its requests are not taken.
     refused: bool,
+    /// Stopped reading (its queue overflowed): closed at the end of the cycle.
+    stalled: bool,
 }
 
 struct NodeFrontend {
@@ -333,6 +335,7 @@ impl NodeFrontend {
             transport_session,
             pending: VecDeque::new(),
             refused: false,
+            stalled: false,
         };
         let (code, detail) = if io.is_stopping() {
             (SessionEventCode::Closed, "the node is shutting down")
@@ -419,6 +422,9 @@ fn send_reply(
     let Some(session) = sessions.get_mut(&client) else {
         return;
     };
+    if session.stalled {
+        return;
+    }
     let len = ENVELOPE_LEN + reply.len();
     let Some(buf) = scratch.get_mut(..len) else {
         return;
@@ -435,6 +441,7 @@ fn send_reply(
     }
     if session.pending.len() >= PENDING_REPLIES_MAX {
         // The client stopped reading: drop it rather than grow without bound.
+        session.stalled = true;
         closed.push(client);
         return;
     }
@@ -610,11 +617,11 @@ impl Frontend for NodeFrontend {
             work += session.publication.do_work(now);
         }
         for client in std::mem::take(&mut self.closed) {
-            // A rejected session is closed once its refusal has been sent.
+            // A rejected session is closed once its refusal has been sent; a stalled one now.
             if self
                 .sessions
                 .get(&client)
-                .is_some_and(|s| s.pending.is_empty())
+                .is_some_and(|s| s.pending.is_empty() || s.stalled)
             {
                 self.close_session(client);
             } else if self.sessions.contains_key(&client) {

@@ -559,3 +559,43 @@ fn a_refused_session_gets_no_command_applied() {
     );
     node.shutdown();
 }
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_once_its_queue_is_full() {
+    let dir = TempDir::new("node-stalled");
+    let node = start_node(dir.path());
+    let mut c = RawClient::connect(node.local_addr(), 9);
+    let mut buf = [0u8; 32];
+    let len = GetStatusEncoder::wrap_with_header(&mut buf)
+        .unwrap()
+        .finish()
+        .unwrap();
+    let mut request = vec![0u8; 24 + len];
+    request[24..].copy_from_slice(&buf[..len]);
+    // Queries without ever reading a reply again: 65,536 queue at the node, then more.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = 0u64;
+    while sent < 200_000 && node.counters().sessions_closed.load(Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "could not send the queries");
+        {
+            let mut h = RequestHeaderEncoder::wrap_with_header(&mut request).unwrap();
+            h.set_client_session_id(9).set_client_seq((1 << 63) + sent);
+        }
+        if c.publication.offer(&request).is_ok() {
+            sent += 1;
+        } else {
+            c.publication.do_work(transport::now_ns());
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.counters().sessions_closed.load(Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a client with {sent} unread replies was never dropped"
+        );
+        c.publication.do_work(transport::now_ns());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    node.shutdown();
+}
