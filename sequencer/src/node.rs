@@ -631,7 +631,32 @@ impl Frontend for NodeFrontend {
         work
     }
 
+    fn flushed(&self) -> bool {
+        self.sessions
+            .values()
+            .all(|s| s.pending.is_empty() || s.stalled)
+    }
+
     fn on_shutdown(&mut self) {
+        // A clean close sends what the publications hold and lingers until the clients
+        // acknowledged it (bounded by the transport's close linger).
+        for session in self.sessions.values_mut() {
+            session.publication.close();
+        }
+        let deadline = transport::now_ns() + self.transport.close_linger_ns;
+        while transport::now_ns() < deadline
+            && self.sessions.values().any(|s| !s.publication.is_closed())
+        {
+            let now = transport::now_ns();
+            let work: usize = self
+                .sessions
+                .values_mut()
+                .map(|s| s.publication.do_work(now))
+                .sum();
+            if work == 0 {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+        }
         let clients: Vec<u64> = self.sessions.keys().copied().collect();
         for client in clients {
             self.close_session(client);

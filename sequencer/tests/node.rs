@@ -599,3 +599,68 @@ fn a_client_that_stops_reading_is_dropped_once_its_queue_is_full() {
     }
     node.shutdown();
 }
+
+#[test]
+fn shutdown_delivers_every_reply_to_a_client_that_reads_slowly() {
+    let dir = TempDir::new("node-shutdown-replies");
+    let node = start_node(dir.path());
+    let SocketAddr::V4(addr) = node.local_addr() else {
+        panic!("v4")
+    };
+    // A client with a small receive window, so replies wait at the node for it.
+    let small = transport::Config {
+        term_length: transport::config::TERM_LENGTH_MIN,
+        message_length_max: transport::config::TERM_LENGTH_MIN / 4,
+        publication_window: transport::config::TERM_LENGTH_MIN / 2,
+        receiver_window: 4096,
+        ..transport::Config::default()
+    };
+    let mut c = RawClient {
+        id: 11,
+        publication: Publication::new(&Channel::unicast(addr), INGRESS_STREAM_ID, small.clone())
+            .unwrap(),
+        subscription: Subscription::new(
+            &Channel::unicast("127.0.0.1:0".parse::<SocketAddrV4>().unwrap()),
+            REPLY_STREAM_ID,
+            small,
+        )
+        .unwrap(),
+        replies: Vec::new(),
+    };
+    let connect = c.connect_message();
+    c.send_raw(&connect);
+    let event = c.wait(is_session_event);
+    assert_eq!(event_code(&event), Some(SessionEventCode::Connected));
+    c.send_request(1, &create_external(99, 1));
+    c.send_request(2, &create_account(1, 1, false));
+    const N: u64 = 2_000;
+    for i in 0..N {
+        c.send_request(3 + i, &deposit(1_000 + u128::from(i), 1, 1));
+    }
+    // Everything sent is taken (durable or answered busy) before the shutdown starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.status().durable_position < N + 2 {
+        assert!(Instant::now() < deadline, "commands not durable");
+        c.publication.do_work(transport::now_ns());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let stopper = std::thread::spawn(move || node.shutdown());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut seqs: Vec<u64> = c.replies.iter().map(|(s, _)| *s).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        if seqs.len() as u64 == N + 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} durable replies arrived",
+            seqs.len(),
+            N + 2
+        );
+        c.pump();
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    stopper.join().unwrap();
+}
