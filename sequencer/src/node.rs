@@ -177,9 +177,15 @@ impl Node {
 
 struct ClientSession {
     publication: Publication,
+    /// Where `publication` sends: the response channel the client named.
+    channel: SocketAddrV4,
     transport_session: i32,
     /// Replies waiting for the publication to connect or to have room.
     pending: VecDeque<Vec<u8>>,
+    /// Refused (kept only to deliver the refusal): its requests are not taken.
+    refused: bool,
+    /// Stopped reading (its queue overflowed): closed at the end of the cycle.
+    stalled: bool,
 }
 
 struct NodeFrontend {
@@ -276,8 +282,33 @@ impl NodeFrontend {
             return;
         };
         if let Some(existing) = self.sessions.get_mut(&client) {
+            if existing.refused {
+                // Its refusal is on the way; it is closed once sent.
+                return;
+            }
             // A reconnect of a known session (e.g. the client restarted its transport):
             // keep the reply publication if the address is the same.
+            if existing.channel != channel {
+                let Ok(publication) = Publication::new(
+                    &Channel::unicast(channel),
+                    REPLY_STREAM_ID,
+                    self.transport.clone(),
+                ) else {
+                    self.counters
+                        .sessions_rejected
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                std::mem::replace(&mut existing.publication, publication).close();
+                existing.channel = channel;
+            }
+            // The old transport session no longer speaks for this client: its end must not
+            // close the session.
+            if existing.transport_session != transport_session
+                && self.by_transport.get(&existing.transport_session) == Some(&client)
+            {
+                self.by_transport.remove(&existing.transport_session);
+            }
             self.by_transport.insert(transport_session, client);
             existing.transport_session = transport_session;
             let position = io.applied_position();
@@ -300,8 +331,11 @@ impl NodeFrontend {
         };
         let mut session = ClientSession {
             publication,
+            channel,
             transport_session,
             pending: VecDeque::new(),
+            refused: false,
+            stalled: false,
         };
         let (code, detail) = if io.is_stopping() {
             (SessionEventCode::Closed, "the node is shutting down")
@@ -316,6 +350,7 @@ impl NodeFrontend {
         session
             .pending
             .push_back(session_event(client, code, io.applied_position(), detail));
+        session.refused = code != SessionEventCode::Connected;
         if code == SessionEventCode::Connected {
             self.counters
                 .sessions_opened
@@ -387,6 +422,9 @@ fn send_reply(
     let Some(session) = sessions.get_mut(&client) else {
         return;
     };
+    if session.stalled {
+        return;
+    }
     let len = ENVELOPE_LEN + reply.len();
     let Some(buf) = scratch.get_mut(..len) else {
         return;
@@ -403,6 +441,7 @@ fn send_reply(
     }
     if session.pending.len() >= PENDING_REPLIES_MAX {
         // The client stopped reading: drop it rather than grow without bound.
+        session.stalled = true;
         closed.push(client);
         return;
     }
@@ -499,7 +538,7 @@ impl Frontend for NodeFrontend {
                 Inbound::Request {
                     client, seq, query, ..
                 } => {
-                    if !self.sessions.contains_key(&client) {
+                    if self.sessions.get(&client).is_none_or(|s| s.refused) {
                         self.counters
                             .unknown_session
                             .fetch_add(1, Ordering::Relaxed);
@@ -578,11 +617,11 @@ impl Frontend for NodeFrontend {
             work += session.publication.do_work(now);
         }
         for client in std::mem::take(&mut self.closed) {
-            // A rejected session is closed once its refusal has been sent.
+            // A rejected session is closed once its refusal has been sent; a stalled one now.
             if self
                 .sessions
                 .get(&client)
-                .is_some_and(|s| s.pending.is_empty())
+                .is_some_and(|s| s.pending.is_empty() || s.stalled)
             {
                 self.close_session(client);
             } else if self.sessions.contains_key(&client) {
@@ -592,7 +631,32 @@ impl Frontend for NodeFrontend {
         work
     }
 
+    fn flushed(&self) -> bool {
+        self.sessions
+            .values()
+            .all(|s| s.pending.is_empty() || s.stalled)
+    }
+
     fn on_shutdown(&mut self) {
+        // A clean close sends what the publications hold and lingers until the clients
+        // acknowledged it (bounded by the transport's close linger).
+        for session in self.sessions.values_mut() {
+            session.publication.close();
+        }
+        let deadline = transport::now_ns() + self.transport.close_linger_ns;
+        while transport::now_ns() < deadline
+            && self.sessions.values().any(|s| !s.publication.is_closed())
+        {
+            let now = transport::now_ns();
+            let work: usize = self
+                .sessions
+                .values_mut()
+                .map(|s| s.publication.do_work(now))
+                .sum();
+            if work == 0 {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+        }
         let clients: Vec<u64> = self.sessions.keys().copied().collect();
         for client in clients {
             self.close_session(client);

@@ -493,6 +493,11 @@ pub trait Frontend: Send {
     fn do_work(&mut self, now_ns: u64, io: &mut FrontendIo<'_>) -> usize;
     /// Called once when the pipeline stops (shutdown or a fatal error): close sessions.
     fn on_shutdown(&mut self) {}
+    /// Whether every reply handed out so far has left (nothing queued); a shutdown keeps
+    /// the frontend running until it has (bounded by the drain timeout).
+    fn flushed(&self) -> bool {
+        true
+    }
     /// A socket whose input is this frontend's work (the node's ingress). With a back-off
     /// idle strategy the sequencer thread then waits for it (and for the other pipeline
     /// threads' wake-ups) in the kernel instead of parking on a timer, so a request wakes it
@@ -1275,7 +1280,7 @@ fn drain_frontend(
             stopping: true,
         };
         let work = frontend.do_work(now_ns, &mut io);
-        if done && work == 0 {
+        if done && work == 0 && frontend.flushed() {
             return;
         }
         idle.idle(work);

@@ -4,6 +4,7 @@
 mod common;
 
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -23,6 +24,14 @@ struct RawClient {
 
 impl RawClient {
     fn connect(node: SocketAddr, id: u64) -> RawClient {
+        let mut c = RawClient::open(node, id);
+        let event = c.wait(is_session_event);
+        assert_eq!(event_code(&event), Some(SessionEventCode::Connected));
+        c
+    }
+
+    /// Opens the transport and sends `SessionConnect` without waiting for the answer.
+    fn open(node: SocketAddr, id: u64) -> RawClient {
         let SocketAddr::V4(node) = node else {
             panic!("v4")
         };
@@ -44,23 +53,54 @@ impl RawClient {
             subscription,
             replies: Vec::new(),
         };
-        let reply_addr = c.subscription.local_addr().unwrap().to_string();
-        let mut buf = [0u8; 128];
+        let connect = c.connect_message();
+        c.send_raw(&connect);
+        c
+    }
+
+    /// This client's `SessionConnect`, naming its reply subscription's address.
+    fn connect_message(&self) -> Vec<u8> {
+        let reply_addr = self.subscription.local_addr().unwrap().to_string();
+        let mut buf = vec![0u8; 128];
         let len = {
             let mut e = SessionConnectEncoder::wrap_with_header(&mut buf).unwrap();
-            e.set_client_session_id(id)
+            e.set_client_session_id(self.id)
                 .set_response_stream_id(REPLY_STREAM_ID);
             e.set_response_channel(reply_addr.as_bytes()).unwrap();
             e.finish().unwrap()
         };
-        c.send_raw(&buf[..len]);
-        let event =
-            c.wait(|bytes| matches!(ledger::decode(bytes), Ok(ledger::Decoded::SessionEvent(_))));
-        let ledger::Decoded::SessionEvent(e) = ledger::decode(&event).unwrap() else {
-            unreachable!()
-        };
-        assert_eq!(e.code(), Some(SessionEventCode::Connected));
-        c
+        buf.truncate(len);
+        buf
+    }
+
+    /// Sends a request without waiting for its reply.
+    fn send_request(&mut self, seq: u64, message: &[u8]) {
+        let mut buf = vec![0u8; 24 + message.len()];
+        {
+            let mut h = RequestHeaderEncoder::wrap_with_header(&mut buf).unwrap();
+            h.set_client_session_id(self.id).set_client_seq(seq);
+        }
+        buf[24..].copy_from_slice(message);
+        self.send_raw(&buf);
+    }
+
+    /// Like `wait`, but gives up after `timeout`.
+    fn try_wait(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&[u8]) -> bool,
+    ) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.replies.iter().position(|(_, b)| pred(b)) {
+                return Some(self.replies.remove(i).1);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            self.pump();
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     fn pump(&mut self) {
@@ -124,6 +164,17 @@ impl RawClient {
             self.pump();
             std::thread::sleep(Duration::from_micros(200));
         }
+    }
+}
+
+fn is_session_event(bytes: &[u8]) -> bool {
+    matches!(ledger::decode(bytes), Ok(ledger::Decoded::SessionEvent(_)))
+}
+
+fn event_code(bytes: &[u8]) -> Option<SessionEventCode> {
+    match ledger::decode(bytes) {
+        Ok(ledger::Decoded::SessionEvent(e)) => e.code(),
+        _ => None,
     }
 }
 
@@ -400,4 +451,216 @@ fn a_command_with_too_many_transfers_is_answered_invalid_command() {
         ResultCode::Ok
     );
     node.shutdown();
+}
+
+fn node_with(dir: &std::path::Path, edit: impl FnOnce(&mut NodeConfig)) -> Node {
+    let mut config = NodeConfig::new(dir);
+    config.pipeline = test_config(dir);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    edit(&mut config);
+    Node::start(config).unwrap().0
+}
+
+#[test]
+fn a_session_reconnecting_from_a_new_reply_address_is_answered_there() {
+    let dir = TempDir::new("node-reconnect-addr");
+    let node = start_node(dir.path());
+    let mut first = RawClient::connect(node.local_addr(), 5);
+    assert_eq!(
+        result_of(&first.request(1, &create_external(99, 1))),
+        ResultCode::Ok
+    );
+    // The client restarts: new transport session, new reply address, same client session.
+    drop(first);
+    let mut second = RawClient::open(node.local_addr(), 5);
+    let event = second
+        .try_wait(Duration::from_secs(3), is_session_event)
+        .expect("the reconnect is answered at the new reply address");
+    assert_eq!(event_code(&event), Some(SessionEventCode::Connected));
+    assert_eq!(
+        result_of(&second.request(2, &create_account(1, 1, false))),
+        ResultCode::Ok
+    );
+    node.shutdown();
+}
+
+#[test]
+fn the_old_transport_session_ending_does_not_close_a_reconnected_session() {
+    let dir = TempDir::new("node-reconnect-transport");
+    let node = node_with(dir.path(), |c| {
+        c.transport.image_liveness_timeout_ns = 300_000_000
+    });
+    let mut c = RawClient::connect(node.local_addr(), 6);
+    assert_eq!(
+        result_of(&c.request(1, &create_external(99, 1))),
+        ResultCode::Ok
+    );
+    // The client restarts its publication only (same reply address) and connects again.
+    let SocketAddr::V4(addr) = node.local_addr() else {
+        panic!("v4")
+    };
+    let old = std::mem::replace(
+        &mut c.publication,
+        Publication::new(
+            &Channel::unicast(addr),
+            INGRESS_STREAM_ID,
+            transport::Config::default(),
+        )
+        .unwrap(),
+    );
+    drop(old);
+    let connect = c.connect_message();
+    c.send_raw(&connect);
+    let event = c.wait(is_session_event);
+    assert_eq!(event_code(&event), Some(SessionEventCode::Connected));
+    // The old transport session's image times out on the node.
+    let wait_until = Instant::now() + Duration::from_millis(1_000);
+    while Instant::now() < wait_until {
+        c.pump();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    c.send_request(2, &create_account(1, 1, false));
+    let reply = c
+        .try_wait(Duration::from_secs(3), |b| {
+            matches!(ledger::decode(b), Ok(ledger::Decoded::CommandReply(_)))
+        })
+        .expect("the reconnected session is still served");
+    assert_eq!(result_of(&reply), ResultCode::Ok);
+    assert_eq!(node.counters().sessions_closed.load(Relaxed), 0);
+    node.shutdown();
+}
+
+#[test]
+fn a_refused_session_gets_no_command_applied() {
+    let dir = TempDir::new("node-refused");
+    let node = node_with(dir.path(), |c| c.sessions_max = 1);
+    let mut a = RawClient::connect(node.local_addr(), 1);
+    assert_eq!(
+        result_of(&a.request(1, &create_external(99, 1))),
+        ResultCode::Ok
+    );
+    assert_eq!(node.status().sequenced_position, 1);
+    // A second session (the table is full) sends a command right behind its connect.
+    let mut b = RawClient::open(node.local_addr(), 2);
+    b.send_request(1, &create_account(77, 1, false));
+    let event = b.wait(is_session_event);
+    assert_eq!(event_code(&event), Some(SessionEventCode::Rejected));
+    let until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < until {
+        b.pump();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let reply = a.request(1 << 63, &get_account(77));
+    assert_eq!(result_of(&reply), ResultCode::AccountNotFound);
+    assert_eq!(
+        node.status().sequenced_position,
+        1,
+        "nothing from the refused session was sequenced"
+    );
+    node.shutdown();
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_once_its_queue_is_full() {
+    let dir = TempDir::new("node-stalled");
+    let node = start_node(dir.path());
+    let mut c = RawClient::connect(node.local_addr(), 9);
+    let mut buf = [0u8; 32];
+    let len = GetStatusEncoder::wrap_with_header(&mut buf)
+        .unwrap()
+        .finish()
+        .unwrap();
+    let mut request = vec![0u8; 24 + len];
+    request[24..].copy_from_slice(&buf[..len]);
+    // Queries without ever reading a reply again: 65,536 queue at the node, then more.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = 0u64;
+    while sent < 200_000 && node.counters().sessions_closed.load(Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "could not send the queries");
+        {
+            let mut h = RequestHeaderEncoder::wrap_with_header(&mut request).unwrap();
+            h.set_client_session_id(9).set_client_seq((1 << 63) + sent);
+        }
+        if c.publication.offer(&request).is_ok() {
+            sent += 1;
+        } else {
+            c.publication.do_work(transport::now_ns());
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.counters().sessions_closed.load(Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a client with {sent} unread replies was never dropped"
+        );
+        c.publication.do_work(transport::now_ns());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    node.shutdown();
+}
+
+#[test]
+fn shutdown_delivers_every_reply_to_a_client_that_reads_slowly() {
+    let dir = TempDir::new("node-shutdown-replies");
+    let node = start_node(dir.path());
+    let SocketAddr::V4(addr) = node.local_addr() else {
+        panic!("v4")
+    };
+    // A client with a small receive window, so replies wait at the node for it.
+    let small = transport::Config {
+        term_length: transport::config::TERM_LENGTH_MIN,
+        message_length_max: transport::config::TERM_LENGTH_MIN / 4,
+        publication_window: transport::config::TERM_LENGTH_MIN / 2,
+        receiver_window: 4096,
+        ..transport::Config::default()
+    };
+    let mut c = RawClient {
+        id: 11,
+        publication: Publication::new(&Channel::unicast(addr), INGRESS_STREAM_ID, small.clone())
+            .unwrap(),
+        subscription: Subscription::new(
+            &Channel::unicast("127.0.0.1:0".parse::<SocketAddrV4>().unwrap()),
+            REPLY_STREAM_ID,
+            small,
+        )
+        .unwrap(),
+        replies: Vec::new(),
+    };
+    let connect = c.connect_message();
+    c.send_raw(&connect);
+    let event = c.wait(is_session_event);
+    assert_eq!(event_code(&event), Some(SessionEventCode::Connected));
+    c.send_request(1, &create_external(99, 1));
+    c.send_request(2, &create_account(1, 1, false));
+    const N: u64 = 2_000;
+    for i in 0..N {
+        c.send_request(3 + i, &deposit(1_000 + u128::from(i), 1, 1));
+    }
+    // Everything sent is taken (durable or answered busy) before the shutdown starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.status().durable_position < N + 2 {
+        assert!(Instant::now() < deadline, "commands not durable");
+        c.publication.do_work(transport::now_ns());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let stopper = std::thread::spawn(move || node.shutdown());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut seqs: Vec<u64> = c.replies.iter().map(|(s, _)| *s).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        if seqs.len() as u64 == N + 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} durable replies arrived",
+            seqs.len(),
+            N + 2
+        );
+        c.pump();
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    stopper.join().unwrap();
 }
