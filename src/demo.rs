@@ -62,21 +62,15 @@ fn check(what: &str, r: Response) -> Result<Response, String> {
 }
 
 fn demo(args: &DemoArgs) -> Result<(), String> {
-    if args.accounts < 2 || args.clients == 0 || args.seconds == 0 {
-        return Err("--accounts must be at least 2, --clients and --seconds at least 1".into());
-    }
-    let accounts_max = args
-        .accounts
-        .checked_add(1_000)
-        .and_then(|n| u32::try_from(n).ok())
-        .ok_or(format!("--accounts {}: too many", args.accounts))?;
+    // The flags' ranges are checked by clap (see `DemoArgs`): these cannot fail.
+    let accounts_max = u32::try_from(args.accounts + 1_000)
+        .map_err(|_| format!("--accounts {}: too many", args.accounts))?;
     let load_time = Duration::from_secs(args.seconds);
     let load_deadline = || {
         Instant::now()
             .checked_add(load_time)
             .ok_or(format!("--seconds {}: too long", args.seconds))
     };
-    load_deadline()?;
     let dir = std::env::temp_dir().join(format!("tally-demo-{}", std::process::id()));
     let _scratch = Scratch(dir.clone());
     let mut config = sequencer::node::NodeConfig::new(&dir);
