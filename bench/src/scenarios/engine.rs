@@ -25,8 +25,10 @@
 //! hold, and `snapshot_step_max_us`, `snapshot_steps`, `snapshot_copy_ms`: see
 //! `incremental_snapshot`), and the node's streamed write of one, from its start to the file
 //! synced (`snapshot_streamed_write_ms`: see `streamed_snapshot`).
-//! `throughput_per_cpu_s` divides by this thread's CPU time, `load_average_1m` is sampled
-//! before and after the timed run: the machine is shared, read the wall figure with both.
+//! `throughput_per_cpu_s` divides by this thread's CPU time; `load_average_1m` and
+//! `host_lookups_per_s` (a fixed piece of work, random look-ups in a table of a million keys:
+//! see `host_lookups_per_s`) are measured before and after the timed run: the machine is
+//! shared, read the wall figure with them.
 //! `pass_throughput_per_s` gives the spread of the timed passes over the pool (min, median,
 //! max): the same code on the same data, so a wide spread is the machine (on the development
 //! VM, other tenants of the host's memory), not the engine.
@@ -460,6 +462,57 @@ fn streamed_snapshot(e: &mut Engine, path: &std::path::Path) -> Result<f64, Stri
     Ok(elapsed)
 }
 
+/// Keys in [`host_lookups_per_s`]'s table.
+const HOST_CHECK_KEYS: usize = 1 << 20;
+/// Look-ups per timing of [`host_lookups_per_s`].
+const HOST_CHECK_LOOKUPS: usize = 4 << 20;
+
+/// A fixed piece of work timed beside the engine, to tell a slow machine from slow code:
+/// random look-ups of present keys in a table of a million `u64` keys (open addressing, 16 MiB,
+/// so look-ups mostly miss the private caches), the median of three timings, in look-ups per
+/// second. The reference point: about 40 million per second on one core of the
+/// development VM when it is quiet. The engine's throughput moves with this figure.
+fn host_lookups_per_s() -> f64 {
+    let slots = HOST_CHECK_KEYS * 2;
+    let mask = slots - 1;
+    let home = |key: u64| (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 43) as usize & mask;
+    let mut table = vec![0u64; slots];
+    let mut keys = Vec::with_capacity(HOST_CHECK_KEYS);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    while keys.len() < HOST_CHECK_KEYS {
+        let key = rng.next() | 1;
+        let mut i = home(key);
+        while table[i] != 0 && table[i] != key {
+            i = (i + 1) & mask;
+        }
+        if table[i] == 0 {
+            table[i] = key;
+            keys.push(key);
+        }
+    }
+    let order: Vec<u32> = (0..HOST_CHECK_LOOKUPS)
+        .map(|_| (rng.next() % HOST_CHECK_KEYS as u64) as u32)
+        .collect();
+    let mut rates: Vec<f64> = (0..3)
+        .map(|_| {
+            let t0 = Instant::now();
+            let mut found = 0usize;
+            for &k in &order {
+                let key = keys[k as usize];
+                let mut i = home(key);
+                while table[i] != key {
+                    i = (i + 1) & mask;
+                }
+                found += i & 1;
+            }
+            std::hint::black_box(found);
+            HOST_CHECK_LOOKUPS as f64 / t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[1]
+}
+
 /// The 1-minute load average (`/proc/loadavg`), to judge how contended the machine was.
 fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
@@ -496,6 +549,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         o.warmup, &mut e, &mut pool, &mut clock, &mut reply, &mut round,
     )?;
     let load_before = load_average();
+    let host_before = host_lookups_per_s();
     let timed = run_rounds(
         o.transfers,
         &mut e,
@@ -505,6 +559,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         &mut round,
     )?;
     let load_after = load_average();
+    let host_after = host_lookups_per_s();
     let throughput = timed.applied as f64 / timed.elapsed_s;
     let peak_rss = peak_rss_bytes();
 
@@ -566,6 +621,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "pass_throughput_per_s": spread(&timed.pass_rates),
         "failed_fraction_sampled": timed.failed as f64 / timed.sampled.max(1) as f64,
         "load_average_1m": [load_before, load_after],
+        "host_lookups_per_s": [host_before.round(), host_after.round()],
         "peak_rss_bytes": peak_rss,
         "bytes_per_account": bytes_per_account.round(),
         "engine_reserved_bytes": e.reserved_bytes(),
