@@ -37,7 +37,8 @@ pub enum FlowControl {
     Min,
     /// The fastest live receiver sets the pace; slower ones may fall behind.
     Max,
-    /// The slowest live receiver carrying this group tag sets the pace.
+    /// The slowest live receiver carrying this group tag sets the pace; while none is
+    /// tracked, the fastest of the others does (as in Aeron).
     Tagged(i64),
 }
 

@@ -557,10 +557,20 @@ impl Sender {
                 .map(|l| l.max(self.sender_limit)),
             FlowControl::Max => limits.map(|r| r.limit).max(),
             FlowControl::Min => limits.map(|r| r.limit).min(),
+            // With no receiver of the group tracked, the others set the pace, as in Aeron:
+            // they make the publication connected, so offers are taken, and a limit that
+            // waited for the group would hold those messages back for good.
             FlowControl::Tagged(tag) => limits
+                .clone()
                 .filter(|r| r.group_tag == Some(tag))
                 .map(|r| r.limit)
-                .min(),
+                .min()
+                .or_else(|| {
+                    limits
+                        .map(|r| r.limit)
+                        .max()
+                        .map(|l| l.max(self.sender_limit))
+                }),
         };
         if let Some(l) = new {
             self.sender_limit = l;

@@ -419,3 +419,47 @@ fn a_replayed_old_setup_after_the_image_ended_does_not_deliver_its_messages_agai
     r.handle_datagram(later + 5, source(), &data(128, b"c", SESSION));
     assert_eq!(delivered(&mut r), vec![b"c".to_vec()]);
 }
+
+#[test]
+fn a_tagged_publication_with_no_receiver_of_its_group_follows_the_others() {
+    // As Aeron's tagged strategy: with no receiver of the group tracked, any receiver's
+    // status message moves the limit. Before, the publication counted as connected (offers
+    // were taken) but its limit never left 0: nothing was ever sent.
+    let cfg = Config {
+        flow_control: transport::FlowControl::Tagged(9),
+        multicast: true,
+        ..Config::with_term_length(64 * 1024)
+    };
+    let mut s = Sender::new(cfg, SESSION, STREAM, 5, 0).unwrap();
+    s.handle_datagram(0, source(), &status(1, 0, 4096, None));
+    assert!(s.is_connected());
+    s.offer(&[0u8; 1000]).unwrap();
+    let mut buf = vec![0u8; 65536];
+    while s.poll_transmit(1, &mut buf).is_some() {}
+    assert_eq!(
+        s.sender_position(),
+        s.position(),
+        "the untagged receiver's window"
+    );
+    // A receiver of the group joins: it alone sets the pace.
+    s.handle_datagram(2, source(), &status(2, 0, 2048, Some(9)));
+    s.handle_datagram(2, source(), &status(1, 1056, 8192, None));
+    assert_eq!(s.sender_limit(), 2048);
+    for _ in 0..4 {
+        s.offer(&[0u8; 1000]).unwrap();
+    }
+    while s.poll_transmit(3, &mut buf).is_some() {}
+    assert_eq!(s.sender_position(), 1056, "held at the group's limit");
+    // The group's receiver times out; the untagged one stays: the others set the pace again.
+    let later = Config::default().receiver_timeout_ns + 10;
+    s.handle_datagram(later - 5, source(), &status(1, 1056, 8192, None));
+    s.handle_timeout(later);
+    assert_eq!(s.receiver_count(), 1);
+    s.handle_datagram(later + 1, source(), &status(1, 1056, 8192, None));
+    while s.poll_transmit(later + 2, &mut buf).is_some() {}
+    assert_eq!(
+        s.sender_position(),
+        s.position(),
+        "stalled after the group left"
+    );
+}
