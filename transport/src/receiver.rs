@@ -119,6 +119,19 @@ struct Image {
     oversized: u64,
 }
 
+/// An image that ended, and where: a SETUP of its stream joining below that position (an old
+/// one, replayed or delayed) would deliver those messages a second time. A SETUP with another
+/// initial term id, or one arriving after the liveness timeout (longer than any datagram
+/// lingers in a network), is from a publication opened again with the same session id: a
+/// new stream, starting at its own position 0.
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    session_id: i32,
+    initial_term_id: i32,
+    position: i64,
+    at_ns: u64,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct SetupRequest {
     session_id: i32,
@@ -143,9 +156,10 @@ pub struct Receiver {
     eos_to_send: Vec<(SocketAddr, i32, i32, i32)>,
     /// See [`Receiver::last_in_order`].
     last_in_order: Option<(i32, usize)>,
-    /// Sessions whose image ended, with the position delivered to: a SETUP joining below it
-    /// (an old one, replayed or delayed) would deliver those messages a second time.
-    ended: Vec<(i32, i64)>,
+    /// Images that ended lately (see [`Ended`]).
+    ended: Vec<Ended>,
+    /// The time of the last `handle_timeout`, for `reap` when called from `poll`.
+    now_ns: u64,
 }
 
 impl Receiver {
@@ -171,6 +185,7 @@ impl Receiver {
             eos_to_send: Vec::new(),
             last_in_order: None,
             ended: Vec::new(),
+            now_ns: 0,
         })
     }
 
@@ -566,11 +581,13 @@ impl Receiver {
             self.counters.incr(CounterId::DropsMalformed);
             return;
         }
-        if self
-            .ended
-            .iter()
-            .any(|&(session, position)| session == s.session_id && join < position)
-        {
+        let cool_down = self.cfg.image_liveness_timeout_ns;
+        if self.ended.iter().any(|e| {
+            e.session_id == s.session_id
+                && e.initial_term_id == s.initial_term_id
+                && join < e.position
+                && now_ns < e.at_ns.saturating_add(cool_down)
+        }) {
             self.counters.incr(CounterId::DropsDuplicate);
             return;
         }
@@ -684,11 +701,16 @@ impl Receiver {
             match img.end {
                 Some(reason) if img.subscriber >= img.rebuild => {
                     let img = self.images.remove(i);
-                    self.ended.retain(|&(session, _)| session != img.session_id);
+                    self.ended.retain(|e| e.session_id != img.session_id);
                     if self.ended.len() >= IMAGES_MAX {
                         self.ended.remove(0);
                     }
-                    self.ended.push((img.session_id, img.subscriber));
+                    self.ended.push(Ended {
+                        session_id: img.session_id,
+                        initial_term_id: img.log.initial_term_id,
+                        position: img.subscriber,
+                        at_ns: self.now_ns.max(img.last_packet_ns),
+                    });
                     self.events.push_back(ImageEvent::Unavailable {
                         session_id: img.session_id,
                         position: img.subscriber,
@@ -705,6 +727,7 @@ impl Receiver {
 
     /// Ends images that have been silent too long.
     pub fn handle_timeout(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
         let timeout = self.cfg.image_liveness_timeout_ns;
         for img in &mut self.images {
             if img.end.is_none() && now_ns.saturating_sub(img.last_packet_ns) > timeout {

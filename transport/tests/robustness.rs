@@ -463,3 +463,71 @@ fn a_tagged_publication_with_no_receiver_of_its_group_follows_the_others() {
         "stalled after the group left"
     );
 }
+
+/// A SETUP of the test session from a publication whose stream starts at `initial_term_id`.
+fn setup_of(initial_term_id: i32) -> [u8; frame::SETUP_LENGTH] {
+    Setup {
+        flags: 0,
+        term_offset: 0,
+        session_id: SESSION,
+        stream_id: STREAM,
+        initial_term_id,
+        active_term_id: initial_term_id,
+        term_length: 64 * 1024,
+        mtu: 1408,
+        ttl: 0,
+    }
+    .encode()
+}
+
+#[test]
+fn a_publication_re_created_with_the_same_session_id_is_joined_once_the_old_one_ended() {
+    // A publication with a chosen session id (`Publication::with_session`) ends cleanly and
+    // is opened again: its new stream starts at position 0, below where the old image
+    // ended. It is a new stream (another initial term id, or the same one once a replayed
+    // SETUP could no longer be in flight), not a replay of the old one.
+    let mut r = receiver();
+    r.handle_datagram(1, source(), &data(0, b"a", SESSION));
+    r.handle_datagram(2, source(), &data(64, b"b", SESSION));
+    let mut eos = [0u8; frame::DATA_HEADER_LENGTH];
+    DataHeader {
+        frame_length: 0,
+        flags: flags::UNFRAGMENTED | flags::EOS,
+        frame_type: frame_type::DATA,
+        term_offset: 128,
+        session_id: SESSION,
+        stream_id: STREAM,
+        term_id: 5,
+        reserved_value: 0,
+    }
+    .write(&mut eos);
+    r.handle_datagram(3, source(), &eos);
+    assert_eq!(delivered(&mut r), vec![b"a".to_vec(), b"b".to_vec()]);
+    assert_eq!(r.image_count(), 0);
+    // The new publication: a new socket (another port) and a new initial term id.
+    let again: SocketAddr = "10.0.0.1:1001".parse().unwrap();
+    r.handle_datagram(4, again, &setup_of(77));
+    assert_eq!(r.image_count(), 1, "a new stream with the same session id");
+    let mut frame = data(0, b"new", SESSION);
+    frame[20..24].copy_from_slice(&77i32.to_le_bytes()); // term id
+    r.handle_datagram(5, again, &frame);
+    assert_eq!(delivered(&mut r), vec![b"new".to_vec()]);
+    // It ends too (its sender goes silent) and is opened once more, this time with the same
+    // initial term id: taken once an old SETUP could no longer arrive.
+    let later = 10 + Config::default().image_liveness_timeout_ns;
+    r.handle_timeout(later);
+    assert_eq!(r.image_count(), 0);
+    r.handle_datagram(later + 1, again, &setup_of(77));
+    assert_eq!(
+        r.image_count(),
+        0,
+        "within the liveness timeout: maybe a replay"
+    );
+    let much_later = 2 * later + 10;
+    r.handle_datagram(much_later, again, &setup_of(77));
+    assert_eq!(r.image_count(), 1, "refused for good");
+    let mut frame = data(0, b"third", SESSION);
+    frame[20..24].copy_from_slice(&77i32.to_le_bytes()); // term id
+    r.handle_datagram(much_later, again, &frame);
+    assert_eq!(delivered(&mut r), vec![b"third".to_vec()]);
+}
