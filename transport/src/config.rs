@@ -82,7 +82,7 @@ pub struct Config {
     /// Receiver: an image silent for this long is closed.
     pub image_liveness_timeout_ns: u64,
     /// Sender: how long a closing publication keeps sending end-of-stream heartbeats while
-    /// waiting for receivers to acknowledge everything.
+    /// waiting for every receiver to acknowledge the end (by leaving, once it has it all).
     pub close_linger_ns: u64,
     /// Whether this endpoint is multicast (chooses the NAK delay).
     pub multicast: bool,

@@ -245,6 +245,15 @@ impl Receiver {
         }
     }
 
+    /// Queues a status message with the EOS flag for a session's sender (once): this receiver
+    /// leaves its flow control.
+    fn leave(&mut self, source: SocketAddr, session_id: i32, term_id: i32, term_offset: i32) {
+        if !self.closing && !self.eos_to_send.iter().any(|e| e.1 == session_id) {
+            self.eos_to_send
+                .push((source, session_id, term_id, term_offset));
+        }
+    }
+
     /// Feeds one datagram from `source`.
     pub fn handle_datagram(&mut self, now_ns: u64, source: SocketAddr, datagram: &[u8]) {
         self.last_in_order = None;
@@ -470,6 +479,11 @@ impl Receiver {
             self.counters.incr(CounterId::DropsUnknownSession);
             if h.flags & flags::EOS == 0 {
                 self.request_setup(now_ns, h.session_id, source);
+            } else if self.ended.iter().any(|e| e.session_id == h.session_id) {
+                // The sender of a stream that ended here is still closing: our status
+                // message saying we left was lost. Say it again, or its close waits out
+                // its linger.
+                self.leave(source, h.session_id, h.term_id, h.term_offset);
             }
             return None;
         };
@@ -701,6 +715,12 @@ impl Receiver {
             match img.end {
                 Some(reason) if img.subscriber >= img.rebuild => {
                     let img = self.images.remove(i);
+                    if reason == ImageEnd::EndOfStream {
+                        // Tells the closing sender everything arrived (see `Sender`'s close).
+                        let term_id = img.log.term_id(img.subscriber);
+                        let offset = img.log.term_offset(img.subscriber) as i32;
+                        self.leave(img.source, img.session_id, term_id, offset);
+                    }
                     self.ended.retain(|e| e.session_id != img.session_id);
                     if self.ended.len() >= IMAGES_MAX {
                         self.ended.remove(0);

@@ -460,7 +460,8 @@ impl Sender {
     }
 
     /// Starts a clean close: no more offers; remaining data is sent, then end-of-stream
-    /// heartbeats until receivers acknowledge everything or `close_linger_ns` passes.
+    /// heartbeats until every receiver has left (a status message with the EOS flag: it has
+    /// everything) or `close_linger_ns` passes.
     pub fn close(&mut self, now_ns: u64) {
         if self.state == State::Active {
             self.state = State::Closing {
@@ -859,11 +860,12 @@ impl Sender {
             RetransmitState::Pending => true,
         });
         if let State::Closing { deadline_ns } = self.state {
-            let acked = self.eos_sent
-                && self
-                    .receivers
-                    .iter()
-                    .all(|r| r.position >= self.publisher_position);
+            // Receivers acknowledge the end of the stream by leaving: a status message with
+            // the EOS flag once their image has delivered everything up to it. Positions do
+            // not show it: closing once they reached the end left a receiver whose
+            // end-of-stream heartbeat was lost to end its image by timeout, as if the
+            // publisher had died. Receivers that do not say so keep the close to its linger.
+            let acked = self.eos_sent && self.receivers.is_empty();
             if acked || now_ns >= deadline_ns {
                 self.state = State::Closed;
             }

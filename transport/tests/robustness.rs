@@ -531,3 +531,84 @@ fn a_publication_re_created_with_the_same_session_id_is_joined_once_the_old_one_
     r.handle_datagram(much_later, again, &frame);
     assert_eq!(delivered(&mut r), vec![b"third".to_vec()]);
 }
+
+#[test]
+fn a_lost_end_of_stream_still_ends_the_image_cleanly_and_the_close_promptly() {
+    // The publication closes with everything acknowledged; its first end-of-stream
+    // heartbeat is lost. Before, the receiver's next status message (at the end position)
+    // closed the publication: no end-of-stream ever came again and the image ended by
+    // timeout, seconds later, as if the publisher had died. Then the receiver's own
+    // end-of-stream status message (it leaves) is lost too: the close must not wait out
+    // its linger for it.
+    let cfg = Config::with_term_length(64 * 1024);
+    let mut s = Sender::new(cfg.clone(), SESSION, STREAM, 5, 0).unwrap();
+    let mut r = Receiver::new(cfg.clone(), STREAM, 1).unwrap();
+    let receiver_addr: SocketAddr = "10.0.0.2:2000".parse().unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut got = Vec::new();
+    let mut events = Vec::new();
+    let (mut eos_dropped, mut sm_eos_dropped) = (false, false);
+    let mut closed_at = None;
+    let mut now = 0u64;
+    let step = 1_000_000;
+    while now < 3_000_000_000 && (events.len() < 2 || closed_at.is_none()) {
+        if now == 50 * step {
+            for i in 0..3u8 {
+                s.offer(&[i; 100]).unwrap();
+            }
+        }
+        if now == 100 * step {
+            assert_eq!(got.len(), 3);
+            s.close(now);
+        }
+        while let Some(t) = s.poll_transmit(now, &mut buf) {
+            let eos = matches!(
+                frame::decode(&buf[..t.length]),
+                Ok((frame::Frame::Data { header, .. }, _)) if header.flags & flags::EOS != 0
+            );
+            if eos && !eos_dropped {
+                eos_dropped = true;
+                continue;
+            }
+            r.handle_datagram(now, source(), &buf[..t.length]);
+        }
+        r.poll(|m, _| got.push(m.to_vec()), usize::MAX);
+        while let Some(e) = r.poll_event() {
+            events.push(e);
+        }
+        while let Some(t) = r.poll_transmit(now, &mut buf) {
+            let sm_eos = matches!(
+                frame::decode(&buf[..t.length]),
+                Ok((frame::Frame::StatusMessage(sm), _)) if sm.flags & flags::SM_EOS != 0
+            );
+            if sm_eos && !sm_eos_dropped {
+                sm_eos_dropped = true;
+                continue;
+            }
+            s.handle_datagram(now, receiver_addr, &buf[..t.length]);
+        }
+        now += step;
+        s.handle_timeout(now);
+        r.handle_timeout(now);
+        if s.is_closed() && closed_at.is_none() {
+            closed_at = Some(now);
+        }
+    }
+    assert!(eos_dropped);
+    assert!(
+        matches!(
+            events.last(),
+            Some(transport::ImageEvent::Unavailable {
+                reason: transport::ImageEnd::EndOfStream,
+                position: 480, // three frames of 160 bytes
+                ..
+            })
+        ),
+        "{events:?}"
+    );
+    let closed_at = closed_at.expect("the publication closed");
+    assert!(
+        closed_at < 100 * step + cfg.close_linger_ns / 2,
+        "the close waited out its linger: {closed_at}"
+    );
+}
