@@ -20,6 +20,9 @@ pub const TERM_LENGTH_MIN: usize = 64 * 1024;
 pub const TERM_LENGTH_MAX: usize = 1024 * 1024 * 1024;
 /// Terms in a log buffer: one active, one kept for retransmits, one being cleaned.
 pub const TERM_COUNT: usize = 3;
+/// Upper bound of every interval, delay, timeout and linger in [`Config`]: one hour. Deadlines
+/// are the current time plus one of them, so this keeps every sum far from overflowing.
+pub const TIMER_MAX_NS: u64 = 3_600_000_000_000;
 /// Entries in a sender's retransmit table; NAKs beyond it are ignored and counted.
 pub const RETRANSMITS_MAX: usize = 16;
 /// Receivers a multicast sender tracks for flow control; more are ignored and counted.
@@ -203,6 +206,27 @@ impl Config {
                 self.publication_window, self.message_length_max
             ));
         }
+        for (name, v) in [
+            ("setup_interval_ns", self.setup_interval_ns),
+            ("heartbeat_interval_ns", self.heartbeat_interval_ns),
+            ("status_interval_ns", self.status_interval_ns),
+            ("nak_delay_unicast_ns", self.nak_delay_unicast_ns),
+            (
+                "nak_delay_multicast_max_ns",
+                self.nak_delay_multicast_max_ns,
+            ),
+            ("nak_retry_ns", self.nak_retry_ns),
+            ("retransmit_linger_ns", self.retransmit_linger_ns),
+            ("receiver_timeout_ns", self.receiver_timeout_ns),
+            ("image_liveness_timeout_ns", self.image_liveness_timeout_ns),
+            ("close_linger_ns", self.close_linger_ns),
+        ] {
+            if v > TIMER_MAX_NS {
+                return err(format!(
+                    "{name}={v} must be at most {TIMER_MAX_NS} (one hour): deadlines are sums of times and intervals"
+                ));
+            }
+        }
         if self.retransmit_linger_ns >= self.nak_retry_ns {
             return err(format!(
                 "retransmit_linger_ns={} >= nak_retry_ns={}: a retried NAK would always be ignored",
@@ -259,5 +283,20 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().0.contains("retransmit_linger_ns"));
+        // A timeout near u64::MAX would overflow the deadlines computed from it.
+        let c = Config {
+            image_liveness_timeout_ns: u64::MAX - 1,
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().0;
+        assert!(
+            e.contains("image_liveness_timeout_ns=") && e.contains("one hour"),
+            "{e}"
+        );
+        let c = Config {
+            close_linger_ns: TIMER_MAX_NS,
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Ok(()));
     }
 }
