@@ -199,6 +199,12 @@ impl RetentionIndex {
         ((u128::from(hash) * u128::from(self.buckets)) >> 64) as u64
     }
 
+    /// [`RetentionIndex::home`], for tests that need ids sharing a home bucket.
+    #[cfg(test)]
+    pub(crate) fn home_bucket(&self, hash: u64) -> u64 {
+        self.home(hash)
+    }
+
     #[inline]
     fn fingerprint(hash: u64) -> u16 {
         hash as u16 | 1
@@ -421,22 +427,39 @@ impl RetentionIndex {
         panic!("retention index full: sized for fewer live ids");
     }
 
-    /// Empties the entry for `seq` (inserted under `hash`), if there is one.
-    pub(crate) fn remove(&mut self, hash: u64, seq: u64, live: Live) {
+    /// Empties the entry for `seq` (inserted under `hash`), if there is one: `seq` is the
+    /// newest of the records `floor..` that an atomic group's undo takes out of the ring,
+    /// newest first, and `live` the ring's live range before the undo began.
+    ///
+    /// The full buckets that the undone inserts passed name one of their sequences in their
+    /// overflow words, in place of the older sequence that had passed before (now unknown).
+    /// Left so, such a word would name a sequence beyond the ring's end once the undo is
+    /// done, and look-ups would stop at its bucket, missing the older ids that overflowed
+    /// past it, until that sequence is given again. So each is set to name `floor - 1`, the
+    /// newest record that stays: none of the older ids that passed is evicted before it, so
+    /// look-ups go on as long as any of them may be live.
+    pub(crate) fn remove(&mut self, hash: u64, seq: u64, live: Live, floor: u64) {
         let fp = Self::fingerprint(hash);
+        let undone_len = (live.head_seq + live.len - floor) as u32;
         let mut b = self.home(hash);
         for _ in 0..self.buckets {
             let bucket = self.bucket(b);
             let hits = bucket.fingerprints(fp) & bucket.live(seq as u32, 1);
-            let overflowed = Self::overflowed(bucket.overflow(), live);
+            let word = bucket.overflow();
+            let start = self.start(b);
             if hits != 0 {
-                let start = self.start(b);
                 self.before_write(start);
                 self.clear_entry(start, hits.trailing_zeros() as usize);
                 return;
             }
-            if !overflowed {
+            // A word this undo has already set names `floor - 1`, outside `live` when the
+            // undo empties the ring: the insert being undone went on past it all the same.
+            if !Self::overflowed(word, live) && word != floor as u32 {
                 return;
+            }
+            if word.wrapping_sub(1).wrapping_sub(floor as u32) < undone_len {
+                self.before_write(start);
+                self.words[start + OVERFLOW] = floor as u32;
             }
             b = self.next(b);
         }
@@ -643,8 +666,110 @@ mod tests {
         };
         index.insert(7, 0, live);
         assert_eq!(index.find(7, live, |_| true), Some(0));
-        index.remove(7, 0, live);
+        index.remove(7, 0, live, 0);
         assert_eq!(index.find(7, live, |_| true), None);
+    }
+
+    #[test]
+    fn removing_the_newest_entry_keeps_older_overflowed_ids_findable() {
+        // An atomic group's undo removes its newest entries. When such an entry had passed a
+        // full bucket, that bucket's overflow word names it; once it is gone, a look-up must
+        // still go on past the bucket to the older ids that overflowed before it.
+        let mut index = RetentionIndex::with_capacity(64);
+        let hash = |_id: u64| 42;
+        let ids: Vec<u64> = (100..112).collect();
+        for (seq, _) in ids.iter().enumerate() {
+            let live = Live {
+                head_seq: 0,
+                len: seq as u64 + 1,
+            };
+            index.insert(hash(0), seq as u64, live);
+        }
+        // Entries 0..10 fill the home bucket, 10 and 11 overflowed into the next one; undo 11.
+        index.remove(
+            hash(0),
+            11,
+            Live {
+                head_seq: 0,
+                len: 12,
+            },
+            11,
+        );
+        let live = Live {
+            head_seq: 0,
+            len: 11,
+        };
+        for (offset, &id) in ids[..11].iter().enumerate() {
+            let found = index.find(hash(id), live, |o| ids[o as usize] == id);
+            assert_eq!(found, Some(offset as u64), "id {id}");
+            let probed = index.probe(hash(id), live, |o| ids[o as usize] == id);
+            assert_eq!(probed, Ok(offset as u64), "id {id}");
+        }
+        assert_eq!(index.find(hash(0), live, |o| o == 11), None);
+    }
+
+    #[test]
+    fn every_live_id_is_found_through_pushes_undos_and_evictions_under_colliding_hashes() {
+        // The ring's life under atomic groups: commands push a few ids, some are undone
+        // (newest first) and the oldest are evicted, with only a few distinct hashes so that
+        // runs of buckets overflow. Every live id is found, no undone or evicted one is.
+        let max = 48u64;
+        let mut index = RetentionIndex::with_capacity(max as usize + 8);
+        let hash = |id: u64| crate::index::hash64(id % 5);
+        let mut ring: VecDeque<u64> = VecDeque::new();
+        let mut head_seq = 0u64;
+        let mut next_id = 1u64;
+        let mut gone: Vec<u64> = Vec::new();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut random = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for _ in 0..3_000 {
+            let pushes = 1 + random(8);
+            for _ in 0..pushes {
+                let seq = head_seq + ring.len() as u64;
+                ring.push_back(next_id);
+                let live = Live {
+                    head_seq,
+                    len: ring.len() as u64,
+                };
+                index.insert(hash(next_id), seq, live);
+                next_id += 1;
+            }
+            if random(2) == 0 {
+                let live = Live {
+                    head_seq,
+                    len: ring.len() as u64,
+                };
+                let undone = 1 + random(pushes);
+                let floor = head_seq + ring.len() as u64 - undone;
+                for _ in 0..undone {
+                    let id = ring.pop_back().expect("pushed");
+                    index.remove(hash(id), head_seq + ring.len() as u64, live, floor);
+                    gone.push(id);
+                }
+            }
+            while ring.len() as u64 > max {
+                gone.push(ring.pop_front().expect("over max"));
+                head_seq += 1;
+            }
+            let live = Live {
+                head_seq,
+                len: ring.len() as u64,
+            };
+            for (offset, &id) in ring.iter().enumerate() {
+                let found = index.find(hash(id), live, |o| ring[o as usize] == id);
+                assert_eq!(found, Some(offset as u64), "id {id}");
+                let probed = index.probe(hash(id), live, |o| ring[o as usize] == id);
+                assert_eq!(probed, Ok(offset as u64), "id {id}");
+            }
+            for &id in gone.iter().rev().take(16) {
+                assert_eq!(index.find(hash(id), live, |o| ring[o as usize] == id), None);
+            }
+        }
     }
 
     #[test]
