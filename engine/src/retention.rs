@@ -37,9 +37,11 @@
 //! plus one in its overflow word. A look-up goes on to the next bucket only while the overflow
 //! word may name a live sequence, so no live id is ever lost, and look-ups of absent ids stop
 //! at the home bucket unless it overflowed recently (a stale word that aliases a live
-//! sequence costs one extra bucket, nothing else). The table is sized at
-//! [`IDS_PER_BUCKET_MEAN`] ids per bucket of ten entries (load 0.4), so overflows are
-//! rare. Everything depends only on the operations applied, so the layout is
+//! sequence costs one extra bucket, nothing else). An atomic group's undo, which removes the
+//! newest entries, also rewrites the overflow words their inserts set (see
+//! `RetentionIndex::remove`): they would otherwise name sequences past the ring's end. The
+//! table is sized at [`IDS_PER_BUCKET_MEAN`] ids per bucket of ten entries (load 0.4), so
+//! overflows are rare. Everything depends only on the operations applied, so the layout is
 //! deterministic.
 
 use crate::lanes::{equal_u16, offset_below_u32};
