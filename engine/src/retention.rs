@@ -34,7 +34,8 @@
 //! # Full buckets
 //! An insert takes the first empty or stale entry of its home bucket, else of the following
 //! buckets (linear probing by bucket, cyclic); every bucket it passes records the new sequence
-//! plus one in its overflow word. A look-up goes on to the next bucket only while the overflow
+//! plus one in its overflow word (never zero, which marks a bucket that never overflowed: see
+//! `RetentionIndex::word_naming`). A look-up goes on to the next bucket only while the overflow
 //! word may name a live sequence, so no live id is ever lost, and look-ups of absent ids stop
 //! at the home bucket unless it overflowed recently (a stale word that aliases a live
 //! sequence costs one extra bucket, nothing else). An atomic group's undo, which removes the
@@ -253,10 +254,31 @@ impl RetentionIndex {
         }
     }
 
-    /// Whether a look-up must go on past a bucket with this overflow word.
+    /// Whether a look-up must go on past a bucket with this overflow word: it names a live
+    /// sequence or the ring's next one (see [`RetentionIndex::word_naming`]); zero, a bucket
+    /// that never overflowed, names none.
     #[inline]
     fn overflowed(word: u32, live: Live) -> bool {
-        u64::from(word.wrapping_sub(1).wrapping_sub(live.head_seq as u32)) < live.len
+        word != 0 && u64::from(word.wrapping_sub(1).wrapping_sub(live.head_seq as u32)) <= live.len
+    }
+
+    /// The overflow word naming sequence `seq`: `seq + 1` truncated to 32 bits, except that
+    /// zero, the word of every bucket that never overflowed, is not used. Were it, all those
+    /// buckets would name the one sequence whose word it is, and while that sequence is live
+    /// (for a ring's worth of transfers every 2^32) a look-up would go on from each of them
+    /// to the next, up to one that overflowed once: in a young index, or one a restore has
+    /// rebuilt, that is most of the table, for every transfer. That sequence is named by the
+    /// word of the next one instead, which is evicted later and, until it is given, is the
+    /// ring's next sequence (which [`overflowed`] counts as live): a look-up never stops
+    /// short.
+    ///
+    /// [`overflowed`]: RetentionIndex::overflowed
+    #[inline]
+    fn word_naming(seq: u64) -> u32 {
+        match seq.wrapping_add(1) as u32 {
+            0 => 1,
+            word => word,
+        }
     }
 
     /// Asks the CPU to fetch the home bucket of `hash` ahead of a look-up.
@@ -421,8 +443,8 @@ impl RetentionIndex {
             // always the latest; a restore's bulk build inserts out of order.
             let word = &mut self.words[start + OVERFLOW];
             let current = word.wrapping_sub(1).wrapping_sub(head);
-            if current >= len || (seq as u32).wrapping_sub(head) > current {
-                *word = (seq + 1) as u32;
+            if *word == 0 || current > len || (seq as u32).wrapping_sub(head) > current {
+                *word = Self::word_naming(seq);
             }
             b = self.next(b);
         }
@@ -442,6 +464,7 @@ impl RetentionIndex {
     /// look-ups go on as long as any of them may be live.
     pub(crate) fn remove(&mut self, hash: u64, seq: u64, live: Live, floor: u64) {
         let fp = Self::fingerprint(hash);
+        let floor_word = Self::word_naming(floor.wrapping_sub(1));
         let undone_len = (live.head_seq + live.len - floor) as u32;
         let mut b = self.home(hash);
         for _ in 0..self.buckets {
@@ -456,12 +479,13 @@ impl RetentionIndex {
             }
             // A word this undo has already set names `floor - 1`, outside `live` when the
             // undo empties the ring: the insert being undone went on past it all the same.
-            if !Self::overflowed(word, live) && word != floor as u32 {
+            if !Self::overflowed(word, live) && word != floor_word {
                 return;
             }
-            if word.wrapping_sub(1).wrapping_sub(floor as u32) < undone_len {
+            // Names one of the undone sequences, or the one after them.
+            if word.wrapping_sub(1).wrapping_sub(floor as u32) <= undone_len {
                 self.before_write(start);
-                self.words[start + OVERFLOW] = floor as u32;
+                self.words[start + OVERFLOW] = floor_word;
             }
             b = self.next(b);
         }
@@ -710,16 +734,16 @@ mod tests {
         assert_eq!(index.find(hash(0), live, |o| o == 11), None);
     }
 
-    #[test]
-    fn every_live_id_is_found_through_pushes_undos_and_evictions_under_colliding_hashes() {
-        // The ring's life under atomic groups: commands push a few ids, some are undone
-        // (newest first) and the oldest are evicted, with only a few distinct hashes so that
-        // runs of buckets overflow. Every live id is found, no undone or evicted one is.
+    /// The ring's life under atomic groups from sequence `first_seq` on: commands push a few
+    /// ids, some are undone (newest first) and the oldest are evicted, with only a few
+    /// distinct hashes so that runs of buckets overflow. Every live id is found, no undone or
+    /// evicted one is.
+    fn check_pushes_undos_and_evictions(first_seq: u64) {
         let max = 48u64;
         let mut index = RetentionIndex::with_capacity(max as usize + 8);
         let hash = |id: u64| crate::index::hash64(id % 5);
         let mut ring: VecDeque<u64> = VecDeque::new();
-        let mut head_seq = 0u64;
+        let mut head_seq = first_seq;
         let mut next_id = 1u64;
         let mut gone: Vec<u64> = Vec::new();
         let mut rng = 0x2545_f491_4f6c_dd1du64;
@@ -774,22 +798,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_full_ring_keeps_new_ids_in_their_home_bucket() {
-        // The steady state of a node: the ring full, every command retaining a new id and
-        // evicting the oldest. Counts the buckets a look-up of the new id scans before its
-        // insert (what the prefetch must cover).
+    /// The steady state of a node from sequence `first_seq` on: the ring full, every command
+    /// retaining a new id and evicting the oldest. Counts, over the third lap of the ring,
+    /// the buckets a look-up of the new id scans before its insert (what the prefetch must
+    /// cover): how many stop at the home bucket, one, two, three or more buckets after it.
+    fn buckets_scanned_in_the_steady_state(first_seq: u64) -> [f64; 4] {
         let max = 1usize << 16;
         let mut index = RetentionIndex::with_capacity(max);
         let mut scanned = [0u64; 4];
-        for seq in 0..3 * max as u64 {
-            let len = seq.min(max as u64 - 1);
+        for i in 0..3 * max as u64 {
+            let seq = first_seq + i;
+            let len = i.min(max as u64 - 1);
             let live = Live {
                 head_seq: seq - len,
                 len,
             };
             let hash = crate::index::hash64(seq ^ 0x5555);
-            if seq >= 2 * max as u64 {
+            if i >= 2 * max as u64 {
                 let mut b = index.home(hash);
                 let mut n = 0;
                 while n < 3 {
@@ -807,10 +832,79 @@ mod tests {
             };
             index.insert(hash, seq, live);
         }
-        let share = |n: usize| scanned[n] as f64 / max as f64;
+        scanned.map(|n| n as f64 / max as f64)
+    }
+
+    #[test]
+    fn an_id_that_overflowed_at_sequence_2_pow_32_minus_1_is_found_also_after_an_undo() {
+        // Its overflow word would be zero, a bucket that never overflowed: it is named by the
+        // next sequence's word instead, which look-ups must follow before that sequence is
+        // given, and again once an undo has taken out the sequences after it.
+        let mut index = RetentionIndex::with_capacity(64);
+        let first = (1u64 << 32) - 11;
+        let all_found = |index: &RetentionIndex, len: u64| {
+            let live = Live {
+                head_seq: first,
+                len,
+            };
+            for offset in 0..len {
+                assert_eq!(index.find(42, live, |o| o == offset), Some(offset));
+                assert_eq!(index.probe(42, live, |o| o == offset), Ok(offset));
+            }
+        };
+        let insert = |index: &mut RetentionIndex, seq: u64| {
+            let live = Live {
+                head_seq: first,
+                len: seq - first + 1,
+            };
+            index.insert(42, seq, live);
+        };
+        for seq in first..1 << 32 {
+            insert(&mut index, seq);
+        }
+        all_found(&index, 11);
+        // Two more overflow, then are undone: the ring ends at 2^32 - 1 again.
+        for seq in 1 << 32..(1 << 32) + 2 {
+            insert(&mut index, seq);
+        }
+        let live = Live {
+            head_seq: first,
+            len: 13,
+        };
+        for seq in [(1 << 32) + 1, 1 << 32] {
+            index.remove(42, seq, live, 1 << 32);
+        }
+        all_found(&index, 11);
+    }
+
+    #[test]
+    fn every_live_id_is_found_through_pushes_undos_and_evictions_under_colliding_hashes() {
+        check_pushes_undos_and_evictions(0);
+    }
+
+    #[test]
+    fn every_live_id_is_found_through_pushes_undos_and_evictions_past_2_pow_32() {
+        check_pushes_undos_and_evictions((1 << 32) - 6_000);
+    }
+
+    #[test]
+    fn a_full_ring_keeps_new_ids_in_their_home_bucket() {
+        let share = buckets_scanned_in_the_steady_state(0);
         // Measured: 0.984 home only, 0.001 three buckets or more (the earlier layout, seven
         // entries and 32-bit fingerprints per line, at the same memory: 0.77 and 0.098).
-        assert!(share(0) > 0.97, "{scanned:?}");
-        assert!(share(2) + share(3) < 0.005, "{scanned:?}");
+        assert!(share[0] > 0.97, "{share:?}");
+        assert!(share[2] + share[3] < 0.005, "{share:?}");
+    }
+
+    #[test]
+    fn a_full_ring_keeps_new_ids_in_their_home_bucket_when_its_sequences_pass_2_pow_32() {
+        // The overflow words of buckets that never overflowed are zero (most of them in a
+        // young index, or one a restore has rebuilt). While sequence 2^32 - 1 (whose word
+        // would be 2^32, truncated to zero) is live, they must not read as naming it, or
+        // look-ups would walk on through all of them.
+        let max = 1u64 << 16;
+        let share = buckets_scanned_in_the_steady_state((1 << 32) - 5 * max / 2);
+        assert!(share[0] > 0.97, "{share:?}");
+        assert!(share[2] + share[3] < 0.005, "{share:?}");
     }
 }
