@@ -646,16 +646,21 @@ impl Ring {
         seq
     }
 
-    fn pop_newest(&mut self) {
-        assert!(self.len() > 0);
+    /// Takes out the newest record, one of the records `floor..top` that an atomic group's
+    /// undo takes out, newest first (see [`RetentionIndex::remove`]).
+    fn pop_newest(&mut self, floor: u64, top: u64) {
+        assert!(self.len() > 0 && floor < self.next_seq && self.next_seq <= top);
         self.next_slot = if self.next_slot == 0 {
             self.capacity - 1
         } else {
             self.next_slot - 1
         };
         let hash = id_hash(self.records[self.next_slot as usize].id());
-        let live = self.live();
-        self.index.remove(hash, self.next_seq - 1, live);
+        let live = Live {
+            head_seq: self.head_seq,
+            len: top - self.head_seq,
+        };
+        self.index.remove(hash, self.next_seq - 1, live, floor);
         self.next_seq -= 1;
     }
 
@@ -1753,10 +1758,18 @@ impl Engine {
     }
 
     fn rollback(&mut self) {
+        // The ring's records that the group pushed: `floor..top`.
+        let pushed = self
+            .undo
+            .iter()
+            .filter(|u| matches!(u, Undo::RingPush))
+            .count() as u64;
+        let top = self.ring.next_seq;
+        let floor = top - pushed;
         while let Some(u) = self.undo.pop() {
             match u {
                 Undo::Balances { account, old } => *self.account_mut(account) = old,
-                Undo::RingPush => self.ring.pop_newest(),
+                Undo::RingPush => self.ring.pop_newest(floor, top),
                 Undo::PendingInsert { slot } => self.pending_remove(slot),
             }
         }
@@ -2540,5 +2553,119 @@ pub(crate) fn state_from_u8(v: u8) -> TransferState {
         3 => TransferState::PendingVoided,
         4 => TransferState::PendingExpired,
         _ => TransferState::Posted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(position: u64) -> EntryMeta {
+        EntryMeta {
+            position,
+            timestamp_ns: position * NS_PER_S,
+            session_id: 0,
+            client_seq: 0,
+        }
+    }
+
+    fn transfer(id: u128, amount: u64) -> TransferSpec {
+        TransferSpec {
+            id,
+            debit_account_id: 2,
+            credit_account_id: 3,
+            amount,
+            ledger: 1,
+            ..TransferSpec::default()
+        }
+    }
+
+    /// An engine with external account 1 and accounts 2 and 3 on ledger 1, 2 funded with 1000.
+    fn funded(config: EngineConfig) -> (Engine, u64) {
+        let mut e = Engine::new(config).unwrap();
+        let mut position = 0;
+        for (id, flags) in [(1, af::EXTERNAL), (2, 0), (3, 0)] {
+            position += 1;
+            let command = Command::CreateAccount {
+                id,
+                ledger: 1,
+                flags,
+                code: 0,
+            };
+            assert_eq!(
+                e.apply_command(&meta(position), &command).result,
+                ResultCode::Ok
+            );
+        }
+        position += 1;
+        let deposit = Command::Deposit {
+            transfer_id: 1 << 100,
+            account_id: 2,
+            amount: 1000,
+        };
+        assert_eq!(
+            e.apply_command(&meta(position), &deposit).result,
+            ResultCode::Ok
+        );
+        (e, position)
+    }
+
+    #[test]
+    fn a_failed_atomic_group_keeps_ids_that_overflowed_their_bucket_retained() {
+        let config = EngineConfig {
+            accounts_max: 8,
+            transfers_retained_max: 64,
+            pending_max: 4,
+            sessions_max: 2,
+            ledgers_max: 2,
+        };
+        let (mut e, mut position) = funded(config);
+        // Twelve ids with the same home bucket (ten entries): the eleventh and twelfth go to
+        // the next bucket and mark the home bucket as overflowed.
+        let index = &e.ring.index;
+        let home = index.home_bucket(id_hash(1));
+        let ids: Vec<u128> = (1..)
+            .filter(|&id| index.home_bucket(id_hash(id)) == home)
+            .take(12)
+            .collect();
+        assert_ne!(index.home_bucket(id_hash(1 << 100)), home);
+        let other = (2..)
+            .find(|&id| index.home_bucket(id_hash(id)) != home)
+            .unwrap();
+        let first: Vec<TransferSpec> = ids[..11].iter().map(|&id| transfer(id, 1)).collect();
+        position += 1;
+        let command = Command::Transfers {
+            flags: 0,
+            transfers: &first,
+        };
+        assert_eq!(
+            e.apply_command(&meta(position), &command).result,
+            ResultCode::Ok
+        );
+        // An atomic group whose second member overflows too and whose third fails: undone
+        // (the first, undone last, lands elsewhere).
+        let group = [
+            transfer(other, 1),
+            transfer(ids[11], 1),
+            transfer(ids[11] + (1 << 64), 0),
+        ];
+        position += 1;
+        let command = Command::Transfers {
+            flags: batch_flags::ATOMIC,
+            transfers: &group,
+        };
+        let o = e.apply_command(&meta(position), &command);
+        assert_eq!(o.result, ResultCode::InvalidAmount);
+        // The eleventh transfer, retried, is recognised and moves nothing.
+        position += 1;
+        let retry = [transfer(ids[10], 1)];
+        let command = Command::Transfers {
+            flags: 0,
+            transfers: &retry,
+        };
+        let o = e.apply_command(&meta(position), &command);
+        assert_eq!(o.result, ResultCode::TransferExists);
+        assert_eq!(e.account(3).unwrap().credits_posted, 11);
+        assert!(e.transfer(ids[10]).is_some());
     }
 }

@@ -108,7 +108,9 @@ impl Op {
 #[derive(Clone, Debug)]
 struct Step {
     op: Op,
-    dt_ns: u64,
+    /// Log time since the previous entry; negative when the leader's clock stepped back (a
+    /// new leader whose clock is behind), which the engine's time must not follow.
+    dt_ns: i64,
     session: u64,
     /// Resend one of the session's earlier commands instead: 0 = its last, k = k before.
     retry: Option<u64>,
@@ -149,7 +151,7 @@ fn ledger() -> impl Strategy<Value = u32> {
 
 fn transfer_spec() -> impl Strategy<Value = TransferSpec> {
     let flags = prop_oneof![30 => Just(0u16), 20 => Just(transfer_flags::PENDING), 1 => Just(2u16)];
-    let timeout = prop_oneof![12 => Just(0u32), 1 => 1..=3u32];
+    let timeout = prop_oneof![12 => Just(0u32), 1 => 1..=3u32, 1 => Just(u32::MAX)];
     (
         transfer_id(),
         account_id(),
@@ -204,10 +206,11 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn step() -> impl Strategy<Value = Step> {
     let dt = prop_oneof![
-        4 => Just(0u64),
-        2 => Just(500_000_000u64),
-        2 => Just(1_000_000_000u64),
-        1 => Just(2_000_000_000u64),
+        4 => Just(0i64),
+        2 => Just(500_000_000i64),
+        2 => Just(1_000_000_000i64),
+        1 => Just(2_000_000_000i64),
+        1 => Just(-1_500_000_000i64),
     ];
     let retry = prop_oneof![8 => Just(None), 1 => Just(Some(0u64)), 1 => (1..3u64).prop_map(Some)];
     (op(), dt, 0..4u64, retry).prop_map(|(op, dt_ns, session, retry)| Step {
@@ -225,7 +228,9 @@ fn log(steps: &[Step]) -> Vec<(EntryMeta, Op)> {
     let mut history: std::collections::BTreeMap<u64, Vec<(u64, Op)>> = Default::default();
     let mut now = 1_000_000_000_000u64;
     for (i, s) in steps.iter().enumerate() {
-        now += s.dt_ns;
+        now = now
+            .checked_add_signed(s.dt_ns)
+            .expect("log time stays positive");
         let h = history.entry(s.session).or_default();
         let (seq, op) = match (s.retry, s.session) {
             (Some(back), sid) if sid != 0 && !h.is_empty() => {
