@@ -277,6 +277,8 @@ pub fn node_config(file: FileConfig) -> Result<sequencer::node::NodeConfig, Stri
     p.retain_journal = file.snapshot.retain_journal;
     n.transport.mtu = file.transport.mtu;
     n.transport.term_length = file.transport.term_length;
+    n.transport.image_term_length_max =
+        transport::config::IMAGE_TERM_LENGTH_MAX_DEFAULT.max(file.transport.term_length);
     n.transport.message_length_max = file.transport.term_length / 4;
     n.transport.publication_window = file.transport.term_length / 2;
     n.transport.receiver_window = file.transport.term_length / 2;

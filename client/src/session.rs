@@ -137,6 +137,9 @@ fn transport_config() -> transport::Config {
         message_length_max: term_length / 4,
         publication_window: term_length / 2,
         receiver_window: term_length / 2,
+        // The client's subscription takes only the node's reply stream, whose term the node's
+        // configuration chooses: refusing a long one would cut the client off.
+        image_term_length_max: transport::config::TERM_LENGTH_MAX,
         ..transport::Config::default()
     }
 }

@@ -18,6 +18,8 @@ pub const TERM_LENGTH_DEFAULT: usize = 4 * 1024 * 1024;
 pub const TERM_LENGTH_MIN: usize = 64 * 1024;
 /// Largest term length, in bytes (Aeron's maximum: positions stay in i32 term offsets).
 pub const TERM_LENGTH_MAX: usize = 1024 * 1024 * 1024;
+/// Default of [`Config::image_term_length_max`]: 64 MiB, the term a 16 MiB message needs.
+pub const IMAGE_TERM_LENGTH_MAX_DEFAULT: usize = 64 * 1024 * 1024;
 /// Terms in a log buffer: one active, one kept for retransmits, one being cleaned.
 pub const TERM_COUNT: usize = 3;
 /// Upper bound of every interval, delay, timeout and linger in [`Config`]: one hour. Deadlines
@@ -82,6 +84,13 @@ pub struct Config {
     /// Sender: a receiver silent for this long leaves the flow-control set; with none left
     /// the publication is not connected.
     pub receiver_timeout_ns: u64,
+    /// Receiver: the longest term a publication's SETUP may announce. Each image holds three
+    /// terms in memory, mapped in full when it is created, so a SETUP (which anyone who can
+    /// reach the port may send) makes this subscription allocate up to three times this, and
+    /// all its images together at most [`IMAGES_MAX`] times that. Longer ones are refused
+    /// and counted (`SetupsRefused`). Default [`IMAGE_TERM_LENGTH_MAX_DEFAULT`], or the
+    /// config's own `term_length` if longer ([`Config::with_term_length`]).
+    pub image_term_length_max: usize,
     /// Receiver: an image silent for this long is closed.
     pub image_liveness_timeout_ns: u64,
     /// Sender: how long a closing publication keeps sending end-of-stream heartbeats while
@@ -120,6 +129,7 @@ impl Default for Config {
             nak_retry_ns: 20_000_000,
             retransmit_linger_ns: 10_000_000,
             receiver_timeout_ns: 2_000_000_000,
+            image_term_length_max: IMAGE_TERM_LENGTH_MAX_DEFAULT,
             image_liveness_timeout_ns: 5_000_000_000,
             close_linger_ns: 1_000_000_000,
             multicast: false,
@@ -151,6 +161,7 @@ impl Config {
             message_length_max: (term_length / 4).min(16 * 1024 * 1024),
             publication_window: term_length / 2,
             receiver_window: term_length / 2,
+            image_term_length_max: IMAGE_TERM_LENGTH_MAX_DEFAULT.max(term_length),
             ..Config::default()
         }
     }
@@ -179,6 +190,15 @@ impl Config {
             return err(format!(
                 "term_length={} must be a power of two in {TERM_LENGTH_MIN}..={TERM_LENGTH_MAX}",
                 self.term_length
+            ));
+        }
+        if !self.image_term_length_max.is_power_of_two()
+            || self.image_term_length_max < TERM_LENGTH_MIN
+            || self.image_term_length_max > TERM_LENGTH_MAX
+        {
+            return err(format!(
+                "image_term_length_max={} must be a power of two in {TERM_LENGTH_MIN}..={TERM_LENGTH_MAX}",
+                self.image_term_length_max
             ));
         }
         if self.message_length_max == 0 || self.message_length_max > self.term_length / 4 {

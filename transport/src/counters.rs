@@ -61,10 +61,13 @@ pub enum CounterId {
     SegmentedSends = 25,
     /// Reads that brought a run of several datagrams coalesced (`Config::udp_coalescing`).
     CoalescedReceives = 26,
+    /// SETUPs refused: a term longer than `Config::image_term_length_max`, or no room for
+    /// another image (`IMAGES_MAX`).
+    SetupsRefused = 27,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: usize = 27;
+pub const COUNTER_COUNT: usize = 28;
 
 /// Labels, indexed by [`CounterId`].
 pub const COUNTER_LABELS: [&str; COUNTER_COUNT] = [
@@ -95,9 +98,10 @@ pub const COUNTER_LABELS: [&str; COUNTER_COUNT] = [
     "socket_errors",
     "segmented_sends",
     "coalesced_receives",
+    "setups_refused",
 ];
 
-const _: () = assert!(CounterId::CoalescedReceives as usize + 1 == COUNTER_COUNT);
+const _: () = assert!(CounterId::SetupsRefused as usize + 1 == COUNTER_COUNT);
 
 /// A set of counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -584,13 +584,17 @@ impl Receiver {
             || !(TERM_LENGTH_MIN..=TERM_LENGTH_MAX).contains(&term_length)
             || !(MTU_MIN..=MTU_MAX).contains(&mtu)
             || s.term_offset as usize >= term_length
-            || self.images.len() >= IMAGES_MAX
         {
             self.counters.incr(CounterId::DropsMalformed);
             return;
         }
-        let log = TermLog::new(term_length, s.initial_term_id);
-        let join = log.position(s.active_term_id, s.term_offset);
+        if term_length > self.cfg.image_term_length_max || self.images.len() >= IMAGES_MAX {
+            self.counters.incr(CounterId::SetupsRefused);
+            return;
+        }
+        // Where the image joins, before its log is allocated (a refused SETUP costs nothing).
+        let terms = i64::from(s.active_term_id.wrapping_sub(s.initial_term_id));
+        let join = (terms << term_length.trailing_zeros()) + i64::from(s.term_offset);
         if join < 0 {
             self.counters.incr(CounterId::DropsMalformed);
             return;
@@ -605,6 +609,8 @@ impl Receiver {
             self.counters.incr(CounterId::DropsDuplicate);
             return;
         }
+        let log = TermLog::new(term_length, s.initial_term_id);
+        debug_assert_eq!(log.position(s.active_term_id, s.term_offset), join);
         let cleaned_until = log.term_start(join) + 3 * term_length as i64;
         self.images.push(Image {
             session_id: s.session_id,

@@ -612,3 +612,49 @@ fn a_lost_end_of_stream_still_ends_the_image_cleanly_and_the_close_promptly() {
         "the close waited out its linger: {closed_at}"
     );
 }
+
+#[test]
+fn a_setup_announcing_a_term_longer_than_the_cap_is_refused_before_any_allocation() {
+    // Anyone who can reach the port can send a SETUP, and an image maps three of its terms:
+    // without a cap, one datagram would make the receiver allocate up to 3 GiB.
+    let cfg = Config {
+        image_term_length_max: 128 * 1024,
+        ..Config::with_term_length(64 * 1024)
+    };
+    let mut r = Receiver::new(cfg, STREAM, 1).unwrap();
+    let announce = |session_id: i32, term_length: i32| {
+        Setup {
+            flags: 0,
+            term_offset: 0,
+            session_id,
+            stream_id: STREAM,
+            initial_term_id: 5,
+            active_term_id: 5,
+            term_length,
+            mtu: 1408,
+            ttl: 0,
+        }
+        .encode()
+    };
+    r.handle_datagram(0, source(), &announce(SESSION, 1 << 30));
+    r.handle_datagram(0, source(), &announce(SESSION + 1, 256 * 1024));
+    assert_eq!(r.image_count(), 0);
+    assert_eq!(r.counters().get(CounterId::SetupsRefused), 2);
+    assert_eq!(r.counters().get(CounterId::DropsMalformed), 0);
+    // At the cap, it is taken.
+    r.handle_datagram(0, source(), &announce(SESSION + 2, 128 * 1024));
+    assert_eq!(r.image_count(), 1);
+    // A cap that is not a valid term length is a config error naming it.
+    let bad = Config {
+        image_term_length_max: 100_000,
+        ..Config::default()
+    };
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .0
+        .contains("image_term_length_max=100000"));
+    // A config for long terms accepts images of its own length.
+    let long = Config::with_term_length(256 * 1024 * 1024);
+    assert_eq!(long.image_term_length_max, 256 * 1024 * 1024);
+}

@@ -8,7 +8,12 @@ use transport::frame::Setup;
 use transport::{Config, Receiver, Sender};
 
 fuzz_target!(|data: &[u8]| {
-    let cfg = Config::with_term_length(64 * 1024);
+    // Images no longer than the SETUP below: a SETUP in the input may announce any term,
+    // and a receiver maps three of them (the cap is what keeps a stranger's SETUP cheap).
+    let cfg = Config {
+        image_term_length_max: 64 * 1024,
+        ..Config::with_term_length(64 * 1024)
+    };
     let source: SocketAddr = "10.0.0.1:1000".parse().unwrap();
     let mut receiver = Receiver::new(cfg.clone(), 7, 1).unwrap();
     let setup = Setup {
