@@ -375,7 +375,14 @@ impl Receiver {
     /// for the driver to receive datagrams into. Whatever lands there must then be passed,
     /// in order, to [`Receiver::accept_direct`] or [`Receiver::take_direct`].
     pub(crate) fn direct_region(&mut self, t: &DirectTarget) -> &mut [u8] {
-        let log = &mut self.images[t.image].log;
+        let img = &mut self.images[t.image];
+        // The kernel may write into the region more than it reports: a datagram failing its
+        // UDP checksum is copied in before the check, then dropped, and the next datagram (if
+        // any, and maybe shorter) written over its start. From here on only what
+        // `accept_direct` and `take_direct` account for is known to be frames or zero; the
+        // rest is cleaned, like an earlier lap's bytes, before a frame is stored there.
+        img.zeroed_to = img.zeroed_to.min(t.start);
+        let log = &mut img.log;
         let at = log.index(t.start);
         &mut log.buf[at..at + t.length]
     }

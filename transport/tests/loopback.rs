@@ -4,6 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
+use transport::frame;
 use transport::{
     now_ns, Agent, Channel, Config, CounterId, IdleStrategy, ImageEvent, OfferError, Publication,
     Subscription,
@@ -313,4 +314,214 @@ fn try_claim_writes_in_place_and_a_closed_publication_ends_the_image() {
         idle.idle(work);
     }
     assert_eq!(got, vec![b"hello".to_vec()]);
+}
+
+/// A publisher played by hand from a plain socket: SETUP and DATA frames of session
+/// [`PEER_SESSION`], term 0 of a 1 MiB term, written exactly as the test wants them.
+struct Peer {
+    socket: UdpSocket,
+    to: std::net::SocketAddr,
+}
+
+const PEER_SESSION: i32 = 0x5eed;
+const PEER_TERM_LENGTH: usize = 1024 * 1024;
+
+impl Peer {
+    fn new(to: std::net::SocketAddr) -> Peer {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        Peer { socket, to }
+    }
+
+    fn setup(&self) {
+        let s = frame::Setup {
+            flags: 0,
+            term_offset: 0,
+            session_id: PEER_SESSION,
+            stream_id: STREAM_ID,
+            initial_term_id: 0,
+            active_term_id: 0,
+            term_length: PEER_TERM_LENGTH as i32,
+            mtu: 1408,
+            ttl: 0,
+        };
+        self.socket.send_to(&s.encode(), self.to).unwrap();
+    }
+
+    /// One DATA frame at `term_offset` carrying `message(index, length - 32)`.
+    fn data(index: u64, term_offset: usize, length: usize) -> Vec<u8> {
+        let mut b = vec![0u8; length];
+        frame::DataHeader {
+            frame_length: length as i32,
+            flags: frame::flags::UNFRAGMENTED,
+            frame_type: frame::frame_type::DATA,
+            term_offset: term_offset as i32,
+            session_id: PEER_SESSION,
+            stream_id: STREAM_ID,
+            term_id: 0,
+            reserved_value: 0,
+        }
+        .write(&mut b);
+        let payload = length - frame::DATA_HEADER_LENGTH;
+        b[frame::DATA_HEADER_LENGTH..].copy_from_slice(&message(index, payload));
+        b
+    }
+
+    /// A heartbeat: a DATA header with no frame, saying the stream reached `term_offset`.
+    fn heartbeat(term_offset: usize) -> [u8; frame::DATA_HEADER_LENGTH] {
+        let mut b = [0u8; frame::DATA_HEADER_LENGTH];
+        b.copy_from_slice(&Peer::data(0, term_offset, 64)[..frame::DATA_HEADER_LENGTH]);
+        b[..4].copy_from_slice(&0i32.to_le_bytes());
+        b
+    }
+
+    fn send(&self, datagram: &[u8]) {
+        self.socket.send_to(datagram, self.to).unwrap();
+    }
+
+    /// The control frames the subscription sent us so far.
+    fn control(&self) -> Vec<Vec<u8>> {
+        let mut v = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            v.push(buf[..n].to_vec());
+        }
+        v
+    }
+}
+
+/// Sends `payload` to `to` (a loopback address) as a UDP datagram whose checksum is wrong, from
+/// a raw socket (the kernel then drops it on receipt, but only after copying it into the
+/// reader's buffer).
+/// Returns false when raw sockets are not permitted here.
+fn send_with_bad_checksum(to: SocketAddrV4, payload: &[u8]) -> bool {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let Ok(raw) = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP)) else {
+        return false;
+    };
+    let length = (8 + payload.len()) as u16;
+    let mut datagram = Vec::with_capacity(usize::from(length));
+    datagram.extend_from_slice(&40_000u16.to_be_bytes());
+    datagram.extend_from_slice(&to.port().to_be_bytes());
+    datagram.extend_from_slice(&length.to_be_bytes());
+    datagram.extend_from_slice(&[0, 0]);
+    datagram.extend_from_slice(payload);
+    // The right checksum (RFC 768: over a pseudo-header of addresses, protocol and length,
+    // then the datagram), then one off it, and not 0, which would mean "no checksum".
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&to.ip().octets());
+    pseudo.extend_from_slice(&to.ip().octets());
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&length.to_be_bytes());
+    pseudo.extend_from_slice(&datagram);
+    let mut sum: u32 = pseudo
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let right = !(sum as u16);
+    let wrong = match right.wrapping_add(1) {
+        0 => 1,
+        w => w,
+    };
+    datagram[6..8].copy_from_slice(&wrong.to_be_bytes());
+    raw.send_to(&datagram, &SocketAddrV4::new(*to.ip(), 0).into())
+        .unwrap();
+    true
+}
+
+/// Runs `sub` until `done` says so (panicking after two seconds), and returns what it
+/// delivered.
+fn run_until(
+    sub: &mut Subscription,
+    what: &str,
+    mut done: impl FnMut(&mut Subscription, &[Vec<u8>]) -> bool,
+) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut idle = IdleStrategy::backoff();
+    let mut got = Vec::new();
+    while !done(sub, &got) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: delivered {}, counters {:?}",
+            got.len(),
+            sub.counters()
+                .iter()
+                .filter(|c| c.1 > 0)
+                .collect::<Vec<_>>()
+        );
+        let mut work = sub.do_work(now_ns());
+        work += sub.poll(|m, _| got.push(m.to_vec()), 64);
+        idle.idle(work);
+    }
+    got
+}
+
+/// A datagram that fails its UDP checksum is copied into the reader's buffer before the
+/// kernel checks it, drops it and reads on. Received in place, that buffer is the image's log
+/// past the rebuild position: what such a datagram left there must not read as frames
+/// received, or the frame really sent for that place is refused as a duplicate and the
+/// leftover delivered instead.
+#[test]
+fn bytes_left_in_the_log_by_a_datagram_failing_its_checksum_are_never_delivered() {
+    let mut sub = Subscription::new(
+        &Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
+        STREAM_ID,
+        Config {
+            nak_delay_unicast_ns: 100_000,
+            ..test_config()
+        },
+    )
+    .unwrap();
+    let std::net::SocketAddr::V4(endpoint) = sub.local_addr().unwrap() else {
+        panic!("not v4")
+    };
+    let peer = Peer::new(endpoint.into());
+    peer.setup();
+    run_until(&mut sub, "the image", |s, _| {
+        s.receiver().image_count() == 1
+    });
+    // Datagrams of one length, in order: the subscription takes the next ones in place.
+    const LONG: usize = 256;
+    for i in 0..8u64 {
+        peer.send(&Peer::data(i, i as usize * LONG, LONG));
+        run_until(&mut sub, "in-order data", |_, got| got.len() == 1);
+    }
+    // A corrupted datagram lands where the next ones would, holding what looks like a frame
+    // of the stream 128 bytes on.
+    let at = 8 * LONG;
+    const SHORT: usize = 64;
+    let mut corrupted = vec![0u8; LONG];
+    corrupted[128..128 + SHORT].copy_from_slice(&Peer::data(666, at + 128, SHORT));
+    if !send_with_bad_checksum(endpoint, &corrupted) {
+        eprintln!("SKIPPED: raw sockets are not permitted here");
+        return;
+    }
+    std::thread::sleep(Duration::from_millis(5));
+    sub.do_work(now_ns());
+    // Shorter datagrams follow; the second is lost on the way, the third arrives, a heartbeat
+    // shows the gap, and the lost one comes back once NAKed.
+    peer.send(&Peer::data(8, at, SHORT));
+    let mut got = run_until(&mut sub, "datagram 8", |_, got| got.len() == 1);
+    let received = sub.counters().get(CounterId::DatagramsReceived);
+    peer.send(&Peer::data(10, at + 2 * SHORT, SHORT));
+    run_until(&mut sub, "datagram 10", |s, _| {
+        s.counters().get(CounterId::DatagramsReceived) > received
+    });
+    peer.send(&Peer::heartbeat(at + 3 * SHORT));
+    peer.control();
+    run_until(&mut sub, "a NAK of datagram 9", |_, _| {
+        peer.control().iter().any(|c| {
+            matches!(frame::decode(c), Ok((frame::Frame::Nak(nak), _))
+                if nak.term_offset as usize == at + SHORT)
+        })
+    });
+    peer.send(&Peer::data(9, at + SHORT, SHORT));
+    got.extend(run_until(&mut sub, "datagrams 9 and 10", |_, got| {
+        got.len() == 2
+    }));
+    let expected: Vec<Vec<u8>> = (8..11).map(|i| message(i, SHORT - 32)).collect();
+    assert_eq!(got, expected);
 }
