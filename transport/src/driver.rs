@@ -394,8 +394,12 @@ impl Publication {
                     // subscriber yet) once; the batch was not sent: retry it next cycle.
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return work,
                     Err(_) => {
+                        // Refused for its destination or length, say a reply to a stranger
+                        // that cannot be sent to: drop that datagram only (a data datagram
+                        // comes back when NAKed), and send the rest now.
                         self.sender.counters_mut().incr(CounterId::SocketErrors);
-                        self.tx.clear();
+                        self.tx.skip_refused();
+                        continue;
                     }
                 }
                 if self.tx.has_unsent() {
@@ -796,18 +800,22 @@ impl Subscription {
                 }
             }
         }
-        if !self.tx.has_unsent() {
-            return 0;
-        }
-        match self.tx.send(&self.socket, &[]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(_) => {
-                self.receiver.counters_mut().incr(CounterId::SocketErrors);
-                self.tx.clear();
-                0
+        let mut sent = 0;
+        while self.tx.has_unsent() {
+            match self.tx.send(&self.socket, &[]) {
+                // Some went out; the next call sends the rest, or says why not.
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    // Refused for its destination (a source that cannot be answered, an
+                    // unreachable sender): drop that datagram only, not the status messages
+                    // and NAKs for other senders queued behind it.
+                    self.receiver.counters_mut().incr(CounterId::SocketErrors);
+                    self.tx.skip_refused();
+                }
             }
         }
+        sent
     }
 }
 

@@ -423,6 +423,19 @@ impl Batch {
         Ok(slots)
     }
 
+    /// Send: passes over the first unsent datagram (or segmented run), the one the kernel
+    /// refused when [`Batch::send`] returned an error other than "would block" (`sendmmsg`
+    /// fails only when its first message does): the next `send` starts after it.
+    pub fn skip_refused(&mut self) {
+        if self.sent < self.count {
+            // `header_slots[sent]`: the slots of the first header that `send` built.
+            self.sent += self.header_slots[self.sent].clamp(1, self.count - self.sent);
+            if self.sent == self.count {
+                self.clear();
+            }
+        }
+    }
+
     /// Builds send headers for slots `from..to` from `headers[from]` on, a run of external
     /// datagrams lying back to back, of one length (the last may be shorter) and for one
     /// destination in one header with a `UDP_SEGMENT` control message. Returns the headers

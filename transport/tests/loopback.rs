@@ -390,24 +390,23 @@ impl Peer {
     }
 }
 
-/// Sends `payload` to `to` (a loopback address) as a UDP datagram whose checksum is wrong, from
-/// a raw socket (the kernel then drops it on receipt, but only after copying it into the
-/// reader's buffer).
-/// Returns false when raw sockets are not permitted here.
-fn send_with_bad_checksum(to: SocketAddrV4, payload: &[u8]) -> bool {
+/// Sends `payload` to `to` (a loopback address) in a UDP datagram from a raw socket, with a
+/// header written here: from `source_port`, with the right checksum or, if `corrupt`, one
+/// that is wrong (the kernel then drops the datagram on receipt, but only after copying it
+/// into the reader's buffer). Returns false when raw sockets are not permitted here.
+fn send_raw(source_port: u16, to: SocketAddrV4, payload: &[u8], corrupt: bool) -> bool {
     use socket2::{Domain, Protocol, Socket, Type};
     let Ok(raw) = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP)) else {
         return false;
     };
     let length = (8 + payload.len()) as u16;
     let mut datagram = Vec::with_capacity(usize::from(length));
-    datagram.extend_from_slice(&40_000u16.to_be_bytes());
+    datagram.extend_from_slice(&source_port.to_be_bytes());
     datagram.extend_from_slice(&to.port().to_be_bytes());
     datagram.extend_from_slice(&length.to_be_bytes());
     datagram.extend_from_slice(&[0, 0]);
     datagram.extend_from_slice(payload);
-    // The right checksum (RFC 768: over a pseudo-header of addresses, protocol and length,
-    // then the datagram), then one off it, and not 0, which would mean "no checksum".
+    // RFC 768: over a pseudo-header of addresses, protocol and length, then the datagram.
     let mut pseudo = Vec::new();
     pseudo.extend_from_slice(&to.ip().octets());
     pseudo.extend_from_slice(&to.ip().octets());
@@ -421,12 +420,17 @@ fn send_with_bad_checksum(to: SocketAddrV4, payload: &[u8]) -> bool {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    let right = !(sum as u16);
-    let wrong = match right.wrapping_add(1) {
-        0 => 1,
-        w => w,
+    // 0 means "no checksum": a right one of 0 is sent as 0xffff, a wrong one is never 0.
+    let right = match !(sum as u16) {
+        0 => 0xffff,
+        c => c,
     };
-    datagram[6..8].copy_from_slice(&wrong.to_be_bytes());
+    let checksum = match (corrupt, right.wrapping_add(1)) {
+        (false, _) => right,
+        (true, 0) => 1,
+        (true, wrong) => wrong,
+    };
+    datagram[6..8].copy_from_slice(&checksum.to_be_bytes());
     raw.send_to(&datagram, &SocketAddrV4::new(*to.ip(), 0).into())
         .unwrap();
     true
@@ -495,7 +499,7 @@ fn bytes_left_in_the_log_by_a_datagram_failing_its_checksum_are_never_delivered(
     const SHORT: usize = 64;
     let mut corrupted = vec![0u8; LONG];
     corrupted[128..128 + SHORT].copy_from_slice(&Peer::data(666, at + 128, SHORT));
-    if !send_with_bad_checksum(endpoint, &corrupted) {
+    if !send_raw(40_000, endpoint, &corrupted, true) {
         eprintln!("SKIPPED: raw sockets are not permitted here");
         return;
     }
@@ -524,4 +528,93 @@ fn bytes_left_in_the_log_by_a_datagram_failing_its_checksum_are_never_delivered(
     }));
     let expected: Vec<Vec<u8>> = (8..11).map(|i| message(i, SHORT - 32)).collect();
     assert_eq!(got, expected);
+}
+
+/// A control datagram the kernel refuses for its destination (here an answer to a source
+/// claiming port 0, where nothing can be sent) costs only itself: the status messages queued
+/// behind it in the same batch still go out.
+#[test]
+fn a_status_message_the_kernel_refuses_does_not_take_the_rest_of_its_batch_with_it() {
+    let mut sub = Subscription::new(
+        &Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
+        STREAM_ID,
+        test_config(),
+    )
+    .unwrap();
+    let std::net::SocketAddr::V4(endpoint) = sub.local_addr().unwrap() else {
+        panic!("not v4")
+    };
+    // Data of sessions the subscription does not know: each source is asked for a SETUP, the
+    // stranger first.
+    let mut stranger = Peer::data(0, 0, 64);
+    stranger[12..16].copy_from_slice(&(PEER_SESSION + 1).to_le_bytes());
+    if !send_raw(0, endpoint, &stranger, false) {
+        eprintln!("SKIPPED: raw sockets are not permitted here");
+        return;
+    }
+    let peer = Peer::new(endpoint.into());
+    peer.send(&Peer::data(0, 0, 64));
+    std::thread::sleep(Duration::from_millis(5));
+    let mut asked = false;
+    run_until(&mut sub, "the peer to be asked for a SETUP", |_, _| {
+        asked |= peer.control().iter().any(|c| {
+            matches!(frame::decode(c), Ok((frame::Frame::StatusMessage(sm), _))
+                if sm.session_id == PEER_SESSION && sm.flags & frame::flags::SM_SEND_SETUP != 0)
+        });
+        asked
+    });
+    assert_eq!(sub.counters().get(CounterId::SocketErrors), 1);
+}
+
+/// The same for a publication: a reply to an RTT request from a stranger it cannot answer
+/// costs only itself, not the data datagrams sent in the same batch (a multicast
+/// publication's socket is not connected, so strangers reach it).
+#[test]
+fn a_reply_the_kernel_refuses_does_not_take_the_data_of_its_batch_with_it() {
+    let group = SocketAddrV4::new(
+        Ipv4Addr::new(239, 255, 91, (std::process::id() % 200) as u8 + 1),
+        free_port(),
+    );
+    let channel = Channel::multicast(group, Ipv4Addr::LOCALHOST);
+    let sub = match Subscription::new(&channel, STREAM_ID, test_config()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("SKIPPED: multicast on loopback unavailable here: {e}");
+            return;
+        }
+    };
+    let mut publication = Publication::new(&channel, STREAM_ID, test_config()).unwrap();
+    let mut subs = [sub];
+    exchange(&mut publication, &mut subs, 10);
+    let std::net::SocketAddr::V4(control) = publication.local_addr().unwrap() else {
+        panic!("not v4")
+    };
+    let request = frame::Rttm {
+        flags: 0,
+        session_id: publication.session_id(),
+        stream_id: STREAM_ID,
+        echo_timestamp: 1,
+        reception_delta: 0,
+        receiver_id: 1,
+    }
+    .encode();
+    const ROUNDS: u64 = 20;
+    for i in 0..ROUNDS {
+        if !send_raw(0, control, &request, false) {
+            eprintln!("SKIPPED: raw sockets are not permitted here");
+            return;
+        }
+        // Past the publication's relaxed control poll interval: the next cycle reads the
+        // request and sends its reply first, then the message.
+        std::thread::sleep(Duration::from_millis(2));
+        publication.offer(&message(i, 100)).unwrap();
+        publication.do_work(now_ns());
+        let got = run_until(&mut subs[0], "the message", |_, got| {
+            publication.do_work(now_ns());
+            got.len() == 1
+        });
+        assert_eq!(got, vec![message(i, 100)]);
+    }
+    assert_eq!(publication.counters().get(CounterId::SocketErrors), ROUNDS);
+    assert_eq!(publication.counters().get(CounterId::Retransmits), 0);
 }
