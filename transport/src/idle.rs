@@ -76,16 +76,20 @@ impl Default for IdleStrategy {
 impl IdleStrategy {
     /// A strategy of the given kind.
     pub fn new(kind: IdleKind) -> Self {
-        let park_ns = match kind {
-            IdleKind::BackOff { park_min_ns, .. } => park_min_ns,
-            _ => 0,
-        };
-        IdleStrategy {
+        let mut s = IdleStrategy {
             kind,
             spins: 0,
             yields: 0,
-            park_ns,
-        }
+            park_ns: 0,
+        };
+        s.reset();
+        s
+    }
+
+    /// The first park of a back-off: its minimum, but never 0 (a zero park returns at once,
+    /// and doubling it stays 0: the back-off would spin for good) nor over the maximum.
+    fn park_first_ns(park_min_ns: u64, park_max_ns: u64) -> u64 {
+        park_min_ns.min(park_max_ns).max(1)
     }
 
     /// Busy-spin.
@@ -133,7 +137,12 @@ impl IdleStrategy {
                     // `park_timeout`, not `sleep`: a producer that hands this thread work can
                     // wake it at once with `Thread::unpark` instead of waiting out the park.
                     std::thread::park_timeout(Duration::from_nanos(self.park_ns));
-                    self.park_ns = (self.park_ns.saturating_mul(2)).clamp(park_min_ns, park_max_ns);
+                    // Not `clamp`, which panics on a minimum over the maximum.
+                    self.park_ns = self
+                        .park_ns
+                        .saturating_mul(2)
+                        .min(park_max_ns)
+                        .max(Self::park_first_ns(park_min_ns, park_max_ns));
                 }
             }
         }
@@ -143,8 +152,13 @@ impl IdleStrategy {
     pub fn reset(&mut self) {
         self.spins = 0;
         self.yields = 0;
-        if let IdleKind::BackOff { park_min_ns, .. } = self.kind {
-            self.park_ns = park_min_ns;
+        if let IdleKind::BackOff {
+            park_min_ns,
+            park_max_ns,
+            ..
+        } = self.kind
+        {
+            self.park_ns = Self::park_first_ns(park_min_ns, park_max_ns);
         }
     }
 
@@ -178,6 +192,33 @@ mod tests {
         assert_eq!(s.park_ns(), 4_000, "capped at the max");
         s.idle(1);
         assert_eq!(s.park_ns(), 1_000, "work resets the back-off");
+    }
+
+    #[test]
+    fn a_backoff_with_a_zero_or_inverted_park_range_still_parks_and_never_panics() {
+        let mut s = IdleStrategy::new(IdleKind::BackOff {
+            spins_max: 0,
+            yields_max: 0,
+            park_min_ns: 0,
+            park_max_ns: 4_000,
+        });
+        for _ in 0..3 {
+            s.idle(0);
+        }
+        assert_eq!(
+            s.park_ns(),
+            8,
+            "a zero minimum parks 1 ns first, then doubles"
+        );
+        let mut s = IdleStrategy::new(IdleKind::BackOff {
+            spins_max: 0,
+            yields_max: 0,
+            park_min_ns: 2_000,
+            park_max_ns: 1_000,
+        });
+        s.idle(0);
+        s.idle(0);
+        assert_eq!(s.park_ns(), 1_000, "the maximum wins over a larger minimum");
     }
 
     #[test]
