@@ -133,7 +133,7 @@ impl Counters {
             .zip(self.values.iter().copied())
     }
 
-    /// Total frames dropped for any reason.
+    /// Total frames dropped for any reason but injected loss (refused SETUPs included).
     pub fn drops_total(&self) -> u64 {
         use CounterId::*;
         [
@@ -143,6 +143,7 @@ impl Counters {
             DropsOutOfWindow,
             DropsUnexpectedSource,
             DropsUnexpectedType,
+            SetupsRefused,
         ]
         .iter()
         .map(|&c| self.get(c))

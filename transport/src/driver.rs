@@ -804,6 +804,7 @@ impl Subscription {
         while self.tx.has_unsent() {
             match self.tx.send(&self.socket, &[]) {
                 // Some went out; the next call sends the rest, or says why not.
+                Ok(0) => break,
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
