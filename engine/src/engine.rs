@@ -2442,7 +2442,7 @@ impl Engine {
     /// oldest first, after every account, with `read` straight into the ring's slots, a
     /// chunk at a time, and checks and indexes each chunk while it is in cache (or, with
     /// `build_index` false, adds up the digests their index entries must have, for
-    /// [`Engine::restore_check_index`] once the snapshot's index is loaded). `check`
+    /// [`Engine::restore_index`] once the snapshot's index is loaded). `check`
     /// false (the snapshot is already known to be inconsistent) only reads. The outer error
     /// is `read`'s; the inner one says what is inconsistent.
     pub(crate) fn restore_retained<E>(
