@@ -773,6 +773,27 @@ impl Ring {
         self.next_slot = (self.next_slot + n as u64) % self.capacity;
     }
 
+    /// Restore: indexes the live records afresh, in bulk as [`Ring::adopt_restored`] does
+    /// (the index loaded with them did not check out). Ids must be distinct.
+    fn reindex(&mut self) -> Result<(), &'static str> {
+        let len = self.len();
+        self.index.clear();
+        self.next_seq = self.head_seq;
+        self.next_slot = self.head_slot;
+        let mut scratch = RestoreScratch::default();
+        scratch.counts.resize(RESTORE_PARTS + 1, 0);
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(RESTORE_BLOCK as u64);
+            for offset in done..done + n {
+                scratch.add_hash(id_hash(self.records[self.slot_at(offset)].id()));
+            }
+            self.adopt_restored(n as usize, &mut scratch)?;
+            done += n;
+        }
+        Ok(())
+    }
+
     /// Empties the ring and makes `head_seq` its first sequence (restore).
     fn reset(&mut self, head_seq: u64) {
         self.base_seq = head_seq;
@@ -783,6 +804,20 @@ impl Ring {
         self.index.clear();
     }
 }
+
+/// What [`Engine::restore_retained`] found in the records besides their checks.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RestoredRing {
+    /// Records of open pending transfers (kind transfer, state pending).
+    pub(crate) pending_records: u64,
+    /// Sum of the digests of their index entries and the low bytes of their home buckets
+    /// (when the index is loaded, not built), for its check.
+    pub(crate) digest: u64,
+    pub(crate) homes: Vec<u8>,
+}
+
+/// Retained records a restore indexes at once (64 MiB of ring, 24 MiB of scratch).
+const RESTORE_BLOCK: usize = 1 << 20;
 
 /// Parts a restore's bulk index build sorts retained ids into (see `Ring::adopt_restored`):
 /// each part's share of a ten-million-id index (160 MiB) is under a megabyte.
@@ -797,32 +832,67 @@ struct RestoreScratch {
     hashes: Vec<u64>,
     /// `(hash, index in the block)`, by part.
     sorted: Vec<(u64, u64)>,
+    /// Records of open pending transfers (kind transfer, state pending) seen.
+    pending_records: u64,
+    /// Sum of the records' index entry digests, and the low bytes of their home buckets
+    /// (`Indexing::Check`).
+    digest: u64,
+    homes: Vec<u8>,
+}
+
+/// What a restore does with each retained record's id (see `RestoreScratch::note`).
+#[derive(Clone, Copy)]
+enum Indexing<'a> {
+    /// Collect its hash for the bulk build of the index.
+    Build,
+    /// Add its entry's digest, to check the index the snapshot carries (this one, loaded).
+    Check(&'a RetentionIndex),
 }
 
 impl RestoreScratch {
-    /// Takes in restored records read into the ring: makes them native-endian, checks their
-    /// account slots (below `slots`), and notes their id hashes and parts.
-    /// With `hash` false (the index comes with the snapshot), only the first two.
+    /// Notes the id hash of the next record to index.
+    #[inline]
+    fn add_hash(&mut self, hash: u64) {
+        self.counts[RetentionIndex::part(hash, RESTORE_PARTS as u64) + 1] += 1;
+        self.hashes.push(hash);
+    }
+
+    /// Takes in restored records read into the ring, `first` records after its head (in
+    /// native order already): checks their account slots (below `slots`), kinds, states and
+    /// reserved bytes, counts those of open pending transfers, and notes their id hashes and
+    /// parts for a build of the index, or adds up their entries' digests to check a loaded one.
     fn note(
         &mut self,
-        records: &mut [Retained],
+        records: &[Retained],
+        first: u64,
         slots: u32,
-        hash: bool,
+        indexing: Indexing<'_>,
     ) -> Result<(), &'static str> {
         if self.counts.is_empty() {
             self.counts.resize(RESTORE_PARTS + 1, 0);
         }
-        for r in records {
-            r.make_native_endian();
+        for (r, offset) in records.iter().zip(first..) {
             if r.debit >= slots || r.credit >= slots {
                 return Err("retained transfer names an unknown account slot");
             }
-            if !hash {
-                continue;
+            if r.kind > TransferKind::VoidPending as u8
+                || r.state > TransferState::PendingExpired as u8
+                || r.reserved != [0; 2]
+            {
+                return Err("retained transfer of unknown kind or state");
+            }
+            if r.kind == TransferKind::Transfer as u8 && r.state == TransferState::Pending as u8 {
+                self.pending_records += 1;
             }
             let hash = id_hash(r.id());
-            self.counts[RetentionIndex::part(hash, RESTORE_PARTS as u64) + 1] += 1;
-            self.hashes.push(hash);
+            match indexing {
+                Indexing::Build => self.add_hash(hash),
+                Indexing::Check(index) => {
+                    let (digest, home) = index.entry_digest(hash, offset);
+                    self.digest = self.digest.wrapping_add(digest);
+                    self.homes.push(home);
+                }
+            }
         }
         Ok(())
     }
@@ -2313,11 +2383,6 @@ impl Engine {
         self.ring.index.bucket_words()
     }
 
-    /// Restore: the retention index's bucket words, to fill with a snapshot's copy.
-    pub(crate) fn retention_index_words_mut(&mut self) -> &mut [u32] {
-        self.ring.index.bucket_words_mut()
-    }
-
     /// Restore, first step: makes `head_seq` the ring's first sequence (the engine is new).
     pub(crate) fn restore_ring_head(&mut self, head_seq: u64) {
         self.ring.reset(head_seq);
@@ -2334,6 +2399,15 @@ impl Engine {
             }
             if a.id == 0 {
                 return Err("zero account id");
+            }
+            // What creating it checked.
+            let rules = af::DEBITS_MUST_NOT_EXCEED_CREDITS | af::CREDITS_MUST_NOT_EXCEED_DEBITS;
+            if a.ledger == 0
+                || a.flags & !af::ALL != 0
+                || a.flags & rules == rules
+                || (a.flags & af::EXTERNAL != 0 && a.flags & rules != 0)
+            {
+                return Err("account with ledger zero or invalid flags");
             }
             let slot = self.accounts.len() as u32;
             let records = &self.accounts;
@@ -2366,7 +2440,9 @@ impl Engine {
 
     /// Restore: reads `count` retained transfers (the caller has checked the capacity),
     /// oldest first, after every account, with `read` straight into the ring's slots, a
-    /// chunk at a time, and checks and indexes each chunk while it is in cache. `check`
+    /// chunk at a time, and checks and indexes each chunk while it is in cache (or, with
+    /// `build_index` false, adds up the digests their index entries must have, for
+    /// [`Engine::restore_index`] once the snapshot's index is loaded). `check`
     /// false (the snapshot is already known to be inconsistent) only reads. The outer error
     /// is `read`'s; the inner one says what is inconsistent.
     pub(crate) fn restore_retained<E>(
@@ -2375,35 +2451,45 @@ impl Engine {
         mut check: bool,
         build_index: bool,
         mut read: impl FnMut(&mut [u8]) -> Result<(), E>,
-    ) -> Result<Result<(), &'static str>, E> {
+    ) -> Result<Result<RestoredRing, &'static str>, E> {
         use zerocopy::IntoBytes;
         /// Records per read: 1 MiB.
         const CHUNK: usize = 16_384;
-        /// Records indexed at once (64 MiB of ring, 24 MiB of scratch).
-        const BLOCK: usize = 1 << 20;
         let slots = self.accounts.len() as u32;
         let mut left = count as usize;
         let mut outcome = Ok(());
         let ring = &mut self.ring;
         assert_eq!(ring.len(), 0, "restore fills an empty ring");
         let mut scratch = RestoreScratch::default();
+        if !build_index {
+            scratch.homes.reserve_exact(left);
+        }
         let mut at = ring.next_slot as usize;
+        let mut done = 0u64;
         let mut unindexed = 0;
         while left > 0 {
             let n = left.min(CHUNK);
             read(ring.records[at..at + n].as_mut_bytes())?;
             if check {
                 // While the chunk is in cache: checks, and its ids' hashes for the index.
-                let records = &mut ring.records[at..at + n];
-                if let Err(why) = scratch.note(records, slots, build_index) {
+                for r in &mut ring.records[at..at + n] {
+                    r.make_native_endian();
+                }
+                let indexing = if build_index {
+                    Indexing::Build
+                } else {
+                    Indexing::Check(&ring.index)
+                };
+                if let Err(why) = scratch.note(&ring.records[at..at + n], done, slots, indexing) {
                     outcome = Err(why);
                     check = false;
                 }
             }
             at += n;
+            done += n as u64;
             left -= n;
             unindexed += n;
-            if check && (unindexed >= BLOCK || left == 0) {
+            if check && (unindexed >= RESTORE_BLOCK || left == 0) {
                 if build_index {
                     if let Err(why) = ring.adopt_restored(unindexed, &mut scratch) {
                         outcome = Err(why);
@@ -2415,7 +2501,64 @@ impl Engine {
                 unindexed = 0;
             }
         }
-        Ok(outcome)
+        Ok(outcome.map(|()| RestoredRing {
+            pending_records: scratch.pending_records,
+            digest: scratch.digest,
+            homes: scratch.homes,
+        }))
+    }
+
+    /// Restore: loads the retention index the snapshot carries (sized as this one), with
+    /// `fill` a chunk of `chunk_words` words at a time, checking each chunk while it is in
+    /// cache against the records ([`crate::retention::LoadCheck`], given the `digest` that
+    /// [`Engine::restore_retained`] added up), and rebuilds the index from the records if it
+    /// does not check out, so that no retained id is ever missed (a retry would apply twice)
+    /// and none is retained twice. `check` false (the snapshot is already known to be
+    /// inconsistent) only loads. The outer error is `fill`'s; the inner one says what is
+    /// inconsistent.
+    pub(crate) fn restore_index<E>(
+        &mut self,
+        check: bool,
+        (digest, homes): (u64, Vec<u8>),
+        chunk_words: usize,
+        mut fill: impl FnMut(&mut [u32]) -> Result<(), E>,
+    ) -> Result<Result<(), &'static str>, E> {
+        const WORDS: usize = crate::retention::BUCKET_WORDS;
+        assert!(chunk_words.is_multiple_of(WORDS), "chunks of whole buckets");
+        let live = self.ring.live();
+        let Ring {
+            records,
+            index,
+            head_slot,
+            capacity,
+            ..
+        } = &mut self.ring;
+        let (head_slot, capacity) = (*head_slot, *capacity);
+        let records = &*records;
+        let id_of = |offset: u64| {
+            let slot = head_slot + offset;
+            records[(if slot >= capacity {
+                slot - capacity
+            } else {
+                slot
+            }) as usize]
+                .id()
+        };
+        let mut state = crate::retention::LoadCheck::new(live, homes);
+        let len = index.bucket_words_mut().len();
+        for start in (0..len).step_by(chunk_words) {
+            let end = (start + chunk_words).min(len);
+            fill(&mut index.bucket_words_mut()[start..end])?;
+            if !check {
+                continue;
+            }
+            let buckets = ((start / WORDS) as u64, (end / WORDS) as u64);
+            index.check_loaded(&mut state, buckets, &id_of);
+        }
+        if !check || index.check_end(&mut state, digest, &id_of) {
+            return Ok(Ok(()));
+        }
+        Ok(self.ring.reindex())
     }
 
     /// Restore: adds one open pending transfer (after the retained ones).
@@ -2431,6 +2574,44 @@ impl Engine {
         };
         if p.id == 0 || self.find_pending(p.id).is_some() {
             return Err("duplicate or zero pending transfer id");
+        }
+        // What creating it checked: settling it moves `amount` within one ledger.
+        let ledger = self.accounts[debit as usize].account.ledger;
+        if debit == credit || self.accounts[credit as usize].account.ledger != ledger {
+            return Err("pending transfer within one account or across ledgers");
+        }
+        let timeout_s = p.extra as u32;
+        if p.amount == 0 || (timeout_s == 0 && p.deadline_ns != u64::MAX) {
+            return Err("pending transfer of nothing, or with a deadline but no timeout");
+        }
+        // Its record, while retained, is the one its settlement marks (and the record of no
+        // other transfer); once evicted, its id is retained for no other.
+        if p.ring_seq >= self.ring.next_seq {
+            return Err("pending transfer's record lies beyond the ring");
+        }
+        match self.ring.get(p.ring_seq) {
+            Some(r) => {
+                let deadline_ns = if timeout_s == 0 {
+                    u64::MAX
+                } else {
+                    r.timestamp_ns
+                        .saturating_add(u64::from(timeout_s).saturating_mul(NS_PER_S))
+                };
+                if r.id() != p.id
+                    || r.kind != TransferKind::Transfer as u8
+                    || r.state != TransferState::Pending as u8
+                    || (r.debit, r.credit, r.amount, r.ledger) != (debit, credit, p.amount, ledger)
+                    || r.extra != p.extra
+                    || deadline_ns != p.deadline_ns
+                {
+                    return Err("pending transfer differs from its retained record");
+                }
+            }
+            None => {
+                if self.ring.find(p.id).is_some() {
+                    return Err("pending transfer's id is retained for another transfer");
+                }
+            }
         }
         self.pending_insert(Pending {
             id_lo: p.id as u64,
@@ -2463,17 +2644,53 @@ impl Engine {
         Ok(())
     }
 
-    /// Restore, last step: the position, clock and hash, then the invariants over the whole
-    /// restored state.
+    /// Restore, last step: the position, clock and hash, then what ties the tables together
+    /// (`pending_records`: the retained records of open pending transfers, which
+    /// [`Engine::restore_retained`] counted) and the invariants over the whole restored
+    /// state. O(accounts) for the invariants, O(p log p) for p open pending transfers.
     pub(crate) fn restore_finish(
         &mut self,
         position: u64,
         now_ns: u64,
         hash: u64,
+        pending_records: u64,
     ) -> Result<(), &'static str> {
         self.position = position;
         self.now_ns = now_ns;
         self.hash = hash;
+        let open = self.pending.iter().filter(|p| p.id() != 0);
+        // Every retained record of an open pending transfer is its (`restore_pending` checked
+        // the other way round).
+        if open
+            .clone()
+            .filter(|p| self.ring.get(p.ring_seq).is_some())
+            .count() as u64
+            != pending_records
+        {
+            return Err("retained record of a pending transfer that is not open");
+        }
+        // Ring sequences order expiries at one deadline: one each.
+        let mut seqs: Vec<u64> = open.clone().map(|p| p.ring_seq).collect();
+        seqs.sort_unstable();
+        if seqs.windows(2).any(|w| w[0] == w[1]) {
+            return Err("two pending transfers with one ring sequence");
+        }
+        drop(seqs);
+        // Each account's pending columns are what its open pending transfers reserve (settling
+        // one subtracts its amount from both): per account named, as the invariants check
+        // only sums, whose equality then leaves the accounts not named at zero.
+        let mut reserved: Vec<(u32, u64, u64)> = open
+            .flat_map(|p| [(p.debit, p.amount, 0), (p.credit, 0, p.amount)])
+            .collect();
+        reserved.sort_unstable_by_key(|r| r.0);
+        for run in reserved.chunk_by(|a, b| a.0 == b.0) {
+            let a = &self.accounts[run[0].0 as usize].account;
+            let debits: u128 = run.iter().map(|r| u128::from(r.1)).sum();
+            let credits: u128 = run.iter().map(|r| u128::from(r.2)).sum();
+            if debits != u128::from(a.debits_pending) || credits != u128::from(a.credits_pending) {
+                return Err("an account's pending balances differ from its pending transfers");
+            }
+        }
         self.check_invariants()
             .map_err(|_| "restored balances break an invariant")
     }

@@ -28,7 +28,7 @@ pub(crate) fn hash128(id: u128) -> u64 {
 /// The 128-bit product of `a` and `b`, its halves folded together with xor: one `mul`
 /// instruction that mixes every input bit into the middle bits of the result.
 #[inline(always)]
-fn fold_mul(a: u64, b: u64) -> u64 {
+pub(crate) fn fold_mul(a: u64, b: u64) -> u64 {
     let p = u128::from(a) * u128::from(b);
     (p as u64) ^ ((p >> 64) as u64)
 }

@@ -49,6 +49,8 @@ use crate::lanes::{equal_u16, offset_below_u32};
 
 /// Words (`u32`) per bucket.
 const WORDS: usize = 16;
+/// [`WORDS`], for a restore loading whole buckets.
+pub(crate) const BUCKET_WORDS: usize = WORDS;
 /// Bytes per bucket: one cache line.
 const BUCKET_BYTES: usize = WORDS * 4;
 /// Entries per bucket.
@@ -98,6 +100,72 @@ impl Bucket<'_> {
     #[inline(always)]
     fn overflow(self) -> u32 {
         self.0[OVERFLOW]
+    }
+}
+
+/// A restore's check of a table loaded from a snapshot, bucket after bucket as they are
+/// loaded ([`RetentionIndex::check_loaded`], then [`RetentionIndex::check_end`]): whether it
+/// indexes exactly the live records, each reachable from its home bucket, no id twice.
+///
+/// Every live entry adds a digest of its offset, fingerprint and home bucket, and the sum
+/// must be the records' (which the restore adds up as it reads them, with their true homes):
+/// then, as the live entries must also be as many as the records, every record has its one
+/// entry. The home bucket of most entries is known without reading anything: an entry can
+/// have overflowed into its bucket only if the bucket before names, in its overflow word, a
+/// live sequence at least as new (`insert` keeps the newest that passed), so any other entry
+/// must be in its home bucket. For the few that may have overflowed, the restore keeps the
+/// low byte of each record's home bucket (`homes`, a byte per record): walking back from the
+/// entry's bucket over buckets that name such a sequence, the first bucket with that low
+/// byte is the entry's home, and every bucket on the way leads a look-up on to it (now, and
+/// until the ring moves past the entry). Equal ids are equal hashes, so entries of two
+/// records with one id would share a fingerprint within one run of buckets: such pairs
+/// (rare) have their ids compared. No record is read but those.
+///
+/// A table that fails does not prove the snapshot wrong: an entry stale for 2^32 sequences
+/// can alias a live one (see the module docs), so the caller rebuilds it instead of refusing.
+pub(crate) struct LoadCheck {
+    live: Live,
+    /// Low byte of each live record's home bucket, by offset from the head.
+    homes: Vec<u8>,
+    digest: u64,
+    count: u64,
+    /// Entries whose walk back wraps around the table's start, `(bucket, lane)`, checked
+    /// once the end is loaded.
+    deferred: Vec<(u64, usize)>,
+    failed: bool,
+}
+
+impl LoadCheck {
+    pub(crate) fn new(live: Live, homes: Vec<u8>) -> LoadCheck {
+        LoadCheck {
+            live,
+            homes,
+            digest: 0,
+            count: 0,
+            deferred: Vec::new(),
+            failed: false,
+        }
+    }
+
+    /// Lanes of `b` holding a live entry.
+    #[inline]
+    fn occupied(&self, b: Bucket<'_>) -> u32 {
+        !b.free(self.live.head_seq as u32, self.live.len as u32) & ENTRY_LANES
+    }
+
+    /// Whether another live entry of `b` with fingerprint `fp` (not at `offset`) names the
+    /// same id as the record at `offset` (`id_of` gives the id of the record at an offset).
+    fn twin(&self, b: Bucket<'_>, fp: u16, offset: u64, id_of: &impl Fn(u64) -> u128) -> bool {
+        let mut hits = b.fingerprints(fp) & self.occupied(b);
+        while hits != 0 {
+            let lane = hits.trailing_zeros() as usize;
+            hits &= hits - 1;
+            let other = u64::from(b.seq(lane).wrapping_sub(self.live.head_seq as u32));
+            if other != offset && id_of(other) == id_of(offset) {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -557,6 +625,170 @@ impl RetentionIndex {
         self.copy.is_some()
     }
 
+    /// The digest of the entry a record at `offset` from the ring's head with id hash `hash`
+    /// must have in a consistent table (its offset, fingerprint and home bucket), and the low
+    /// byte of that home bucket, for a [`LoadCheck`].
+    #[inline]
+    pub(crate) fn entry_digest(&self, hash: u64, offset: u64) -> (u64, u8) {
+        let home = self.home(hash);
+        (
+            Self::digest(offset as u32, Self::fingerprint(hash), home),
+            home as u8,
+        )
+    }
+
+    /// One folded multiply: a sum of these over a table's entries changes with any entry.
+    #[inline]
+    fn digest(offset: u32, fp: u16, home: u64) -> u64 {
+        crate::index::fold_mul(
+            ((u64::from(fp) << 32) | u64::from(offset)) ^ 0x243f_6a88_85a3_08d3,
+            home ^ 0x1319_8a2e_0370_7344,
+        )
+    }
+
+    /// Restore: checks buckets `from..to` of a table being loaded from a snapshot, just
+    /// loaded (in cache), for a [`LoadCheck`]; `id_of` gives the id of the record at an
+    /// offset from the ring's head. Bucket 0 waits for [`RetentionIndex::check_end`] (the
+    /// bucket before it is the last).
+    pub(crate) fn check_loaded(
+        &self,
+        check: &mut LoadCheck,
+        (from, to): (u64, u64),
+        id_of: &impl Fn(u64) -> u128,
+    ) {
+        let mut digest = 0u64;
+        for b in from.max(1)..to {
+            let reach = self.passed(self.bucket(b - 1), check.live);
+            digest = digest.wrapping_add(self.check_bucket(check, b, reach, false, id_of));
+        }
+        check.digest = check.digest.wrapping_add(digest);
+    }
+
+    /// Ends a [`LoadCheck`] once every bucket has been loaded and passed to
+    /// [`RetentionIndex::check_loaded`]: whether the table indexes exactly the live records,
+    /// given the sum of their [`RetentionIndex::entry_digest`]s.
+    pub(crate) fn check_end(
+        &self,
+        check: &mut LoadCheck,
+        records_digest: u64,
+        id_of: &impl Fn(u64) -> u128,
+    ) -> bool {
+        let reach = self.passed(self.bucket(self.buckets - 1), check.live);
+        let mut digest = self.check_bucket(check, 0, reach, true, id_of);
+        for at in std::mem::take(&mut check.deferred) {
+            digest = digest.wrapping_add(self.check_entry(check, at, true, true, id_of));
+        }
+        check.digest = check.digest.wrapping_add(digest);
+        !check.failed && check.count == check.live.len && check.digest == records_digest
+    }
+
+    /// The offset from the live range's head of the newest sequence that passed bucket `b`
+    /// (its overflow word), if it is live or the next.
+    #[inline]
+    fn passed(&self, b: Bucket<'_>, live: Live) -> Option<u64> {
+        let word = b.overflow();
+        Self::overflowed(word, live)
+            .then(|| u64::from(word.wrapping_sub(1).wrapping_sub(live.head_seq as u32)))
+    }
+
+    /// The live entries of bucket `b` (see [`LoadCheck`]): the sum of their digests; `reach`
+    /// is what the bucket before names as passed; `end`: every bucket has been loaded.
+    #[inline]
+    fn check_bucket(
+        &self,
+        check: &mut LoadCheck,
+        b: u64,
+        reach: Option<u64>,
+        end: bool,
+        id_of: &impl Fn(u64) -> u128,
+    ) -> u64 {
+        let bucket = self.bucket(b);
+        let lanes = check.occupied(bucket);
+        check.count += u64::from(lanes.count_ones());
+        let mut digest = 0u64;
+        // Eight bits of each fingerprint seen: a repeat may be one id twice.
+        let mut seen = [0u64; 4];
+        let mut rest = lanes;
+        while rest != 0 {
+            let lane = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            let fp = (bucket.0[lane / 2] >> (16 * (lane % 2))) as u16;
+            let offset = u64::from(bucket.seq(lane).wrapping_sub(check.live.head_seq as u32));
+            let (word, bit) = (&mut seen[usize::from(fp >> 6) % 4], 1 << (fp % 64));
+            let repeat = *word & bit != 0;
+            *word |= bit;
+            // Only an entry no newer than what passed the bucket before can have passed it.
+            let passer = reach.is_some_and(|newest| offset <= newest);
+            digest = digest.wrapping_add(if passer || repeat {
+                self.check_entry(check, (b, lane), passer, end, id_of)
+            } else {
+                Self::digest(offset as u32, fp, b)
+            });
+        }
+        digest
+    }
+
+    /// Entry `lane` of bucket `b` that may have overflowed into it (`passer`) or whose
+    /// fingerprint appears twice in the bucket: its digest, with its home bucket found
+    /// walking back over the buckets that lead to it (see [`LoadCheck`]; all loaded: `end`,
+    /// or the walk does not wrap around), unless an entry on the way names its id (0 when
+    /// the check fails, or waits for the end).
+    #[cold]
+    #[inline(never)]
+    fn check_entry(
+        &self,
+        check: &mut LoadCheck,
+        (b, lane): (u64, usize),
+        passer: bool,
+        end: bool,
+        id_of: &impl Fn(u64) -> u128,
+    ) -> u64 {
+        let bucket = self.bucket(b);
+        let live = check.live;
+        let fp = (bucket.0[lane / 2] >> (16 * (lane % 2))) as u16;
+        let offset = u64::from(bucket.seq(lane).wrapping_sub(live.head_seq as u32));
+        if check.twin(bucket, fp, offset, id_of) {
+            check.failed = true;
+            return 0;
+        }
+        let mut home = b;
+        if passer {
+            let Some(&hint) = check.homes.get(offset as usize) else {
+                check.failed = true;
+                return 0;
+            };
+            // Within 255 buckets back, one has that low byte: a longer run is rebuilt.
+            for _ in 0..self.buckets.min(255) {
+                if home as u8 == hint {
+                    break;
+                }
+                let before = if home == 0 {
+                    if !end {
+                        check.deferred.push((b, lane));
+                        return 0;
+                    }
+                    self.buckets - 1
+                } else {
+                    home - 1
+                };
+                let passing = self.bucket(before);
+                if self
+                    .passed(passing, live)
+                    .is_none_or(|newest| newest < offset)
+                    || check.twin(passing, fp, offset, id_of)
+                {
+                    break;
+                }
+                home = before;
+            }
+            if home as u8 != hint {
+                check.failed = true;
+                return 0;
+            }
+        }
+        Self::digest(offset as u32, fp, home)
+    }
+
     /// Empties the index (a table never written to is left untouched, its pages unmapped).
     pub(crate) fn clear(&mut self) {
         if self.dirty {
@@ -633,6 +865,102 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A restore's check ([`LoadCheck`]) of `index`, loaded as it is, against the records
+    /// `ids` live from `head_seq`, four buckets at a time.
+    fn loaded_check(
+        index: &RetentionIndex,
+        ids: &[u64],
+        head_seq: u64,
+        hash: impl Fn(u64) -> u64,
+    ) -> bool {
+        let mut digest = 0u64;
+        let mut homes = Vec::new();
+        for (offset, &id) in ids.iter().enumerate() {
+            let (d, home) = index.entry_digest(hash(id), offset as u64);
+            digest = digest.wrapping_add(d);
+            homes.push(home);
+        }
+        let live = Live {
+            head_seq,
+            len: ids.len() as u64,
+        };
+        let mut check = LoadCheck::new(live, homes);
+        let id_of = |offset: u64| u128::from(ids[offset as usize]);
+        for b in (0..index.buckets).step_by(4) {
+            index.check_loaded(&mut check, (b, (b + 4).min(index.buckets)), &id_of);
+        }
+        index.check_end(&mut check, digest, &id_of)
+    }
+
+    /// An index of `ids` inserted in order from sequence `head_seq`, under hashes that put
+    /// every id in the table's last bucket or the one before, so that the runs of overflowed
+    /// buckets wrap around the table's end.
+    fn crowded(ids: &[u64], head_seq: u64) -> (RetentionIndex, impl Fn(u64) -> u64 + Copy) {
+        let mut index = RetentionIndex::with_capacity(64);
+        let home_of = |b: u64| {
+            (0u64..)
+                .map(crate::index::hash64)
+                .find(|&h| index.home(h) == b)
+                .expect("a hash for every bucket")
+        };
+        let hashes = [home_of(index.buckets - 1), home_of(index.buckets - 2)];
+        let hash = move |id: u64| hashes[(id % 2) as usize] ^ (id << 20) ^ (id << 1);
+        for (offset, &id) in ids.iter().enumerate() {
+            let live = Live {
+                head_seq,
+                len: offset as u64 + 1,
+            };
+            index.insert(hash(id), head_seq + offset as u64, live);
+        }
+        (index, hash)
+    }
+
+    #[test]
+    fn a_loaded_index_checks_out_with_runs_of_overflowed_buckets_around_its_end() {
+        let ids: Vec<u64> = (1..=40).collect();
+        for head_seq in [0, (1 << 32) - 20] {
+            let (index, hash) = crowded(&ids, head_seq);
+            assert!(RetentionIndex::overflowed(
+                index.bucket(0).overflow(),
+                Live { head_seq, len: 40 }
+            ));
+            assert!(loaded_check(&index, &ids, head_seq, hash));
+        }
+    }
+
+    #[test]
+    fn a_loaded_index_missing_an_entry_or_an_overflow_word_does_not_check_out() {
+        let ids: Vec<u64> = (1..=40).collect();
+        let (index, hash) = crowded(&ids, 0);
+        let mut lost = index.clone();
+        lost.bucket_words_mut()[3] = 0; // entries 6 and 7 of bucket 0
+        assert!(!loaded_check(&lost, &ids, 0, hash));
+        // The last bucket's overflow word leads look-ups on to bucket 0 and beyond.
+        let mut cut = index.clone();
+        let last = (index.buckets as usize - 1) * WORDS;
+        cut.bucket_words_mut()[last + OVERFLOW] = 0;
+        assert!(!loaded_check(&cut, &ids, 0, hash));
+        // One that names an older sequence than some id that passed would lose that id once
+        // the ring moves past it.
+        for bucket in [last, last - WORDS] {
+            let mut stale = index.clone();
+            stale.bucket_words_mut()[bucket + OVERFLOW] = 12;
+            assert!(!loaded_check(&stale, &ids, 0, hash));
+        }
+    }
+
+    #[test]
+    fn a_loaded_index_of_one_id_twice_does_not_check_out() {
+        let mut ids: Vec<u64> = (1..=40).collect();
+        ids[30] = ids[7];
+        let (index, hash) = crowded(&ids, 0);
+        assert!(!loaded_check(&index, &ids, 0, hash));
+        // Both in their home bucket.
+        let ids = [5, 6, 5];
+        let (index, hash) = crowded(&ids, 0);
+        assert!(!loaded_check(&index, &ids, 0, hash));
     }
 
     #[test]

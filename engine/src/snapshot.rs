@@ -18,10 +18,19 @@
 //! little-endian machine there is nothing to decode) and checked while in cache; the
 //! retention index's words are read straight into the new index when the configuration
 //! sizes it as the writer's did (the common case: same node, same configuration), which
-//! saves rebuilding it, a random write per retained id. Otherwise (or from a version 1
+//! saves rebuilding it, a random write per retained id. The loaded words are checked
+//! against the records as they arrive (`retention::LoadCheck`: every record has one entry,
+//! reachable from its home bucket, no id twice; a sum of entry digests, with a record read
+//! only for the few entries that overflowed their bucket): an index that does not check out
+//! is rebuilt, as a missed id would let its retry apply twice. Otherwise (or from a version 1
 //! file) the index is rebuilt a block at a time in hash order (see `Ring::adopt_restored`),
 //! each id checked for a duplicate. No copy of the whole file is ever held (memory: the
-//! engine, one chunk and, for a rebuild, 24 MiB of sorting scratch). A structural problem met before the end (a
+//! engine, one chunk, a byte per retained transfer to check a loaded index and, for a
+//! rebuild, 24 MiB of sorting scratch). What ties the tables together is checked as far as
+//! it is cheap (in passes that already run, or over the pending transfers): account flags,
+//! the kinds, states and account slots of retained records, every open pending transfer
+//! against its retained record and its accounts' pending balances (per account), and ring
+//! sequences no further on than the position allows. A structural problem met before the end (a
 //! duplicate id, an unknown account slot) is held back until the trailer has been checked,
 //! so a bit flip or a truncation is refused as
 //! [`SnapshotError::ChecksumMismatch`] / [`SnapshotError::Truncated`], and no engine is returned
@@ -854,6 +863,10 @@ fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
+/// Bound on the ring sequences a snapshot may hold: 2^62 transfers (146 years at a billion
+/// a second), far from where the ring's sequence arithmetic would overflow.
+const RING_SEQUENCE_MAX: u64 = 1 << 62;
+
 /// Bytes read per `read` call while restoring: large enough for few calls, small enough to
 /// stay in the L2 cache while it is checksummed and decoded.
 const RESTORE_CHUNK_SIZE: usize = 1 << 20;
@@ -1002,10 +1015,18 @@ fn restore_body<R: Read>(
         }
     })?;
     drop(accounts);
-    // The retained transfers' sequences (`ring_head_seq` on) must not run past `u64::MAX`
-    // (the header is not yet checked: a damaged head would overflow them).
-    if invalid.is_none() && ring_head_seq.checked_add(counts[1]).is_none() {
-        invalid = Some("retained transfer sequences overflow");
+    // The retained transfers' sequences (`ring_head_seq` on) count the transfers ever
+    // retained, at most `TRANSFERS_PER_COMMAND_MAX` per command, so fewer than that many per
+    // position, and never near `u64::MAX` (where the ring's arithmetic would overflow).
+    let seq_max = position
+        .saturating_mul(crate::TRANSFERS_PER_COMMAND_MAX as u64)
+        .min(RING_SEQUENCE_MAX);
+    if invalid.is_none()
+        && ring_head_seq
+            .checked_add(counts[1])
+            .is_none_or(|end| end > seq_max)
+    {
+        invalid = Some("retained transfer sequences beyond what the position allows");
     }
     // Retained records are read straight into the ring (their in-memory layout is the
     // record's), then checked and indexed a chunk at a time.
@@ -1018,20 +1039,29 @@ fn restore_body<R: Read>(
     let checked = e.restore_retained(counts[1], invalid.is_none(), !load_index, |bytes| {
         src.fill(bytes, true)
     })?;
-    if invalid.is_none() {
-        invalid = checked.err();
-    }
-    if load_index {
-        use zerocopy::IntoBytes;
-        let words = e.retention_index_words_mut();
-        for part in words.chunks_mut(RESTORE_CHUNK_SIZE / 4) {
-            src.fill(part.as_mut_bytes(), true)?;
-            if cfg!(target_endian = "big") {
-                for w in part.iter_mut() {
-                    *w = u32::from_le(*w);
-                }
-            }
+    let mut ring = match checked {
+        Ok(ring) => ring,
+        Err(why) => {
+            invalid = invalid.or(Some(why));
+            Default::default()
         }
+    };
+    if load_index {
+        // Checked as it loads (pending transfers are checked against the ring through the
+        // index, so it must be right first).
+        use zerocopy::IntoBytes;
+        let check = (ring.digest, std::mem::take(&mut ring.homes));
+        let checked =
+            e.restore_index(invalid.is_none(), check, RESTORE_CHUNK_SIZE / 4, |part| {
+                src.fill(part.as_mut_bytes(), true)?;
+                if cfg!(target_endian = "big") {
+                    for w in part.iter_mut() {
+                        *w = u32::from_le(*w);
+                    }
+                }
+                Ok::<(), SnapshotError>(())
+            })?;
+        invalid = invalid.or(checked.err());
     } else {
         src.records(&mut chunk, index_words, 4, |_| {})?;
     }
@@ -1072,7 +1102,7 @@ fn restore_body<R: Read>(
     if let Some(why) = invalid {
         return Err(SnapshotError::Invalid(why));
     }
-    e.restore_finish(position, now_ns, hash)
+    e.restore_finish(position, now_ns, hash, ring.pending_records)
         .map_err(SnapshotError::Invalid)
 }
 
