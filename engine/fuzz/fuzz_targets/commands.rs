@@ -132,7 +132,11 @@ fuzz_target!(|data: &[u8]| {
                 assert!(n <= REPLY_LEN_MAX);
                 if let Some(r) = &mut restored {
                     let m = r.apply(&meta, &bytes, &mut restored_reply);
-                    assert_eq!(reply[..n], restored_reply[..m], "replies differ after restore");
+                    assert_eq!(
+                        reply[..n],
+                        restored_reply[..m],
+                        "replies differ after restore"
+                    );
                 }
             }
             8 => {
@@ -204,7 +208,11 @@ fuzz_target!(|data: &[u8]| {
             panic!("after {meta:?}: {broken}");
         }
         if let Some(r) = &restored {
-            assert_eq!(r.state_hash(), engine.state_hash(), "state hash after restore");
+            assert_eq!(
+                r.state_hash(),
+                engine.state_hash(),
+                "state hash after restore"
+            );
         }
     }
 });
