@@ -830,6 +830,27 @@ mod tests {
     use super::*;
     use std::collections::VecDeque;
 
+    /// Asserts that every id of `ring` (oldest first, the oldest at `head_seq`) is found, by
+    /// `find` and by `probe`, at its offset; returns the live range.
+    fn assert_all_found(
+        index: &RetentionIndex,
+        ring: &VecDeque<u64>,
+        head_seq: u64,
+        hash: impl Fn(u64) -> u64,
+    ) -> Live {
+        let live = Live {
+            head_seq,
+            len: ring.len() as u64,
+        };
+        for (offset, &id) in ring.iter().enumerate() {
+            let found = index.find(hash(id), live, |o| ring[o as usize] == id);
+            assert_eq!(found, Some(offset as u64), "id {id}");
+            let probed = index.probe(hash(id), live, |o| ring[o as usize] == id);
+            assert_eq!(probed, Ok(offset as u64), "id {id}");
+        }
+        live
+    }
+
     /// A FIFO model: ids by sequence, oldest first, at most `max` live.
     fn check_ring(max: usize, first_seq: u64, hash: impl Fn(u64) -> u64) {
         let mut index = RetentionIndex::with_capacity(max);
@@ -847,14 +868,7 @@ mod tests {
                 ring.pop_front();
                 head_seq += 1;
             }
-            let live = Live {
-                head_seq,
-                len: ring.len() as u64,
-            };
-            for (offset, &id) in ring.iter().enumerate() {
-                let found = index.find(hash(id), live, |o| ring[o as usize] == id);
-                assert_eq!(found, Some(offset as u64));
-            }
+            let live = assert_all_found(&index, &ring, head_seq, &hash);
             let evicted = seq
                 .wrapping_sub(max as u64)
                 .wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -1110,16 +1124,7 @@ mod tests {
                 gone.push(ring.pop_front().expect("over max"));
                 head_seq += 1;
             }
-            let live = Live {
-                head_seq,
-                len: ring.len() as u64,
-            };
-            for (offset, &id) in ring.iter().enumerate() {
-                let found = index.find(hash(id), live, |o| ring[o as usize] == id);
-                assert_eq!(found, Some(offset as u64), "id {id}");
-                let probed = index.probe(hash(id), live, |o| ring[o as usize] == id);
-                assert_eq!(probed, Ok(offset as u64), "id {id}");
-            }
+            let live = assert_all_found(&index, &ring, head_seq, &hash);
             for &id in gone.iter().rev().take(16) {
                 assert_eq!(index.find(hash(id), live, |o| ring[o as usize] == id), None);
             }

@@ -1,37 +1,15 @@
 //! A script of commands (see the README) never panics, keeps every ledger invariant after every
 //! command, and a snapshot restored mid-way answers every later command as the original does.
 #![no_main]
-use engine::{Command, Engine, EngineConfig, EntryMeta, TransferSpec, REPLY_LEN_MAX};
+use engine::{Command, Engine, EntryMeta, TransferSpec, REPLY_LEN_MAX};
 use libfuzzer_sys::fuzz_target;
 
-/// The input, read front to back; reads past its end give zeros, so every script is complete.
-struct Script<'a>(&'a [u8]);
+#[path = "common.rs"]
+mod common;
+use common::{Input as Script, CONFIG};
 
+/// Draws of the script's command fields.
 impl Script<'_> {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let (taken, rest) = self.0.split_at(n.min(self.0.len()));
-        self.0 = rest;
-        taken
-    }
-
     /// A small id (so that they collide), 0 now and then, or an extreme.
     fn id(&mut self) -> u64 {
         match self.u8() {
@@ -84,14 +62,6 @@ impl Script<'_> {
         }
     }
 }
-
-const CONFIG: EngineConfig = EngineConfig {
-    accounts_max: 12,
-    transfers_retained_max: 24,
-    pending_max: 6,
-    sessions_max: 3,
-    ledgers_max: 2,
-};
 
 /// Schema id and version of the ledger schema, as a command header carries them.
 const SCHEMA_ID_AND_VERSION: [u8; 4] = [0x59, 0x1b, 1, 0];

@@ -11,51 +11,9 @@ use engine::{
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
-/// The input, read front to back; reads past its end give zeros.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-
-    fn u64(&mut self) -> u64 {
-        let mut b = [0u8; 8];
-        for v in &mut b {
-            *v = self.u8();
-        }
-        u64::from_le_bytes(b)
-    }
-
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let (taken, rest) = self.0.split_at(n.min(self.0.len()));
-        self.0 = rest;
-        taken
-    }
-}
-
-/// The configuration the snapshot is taken with: tables that fill, wrap and evict.
-const CONFIG: EngineConfig = EngineConfig {
-    accounts_max: 12,
-    transfers_retained_max: 24,
-    pending_max: 6,
-    sessions_max: 3,
-    ledgers_max: 2,
-};
+#[path = "common.rs"]
+mod common;
+use common::{Input, CONFIG};
 
 /// Record sizes and field offsets of the format (version 3; see `engine/src/snapshot.rs`).
 const ACCOUNT_SIZE: usize = 48;
