@@ -274,9 +274,9 @@ fn multicast_on_loopback_delivers_every_message_in_order_to_two_subscribers_desp
     assert!(publication.counters().get(CounterId::NaksReceived) > 0);
 }
 
-#[test]
-fn try_claim_writes_in_place_and_a_closed_publication_ends_the_image() {
-    let mut sub = Subscription::new(
+/// A unicast subscription on an ephemeral loopback port, and its address.
+fn unicast_subscription() -> (Subscription, SocketAddrV4) {
+    let sub = Subscription::new(
         &Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
         STREAM_ID,
         test_config(),
@@ -285,6 +285,12 @@ fn try_claim_writes_in_place_and_a_closed_publication_ends_the_image() {
     let std::net::SocketAddr::V4(endpoint) = sub.local_addr().unwrap() else {
         panic!("not v4")
     };
+    (sub, endpoint)
+}
+
+#[test]
+fn try_claim_writes_in_place_and_a_closed_publication_ends_the_image() {
+    let (mut sub, endpoint) = unicast_subscription();
     let mut publication =
         Publication::new(&Channel::unicast(endpoint), STREAM_ID, test_config()).unwrap();
     assert_eq!(publication.offer(b"x"), Err(OfferError::NotConnected));
@@ -535,15 +541,7 @@ fn bytes_left_in_the_log_by_a_datagram_failing_its_checksum_are_never_delivered(
 /// behind it in the same batch still go out.
 #[test]
 fn a_status_message_the_kernel_refuses_does_not_take_the_rest_of_its_batch_with_it() {
-    let mut sub = Subscription::new(
-        &Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
-        STREAM_ID,
-        test_config(),
-    )
-    .unwrap();
-    let std::net::SocketAddr::V4(endpoint) = sub.local_addr().unwrap() else {
-        panic!("not v4")
-    };
+    let (mut sub, endpoint) = unicast_subscription();
     // Data of sessions the subscription does not know: each source is asked for a SETUP, the
     // stranger first.
     let mut stranger = Peer::data(0, 0, 64);
