@@ -1124,7 +1124,7 @@ mod tests {
                 gone.push(ring.pop_front().expect("over max"));
                 head_seq += 1;
             }
-            let live = assert_all_found(&index, &ring, head_seq, &hash);
+            let live = assert_all_found(&index, &ring, head_seq, hash);
             for &id in gone.iter().rev().take(16) {
                 assert_eq!(index.find(hash(id), live, |o| ring[o as usize] == id), None);
             }
