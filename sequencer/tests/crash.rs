@@ -153,6 +153,13 @@ fn check_recovery(dir: &std::path::Path, acked: &HashSet<u128>, sent: u64, round
         Pipeline::start(test_config(dir)).unwrap_or_else(|e| panic!("{context}: {e}"));
     let recovered_hash = pipeline.status().state_hash;
     pipeline.shutdown();
+    // Snapshots are renamed into place only once synced, so a kill never leaves one that is
+    // torn: a refusal here would be restore refusing a good snapshot.
+    assert!(
+        report.snapshot.refused.is_empty(),
+        "{context}: a snapshot was refused: {:?}",
+        report.snapshot
+    );
 
     // A fresh replay of the whole journal, and the deposits it holds.
     let mut engine = engine::Engine::new(test_config(dir).engine).unwrap();
