@@ -54,8 +54,14 @@ impl TermLog {
 
     /// Position of `(term_id, term_offset)`.
     pub fn position(&self, term_id: i32, term_offset: i32) -> i64 {
-        let count = term_id.wrapping_sub(self.initial_term_id) as i64;
-        (count << self.shift) + term_offset as i64
+        Self::position_in(self.shift, self.initial_term_id, term_id, term_offset)
+    }
+
+    /// Position of `(term_id, term_offset)` in a stream of terms of `1 << shift` bytes from
+    /// `initial_term_id`, without a log (a SETUP's join, before the log is allocated).
+    pub fn position_in(shift: u32, initial_term_id: i32, term_id: i32, term_offset: i32) -> i64 {
+        let count = term_id.wrapping_sub(initial_term_id) as i64;
+        (count << shift) + term_offset as i64
     }
 
     /// Term id of a position.

@@ -600,8 +600,12 @@ impl Receiver {
             return;
         }
         // Where the image joins, before its log is allocated (a refused SETUP costs nothing).
-        let terms = i64::from(s.active_term_id.wrapping_sub(s.initial_term_id));
-        let join = (terms << term_length.trailing_zeros()) + i64::from(s.term_offset);
+        let join = TermLog::position_in(
+            term_length.trailing_zeros(),
+            s.initial_term_id,
+            s.active_term_id,
+            s.term_offset,
+        );
         if join < 0 {
             self.counters.incr(CounterId::DropsMalformed);
             return;
@@ -617,7 +621,6 @@ impl Receiver {
             return;
         }
         let log = TermLog::new(term_length, s.initial_term_id);
-        debug_assert_eq!(log.position(s.active_term_id, s.term_offset), join);
         let cleaned_until = log.term_start(join) + 3 * term_length as i64;
         self.images.push(Image {
             session_id: s.session_id,
