@@ -63,7 +63,7 @@ pub struct Balance {
     pub credits_pending: u64,
 }
 
-/// A retained transfer as `GetTransfer` answers it.
+/// A transfer as `GetTransfer` answers it (retained, or open pending).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransferInfo {
     /// Transfer id.
@@ -195,6 +195,10 @@ pub(crate) struct Pending {
     /// Ring sequence of its retained record: unique, increasing, the expiry tie-break.
     pub(crate) ring_seq: u64,
     pub(crate) extra: u64,
+    /// Position and log time of the command that created it: `GetTransfer` answers for an
+    /// open pending transfer from here once its retained record has been evicted.
+    pub(crate) position: u64,
+    pub(crate) timestamp_ns: u64,
     pub(crate) debit: u32,
     pub(crate) credit: u32,
     heap_pos: u32,
@@ -1347,15 +1351,38 @@ impl Engine {
             .find(hash128(id), |s| pending[s as usize].id() == id)
     }
 
+    /// The record an open pending transfer was retained as (what its retained record holds
+    /// while it is open, whether or not the ring still has it).
+    fn pending_record(&self, p: &Pending) -> Retained {
+        Retained {
+            id_lo: p.id_lo,
+            id_hi: p.id_hi,
+            debit: p.debit,
+            credit: p.credit,
+            amount: p.amount,
+            position: p.position,
+            timestamp_ns: p.timestamp_ns,
+            extra: p.extra,
+            ledger: self.accounts[p.debit as usize].account.ledger,
+            kind: TransferKind::Transfer as u8,
+            state: TransferState::Pending as u8,
+            reserved: [0; 2],
+        }
+    }
+
     /// The account with `id`.
     pub fn account(&self, id: u64) -> Option<Account> {
         self.find_account(id)
             .map(|i| self.accounts[i as usize].account)
     }
 
-    /// The retained transfer with `id`.
+    /// The transfer with `id`: retained, or an open pending transfer whose retained record
+    /// has been evicted (it stays answerable, and settleable, until posted, voided or expired).
     pub fn transfer(&self, id: u128) -> Option<TransferInfo> {
-        let rec = self.ring.get(self.ring.find(id)?)?;
+        let rec = match self.ring.find(id).and_then(|seq| self.ring.get(seq)) {
+            Some(rec) => *rec,
+            None => self.pending_record(&self.pending[self.find_pending(id)? as usize]),
+        };
         let kind = kind_from_u8(rec.kind);
         Some(TransferInfo {
             id,
@@ -1935,19 +1962,7 @@ impl Engine {
                 let Some(slot) = self.find_pending(id) else {
                     return Ok(hint);
                 };
-                let p = self.pending[slot as usize];
-                Retained {
-                    id_lo: p.id_lo,
-                    id_hi: p.id_hi,
-                    debit: p.debit,
-                    credit: p.credit,
-                    amount: p.amount,
-                    ledger: self.accounts[p.debit as usize].account.ledger,
-                    kind: TransferKind::Transfer as u8,
-                    state: TransferState::Pending as u8,
-                    extra: p.extra,
-                    ..Retained::default()
-                }
+                self.pending_record(&self.pending[slot as usize])
             }
         };
         Err(if same(&rec) {
@@ -2075,6 +2090,8 @@ impl Engine {
                 deadline_ns,
                 ring_seq: seq,
                 extra,
+                position: self.position,
+                timestamp_ns: self.now_ns,
                 debit,
                 credit,
                 heap_pos: HEAP_NONE,
@@ -2589,7 +2606,7 @@ impl Engine {
         if p.ring_seq >= self.ring.next_seq {
             return Err("pending transfer's record lies beyond the ring");
         }
-        match self.ring.get(p.ring_seq) {
+        let created = match self.ring.get(p.ring_seq) {
             Some(r) => {
                 let deadline_ns = if timeout_s == 0 {
                     u64::MAX
@@ -2603,16 +2620,29 @@ impl Engine {
                     || (r.debit, r.credit, r.amount, r.ledger) != (debit, credit, p.amount, ledger)
                     || r.extra != p.extra
                     || deadline_ns != p.deadline_ns
+                    || p.created.is_some_and(|c| c != (r.position, r.timestamp_ns))
                 {
                     return Err("pending transfer differs from its retained record");
                 }
+                (r.position, r.timestamp_ns)
             }
             None => {
                 if self.ring.find(p.id).is_some() {
                     return Err("pending transfer's id is retained for another transfer");
                 }
+                // A version 1-3 snapshot did not keep them: the log time follows from a
+                // deadline, the position is unknown (0).
+                p.created.unwrap_or_else(|| {
+                    let timeout_ns = u64::from(timeout_s) * NS_PER_S;
+                    let timestamp_ns = if timeout_s == 0 || p.deadline_ns == u64::MAX {
+                        0
+                    } else {
+                        p.deadline_ns - timeout_ns.min(p.deadline_ns)
+                    };
+                    (0, timestamp_ns)
+                })
             }
-        }
+        };
         self.pending_insert(Pending {
             id_lo: p.id as u64,
             id_hi: (p.id >> 64) as u64,
@@ -2620,6 +2650,8 @@ impl Engine {
             deadline_ns: p.deadline_ns,
             ring_seq: p.ring_seq,
             extra: p.extra,
+            position: created.0,
+            timestamp_ns: created.1,
             debit,
             credit,
             heap_pos: HEAP_NONE,
@@ -2659,6 +2691,12 @@ impl Engine {
         self.now_ns = now_ns;
         self.hash = hash;
         let open = self.pending.iter().filter(|p| p.id() != 0);
+        if open
+            .clone()
+            .any(|p| p.position > position || p.timestamp_ns > now_ns)
+        {
+            return Err("pending transfer created after the snapshot's position or log time");
+        }
         // Every retained record of an open pending transfer is its (`restore_pending` checked
         // the other way round).
         if open
@@ -2712,6 +2750,7 @@ impl Engine {
                 deadline_ns: p.deadline_ns,
                 ring_seq: p.ring_seq,
                 extra: p.extra,
+                created: Some((p.position, p.timestamp_ns)),
             })
     }
 }

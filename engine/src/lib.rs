@@ -23,6 +23,10 @@
 //!   `transfer_exists`, with other fields `transfer_exists_with_different_fields`.
 //! - Deposit and withdraw are transfers against the ledger's one `external` account.
 //! - A partial post settles `amount` and releases the rest of the pending reservation.
+//! - `GetTransfer` answers for a transfer while it is retained, and for an open pending
+//!   transfer until it is posted, voided or expired, even once the retention ring has moved
+//!   past its record (the pending table keeps what the record held); its id is recognised as
+//!   in use for as long.
 //! - Before each log entry is applied, every pending transfer whose deadline
 //!   (`timestamp + timeout_s` of the entry that created it) is at or before the entry's time is
 //!   expired, in (deadline, creation order) order.
@@ -53,7 +57,7 @@
 //! bytes measured at one million accounts. Per retained transfer: a 64-byte record (accounts by
 //! slot, not id) plus 16 bytes of index (one 64-byte bucket per 4 ids): at the default 10
 //! million, 640 MB of records and 160 MB of index once the ring has filled. Per open pending
-//! transfer: 64 bytes plus index and 4 bytes of heap.
+//! transfer: 80 bytes plus index and 4 bytes of heap.
 //!
 //! # Speed
 //! A `Transfers` command is applied transfer by transfer, but the loop works ahead within the

@@ -1,15 +1,20 @@
 //! Snapshots: the whole engine state at a position, in a versioned, checksummed format.
 //!
-//! # Format (version 3, little-endian)
+//! # Format (version 4, little-endian)
 //! A 96-byte header (`MAGIC`, format version, reserved, position, log time, state hash, ring
 //! head sequence, then the counts of accounts, retained transfers, pending transfers and
 //! sessions, the count of retention index words, and 8 reserved bytes), the sections of
 //! fixed-size records in that order (accounts in creation order; retained transfers oldest
 //! first; the retention index's bucket words; pending transfers; sessions), and a trailer:
-//! the CRC32C of every preceding byte and the total length. Versions 1 and 2 are still read:
-//! version 1 is the same without the index section (its count is zero), version 2's index
-//! has an older layout (seven entries with 32-bit fingerprints per bucket); the index is then rebuilt, as it
-//! is when the restoring configuration sizes the index differently from the writer's.
+//! the CRC32C of every preceding byte and the total length. A pending transfer record holds
+//! the position and log time of the command that created it, so that `GetTransfer` can
+//! answer for an open pending transfer after its retained record has been evicted. Versions
+//! 1 to 3 are still read: their pending records lack those two fields (the log time is
+//! recovered from a deadline or the retained record, the position from the record or else
+//! reported as 0), version 1 has no index section (its count is zero), and version 2's index
+//! has an older layout (seven entries with 32-bit fingerprints per bucket); the index is then
+//! rebuilt, as it is when the restoring configuration sizes the index differently from the
+//! writer's.
 //!
 //! # Restore streams
 //! [`Engine::restore`] reads a chunk (`RESTORE_CHUNK_SIZE`) at a time, adds it to the
@@ -68,7 +73,7 @@ use crate::{Account, ConfigError, Engine, EngineConfig};
 /// First eight bytes of every snapshot.
 pub const MAGIC: [u8; 8] = *b"TLLYSNAP";
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The first format version whose retention index has this build's layout (ten entries with
 /// 16-bit fingerprints per 64-byte bucket): an older file's index is rebuilt, not loaded.
 const INDEX_LAYOUT_VERSION: u32 = 3;
@@ -78,10 +83,19 @@ pub const FORMAT_VERSION_MIN: u32 = 1;
 pub const HEADER_SIZE: usize = 96;
 /// Trailer bytes: CRC32C (u32), reserved (u32), total length (u64).
 pub const TRAILER_SIZE: usize = 16;
-const ACCOUNT_SIZE: usize = 48;
-const RETAINED_SIZE: usize = 64;
-const PENDING_SIZE: usize = 64;
-const SESSION_SIZE: usize = 40;
+/// Bytes per account record.
+pub const ACCOUNT_SIZE: usize = 48;
+/// Bytes per retained transfer record.
+pub const RETAINED_SIZE: usize = 64;
+/// Bytes per pending transfer record.
+pub const PENDING_SIZE: usize = 80;
+/// Bytes per pending transfer record in versions 1 to 3 (without the creating command's
+/// position and log time).
+pub const PENDING_SIZE_V3: usize = 64;
+/// The first format version whose pending transfer records are [`PENDING_SIZE`] bytes.
+const PENDING_CREATED_VERSION: u32 = 4;
+/// Bytes per client session record.
+pub const SESSION_SIZE: usize = 40;
 /// Encoder buffer: large enough that writes reach the writer in big chunks.
 const CHUNK_SIZE: usize = 1 << 16;
 /// Bytes of retained transfers, and of the retention index, that one [`Engine::freeze_step`]
@@ -170,6 +184,9 @@ pub(crate) struct PendingPart {
     pub(crate) deadline_ns: u64,
     pub(crate) ring_seq: u64,
     pub(crate) extra: u64,
+    /// Position and log time of the command that created it; `None` from a version 1-3
+    /// file, which did not keep them.
+    pub(crate) created: Option<(u64, u64)>,
 }
 
 /// The copied state: everything a snapshot holds.
@@ -201,6 +218,8 @@ fn decode_account(b: &[u8]) -> Account {
     }
 }
 
+/// A pending transfer record: [`PENDING_SIZE`] bytes, or [`PENDING_SIZE_V3`] from a file
+/// before version 4.
 fn decode_pending(b: &[u8]) -> PendingPart {
     PendingPart {
         id: u128::from(le64(b, 0)) | (u128::from(le64(b, 8)) << 64),
@@ -210,6 +229,7 @@ fn decode_pending(b: &[u8]) -> PendingPart {
         deadline_ns: le64(b, 40),
         ring_seq: le64(b, 48),
         extra: le64(b, 56),
+        created: (b.len() >= PENDING_SIZE).then(|| (le64(b, 64), le64(b, 72))),
     }
 }
 
@@ -759,6 +779,8 @@ fn put_tail<W: Write>(
             p.deadline_ns,
             p.ring_seq,
             p.extra,
+            p.created.map_or(0, |c| c.0),
+            p.created.map_or(0, |c| c.1),
         ];
         let mut b = [0u8; PENDING_SIZE];
         for (i, v) in words.iter().enumerate() {
@@ -985,7 +1007,7 @@ fn restore_stream(config: EngineConfig, r: impl Read) -> Result<Engine, Snapshot
             &mut e,
             &mut src,
             ring_head_seq,
-            (counts, index_words, version >= INDEX_LAYOUT_VERSION),
+            (counts, index_words, version),
             (position, now_ns, hash),
         );
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -999,7 +1021,7 @@ fn restore_body<R: Read>(
     e: &mut Engine,
     src: &mut Source<R>,
     ring_head_seq: u64,
-    (counts, index_words, index_layout_current): ([u64; 4], u64, bool),
+    (counts, index_words, version): ([u64; 4], u64, u32),
     (position, now_ns, hash): (u64, u64, u64),
 ) -> Result<(), SnapshotError> {
     e.restore_ring_head(ring_head_seq);
@@ -1033,7 +1055,7 @@ fn restore_body<R: Read>(
     // The saved retention index is used as it is when it has this build's layout and this
     // configuration sizes the index the same (the layout then depends only on the bucket
     // count); else it is rebuilt.
-    let load_index = index_layout_current
+    let load_index = version >= INDEX_LAYOUT_VERSION
         && index_words != 0
         && index_words == e.retention_index_words().len() as u64;
     let checked = e.restore_retained(counts[1], invalid.is_none(), !load_index, |bytes| {
@@ -1065,8 +1087,13 @@ fn restore_body<R: Read>(
     } else {
         src.records(&mut chunk, index_words, 4, |_| {})?;
     }
-    src.records(&mut chunk, counts[2], PENDING_SIZE, |bytes| {
-        for b in bytes.chunks_exact(PENDING_SIZE) {
+    let pending_size = if version >= PENDING_CREATED_VERSION {
+        PENDING_SIZE
+    } else {
+        PENDING_SIZE_V3
+    };
+    src.records(&mut chunk, counts[2], pending_size, |bytes| {
+        for b in bytes.chunks_exact(pending_size) {
             if invalid.is_none() {
                 invalid = e.restore_pending(&decode_pending(b)).err();
             }

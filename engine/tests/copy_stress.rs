@@ -2,7 +2,9 @@
 //! model tests (so that the ring and its index are copied over many steps and wrap during the
 //! copy), big batches, expiries, posts, voids and failing atomic groups; consecutive copies.
 
-use engine::snapshot::{Frozen, SnapshotWriter};
+use engine::snapshot::{
+    Frozen, SnapshotWriter, ACCOUNT_SIZE, HEADER_SIZE, PENDING_SIZE, RETAINED_SIZE,
+};
 use engine::{
     account_flags as af, batch_flags, transfer_flags, Command, Engine, EngineConfig, EntryMeta,
     TransferSpec,
@@ -313,11 +315,11 @@ fn run(seed: u64, retained: u32) {
         // Byte for byte up to the pending section (its order depends on slab slot reuse),
         // and the sessions after it.
         let count = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
-        let pending_at = 96
-            + count(&x, 48) as usize * 48
-            + count(&x, 56) as usize * 64
+        let pending_at = HEADER_SIZE
+            + count(&x, 48) as usize * ACCOUNT_SIZE
+            + count(&x, 56) as usize * RETAINED_SIZE
             + count(&x, 80) as usize * 4;
-        let sessions_at = pending_at + count(&x, 64) as usize * 64;
+        let sessions_at = pending_at + count(&x, 64) as usize * PENDING_SIZE;
         assert!(
             x[..pending_at] == y[..pending_at],
             "seed {seed} retained {retained}: replayed state differs"

@@ -4,7 +4,7 @@
 //! restored with the index rebuilt. Each case here was accepted before its check existed, into
 //! an engine that later lost money, applied a transfer twice or panicked.
 
-use engine::snapshot::{HEADER_SIZE, TRAILER_SIZE};
+use engine::snapshot::{ACCOUNT_SIZE, HEADER_SIZE, PENDING_SIZE, RETAINED_SIZE, TRAILER_SIZE};
 use engine::{
     account_flags as af, transfer_flags, Command, Engine, EngineConfig, EntryMeta, ResultCode as R,
     SnapshotError, TransferSpec,
@@ -17,11 +17,6 @@ const CONFIG: EngineConfig = EngineConfig {
     sessions_max: 2,
     ledgers_max: 2,
 };
-
-/// Record sizes of the format.
-const ACCOUNT_SIZE: usize = 48;
-const RETAINED_SIZE: usize = 64;
-const PENDING_SIZE: usize = 64;
 
 struct Ledger {
     engine: Engine,
@@ -241,6 +236,31 @@ fn a_pending_transfer_naming_another_transfers_record_is_refused() {
         let p = pending_at(b, 500);
         put64(b, p + 48, ring_head + offset as u64);
     });
+}
+
+#[test]
+fn a_pending_transfer_created_elsewhere_than_its_record_says_or_after_the_snapshot_is_refused() {
+    // Its position (offset 64) and log time (72) are its retained record's while that is
+    // retained.
+    assert_refused(|b| {
+        let p = pending_at(b, 500);
+        let position = le64(b, p + 64);
+        put64(b, p + 64, position - 1);
+    });
+    assert_refused(|b| {
+        let p = pending_at(b, 500);
+        let now = le64(b, p + 72);
+        put64(b, p + 72, now + 1);
+    });
+    // Nor past the snapshot's, even with its record (position at 24, log time at 32) agreeing.
+    for (pending, record, header) in [(64, 24, 16), (72, 32, 24)] {
+        assert_refused(|b| {
+            let later = le64(b, header) + 1;
+            let (q, r) = (pending_at(b, 501), retained_at(b, 501));
+            put64(b, q + pending, later);
+            put64(b, r + record, later);
+        });
+    }
 }
 
 #[test]

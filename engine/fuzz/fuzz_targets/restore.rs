@@ -3,7 +3,9 @@
 //! ledger invariant, finds every transfer it retains, survives more commands and snapshots
 //! and restores again.
 #![no_main]
-use engine::snapshot::{HEADER_SIZE, TRAILER_SIZE};
+use engine::snapshot::{
+    ACCOUNT_SIZE, HEADER_SIZE, PENDING_SIZE, RETAINED_SIZE, SESSION_SIZE, TRAILER_SIZE,
+};
 use engine::{
     account_flags as af, transfer_flags, Command, Engine, EngineConfig, EntryMeta, ResultCode,
     TransferSpec,
@@ -15,11 +17,7 @@ use std::sync::OnceLock;
 mod common;
 use common::{Input, CONFIG};
 
-/// Record sizes and field offsets of the format (version 3; see `engine/src/snapshot.rs`).
-const ACCOUNT_SIZE: usize = 48;
-const RETAINED_SIZE: usize = 64;
-const PENDING_SIZE: usize = 64;
-const SESSION_SIZE: usize = 40;
+/// Field offsets of the format (version 4; see `engine/src/snapshot.rs`).
 /// Header fields: version, then position, log time, hash, ring head, the five counts and the
 /// reserved word.
 const HEADER_FIELDS: [(usize, usize); 12] = [
@@ -61,7 +59,7 @@ const RETAINED_FIELDS: [(usize, usize); 12] = [
     (62, 2),
 ];
 const INDEX_FIELDS: [(usize, usize); 3] = [(0, 4), (0, 2), (2, 2)];
-const PENDING_FIELDS: [(usize, usize); 8] = [
+const PENDING_FIELDS: [(usize, usize); 10] = [
     (0, 8),
     (8, 8),
     (16, 8),
@@ -70,6 +68,8 @@ const PENDING_FIELDS: [(usize, usize); 8] = [
     (40, 8),
     (48, 8),
     (56, 8),
+    (64, 8),
+    (72, 8),
 ];
 const SESSION_FIELDS: [(usize, usize); 5] = [(0, 8), (8, 8), (16, 8), (24, 8), (32, 8)];
 

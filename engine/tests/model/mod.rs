@@ -68,6 +68,8 @@ struct Open {
     order: u64,
     timeout_s: u32,
     code: u16,
+    position: u64,
+    timestamp_ns: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -392,8 +394,9 @@ impl Model {
         )
     }
 
-    /// The stored fields for an id in use: a retained record, or an open pending transfer.
-    fn existing(&self, id: u128) -> Option<Rec> {
+    /// The stored fields for an id in use (what `GetTransfer` answers): a retained record, or
+    /// an open pending transfer, whether or not its record is still retained.
+    pub fn existing(&self, id: u128) -> Option<Rec> {
         if let Some(r) = self.retained(id) {
             return Some(*r);
         }
@@ -411,8 +414,8 @@ impl Model {
             pending_id: 0,
             amount_null: false,
             state: State::Pending,
-            position: 0,
-            timestamp_ns: 0,
+            position: o.position,
+            timestamp_ns: o.timestamp_ns,
         })
     }
 
@@ -538,6 +541,8 @@ impl Model {
                     order,
                     timeout_s,
                     code,
+                    position: self.position,
+                    timestamp_ns: self.now_ns,
                 },
             );
         }
