@@ -17,6 +17,7 @@
 use crate::command::{Command, TransferSpec};
 use crate::index::{account_hash, hash128, hash64, id_hash, Index};
 use crate::lines::MappedTable;
+use crate::order::Order;
 use crate::retention::{Live, RetentionIndex};
 use crate::{
     account_flags as af, batch_flags, transfer_flags, ConfigError, EngineConfig, EntryMeta,
@@ -1128,6 +1129,9 @@ pub struct Engine {
     pub(crate) config: EngineConfig,
     pub(crate) accounts: Vec<AccountRecord>,
     account_index: Index,
+    /// Account slots by id, and by (ledger, id), for `ListAccounts` pages.
+    by_id: Order,
+    by_ledger: Order,
     /// `(ledger, account slot)` of each ledger's external account.
     pub(crate) externals: Vec<(u32, u32)>,
     external_index: Index,
@@ -1200,6 +1204,8 @@ impl Engine {
             config,
             accounts,
             account_index: Index::with_capacity(accounts_max),
+            by_id: Order::with_capacity(accounts_max),
+            by_ledger: Order::with_capacity(accounts_max),
             externals: Vec::with_capacity(ledgers_max),
             external_index: Index::with_capacity(ledgers_max),
             ring: Ring::new(config.transfers_retained_max),
@@ -1290,6 +1296,8 @@ impl Engine {
     pub fn reserved_bytes(&self) -> usize {
         self.accounts.capacity() * 64
             + self.account_index.size_bytes()
+            + self.by_id.size_bytes()
+            + self.by_ledger.size_bytes()
             + self.ring.records.len() * std::mem::size_of::<Retained>()
             + self.ring.index.size_bytes()
             + self.pending.capacity() * std::mem::size_of::<Pending>()
@@ -1403,8 +1411,8 @@ impl Engine {
     }
 
     /// Up to `limit` (at most [`LIST_LIMIT_MAX`]) accounts with id > `after_id`, on `ledger` if
-    /// given, in id order, written into `out`; returns how many. A scan of every account with
-    /// a bounded sorted page: O(accounts) per page, no allocation.
+    /// given, in id order, written into `out`; returns how many. A seek in the accounts' id
+    /// (or ledger, id) order and a walk of at most `limit` entries (`order.rs`), no allocation.
     pub fn list_accounts(
         &self,
         ledger: Option<u32>,
@@ -1413,27 +1421,26 @@ impl Engine {
         out: &mut [Account; LIST_LIMIT_MAX],
     ) -> usize {
         let limit = limit.min(LIST_LIMIT_MAX);
+        let records = &self.accounts;
         let mut n = 0usize;
-        if limit == 0 {
-            return 0;
-        }
-        for rec in &self.accounts {
-            let a = rec.account;
-            if a.id <= after_id || ledger.is_some_and(|l| l != a.ledger) {
-                continue;
-            }
-            if n == limit && a.id > out[n - 1].id {
-                continue;
-            }
-            let mut i = if n == limit { n - 1 } else { n };
-            if n < limit {
-                n += 1;
-            }
-            while i > 0 && out[i - 1].id > a.id {
-                out[i] = out[i - 1];
-                i -= 1;
-            }
-            out[i] = a;
+        let mut put = |slot: u32| {
+            out[n] = records[slot as usize].account;
+            n += 1;
+        };
+        // `after_id + 1` may carry into the ledger's bits: past every id (of the ledger).
+        let start = u128::from(after_id) + 1;
+        match ledger {
+            None => self
+                .by_id
+                .from(start, |s| id_key(records, s))
+                .take(limit)
+                .for_each(&mut put),
+            Some(l) => self
+                .by_ledger
+                .from((u128::from(l) << 64) + start, |s| ledger_key(records, s))
+                .take_while(|&s| records[s as usize].account.ledger == l)
+                .take(limit)
+                .for_each(&mut put),
         }
         n
     }
@@ -1713,6 +1720,9 @@ impl Engine {
             saved_epoch: 0,
         });
         self.account_index.insert(account_hash(id), slot);
+        let records = &self.accounts;
+        self.by_id.insert(slot, |s| id_key(records, s));
+        self.by_ledger.insert(slot, |s| ledger_key(records, s));
         if external {
             self.external_index
                 .insert(hash64(u64::from(ledger)), self.externals.len() as u32);
@@ -2690,6 +2700,7 @@ impl Engine {
         self.position = position;
         self.now_ns = now_ns;
         self.hash = hash;
+        self.build_orders();
         let open = self.pending.iter().filter(|p| p.id() != 0);
         if open
             .clone()
@@ -2733,6 +2744,31 @@ impl Engine {
             .map_err(|_| "restored balances break an invariant")
     }
 
+    /// Restore: the account orders, from two sorts (ids are unique, checked as they loaded).
+    fn build_orders(&mut self) {
+        let records = &self.accounts;
+        let mut by_id: Vec<(u64, u32)> = records
+            .iter()
+            .enumerate()
+            .map(|(slot, r)| (r.account.id, slot as u32))
+            .collect();
+        by_id.sort_unstable_by_key(|p| p.0);
+        let slots: Vec<u32> = by_id.iter().map(|p| p.1).collect();
+        self.by_id.build(&slots, |s| id_key(records, s));
+        // (ledger, rank in id order): sorted, the (ledger, id) order.
+        let mut by_ledger: Vec<u64> = slots
+            .iter()
+            .enumerate()
+            .map(|(rank, &s)| (u64::from(records[s as usize].account.ledger) << 32) | rank as u64)
+            .collect();
+        by_ledger.sort_unstable();
+        let slots: Vec<u32> = by_ledger
+            .iter()
+            .map(|v| by_id[(v & 0xffff_ffff) as usize].1)
+            .collect();
+        self.by_ledger.build(&slots, |s| ledger_key(records, s));
+    }
+
     /// Open pending transfers in slab order, for snapshots. Restore rebuilds the deadline heap
     /// from them; expiry order depends only on the unique (deadline, creation) keys, never on
     /// slab or heap layout.
@@ -2753,6 +2789,17 @@ impl Engine {
                 created: Some((p.position, p.timestamp_ns)),
             })
     }
+}
+
+/// [`Order`] key of the account at `slot` in id order.
+fn id_key(records: &[AccountRecord], slot: u32) -> u128 {
+    u128::from(records[slot as usize].account.id)
+}
+
+/// [`Order`] key of the account at `slot` in (ledger, id) order.
+fn ledger_key(records: &[AccountRecord], slot: u32) -> u128 {
+    let a = &records[slot as usize].account;
+    (u128::from(a.ledger) << 64) | u128::from(a.id)
 }
 
 /// The slot of account `id` (`hash` is `account_hash(id)`), trying the prefetch stage's

@@ -53,8 +53,9 @@
 //! about three times as much per byte as small ones (measured: 850 MB populated in 1.0-1.2 s
 //! with huge pages, 0.27-0.44 s without), and the ring is three quarters of a large restore's
 //! memory. Per account: a 64-byte record
-//! (one cache line, `align(64)`) plus 13-27 bytes of index (load factor at most 0.6): about 81
-//! bytes measured at one million accounts. Per retained transfer: a 64-byte record (accounts by
+//! (one cache line, `align(64)`) plus 13-27 bytes of index (load factor at most 0.6) and 8-16
+//! bytes for the two listing orders (a `u32` slot in each, in blocks half to wholly full;
+//! `order.rs`): about 89 bytes measured at one million accounts. Per retained transfer: a 64-byte record (accounts by
 //! slot, not id) plus 16 bytes of index (one 64-byte bucket per 4 ids): at the default 10
 //! million, 640 MB of records and 160 MB of index once the ring has filled. Per open pending
 //! transfer: 80 bytes plus index and 4 bytes of heap.
@@ -130,6 +131,7 @@ mod engine;
 mod index;
 mod lanes;
 mod lines;
+mod order;
 mod prefetch;
 mod retention;
 pub mod snapshot;
@@ -297,7 +299,7 @@ pub struct EntryMeta {
 /// Table capacities, all allocated by [`Engine::new`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
-    /// Accounts the engine can hold (about 88 bytes each once touched, index included).
+    /// Accounts the engine can hold (about 90-100 bytes each once touched, indexes included).
     pub accounts_max: u32,
     /// Successful transfers remembered for idempotency and `GetTransfer`, oldest evicted first
     /// (64 bytes each plus 16 bytes of index).

@@ -442,6 +442,90 @@ fn queries_answer_accounts_pages_transfers_and_status_and_wait_for_min_position(
     assert_eq!(decode_reply(&reply[..len]).result, R::InvalidCommand);
 }
 
+/// Every account once, in id order, paging `ListAccounts` through `e` (`LIST_LIMIT_MAX` a page).
+fn all_pages(e: &Engine, ledger: Option<u32>) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let mut page = [engine::Account::default(); engine::LIST_LIMIT_MAX];
+    let mut after = 0;
+    loop {
+        let n = e.list_accounts(ledger, after, engine::LIST_LIMIT_MAX, &mut page);
+        assert!(page[..n]
+            .iter()
+            .all(|a| ledger.is_none_or(|l| a.ledger == l)));
+        ids.extend(page[..n].iter().map(|a| a.id));
+        if n < engine::LIST_LIMIT_MAX {
+            return ids;
+        }
+        after = page[n - 1].id;
+    }
+}
+
+/// Pages walk the accounts in id order, of one ledger or all, however many blocks of the
+/// listing orders they span and in whatever order the ids were created, also after a restore
+/// (which builds the orders afresh) and with accounts created after it.
+#[test]
+fn account_pages_list_every_account_once_in_id_order_before_and_after_a_restore() {
+    let config = EngineConfig {
+        accounts_max: 5_000,
+        transfers_retained_max: 16,
+        pending_max: 4,
+        sessions_max: 2,
+        ledgers_max: 4,
+    };
+    let mut l = Ledger::with_config(config, SECOND_NS);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut created: Vec<(u64, u32)> = Vec::new();
+    let mut create = |l: &mut Ledger, k: u64| {
+        // Increasing, random and the largest ids, spread over three ledgers.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let id = match k % 3 {
+            0 => k + 1,
+            1 => x | 1,
+            _ => u64::MAX - k,
+        };
+        let ledger = 1 + (x % 3) as u32;
+        let r = l.run(&Command::CreateAccount {
+            id,
+            ledger,
+            flags: 0,
+            code: 0,
+        });
+        assert_eq!(r.result, R::Ok, "account {id}");
+        (id, ledger)
+    };
+    for k in 0..3_000 {
+        created.push(create(&mut l, k));
+    }
+    let expect = |created: &[(u64, u32)], ledger: Option<u32>| {
+        let mut ids: Vec<u64> = created
+            .iter()
+            .filter(|a| ledger.is_none_or(|l| a.1 == l))
+            .map(|a| a.0)
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let check = |e: &Engine, created: &[(u64, u32)]| {
+        for ledger in [None, Some(1), Some(2), Some(3), Some(4)] {
+            assert_eq!(all_pages(e, ledger), expect(created, ledger), "{ledger:?}");
+        }
+        let mut page = [engine::Account::default(); engine::LIST_LIMIT_MAX];
+        assert_eq!(e.list_accounts(None, u64::MAX, 10, &mut page), 0);
+        assert_eq!(e.list_accounts(Some(u32::MAX), 0, 10, &mut page), 0);
+    };
+    check(&l.engine, &created);
+    let mut bytes = Vec::new();
+    l.engine.snapshot(&mut bytes).unwrap();
+    l.engine = Engine::restore(config, &bytes[..]).unwrap();
+    check(&l.engine, &created);
+    for k in 3_000..4_000 {
+        created.push(create(&mut l, k));
+    }
+    check(&l.engine, &created);
+}
+
 #[test]
 fn a_full_account_table_is_a_result_code() {
     let mut l = Ledger::new();

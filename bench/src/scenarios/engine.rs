@@ -10,8 +10,10 @@
 //! its pages mapped), then `--transfers` timed in wall and thread-CPU seconds: the steady
 //! state, where every new transfer also evicts the oldest. Memory per
 //! account is the RSS growth while the accounts are created (before any transfer), so it counts
-//! the account table and its index but not the retention tables sized by
-//! `transfers_retained_max`.
+//! the account table, its index and its listing orders but not the retention tables sized by
+//! `transfers_retained_max`. `list_page_us`: the mean time of a full `ListAccounts` page on the
+//! accounts' ledger (256 accounts after a pseudo-random id), which the engine thread answers
+//! between commands.
 //!
 //! Snapshot (after the timed run): a first `freeze` into a fresh copy (`snapshot_freeze_ms`,
 //! pays for mapping the copy's pages) and, once that copy is dropped, a second one that reuses
@@ -357,6 +359,22 @@ fn run_rounds(
     Ok(s)
 }
 
+/// Mean time of a full `ListAccounts` page (the most accounts a page holds, on the accounts'
+/// ledger, after a pseudo-random id), in microseconds: the stall of the engine thread that
+/// answers it.
+fn list_page_us(e: &Engine, accounts: u64) -> f64 {
+    const PAGES: u64 = 1_000;
+    let mut page = [engine::Account::default(); engine::LIST_LIMIT_MAX];
+    let mut listed = 0usize;
+    let t0 = Instant::now();
+    for k in 0..PAGES {
+        let after = k.wrapping_mul(0x9e37_79b9_7f4a_7c15) % accounts.max(1);
+        listed += e.list_accounts(Some(1), after, engine::LIST_LIMIT_MAX, &mut page);
+    }
+    std::hint::black_box(listed);
+    t0.elapsed().as_secs_f64() * 1e6 / PAGES as f64
+}
+
 /// `{min, median, max, passes}` of per-pass rates, rounded.
 fn spread(rates: &[f64]) -> serde_json::Value {
     let mut v = rates.to_vec();
@@ -541,6 +559,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let rss_accounts = rss_bytes();
     let bytes_per_account = rss_accounts.saturating_sub(rss_before) as f64 / o.accounts as f64;
     fund(&o, &mut e, &mut clock, &mut reply)?;
+    let list_page_us = list_page_us(&e, o.accounts);
 
     // Warm-up (untimed): fill the retention ring so that the timed run is the steady state,
     // where every new transfer also evicts the oldest, and the ring's pages are mapped.
@@ -624,6 +643,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "host_lookups_per_s": [host_before.round(), host_after.round()],
         "peak_rss_bytes": peak_rss,
         "bytes_per_account": bytes_per_account.round(),
+        "list_page_us": (list_page_us * 100.0).round() / 100.0,
         "engine_reserved_bytes": e.reserved_bytes(),
         "snapshot_bytes": written,
         "snapshot_freeze_ms": freeze_s * 1e3,
