@@ -64,10 +64,13 @@ pub enum CounterId {
     /// SETUPs refused: a term longer than `Config::image_term_length_max`, or no room for
     /// another image (`IMAGES_MAX`).
     SetupsRefused = 27,
+    /// ERR frames sent, each saying why a SETUP was refused (rate-limited: fewer than
+    /// `SetupsRefused`).
+    ErrorFramesSent = 28,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: usize = 28;
+pub const COUNTER_COUNT: usize = 29;
 
 /// Labels, indexed by [`CounterId`].
 pub const COUNTER_LABELS: [&str; COUNTER_COUNT] = [
@@ -99,9 +102,10 @@ pub const COUNTER_LABELS: [&str; COUNTER_COUNT] = [
     "segmented_sends",
     "coalesced_receives",
     "setups_refused",
+    "error_frames_sent",
 ];
 
-const _: () = assert!(CounterId::SetupsRefused as usize + 1 == COUNTER_COUNT);
+const _: () = assert!(CounterId::ErrorFramesSent as usize + 1 == COUNTER_COUNT);
 
 /// A set of counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

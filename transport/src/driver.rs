@@ -63,6 +63,8 @@ pub const DATAGRAM_OVERHEAD_ESTIMATE: usize = 1024;
 /// Slot size for control datagrams (status messages, NAKs, RTTM, errors), in bytes.
 pub const CONTROL_SLOT_LENGTH: usize = 2048;
 
+const _: () = assert!(CONTROL_SLOT_LENGTH >= crate::config::RECEIVER_TRANSMIT_LENGTH_MIN);
+
 /// Nanoseconds since the first call in this process, from a monotonic clock.
 pub fn now_ns() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();

@@ -658,3 +658,140 @@ fn a_setup_announcing_a_term_longer_than_the_cap_is_refused_before_any_allocatio
     let long = Config::with_term_length(256 * 1024 * 1024);
     assert_eq!(long.image_term_length_max, 256 * 1024 * 1024);
 }
+
+/// A SETUP of `session_id` announcing `term_length`.
+fn setup_with(session_id: i32, term_length: i32) -> [u8; frame::SETUP_LENGTH] {
+    Setup {
+        flags: 0,
+        term_offset: 0,
+        session_id,
+        stream_id: STREAM,
+        initial_term_id: 5,
+        active_term_id: 5,
+        term_length,
+        mtu: 1408,
+        ttl: 0,
+    }
+    .encode()
+}
+
+/// Every control datagram the receiver has due at `now`, with its destination.
+fn control_from(r: &mut Receiver, now: u64) -> Vec<(SocketAddr, Vec<u8>)> {
+    let mut buf = [0u8; 256];
+    let mut v = Vec::new();
+    while let Some(t) = r.poll_transmit(now, &mut buf) {
+        v.push((t.destination.unwrap(), buf[..t.length].to_vec()));
+    }
+    v
+}
+
+/// The ERR frames among `control`: (destination, session, stream, error code, text).
+fn error_frames(control: &[(SocketAddr, Vec<u8>)]) -> Vec<(SocketAddr, i32, i32, i32, String)> {
+    control
+        .iter()
+        .filter_map(|(to, bytes)| match frame::decode(bytes) {
+            Ok((frame::Frame::Error(e), _)) => Some((
+                *to,
+                e.session_id,
+                e.stream_id,
+                e.error_code,
+                String::from_utf8(e.message.to_vec()).unwrap(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_setup_over_the_term_cap_is_answered_with_an_err_frame_naming_both_lengths() {
+    let cfg = Config {
+        image_term_length_max: 128 * 1024,
+        ..Config::with_term_length(64 * 1024)
+    };
+    let mut r = Receiver::new(cfg, STREAM, 1).unwrap();
+    r.handle_datagram(0, source(), &setup_with(SESSION, 2 * 1024 * 1024));
+    assert_eq!(r.image_count(), 0);
+    let errors = error_frames(&control_from(&mut r, 0));
+    assert_eq!(
+        errors,
+        vec![(
+            source(),
+            SESSION,
+            STREAM,
+            frame::error_code::TERM_LENGTH_OVER_CAP,
+            "term length 2 MiB over its cap 128 KiB (image_term_length_max)".to_string()
+        )]
+    );
+    assert_eq!(r.counters().get(CounterId::SetupsRefused), 1);
+    assert_eq!(r.counters().get(CounterId::ErrorFramesSent), 1);
+}
+
+#[test]
+fn a_setup_finding_every_image_taken_is_answered_with_an_err_frame_saying_so() {
+    let mut r = Receiver::new(Config::with_term_length(64 * 1024), STREAM, 1).unwrap();
+    let max = transport::config::IMAGES_MAX as i32;
+    for session_id in 0..max {
+        r.handle_datagram(0, source(), &setup_with(session_id, 64 * 1024));
+    }
+    assert_eq!(r.image_count(), max as usize);
+    let _ = control_from(&mut r, 0);
+    r.handle_datagram(1, source(), &setup_with(max, 64 * 1024));
+    let errors = error_frames(&control_from(&mut r, 1));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        (errors[0].1, errors[0].3),
+        (max, frame::error_code::IMAGES_FULL)
+    );
+    assert_eq!(
+        errors[0].4,
+        format!("it holds {max} images, its most (IMAGES_MAX): one must end first")
+    );
+    assert_eq!(
+        frame::RefusalReason::from_code(errors[0].3),
+        frame::RefusalReason::ImagesFull
+    );
+    // A SETUP of a session already joined is no refusal.
+    r.handle_datagram(2, source(), &setup_with(0, 64 * 1024));
+    assert!(error_frames(&control_from(&mut r, 2)).is_empty());
+    assert_eq!(r.counters().get(CounterId::SetupsRefused), 1);
+}
+
+#[test]
+fn a_burst_of_refused_setups_gets_one_reply_per_interval_and_a_forged_flood_a_bounded_few() {
+    let cfg = Config {
+        image_term_length_max: 64 * 1024,
+        ..Config::with_term_length(64 * 1024)
+    };
+    let interval = cfg.setup_interval_ns;
+    let mut r = Receiver::new(cfg, STREAM, 1).unwrap();
+    let too_long = 128 * 1024;
+    // One publication re-sending its SETUP 100 times within an interval: one reply.
+    let mut replies = 0;
+    for k in 0..100u64 {
+        r.handle_datagram(k * interval / 100, source(), &setup_with(SESSION, too_long));
+        replies += error_frames(&control_from(&mut r, k * interval / 100)).len();
+    }
+    assert_eq!(replies, 1);
+    // The next interval, one more.
+    r.handle_datagram(interval, source(), &setup_with(SESSION, too_long));
+    assert_eq!(error_frames(&control_from(&mut r, interval)).len(), 1);
+    // A flood of SETUPs from 1,000 forged sources and sessions within one interval gets at
+    // most the per-interval budget of replies, whoever they claim to be.
+    let t = 3 * interval;
+    for k in 0..1000i32 {
+        let forged: SocketAddr = format!("10.1.{}.{}:{}", k / 250, k % 250, 2000 + k)
+            .parse()
+            .unwrap();
+        r.handle_datagram(t, forged, &setup_with(1000 + k, too_long));
+    }
+    let flood = error_frames(&control_from(&mut r, t));
+    assert_eq!(
+        flood.len(),
+        transport::config::REFUSAL_REPLIES_PER_INTERVAL_MAX as usize
+    );
+    assert_eq!(r.counters().get(CounterId::SetupsRefused), 1101);
+    assert_eq!(
+        r.counters().get(CounterId::ErrorFramesSent),
+        2 + transport::config::REFUSAL_REPLIES_PER_INTERVAL_MAX as u64
+    );
+}
