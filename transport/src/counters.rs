@@ -67,10 +67,14 @@ pub enum CounterId {
     /// ERR frames sent, each saying why a SETUP was refused (rate-limited: fewer than
     /// `SetupsRefused`).
     ErrorFramesSent = 28,
+    /// ERR frames received for this publication: a receiver refused it
+    /// (`Sender::last_refusal`). ERR frames for other sessions count as
+    /// `DropsUnknownSession`, malformed ones as `DropsMalformed`.
+    ErrorFramesReceived = 29,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: usize = 29;
+pub const COUNTER_COUNT: usize = 30;
 
 /// Labels, indexed by [`CounterId`].
 pub const COUNTER_LABELS: [&str; COUNTER_COUNT] = [
@@ -103,9 +107,10 @@ pub const COUNTER_LABELS: [&str; COUNTER_COUNT] = [
     "coalesced_receives",
     "setups_refused",
     "error_frames_sent",
+    "error_frames_received",
 ];
 
-const _: () = assert!(CounterId::ErrorFramesSent as usize + 1 == COUNTER_COUNT);
+const _: () = assert!(CounterId::ErrorFramesReceived as usize + 1 == COUNTER_COUNT);
 
 /// A set of counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -137,7 +142,8 @@ impl Counters {
             .zip(self.values.iter().copied())
     }
 
-    /// Total frames dropped for any reason but injected loss (refused SETUPs included).
+    /// Total frames dropped for any reason but injected loss (refused SETUPs included; an ERR
+    /// frame its publication takes is no drop, one for another session is).
     pub fn drops_total(&self) -> u64 {
         use CounterId::*;
         [

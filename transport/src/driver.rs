@@ -23,7 +23,7 @@ use crate::idle::Agent;
 use crate::mmsg::Batch;
 use crate::receiver::{ImageEvent, MessageHeader, Receiver};
 use crate::rng::Rng;
-use crate::sender::{Claim, OfferError, Sender};
+use crate::sender::{Claim, OfferError, Refusal, Sender};
 
 /// Requested socket send and receive buffer sizes, in bytes (the kernel may cap them at
 /// `net.core.rmem_max`/`wmem_max`).
@@ -325,6 +325,10 @@ impl Publication {
     /// Whether a receiver has acknowledged the session.
     pub fn is_connected(&self) -> bool {
         self.sender.is_connected()
+    }
+    /// The latest refusal by a receiver, if any; see [`Sender::last_refusal`].
+    pub fn last_refusal(&self) -> Option<&Refusal> {
+        self.sender.last_refusal()
     }
     /// The publication position.
     pub fn position(&self) -> i64 {

@@ -795,3 +795,106 @@ fn a_burst_of_refused_setups_gets_one_reply_per_interval_and_a_forged_flood_a_bo
         2 + transport::config::REFUSAL_REPLIES_PER_INTERVAL_MAX as u64
     );
 }
+
+/// Feeds every datagram the sender has due at `now` to the receiver and back, once.
+fn exchange_once(s: &mut Sender, r: &mut Receiver, now: u64) {
+    let publication: SocketAddr = "10.0.0.9:4000".parse().unwrap();
+    let mut buf = vec![0u8; 65536];
+    while let Some(t) = s.poll_transmit(now, &mut buf) {
+        r.handle_datagram(now, publication, &buf[..t.length]);
+    }
+    for (to, bytes) in control_from(r, now) {
+        if to == publication {
+            s.handle_datagram(now, source(), &bytes);
+        }
+    }
+}
+
+#[test]
+fn a_publication_finding_every_image_taken_learns_why_and_never_connects() {
+    let cfg = Config::with_term_length(64 * 1024);
+    let mut r = Receiver::new(cfg.clone(), STREAM, 1).unwrap();
+    let max = transport::config::IMAGES_MAX as i32;
+    for session_id in 0..max {
+        r.handle_datagram(0, source(), &setup_with(1000 + session_id, 64 * 1024));
+    }
+    let _ = control_from(&mut r, 0);
+    let mut s = Sender::new(cfg.clone(), SESSION, STREAM, 5, 0).unwrap();
+    assert_eq!(s.last_refusal(), None);
+    // Ten SETUP intervals: a SETUP each, an ERR frame for each, never a status message.
+    for k in 0..10 {
+        let now = k * cfg.setup_interval_ns;
+        exchange_once(&mut s, &mut r, now);
+        assert!(!s.is_connected());
+        assert_eq!(s.offer(b"x"), Err(OfferError::NotConnected));
+        let refusal = s.last_refusal().expect("told why");
+        assert_eq!(refusal.reason, transport::RefusalReason::ImagesFull);
+        assert_eq!(refusal.at_ns, now);
+        assert_eq!(refusal.receiver_id, r.receiver_id());
+        assert_eq!(
+            refusal.to_string(),
+            format!("it holds {max} images, its most (IMAGES_MAX): one must end first")
+        );
+    }
+    assert_eq!(s.counters().get(CounterId::SetupsSent), 10);
+    assert_eq!(s.counters().get(CounterId::ErrorFramesReceived), 10);
+    assert_eq!(s.counters().drops_total(), 0);
+    assert_eq!(r.counters().get(CounterId::ErrorFramesSent), 10);
+}
+
+fn error_frame(session_id: i32, stream_id: i32, text: &[u8]) -> Vec<u8> {
+    let mut b = [0u8; frame::ERR_HEADER_LENGTH + frame::ERR_MESSAGE_LENGTH_MAX];
+    let n = frame::ErrorFrame {
+        session_id,
+        stream_id,
+        receiver_id: 9,
+        group_tag: None,
+        error_code: frame::error_code::TERM_LENGTH_OVER_CAP,
+        message: text,
+    }
+    .encode(&mut b);
+    b[..n].to_vec()
+}
+
+#[test]
+fn a_malformed_error_frame_is_dropped_and_counted() {
+    let mut s = Sender::new(Config::with_term_length(64 * 1024), SESSION, STREAM, 5, 0).unwrap();
+    let good = error_frame(SESSION, STREAM, b"term length 128 KiB over its cap 64 KiB");
+    let mut lying = good.clone();
+    lying[36..40].copy_from_slice(&1000i32.to_le_bytes()); // text beyond the frame
+    let mut negative = good.clone();
+    negative[36..40].copy_from_slice(&(-1i32).to_le_bytes());
+    let mut short = good.clone();
+    short[0..4].copy_from_slice(&39i32.to_le_bytes()); // frame shorter than its header
+    for bad in [&lying[..], &negative[..], &short[..], &good[..30]] {
+        s.handle_datagram(1, source(), bad);
+    }
+    assert_eq!(s.counters().get(CounterId::DropsMalformed), 4);
+    assert_eq!(s.counters().get(CounterId::ErrorFramesReceived), 0);
+    assert_eq!(s.counters().drops_total(), 4);
+    assert_eq!(s.last_refusal(), None);
+    // The well-formed one is taken; control characters in its text are replaced.
+    s.handle_datagram(
+        2,
+        source(),
+        &error_frame(SESSION, STREAM, b"over\x1b[2J cap \xff"),
+    );
+    assert_eq!(s.counters().get(CounterId::ErrorFramesReceived), 1);
+    let refusal = s.last_refusal().unwrap();
+    assert_eq!(refusal.text, "over\u{FFFD}[2J cap \u{FFFD}");
+    assert_eq!(refusal.reason, transport::RefusalReason::TermLengthOverCap);
+}
+
+#[test]
+fn an_error_frame_for_another_session_or_stream_is_ignored() {
+    let mut s = Sender::new(Config::with_term_length(64 * 1024), SESSION, STREAM, 5, 0).unwrap();
+    s.handle_datagram(1, source(), &error_frame(SESSION + 1, STREAM, b"not yours"));
+    s.handle_datagram(1, source(), &error_frame(SESSION, STREAM + 1, b"not yours"));
+    assert_eq!(s.last_refusal(), None);
+    assert_eq!(s.counters().get(CounterId::DropsUnknownSession), 2);
+    assert_eq!(s.counters().get(CounterId::ErrorFramesReceived), 0);
+    // A receiver takes no ERR frame at all.
+    let mut r = receiver();
+    r.handle_datagram(1, source(), &error_frame(SESSION, STREAM, b"to a receiver"));
+    assert_eq!(r.counters().get(CounterId::DropsUnexpectedType), 1);
+}
