@@ -12,7 +12,10 @@
 //!
 //! Invariants: `sender_position <= publisher_position <= sender_position + publication_window`;
 //! data is sent only below the flow-control `sender_limit`; a retransmit only resends bytes
-//! already sent and still in the log (the sender position's term and the one before).
+//! already sent and still in the log (the sender position's term and the one before). A
+//! tracked receiver's position and limit never move back (a reordered status message changes
+//! nothing), so the sender's limit moves back only when a receiver joins behind the others
+//! (min and tagged strategies) or one leaves (max).
 
 use std::net::SocketAddr;
 
@@ -604,7 +607,11 @@ impl Sender {
             .find(|r| r.receiver_id == sm.receiver_id)
         {
             Some(r) => {
-                r.limit = limit;
+                // A status message older than one already taken (reordered on the way, or a
+                // copy) must not move its receiver back: what it granted stays granted. Under
+                // the min strategies that receiver would otherwise pull the sender's limit back
+                // with it, stalling sends until its next status message.
+                r.limit = r.limit.max(limit);
                 r.position = r.position.max(position);
                 r.last_seen_ns = now_ns;
                 r.group_tag = sm.group_tag;

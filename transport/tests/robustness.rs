@@ -898,3 +898,71 @@ fn an_error_frame_for_another_session_or_stream_is_ignored() {
     r.handle_datagram(1, source(), &error_frame(SESSION, STREAM, b"to a receiver"));
     assert_eq!(r.counters().get(CounterId::DropsUnexpectedType), 1);
 }
+
+/// A multicast sender with `flow_control`, connected by receiver 1 and with 8,000 bytes
+/// published, so that status messages up to there are in range.
+fn published_sender(flow_control: transport::FlowControl) -> Sender {
+    let cfg = Config {
+        flow_control,
+        multicast: true,
+        ..Config::with_term_length(64 * 1024)
+    };
+    let mut s = Sender::new(cfg, SESSION, STREAM, 5, 0).unwrap();
+    s.handle_datagram(0, source(), &status(1, 0, 4096, Some(9)));
+    for _ in 0..8 {
+        s.offer(&[0u8; 1000]).unwrap();
+    }
+    s
+}
+
+#[test]
+fn a_reordered_older_status_message_moves_neither_its_receiver_nor_the_limit_back() {
+    use transport::FlowControl::*;
+    for fc in [Unicast, Min, Max, Tagged(9)] {
+        // Two receivers; each one's older status message arrives after its newer one.
+        let mut s = published_sender(fc);
+        s.handle_datagram(1, source(), &status(1, 2048, 4096, Some(9)));
+        s.handle_datagram(1, source(), &status(2, 3072, 4096, Some(9)));
+        let limit = s.sender_limit();
+        let expected = match fc {
+            Min | Tagged(_) => 2048 + 4096,
+            Unicast | Max => 3072 + 4096,
+        };
+        assert_eq!(limit, expected, "{fc:?}");
+        for (receiver, older) in [(2, 1024), (1, 0), (2, 2048), (1, 1024)] {
+            s.handle_datagram(2, source(), &status(receiver, older, 4096, Some(9)));
+            assert_eq!(
+                s.sender_limit(),
+                limit,
+                "{fc:?}: receiver {receiver} at {older}"
+            );
+        }
+        // The same position again with a smaller window (a reordered copy) does not shrink
+        // what was granted either.
+        s.handle_datagram(2, source(), &status(1, 2048, 1024, Some(9)));
+        assert_eq!(s.sender_limit(), limit, "{fc:?}: a smaller window");
+        // What each receiver reached is remembered: receiver 1 moving on past receiver 2
+        // leaves the slowest at receiver 2's newest position, not at its reordered one.
+        s.handle_datagram(3, source(), &status(1, 4096, 4096, Some(9)));
+        let expected = match fc {
+            Min | Tagged(_) => 3072 + 4096,
+            Unicast | Max => 4096 + 4096,
+        };
+        assert_eq!(
+            s.sender_limit(),
+            expected,
+            "{fc:?}: after receiver 1 moved on"
+        );
+    }
+}
+
+#[test]
+fn a_new_receiver_joining_behind_still_holds_a_min_sender_back() {
+    // Not a reordering: a receiver the sender has not heard from joins at a lower position,
+    // and the slowest-receiver strategies wait for it.
+    let mut s = published_sender(transport::FlowControl::Min);
+    s.handle_datagram(1, source(), &status(1, 4096, 4096, None));
+    assert_eq!(s.sender_limit(), 4096 + 4096);
+    s.handle_datagram(1, source(), &status(2, 1024, 4096, None));
+    assert_eq!(s.sender_limit(), 1024 + 4096);
+}
