@@ -106,8 +106,9 @@ pub struct Config {
     /// terms in memory, mapped in full when it is created, so a SETUP (which anyone who can
     /// reach the port may send) makes this subscription allocate up to three times this, and
     /// all its images together at most [`IMAGES_MAX`] times that. Longer ones are refused,
-    /// counted (`SetupsRefused`) and answered with an ERR frame saying so. Default [`IMAGE_TERM_LENGTH_MAX_DEFAULT`], or the
-    /// config's own `term_length` if longer ([`Config::with_term_length`]).
+    /// counted (`SetupsRefused`) and answered with an ERR frame saying so. Default
+    /// [`IMAGE_TERM_LENGTH_MAX_DEFAULT`], or the config's own `term_length` if longer
+    /// ([`Config::with_term_length`]).
     pub image_term_length_max: usize,
     /// Receiver: an image silent for this long is closed.
     pub image_liveness_timeout_ns: u64,

@@ -2,9 +2,10 @@
 //! retransmits, SETUP, heartbeats and close.
 //!
 //! Owns: the publication's log (three terms), its positions, the receivers it has heard
-//! from, and the latest refusal one of them sent ([`Sender::last_refusal`]). Does not own sockets or a clock: callers feed `now_ns` and datagrams in
-//! ([`Sender::handle_datagram`], [`Sender::handle_timeout`]) and take datagrams out
-//! ([`Sender::poll_transmit`]); [`Sender::poll_timeout`] says when to call again.
+//! from, and the latest refusal one of them sent ([`Sender::last_refusal`]). Does not own
+//! sockets or a clock: callers feed `now_ns` and datagrams in ([`Sender::handle_datagram`],
+//! [`Sender::handle_timeout`]) and take datagrams out ([`Sender::poll_transmit`]);
+//! [`Sender::poll_timeout`] says when to call again.
 //!
 //! Methods, in the order a driver calls them each duty cycle: mutators ([`Sender::offer`],
 //! [`Sender::try_claim`], [`Sender::close`]), input (`handle_datagram` for every control
