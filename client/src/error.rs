@@ -17,6 +17,16 @@ pub enum ClientError {
         /// How long the client waited, in milliseconds.
         waited_ms: u64,
     },
+    /// The node's transport refused the client's stream and said why (an ERR frame), e.g. it
+    /// holds as many client streams as it may (`it holds 64 images, its most (IMAGES_MAX): one
+    /// must end first`), or the client's term length is over the node's cap. Fix: depends on
+    /// `reason`; the first kind passes once other clients disconnect.
+    Refused {
+        /// The node address tried.
+        node: SocketAddr,
+        /// The node's words.
+        reason: String,
+    },
     /// The node answered `SessionConnect` with something else than `connected`, or closed the
     /// session later. Fix: depends on `code` (`not_leader`: connect to the leader;
     /// `rejected`: see `detail`; `closed`: reconnect).
@@ -66,6 +76,9 @@ impl std::fmt::Display for ClientError {
                 "no answer from a node at {node} within {waited_ms} ms: is `tally node` running \
                  at {node}? (start one with `tally node --listen {node}`, or pass --connect ADDR)"
             ),
+            ClientError::Refused { node, reason } => {
+                write!(f, "the node at {node} refused the connection: {reason}")
+            }
             ClientError::Session { code, detail } => {
                 let hint = match code.as_str() {
                     "not_leader" => ": connect to the leader instead",
@@ -124,6 +137,19 @@ mod tests {
         assert!(
             text.contains("is `tally node` running at 127.0.0.1:7400?"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn refused_names_the_nodes_reason() {
+        let e = ClientError::Refused {
+            node: "127.0.0.1:7400".parse().unwrap(),
+            reason: "term length 128 MiB over its cap 64 MiB (image_term_length_max)".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the node at 127.0.0.1:7400 refused the connection: term length 128 MiB over its \
+             cap 64 MiB (image_term_length_max)"
         );
     }
 

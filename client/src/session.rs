@@ -208,7 +208,8 @@ impl Client {
     /// `retries + 1` times, `timeout` apart, until the node answers.
     ///
     /// # Errors
-    /// [`ClientError::NotConnected`] when the node does not answer; [`ClientError::Session`]
+    /// [`ClientError::NotConnected`] when the node does not answer; [`ClientError::Refused`]
+    /// when its transport refuses the client's stream and says why; [`ClientError::Session`]
     /// when it refuses (`rejected`, `not_leader`); [`ClientError::Config`] or
     /// [`ClientError::Io`] for unusable addresses.
     pub fn connect(config: ClientConfig) -> Result<Client, ClientError> {
@@ -261,7 +262,18 @@ impl Client {
         Ok(client)
     }
 
+    /// The node unreachable since `started_ns`: refused, if its transport said why since then.
     fn not_connected(&self, started_ns: u64) -> ClientError {
+        if let Some(refusal) = self
+            .publication
+            .last_refusal()
+            .filter(|r| r.at_ns >= started_ns)
+        {
+            return ClientError::Refused {
+                node: self.config.node,
+                reason: refusal.to_string(),
+            };
+        }
         ClientError::NotConnected {
             node: self.config.node,
             waited_ms: now_ns().saturating_sub(started_ns) / 1_000_000,
@@ -441,7 +453,8 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Timeout`] after every attempt; [`ClientError::NotConnected`] when the
-    /// node's transport stopped answering for a timeout; [`ClientError::Session`] when the node
+    /// node's transport stopped answering for a timeout ([`ClientError::Refused`] if it said
+    /// why); [`ClientError::Session`] when the node
     /// ends the session; [`ClientError::Malformed`]; [`ClientError::Encode`].
     pub fn request(&mut self, request: &Request) -> Result<Response, ClientError> {
         let id = loop {

@@ -25,6 +25,9 @@ enum Behaviour {
     DropFirst(u64),
     /// Answer `closed` instead of the n-th command (1-based).
     CloseAt(u64),
+    /// A transport that takes no stream with terms over 64 KiB (the client's are 1 MiB): it
+    /// refuses the client's SETUP with an ERR frame.
+    CapTerms,
 }
 
 /// What the fake node saw.
@@ -47,7 +50,14 @@ impl FakeNode {
         let mut sub = Subscription::new(
             &Channel::unicast("127.0.0.1:0".parse().unwrap()),
             wire::INGRESS_STREAM_ID,
-            transport::Config::default(),
+            transport::Config {
+                image_term_length_max: if behaviour == Behaviour::CapTerms {
+                    64 * 1024
+                } else {
+                    transport::Config::default().image_term_length_max
+                },
+                ..transport::Config::default()
+            },
         )
         .unwrap();
         let addr = sub.local_addr().unwrap();
@@ -322,6 +332,26 @@ fn no_node_at_the_address_is_not_connected_after_the_timeout() {
     assert!(matches!(err, ClientError::NotConnected { node, .. } if node == free));
     assert!(start.elapsed() < Duration::from_secs(2));
     assert!(err.to_string().contains("is `tally node` running"));
+}
+
+#[test]
+fn a_node_whose_transport_refuses_the_client_is_named_with_its_reason() {
+    let node = FakeNode::spawn(Behaviour::CapTerms);
+    let err = Client::connect(config(node.addr, 300, 0)).unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Refused { node: n, reason }
+            if *n == node.addr
+                && reason == "term length 1 MiB over its cap 64 KiB (image_term_length_max)"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(
+            "refused the connection: term length 1 MiB over its cap 64 KiB \
+             (image_term_length_max)"
+        ),
+        "{err}"
+    );
+    node.stop();
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! defaults, and [`Config::validate`], which checks values and how they relate once, at
 //! creation, naming the key and the value on failure.
 
-use crate::frame::{DATA_HEADER_LENGTH, FRAME_ALIGNMENT};
+use crate::frame::{DATA_HEADER_LENGTH, ERR_HEADER_LENGTH, FRAME_ALIGNMENT};
 
 /// Default largest datagram, in bytes (Aeron's default MTU; fits a 1,500-byte Ethernet frame).
 pub const MTU_DEFAULT: usize = 1408;
@@ -31,6 +31,23 @@ pub const RETRANSMITS_MAX: usize = 16;
 pub const FLOW_CONTROL_RECEIVERS_MAX: usize = 64;
 /// Images (publishing sessions) one subscription accepts at once.
 pub const IMAGES_MAX: usize = 64;
+
+/// Bytes a receiver's `poll_transmit` buffer must hold: its longest control datagram, an ERR
+/// frame refusing a SETUP with the longest reason text.
+pub const RECEIVER_TRANSMIT_LENGTH_MIN: usize = 256;
+/// Longest reason text of the ERR frame a receiver refuses a SETUP with, in bytes (the
+/// figures fit in well under it).
+pub const REFUSAL_TEXT_LENGTH_MAX: usize = RECEIVER_TRANSMIT_LENGTH_MIN - ERR_HEADER_LENGTH;
+/// ERR frames a subscription sends at most per `setup_interval_ns` in reply to refused SETUPs,
+/// all publications together (each one gets at most one per interval). Anyone can send a
+/// SETUP from a forged source with a new session id each time: this keeps a flood of them
+/// from turning the receiver into a source of replies aimed at someone else.
+pub const REFUSAL_REPLIES_PER_INTERVAL_MAX: u32 = 4;
+/// Publications whose refusal a subscription remembers, to answer each at most once per
+/// `setup_interval_ns`; the oldest is forgotten first.
+pub const REFUSALS_TRACKED_MAX: usize = IMAGES_MAX;
+
+const _: () = assert!(REFUSAL_TEXT_LENGTH_MAX <= crate::frame::ERR_MESSAGE_LENGTH_MAX);
 
 /// How a multicast sender derives its send limit from receivers' status messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,7 +84,8 @@ pub struct Config {
     pub flow_control: FlowControl,
     /// Receiver: group tag sent in status messages (tagged flow control).
     pub group_tag: Option<i64>,
-    /// Sender: SETUP resend interval while not connected.
+    /// Sender: SETUP resend interval while not connected. Receiver: a publication whose
+    /// SETUP it refused gets at most one ERR frame saying why per this interval.
     pub setup_interval_ns: u64,
     /// Sender: a heartbeat goes out after this long without data.
     pub heartbeat_interval_ns: u64,
@@ -87,9 +105,10 @@ pub struct Config {
     /// Receiver: the longest term a publication's SETUP may announce. Each image holds three
     /// terms in memory, mapped in full when it is created, so a SETUP (which anyone who can
     /// reach the port may send) makes this subscription allocate up to three times this, and
-    /// all its images together at most [`IMAGES_MAX`] times that. Longer ones are refused
-    /// and counted (`SetupsRefused`). Default [`IMAGE_TERM_LENGTH_MAX_DEFAULT`], or the
-    /// config's own `term_length` if longer ([`Config::with_term_length`]).
+    /// all its images together at most [`IMAGES_MAX`] times that. Longer ones are refused,
+    /// counted (`SetupsRefused`) and answered with an ERR frame saying so. Default
+    /// [`IMAGE_TERM_LENGTH_MAX_DEFAULT`], or the config's own `term_length` if longer
+    /// ([`Config::with_term_length`]).
     pub image_term_length_max: usize,
     /// Receiver: an image silent for this long is closed.
     pub image_liveness_timeout_ns: u64,

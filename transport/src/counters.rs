@@ -64,10 +64,17 @@ pub enum CounterId {
     /// SETUPs refused: a term longer than `Config::image_term_length_max`, or no room for
     /// another image (`IMAGES_MAX`).
     SetupsRefused = 27,
+    /// ERR frames sent, each saying why a SETUP was refused (rate-limited: fewer than
+    /// `SetupsRefused`).
+    ErrorFramesSent = 28,
+    /// ERR frames received for this publication: a receiver refused it
+    /// (`Sender::last_refusal`). ERR frames for other sessions count as
+    /// `DropsUnknownSession`, malformed ones as `DropsMalformed`.
+    ErrorFramesReceived = 29,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: usize = 28;
+pub const COUNTER_COUNT: usize = 30;
 
 /// Labels, indexed by [`CounterId`].
 pub const COUNTER_LABELS: [&str; COUNTER_COUNT] = [
@@ -99,9 +106,11 @@ pub const COUNTER_LABELS: [&str; COUNTER_COUNT] = [
     "segmented_sends",
     "coalesced_receives",
     "setups_refused",
+    "error_frames_sent",
+    "error_frames_received",
 ];
 
-const _: () = assert!(CounterId::SetupsRefused as usize + 1 == COUNTER_COUNT);
+const _: () = assert!(CounterId::ErrorFramesReceived as usize + 1 == COUNTER_COUNT);
 
 /// A set of counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -133,7 +142,8 @@ impl Counters {
             .zip(self.values.iter().copied())
     }
 
-    /// Total frames dropped for any reason but injected loss (refused SETUPs included).
+    /// Total frames dropped for any reason but injected loss (refused SETUPs included; an ERR
+    /// frame its publication takes is no drop, one for another session is).
     pub fn drops_total(&self) -> u64 {
         use CounterId::*;
         [

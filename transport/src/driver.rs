@@ -23,7 +23,7 @@ use crate::idle::Agent;
 use crate::mmsg::Batch;
 use crate::receiver::{ImageEvent, MessageHeader, Receiver};
 use crate::rng::Rng;
-use crate::sender::{Claim, OfferError, Sender};
+use crate::sender::{Claim, OfferError, Refusal, Sender};
 
 /// Requested socket send and receive buffer sizes, in bytes (the kernel may cap them at
 /// `net.core.rmem_max`/`wmem_max`).
@@ -62,6 +62,8 @@ pub const CONTROL_POLL_RELAXED_CYCLES_MAX: u32 = 4096;
 pub const DATAGRAM_OVERHEAD_ESTIMATE: usize = 1024;
 /// Slot size for control datagrams (status messages, NAKs, RTTM, errors), in bytes.
 pub const CONTROL_SLOT_LENGTH: usize = 2048;
+
+const _: () = assert!(CONTROL_SLOT_LENGTH >= crate::config::RECEIVER_TRANSMIT_LENGTH_MIN);
 
 /// Nanoseconds since the first call in this process, from a monotonic clock.
 pub fn now_ns() -> u64 {
@@ -323,6 +325,10 @@ impl Publication {
     /// Whether a receiver has acknowledged the session.
     pub fn is_connected(&self) -> bool {
         self.sender.is_connected()
+    }
+    /// The latest refusal by a receiver, if any; see [`Sender::last_refusal`].
+    pub fn last_refusal(&self) -> Option<&Refusal> {
+        self.sender.last_refusal()
     }
     /// The publication position.
     pub fn position(&self) -> i64 {

@@ -85,6 +85,61 @@ pub mod flags {
     pub const ERR_HAS_GROUP_TAG: u8 = 0x08;
 }
 
+/// `error_code` values of the ERR frame a receiver answers a refused SETUP with (see
+/// [`RefusalReason`]). tally's codes start at 1000, clear of Aeron's own `ErrorCode` values
+/// (0 to 14 and -1), so that an Aeron publisher reports them as codes it does not know rather
+/// than as one of its own.
+pub mod error_code {
+    /// The SETUP announced a term longer than the receiver's `image_term_length_max`.
+    pub const TERM_LENGTH_OVER_CAP: i32 = 1001;
+    /// The receiver already holds as many images as it may (`IMAGES_MAX`).
+    pub const IMAGES_FULL: i32 = 1002;
+}
+
+/// Why a receiver refused a publication's SETUP, as the `error_code` of its ERR frame says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The SETUP announced a term longer than the receiver's `image_term_length_max`
+    /// ([`error_code::TERM_LENGTH_OVER_CAP`]). Fix: a shorter `term_length` on the
+    /// publication, or a larger cap on the subscription.
+    TermLengthOverCap,
+    /// The receiver already holds `IMAGES_MAX` images ([`error_code::IMAGES_FULL`]); the
+    /// publication keeps sending SETUPs and joins once one ends.
+    ImagesFull,
+    /// A code tally does not define (another implementation's); the text says more.
+    Other(i32),
+}
+
+impl RefusalReason {
+    /// The reason of an ERR frame's `error_code`.
+    pub fn from_code(code: i32) -> Self {
+        match code {
+            error_code::TERM_LENGTH_OVER_CAP => RefusalReason::TermLengthOverCap,
+            error_code::IMAGES_FULL => RefusalReason::ImagesFull,
+            other => RefusalReason::Other(other),
+        }
+    }
+
+    /// The ERR frame's `error_code` for this reason.
+    pub fn code(self) -> i32 {
+        match self {
+            RefusalReason::TermLengthOverCap => error_code::TERM_LENGTH_OVER_CAP,
+            RefusalReason::ImagesFull => error_code::IMAGES_FULL,
+            RefusalReason::Other(code) => code,
+        }
+    }
+}
+
+impl std::fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RefusalReason::TermLengthOverCap => f.write_str("term length over the receiver's cap"),
+            RefusalReason::ImagesFull => f.write_str("no room for another image"),
+            RefusalReason::Other(code) => write!(f, "error code {code}"),
+        }
+    }
+}
+
 /// Rounds `length` up to the next multiple of [`FRAME_ALIGNMENT`].
 pub const fn align_frame(length: usize) -> usize {
     (length + FRAME_ALIGNMENT - 1) & !(FRAME_ALIGNMENT - 1)
@@ -110,6 +165,15 @@ pub enum FrameError {
     NegativeField(&'static str),
     /// A frame type tally does not accept on the wire.
     UnsupportedType(u16),
+    /// A length field over the most the frame type allows.
+    LengthOverMax {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        length: i32,
+        /// The most allowed.
+        length_max: usize,
+    },
 }
 
 impl std::fmt::Display for FrameError {
@@ -123,6 +187,11 @@ impl std::fmt::Display for FrameError {
             FrameError::TermOffset(o) => write!(f, "bad term_offset {o}"),
             FrameError::NegativeField(name) => write!(f, "negative field {name}"),
             FrameError::UnsupportedType(t) => write!(f, "unsupported frame type {t:#06x}"),
+            FrameError::LengthOverMax {
+                field,
+                length,
+                length_max,
+            } => write!(f, "{field} {length} over its maximum {length_max}"),
         }
     }
 }
@@ -401,8 +470,13 @@ impl Rttm {
     }
 }
 
-/// Error frame: `session_id` @8, `stream_id` @12, `receiver_id` i64 @16, `group_tag` i64 @24,
-/// `error_code` i32 @32, error text length i32 @36, text @40.
+/// Error frame (Aeron's layout): `session_id` @8, `stream_id` @12, `receiver_id` i64 @16,
+/// `group_tag` i64 @24, `error_code` i32 @32, error text length i32 @36 (at most
+/// [`ERR_MESSAGE_LENGTH_MAX`]), text @40; `frame_length` covers at least the text.
+///
+/// A receiver sends one to a publication's control address (where its status messages go)
+/// when it refuses the publication's SETUP, `error_code` saying why ([`RefusalReason`]) and
+/// the text with the figures ("term length 128 MiB over the receiver's cap 64 MiB ...").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ErrorFrame<'a> {
     /// The session.
@@ -413,7 +487,7 @@ pub struct ErrorFrame<'a> {
     pub receiver_id: i64,
     /// Group tag, when [`flags::ERR_HAS_GROUP_TAG`] is set.
     pub group_tag: Option<i64>,
-    /// Application error code.
+    /// Why: one of [`error_code`] from tally, any value from other implementations.
     pub error_code: i32,
     /// Error text (ASCII), at most [`ERR_MESSAGE_LENGTH_MAX`] bytes.
     pub message: &'a [u8],
@@ -609,6 +683,13 @@ pub fn decode(b: &[u8]) -> Result<(Frame<'_>, usize), FrameError> {
             let text_len = read_i32(b, 36);
             if text_len < 0 {
                 return Err(FrameError::NegativeField("error_length"));
+            }
+            if text_len as usize > ERR_MESSAGE_LENGTH_MAX {
+                return Err(FrameError::LengthOverMax {
+                    field: "error_length",
+                    length: text_len,
+                    length_max: ERR_MESSAGE_LENGTH_MAX,
+                });
             }
             let end = ERR_HEADER_LENGTH + text_len as usize;
             if end > frame_length as usize {
@@ -840,6 +921,72 @@ mod tests {
         assert_eq!((read_i32(&b, 32), read_i32(&b, 36)), (5, 11));
         assert_eq!(&b[40..51], b"fell behind");
         assert_eq!(decode(&b[..len]).unwrap().0, Frame::Error(e));
+    }
+
+    #[test]
+    fn an_error_frame_whose_text_overruns_its_frame_or_the_maximum_is_malformed() {
+        let e = ErrorFrame {
+            session_id: 1,
+            stream_id: 2,
+            receiver_id: 3,
+            group_tag: None,
+            error_code: error_code::IMAGES_FULL,
+            message: b"refused",
+        };
+        let mut b = [0u8; ERR_HEADER_LENGTH + ERR_MESSAGE_LENGTH_MAX + 1];
+        let frame: &mut [u8; ERR_HEADER_LENGTH + ERR_MESSAGE_LENGTH_MAX] = (&mut b
+            [..ERR_HEADER_LENGTH + ERR_MESSAGE_LENGTH_MAX])
+            .try_into()
+            .unwrap();
+        let len = e.encode(frame);
+        assert_eq!(decode(&b[..len]).unwrap().0, Frame::Error(e));
+        // Text longer than the frame says.
+        let mut bad = b;
+        put_i32(&mut bad, 36, 8);
+        assert_eq!(decode(&bad[..len]), Err(FrameError::FrameLength(47)));
+        put_i32(&mut bad, 36, -1);
+        assert_eq!(
+            decode(&bad[..len]),
+            Err(FrameError::NegativeField("error_length"))
+        );
+        // Text over the maximum, even in a frame that holds it.
+        let mut long = [0u8; ERR_HEADER_LENGTH + ERR_MESSAGE_LENGTH_MAX + 1];
+        long[..len].copy_from_slice(&b[..len]);
+        let long_length = long.len() as i32;
+        put_i32(&mut long, 0, long_length);
+        put_i32(&mut long, 36, ERR_MESSAGE_LENGTH_MAX as i32 + 1);
+        assert_eq!(
+            decode(&long),
+            Err(FrameError::LengthOverMax {
+                field: "error_length",
+                length: 1024,
+                length_max: ERR_MESSAGE_LENGTH_MAX
+            })
+        );
+        // A header cut short, and a frame length beyond the datagram.
+        assert!(matches!(
+            decode(&b[..ERR_HEADER_LENGTH - 1]),
+            Err(FrameError::Truncated { .. })
+        ));
+        assert_eq!(
+            decode(&b[..len - 1]),
+            Err(FrameError::FrameLength(len as i32))
+        );
+    }
+
+    #[test]
+    fn refusal_reasons_map_to_their_error_codes_and_back() {
+        for reason in [
+            RefusalReason::TermLengthOverCap,
+            RefusalReason::ImagesFull,
+            RefusalReason::Other(13),
+        ] {
+            assert_eq!(RefusalReason::from_code(reason.code()), reason);
+        }
+        assert_eq!(
+            (error_code::TERM_LENGTH_OVER_CAP, error_code::IMAGES_FULL),
+            (1001, 1002)
+        );
     }
 
     #[test]

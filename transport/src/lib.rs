@@ -19,6 +19,16 @@
 //!
 //! Positions are byte positions in a session's stream (Aeron's), computed from term id and
 //! term offset.
+//!
+//! The frames ([`frame`]): a publication sends DATA (PAD to fill a term's end, an empty DATA
+//! frame as heartbeat) and SETUP until a receiver answers; a subscription answers with status
+//! messages (SM: its consumption position and window, or a request for a SETUP), NAKs for
+//! gaps and RTT measurements (RTTM, which the publication echoes). A subscription that
+//! refuses a SETUP (a term longer than [`Config::image_term_length_max`], or already
+//! [`config::IMAGES_MAX`] images) answers with an ERR frame naming the reason, at most one
+//! per publication per `setup_interval_ns` and a few in all; the publication keeps retrying
+//! and shows the latest as [`Sender::last_refusal`] (its offers still fail with
+//! [`OfferError::NotConnected`]).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -36,6 +46,7 @@ pub mod sender;
 pub use config::{Config, ConfigError, FlowControl};
 pub use counters::{CounterId, Counters};
 pub use driver::{now_ns, Channel, ChannelError, Publication, Subscription};
+pub use frame::RefusalReason;
 pub use idle::{Agent, IdleKind, IdleStrategy};
 pub use receiver::{ImageEnd, ImageEvent, MessageHeader, Receiver};
-pub use sender::{Claim, OfferError, Sender, Transmit};
+pub use sender::{Claim, OfferError, Refusal, Sender, Transmit};

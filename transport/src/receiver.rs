@@ -6,7 +6,8 @@
 //! [`Receiver::handle_datagram`], [`Receiver::handle_timeout`], and for the driver, datagrams
 //! it received straight into a log region past the rebuild position
 //! (`Receiver::direct_target`, then `accept_direct` or `take_direct` for each); output:
-//! [`Receiver::poll_transmit`] (status messages, NAKs, setup requests, RTT requests),
+//! [`Receiver::poll_transmit`] (status messages, NAKs, setup requests, RTT requests, and ERR
+//! frames telling a publication why its SETUP was refused),
 //! [`Receiver::poll`] (messages, in order per session) and [`Receiver::poll_event`]
 //! (images appearing and ending).
 //!
@@ -15,18 +16,22 @@
 //! contiguous frames; messages are delivered once each, in position order per image. An image
 //! whose sender has moved two terms past its rebuild position has lost data the sender no
 //! longer holds: it ends with [`ImageEnd::FellBehind`] after delivering everything before the
-//! gap.
+//! gap. A refused SETUP is answered with at most one ERR frame per publication per
+//! `setup_interval_ns`, and at most [`REFUSAL_REPLIES_PER_INTERVAL_MAX`] in all per interval.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use crate::config::{
-    Config, ConfigError, IMAGES_MAX, MTU_MAX, MTU_MIN, TERM_LENGTH_MAX, TERM_LENGTH_MIN,
+    Config, ConfigError, IMAGES_MAX, MTU_MAX, MTU_MIN, RECEIVER_TRANSMIT_LENGTH_MIN,
+    REFUSALS_TRACKED_MAX, REFUSAL_REPLIES_PER_INTERVAL_MAX, REFUSAL_TEXT_LENGTH_MAX,
+    TERM_LENGTH_MAX, TERM_LENGTH_MIN,
 };
 use crate::counters::{CounterId, Counters};
 use crate::frame::{
-    self, align_frame, flags, frame_type, read_i32, DataHeader, Frame, Frames, Nak, Rttm, Setup,
-    StatusMessage, DATA_HEADER_LENGTH, FRAME_ALIGNMENT, SM_WITH_GROUP_TAG_LENGTH,
+    self, align_frame, flags, frame_type, read_i32, DataHeader, ErrorFrame, Frame, Frames, Nak,
+    RefusalReason, Rttm, Setup, StatusMessage, DATA_HEADER_LENGTH, ERR_HEADER_LENGTH,
+    ERR_MESSAGE_LENGTH_MAX, FRAME_ALIGNMENT, SM_WITH_GROUP_TAG_LENGTH,
 };
 use crate::log::{touch_lines, TermLog};
 use crate::rng::Rng;
@@ -140,6 +145,21 @@ struct SetupRequest {
     next_ns: u64,
 }
 
+/// A publication whose SETUP was refused, and when it may be told why again (see
+/// `Receiver::refuse`).
+#[derive(Debug, Clone, Copy)]
+struct Refused {
+    session_id: i32,
+    source: SocketAddr,
+    reason: RefusalReason,
+    /// The term length its SETUP announced, for the reason text.
+    term_length: usize,
+    /// An ERR frame is due.
+    pending: bool,
+    /// No ERR frame for this publication before this time.
+    next_ns: u64,
+}
+
 /// The receiver state machine of one subscription.
 #[derive(Debug)]
 pub struct Receiver {
@@ -158,6 +178,11 @@ pub struct Receiver {
     last_in_order: Option<(i32, usize)>,
     /// Images that ended lately (see [`Ended`]).
     ended: Vec<Ended>,
+    /// Publications refused lately, oldest first (at most [`REFUSALS_TRACKED_MAX`]).
+    refused: Vec<Refused>,
+    /// Start of the current interval of ERR replies, and how many went out in it.
+    refusal_window_ns: u64,
+    refusal_replies: u32,
     /// The time of the last `handle_timeout`, for `reap` when called from `poll`.
     now_ns: u64,
 }
@@ -185,6 +210,9 @@ impl Receiver {
             eos_to_send: Vec::new(),
             last_in_order: None,
             ended: Vec::new(),
+            refused: Vec::with_capacity(REFUSALS_TRACKED_MAX),
+            refusal_window_ns: 0,
+            refusal_replies: 0,
             now_ns: 0,
         })
     }
@@ -595,10 +623,6 @@ impl Receiver {
             self.counters.incr(CounterId::DropsMalformed);
             return;
         }
-        if term_length > self.cfg.image_term_length_max || self.images.len() >= IMAGES_MAX {
-            self.counters.incr(CounterId::SetupsRefused);
-            return;
-        }
         // Where the image joins, before its log is allocated (a refused SETUP costs nothing).
         let join = TermLog::position_in(
             term_length.trailing_zeros(),
@@ -608,6 +632,14 @@ impl Receiver {
         );
         if join < 0 {
             self.counters.incr(CounterId::DropsMalformed);
+            return;
+        }
+        if term_length > self.cfg.image_term_length_max {
+            self.refuse(now_ns, source, s, RefusalReason::TermLengthOverCap);
+            return;
+        }
+        if self.images.len() >= IMAGES_MAX {
+            self.refuse(now_ns, source, s, RefusalReason::ImagesFull);
             return;
         }
         let cool_down = self.cfg.image_liveness_timeout_ns;
@@ -648,11 +680,96 @@ impl Receiver {
             oversized: 0,
         });
         self.setup_requests.retain(|r| r.session_id != s.session_id);
+        self.refused.retain(|r| r.session_id != s.session_id);
         self.events.push_back(ImageEvent::Available {
             session_id: s.session_id,
             source,
             position: join,
         });
+    }
+
+    /// Counts a refused SETUP and queues an ERR frame telling its publication why, unless
+    /// that publication was told less than `setup_interval_ns` ago or
+    /// [`REFUSAL_REPLIES_PER_INTERVAL_MAX`] were queued in this interval already (a flood of
+    /// SETUPs from forged sources gets no more replies than that).
+    fn refuse(&mut self, now_ns: u64, source: SocketAddr, s: &Setup, reason: RefusalReason) {
+        self.counters.incr(CounterId::SetupsRefused);
+        let interval = self.cfg.setup_interval_ns;
+        let k = match self
+            .refused
+            .iter()
+            .position(|r| r.session_id == s.session_id && r.source == source)
+        {
+            Some(k) => k,
+            None => {
+                if self.refused.len() >= REFUSALS_TRACKED_MAX {
+                    // The oldest whose reply is not waiting to go out (a flood of new
+                    // sessions must not evict the replies it was granted).
+                    let oldest = self.refused.iter().position(|r| !r.pending).unwrap_or(0);
+                    self.refused.remove(oldest);
+                }
+                self.refused.push(Refused {
+                    session_id: s.session_id,
+                    source,
+                    reason,
+                    term_length: 0,
+                    pending: false,
+                    next_ns: now_ns,
+                });
+                self.refused.len() - 1
+            }
+        };
+        let r = &mut self.refused[k];
+        r.reason = reason;
+        r.term_length = s.term_length as usize;
+        if r.pending || now_ns < r.next_ns {
+            return;
+        }
+        if now_ns >= self.refusal_window_ns.saturating_add(interval) {
+            self.refusal_window_ns = now_ns;
+            self.refusal_replies = 0;
+        }
+        if self.refusal_replies >= REFUSAL_REPLIES_PER_INTERVAL_MAX {
+            return;
+        }
+        self.refusal_replies += 1;
+        r.pending = true;
+        r.next_ns = now_ns.saturating_add(interval);
+    }
+
+    /// Writes the ERR frame telling `r`'s publication why it was refused into `buf`, and
+    /// returns its length.
+    fn encode_refusal(&self, r: &Refused, buf: &mut [u8]) -> usize {
+        use std::io::Write;
+        let mut text = [0u8; REFUSAL_TEXT_LENGTH_MAX];
+        let mut w = &mut text[..];
+        // A text too long for the buffer is cut (never the case for these).
+        let _ = match r.reason {
+            RefusalReason::TermLengthOverCap => write!(
+                w,
+                "term length {} over its cap {} (image_term_length_max)",
+                Bytes(r.term_length),
+                Bytes(self.cfg.image_term_length_max)
+            ),
+            RefusalReason::ImagesFull => write!(
+                w,
+                "it holds {IMAGES_MAX} images, its most (IMAGES_MAX): one must end first"
+            ),
+            RefusalReason::Other(_) => Ok(()),
+        };
+        let text_length = REFUSAL_TEXT_LENGTH_MAX - w.len();
+        let mut frame = [0u8; ERR_HEADER_LENGTH + ERR_MESSAGE_LENGTH_MAX];
+        let n = ErrorFrame {
+            session_id: r.session_id,
+            stream_id: self.stream_id,
+            receiver_id: self.receiver_id,
+            group_tag: self.cfg.group_tag,
+            error_code: r.reason.code(),
+            message: &text[..text_length],
+        }
+        .encode(&mut frame);
+        buf[..n].copy_from_slice(&frame[..n]);
+        n
     }
 
     fn nak_delay(&mut self) -> u64 {
@@ -791,8 +908,12 @@ impl Receiver {
         t
     }
 
-    /// Writes the next control datagram into `buf` (at least 64 bytes), if any is due.
+    /// Writes the next control datagram into `buf`, if any is due.
+    ///
+    /// # Panics
+    /// If `buf` is shorter than [`RECEIVER_TRANSMIT_LENGTH_MIN`] (a caller bug).
     pub fn poll_transmit(&mut self, now_ns: u64, buf: &mut [u8]) -> Option<Transmit> {
+        assert!(buf.len() >= RECEIVER_TRANSMIT_LENGTH_MIN);
         let mut sm_buf = [0u8; SM_WITH_GROUP_TAG_LENGTH];
         if let Some((source, session_id, term_id, offset)) = self.eos_to_send.pop() {
             let mut sm = self.status_message(session_id, flags::SM_EOS, 0);
@@ -813,6 +934,12 @@ impl Receiver {
             let n = sm.encode(&mut sm_buf);
             buf[..n].copy_from_slice(&sm_buf[..n]);
             return Some(self.control_sent(source, n, CounterId::StatusMessagesSent));
+        }
+        if let Some(r) = self.refused.iter_mut().find(|r| r.pending) {
+            r.pending = false;
+            let r = *r;
+            let n = self.encode_refusal(&r, buf);
+            return Some(self.control_sent(r.source, n, CounterId::ErrorFramesSent));
         }
         for k in 0..self.images.len() {
             let img = &mut self.images[k];
@@ -898,6 +1025,22 @@ impl Receiver {
         Transmit {
             destination: Some(destination),
             length,
+        }
+    }
+}
+
+/// A length in bytes, written in the largest binary unit that divides it ("128 MiB").
+struct Bytes(usize);
+
+impl std::fmt::Display for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const UNITS: [(usize, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        match UNITS
+            .iter()
+            .find(|(unit, _)| self.0 >= *unit && self.0.is_multiple_of(*unit))
+        {
+            Some((unit, name)) => write!(f, "{} {name}", self.0 / unit),
+            None => write!(f, "{} bytes", self.0),
         }
     }
 }

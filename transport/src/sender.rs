@@ -1,10 +1,11 @@
 //! The sans-IO sender of one publication: term buffers, framing, batching, flow control,
 //! retransmits, SETUP, heartbeats and close.
 //!
-//! Owns: the publication's log (three terms), its positions and the receivers it has heard
-//! from. Does not own sockets or a clock: callers feed `now_ns` and datagrams in
-//! ([`Sender::handle_datagram`], [`Sender::handle_timeout`]) and take datagrams out
-//! ([`Sender::poll_transmit`]); [`Sender::poll_timeout`] says when to call again.
+//! Owns: the publication's log (three terms), its positions, the receivers it has heard
+//! from, and the latest refusal one of them sent ([`Sender::last_refusal`]). Does not own
+//! sockets or a clock: callers feed `now_ns` and datagrams in ([`Sender::handle_datagram`],
+//! [`Sender::handle_timeout`]) and take datagrams out ([`Sender::poll_transmit`]);
+//! [`Sender::poll_timeout`] says when to call again.
 //!
 //! Methods, in the order a driver calls them each duty cycle: mutators ([`Sender::offer`],
 //! [`Sender::try_claim`], [`Sender::close`]), input (`handle_datagram` for every control
@@ -12,7 +13,10 @@
 //!
 //! Invariants: `sender_position <= publisher_position <= sender_position + publication_window`;
 //! data is sent only below the flow-control `sender_limit`; a retransmit only resends bytes
-//! already sent and still in the log (the sender position's term and the one before).
+//! already sent and still in the log (the sender position's term and the one before). A
+//! tracked receiver's position and limit never move back (a reordered status message changes
+//! nothing), so the sender's limit moves back only when a receiver joins behind the others
+//! (min and tagged strategies) or one leaves (max).
 
 use std::net::SocketAddr;
 
@@ -21,8 +25,8 @@ use crate::config::{
 };
 use crate::counters::{CounterId, Counters};
 use crate::frame::{
-    self, align_frame, flags, frame_type, DataHeader, Frame, Frames, Nak, Rttm, Setup,
-    StatusMessage, DATA_HEADER_LENGTH, FRAME_ALIGNMENT,
+    self, align_frame, flags, frame_type, DataHeader, ErrorFrame, Frame, Frames, Nak,
+    RefusalReason, Rttm, Setup, StatusMessage, DATA_HEADER_LENGTH, FRAME_ALIGNMENT,
 };
 use crate::log::{touch_lines, TermLog};
 
@@ -32,7 +36,8 @@ pub enum OfferError {
     /// The publication is flow-controlled: retry after the driver has sent and receivers
     /// have acknowledged.
     BackPressured,
-    /// No receiver has acknowledged the session (or all timed out).
+    /// No receiver has acknowledged the session (or all timed out). A receiver that refused
+    /// it said why: [`Sender::last_refusal`].
     NotConnected,
     /// The publication is closing or closed.
     Closed,
@@ -59,6 +64,33 @@ impl std::fmt::Display for OfferError {
 }
 
 impl std::error::Error for OfferError {}
+
+/// A receiver's refusal of this publication: the ERR frame it answered a SETUP with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Why, from the frame's error code.
+    pub reason: RefusalReason,
+    /// The receiver's words with the figures, e.g. "term length 128 MiB over its cap 64 MiB
+    /// (image_term_length_max)". At most `frame::ERR_MESSAGE_LENGTH_MAX` bytes as sent;
+    /// control characters and invalid UTF-8 are replaced.
+    pub text: String,
+    /// When it arrived: the `now_ns` it was fed with.
+    pub at_ns: u64,
+    /// The receiver's address.
+    pub source: SocketAddr,
+    /// The receiver's id.
+    pub receiver_id: i64,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.text.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            f.write_str(&self.text)
+        }
+    }
+}
 
 /// A datagram produced by `poll_transmit`: `length` bytes at the start of the caller's buffer,
 /// for `destination` (`None`: the publication's channel endpoint or multicast group).
@@ -127,6 +159,7 @@ pub struct Sender {
     last_send_ns: u64,
     eos_sent: bool,
     rttm_reply: Option<(SocketAddr, Rttm)>,
+    last_refusal: Option<Refusal>,
     state: State,
     counters: Counters,
 }
@@ -164,6 +197,7 @@ impl Sender {
             last_send_ns: now_ns,
             eos_sent: false,
             rttm_reply: None,
+            last_refusal: None,
             state: State::Active,
             counters: Counters::default(),
         })
@@ -221,6 +255,13 @@ impl Sender {
     /// Whether the publication finished closing.
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
+    }
+    /// The latest refusal of this publication by a receiver, if any. The publication keeps
+    /// sending SETUPs meanwhile, and joins if the receiver takes one later (an image ended and
+    /// made room); the refusal stays here after that, and a multicast publication may be
+    /// connected to other receivers, so compare `at_ns` with the time of interest.
+    pub fn last_refusal(&self) -> Option<&Refusal> {
+        self.last_refusal.as_ref()
     }
     /// Receivers currently in the flow-control set.
     pub fn receiver_count(&self) -> usize {
@@ -471,7 +512,7 @@ impl Sender {
     }
 
     /// Feeds one datagram received on the publication's socket (status messages, NAKs, RTT
-    /// requests). Anything else is dropped and counted.
+    /// requests, ERR frames refusing it). Anything else is dropped and counted.
     pub fn handle_datagram(&mut self, now_ns: u64, source: SocketAddr, datagram: &[u8]) {
         self.counters.incr(CounterId::DatagramsReceived);
         self.counters
@@ -481,6 +522,7 @@ impl Sender {
                 Err(_) => self.counters.incr(CounterId::DropsMalformed),
                 Ok(Frame::StatusMessage(sm)) => self.on_status_message(now_ns, &sm),
                 Ok(Frame::Nak(nak)) => self.on_nak(now_ns, &nak),
+                Ok(Frame::Error(e)) => self.on_error(now_ns, source, &e),
                 Ok(Frame::Rttm(r)) if r.flags & flags::RTTM_REPLY == 0 => {
                     if r.session_id == self.session_id && r.stream_id == self.stream_id {
                         self.rttm_reply = Some((
@@ -496,6 +538,40 @@ impl Sender {
                     }
                 }
                 Ok(_) => self.counters.incr(CounterId::DropsUnexpectedType),
+            }
+        }
+    }
+
+    /// Records a receiver's refusal (the frame's text is copied into the kept `String`, so a
+    /// flood of them allocates nothing after the first).
+    fn on_error(&mut self, now_ns: u64, source: SocketAddr, e: &ErrorFrame<'_>) {
+        if e.session_id != self.session_id || e.stream_id != self.stream_id {
+            self.counters.incr(CounterId::DropsUnknownSession);
+            return;
+        }
+        self.counters.incr(CounterId::ErrorFramesReceived);
+        let r = self.last_refusal.get_or_insert_with(|| Refusal {
+            reason: RefusalReason::Other(0),
+            text: String::new(),
+            at_ns: 0,
+            source,
+            receiver_id: 0,
+        });
+        r.reason = RefusalReason::from_code(e.error_code);
+        r.at_ns = now_ns;
+        r.source = source;
+        r.receiver_id = e.receiver_id;
+        r.text.clear();
+        // The text reaches users' terminals and logs: nothing in it may act as a control.
+        for chunk in e.message.utf8_chunks() {
+            r.text.extend(
+                chunk
+                    .valid()
+                    .chars()
+                    .map(|c| if c.is_control() { '\u{FFFD}' } else { c }),
+            );
+            if !chunk.invalid().is_empty() {
+                r.text.push('\u{FFFD}');
             }
         }
     }
@@ -532,7 +608,11 @@ impl Sender {
             .find(|r| r.receiver_id == sm.receiver_id)
         {
             Some(r) => {
-                r.limit = limit;
+                // A status message older than one already taken (reordered on the way, or a
+                // copy) must not move its receiver back: what it granted stays granted. Under
+                // the min strategies that receiver would otherwise pull the sender's limit back
+                // with it, stalling sends until its next status message.
+                r.limit = r.limit.max(limit);
                 r.position = r.position.max(position);
                 r.last_seen_ns = now_ns;
                 r.group_tag = sm.group_tag;

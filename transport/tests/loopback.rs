@@ -276,10 +276,15 @@ fn multicast_on_loopback_delivers_every_message_in_order_to_two_subscribers_desp
 
 /// A unicast subscription on an ephemeral loopback port, and its address.
 fn unicast_subscription() -> (Subscription, SocketAddrV4) {
+    unicast_subscription_with(test_config())
+}
+
+/// [`unicast_subscription`] with `config`.
+fn unicast_subscription_with(config: Config) -> (Subscription, SocketAddrV4) {
     let sub = Subscription::new(
         &Channel::unicast(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
         STREAM_ID,
-        test_config(),
+        config,
     )
     .unwrap();
     let std::net::SocketAddr::V4(endpoint) = sub.local_addr().unwrap() else {
@@ -320,6 +325,47 @@ fn try_claim_writes_in_place_and_a_closed_publication_ends_the_image() {
         idle.idle(work);
     }
     assert_eq!(got, vec![b"hello".to_vec()]);
+}
+
+#[test]
+fn a_publication_whose_term_is_over_the_subscribers_cap_is_told_why_and_never_connects() {
+    let (mut sub, endpoint) = unicast_subscription_with(Config {
+        image_term_length_max: 1024 * 1024,
+        ..test_config()
+    });
+    let mut publication = Publication::new(
+        &Channel::unicast(endpoint),
+        STREAM_ID,
+        Config {
+            setup_interval_ns: 1_000_000,
+            ..Config::with_term_length(2 * 1024 * 1024)
+        },
+    )
+    .unwrap();
+    let mut idle = IdleStrategy::backoff();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Until several refusals came back (each SETUP interval's), never connected.
+    while publication.counters().get(CounterId::ErrorFramesReceived) < 5 {
+        assert!(Instant::now() < deadline, "{:?}", publication.counters());
+        let now = now_ns();
+        let work = publication.do_work(now) + sub.do_work(now);
+        assert!(!publication.is_connected());
+        assert_eq!(sub.receiver().image_count(), 0);
+        idle.idle(work);
+    }
+    assert_eq!(publication.offer(b"x"), Err(OfferError::NotConnected));
+    let refusal = publication.last_refusal().expect("told why");
+    assert_eq!(refusal.reason, transport::RefusalReason::TermLengthOverCap);
+    assert_eq!(
+        refusal.text,
+        "term length 2 MiB over its cap 1 MiB (image_term_length_max)"
+    );
+    assert_eq!(refusal.source, std::net::SocketAddr::V4(endpoint));
+    assert!(refusal.at_ns <= now_ns());
+    assert!(sub.poll_event().is_none());
+    let c = sub.counters();
+    assert!(c.get(CounterId::SetupsRefused) >= c.get(CounterId::ErrorFramesSent));
+    assert!(c.get(CounterId::ErrorFramesSent) >= 5);
 }
 
 /// A publisher played by hand from a plain socket: SETUP and DATA frames of session

@@ -658,3 +658,311 @@ fn a_setup_announcing_a_term_longer_than_the_cap_is_refused_before_any_allocatio
     let long = Config::with_term_length(256 * 1024 * 1024);
     assert_eq!(long.image_term_length_max, 256 * 1024 * 1024);
 }
+
+/// A SETUP of `session_id` announcing `term_length`.
+fn setup_with(session_id: i32, term_length: i32) -> [u8; frame::SETUP_LENGTH] {
+    Setup {
+        flags: 0,
+        term_offset: 0,
+        session_id,
+        stream_id: STREAM,
+        initial_term_id: 5,
+        active_term_id: 5,
+        term_length,
+        mtu: 1408,
+        ttl: 0,
+    }
+    .encode()
+}
+
+/// Every control datagram the receiver has due at `now`, with its destination.
+fn control_from(r: &mut Receiver, now: u64) -> Vec<(SocketAddr, Vec<u8>)> {
+    let mut buf = [0u8; 256];
+    let mut v = Vec::new();
+    while let Some(t) = r.poll_transmit(now, &mut buf) {
+        v.push((t.destination.unwrap(), buf[..t.length].to_vec()));
+    }
+    v
+}
+
+/// The ERR frames among `control`: (destination, session, stream, error code, text).
+fn error_frames(control: &[(SocketAddr, Vec<u8>)]) -> Vec<(SocketAddr, i32, i32, i32, String)> {
+    control
+        .iter()
+        .filter_map(|(to, bytes)| match frame::decode(bytes) {
+            Ok((frame::Frame::Error(e), _)) => Some((
+                *to,
+                e.session_id,
+                e.stream_id,
+                e.error_code,
+                String::from_utf8(e.message.to_vec()).unwrap(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_setup_over_the_term_cap_is_answered_with_an_err_frame_naming_both_lengths() {
+    let cfg = Config {
+        image_term_length_max: 128 * 1024,
+        ..Config::with_term_length(64 * 1024)
+    };
+    let mut r = Receiver::new(cfg, STREAM, 1).unwrap();
+    r.handle_datagram(0, source(), &setup_with(SESSION, 2 * 1024 * 1024));
+    assert_eq!(r.image_count(), 0);
+    let errors = error_frames(&control_from(&mut r, 0));
+    assert_eq!(
+        errors,
+        vec![(
+            source(),
+            SESSION,
+            STREAM,
+            frame::error_code::TERM_LENGTH_OVER_CAP,
+            "term length 2 MiB over its cap 128 KiB (image_term_length_max)".to_string()
+        )]
+    );
+    assert_eq!(r.counters().get(CounterId::SetupsRefused), 1);
+    assert_eq!(r.counters().get(CounterId::ErrorFramesSent), 1);
+}
+
+#[test]
+fn a_setup_finding_every_image_taken_is_answered_with_an_err_frame_saying_so() {
+    let mut r = Receiver::new(Config::with_term_length(64 * 1024), STREAM, 1).unwrap();
+    let max = transport::config::IMAGES_MAX as i32;
+    for session_id in 0..max {
+        r.handle_datagram(0, source(), &setup_with(session_id, 64 * 1024));
+    }
+    assert_eq!(r.image_count(), max as usize);
+    let _ = control_from(&mut r, 0);
+    r.handle_datagram(1, source(), &setup_with(max, 64 * 1024));
+    let errors = error_frames(&control_from(&mut r, 1));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        (errors[0].1, errors[0].3),
+        (max, frame::error_code::IMAGES_FULL)
+    );
+    assert_eq!(
+        errors[0].4,
+        format!("it holds {max} images, its most (IMAGES_MAX): one must end first")
+    );
+    assert_eq!(
+        frame::RefusalReason::from_code(errors[0].3),
+        frame::RefusalReason::ImagesFull
+    );
+    // A SETUP of a session already joined is no refusal.
+    r.handle_datagram(2, source(), &setup_with(0, 64 * 1024));
+    assert!(error_frames(&control_from(&mut r, 2)).is_empty());
+    assert_eq!(r.counters().get(CounterId::SetupsRefused), 1);
+}
+
+#[test]
+fn a_burst_of_refused_setups_gets_one_reply_per_interval_and_a_forged_flood_a_bounded_few() {
+    let cfg = Config {
+        image_term_length_max: 64 * 1024,
+        ..Config::with_term_length(64 * 1024)
+    };
+    let interval = cfg.setup_interval_ns;
+    let mut r = Receiver::new(cfg, STREAM, 1).unwrap();
+    let too_long = 128 * 1024;
+    // One publication re-sending its SETUP 100 times within an interval: one reply.
+    let mut replies = 0;
+    for k in 0..100u64 {
+        r.handle_datagram(k * interval / 100, source(), &setup_with(SESSION, too_long));
+        replies += error_frames(&control_from(&mut r, k * interval / 100)).len();
+    }
+    assert_eq!(replies, 1);
+    // The next interval, one more.
+    r.handle_datagram(interval, source(), &setup_with(SESSION, too_long));
+    assert_eq!(error_frames(&control_from(&mut r, interval)).len(), 1);
+    // A flood of SETUPs from 1,000 forged sources and sessions within one interval gets at
+    // most the per-interval budget of replies, whoever they claim to be.
+    let t = 3 * interval;
+    for k in 0..1000i32 {
+        let forged: SocketAddr = format!("10.1.{}.{}:{}", k / 250, k % 250, 2000 + k)
+            .parse()
+            .unwrap();
+        r.handle_datagram(t, forged, &setup_with(1000 + k, too_long));
+    }
+    let flood = error_frames(&control_from(&mut r, t));
+    assert_eq!(
+        flood.len(),
+        transport::config::REFUSAL_REPLIES_PER_INTERVAL_MAX as usize
+    );
+    assert_eq!(r.counters().get(CounterId::SetupsRefused), 1101);
+    assert_eq!(
+        r.counters().get(CounterId::ErrorFramesSent),
+        2 + transport::config::REFUSAL_REPLIES_PER_INTERVAL_MAX as u64
+    );
+}
+
+/// Feeds every datagram the sender has due at `now` to the receiver and back, once.
+fn exchange_once(s: &mut Sender, r: &mut Receiver, now: u64) {
+    let publication: SocketAddr = "10.0.0.9:4000".parse().unwrap();
+    let mut buf = vec![0u8; 65536];
+    while let Some(t) = s.poll_transmit(now, &mut buf) {
+        r.handle_datagram(now, publication, &buf[..t.length]);
+    }
+    for (to, bytes) in control_from(r, now) {
+        if to == publication {
+            s.handle_datagram(now, source(), &bytes);
+        }
+    }
+}
+
+#[test]
+fn a_publication_finding_every_image_taken_learns_why_and_never_connects() {
+    let cfg = Config::with_term_length(64 * 1024);
+    let mut r = Receiver::new(cfg.clone(), STREAM, 1).unwrap();
+    let max = transport::config::IMAGES_MAX as i32;
+    for session_id in 0..max {
+        r.handle_datagram(0, source(), &setup_with(1000 + session_id, 64 * 1024));
+    }
+    let _ = control_from(&mut r, 0);
+    let mut s = Sender::new(cfg.clone(), SESSION, STREAM, 5, 0).unwrap();
+    assert_eq!(s.last_refusal(), None);
+    // Ten SETUP intervals: a SETUP each, an ERR frame for each, never a status message.
+    for k in 0..10 {
+        let now = k * cfg.setup_interval_ns;
+        exchange_once(&mut s, &mut r, now);
+        assert!(!s.is_connected());
+        assert_eq!(s.offer(b"x"), Err(OfferError::NotConnected));
+        let refusal = s.last_refusal().expect("told why");
+        assert_eq!(refusal.reason, transport::RefusalReason::ImagesFull);
+        assert_eq!(refusal.at_ns, now);
+        assert_eq!(refusal.receiver_id, r.receiver_id());
+        assert_eq!(
+            refusal.to_string(),
+            format!("it holds {max} images, its most (IMAGES_MAX): one must end first")
+        );
+    }
+    assert_eq!(s.counters().get(CounterId::SetupsSent), 10);
+    assert_eq!(s.counters().get(CounterId::ErrorFramesReceived), 10);
+    assert_eq!(s.counters().drops_total(), 0);
+    assert_eq!(r.counters().get(CounterId::ErrorFramesSent), 10);
+}
+
+fn error_frame(session_id: i32, stream_id: i32, text: &[u8]) -> Vec<u8> {
+    let mut b = [0u8; frame::ERR_HEADER_LENGTH + frame::ERR_MESSAGE_LENGTH_MAX];
+    let n = frame::ErrorFrame {
+        session_id,
+        stream_id,
+        receiver_id: 9,
+        group_tag: None,
+        error_code: frame::error_code::TERM_LENGTH_OVER_CAP,
+        message: text,
+    }
+    .encode(&mut b);
+    b[..n].to_vec()
+}
+
+#[test]
+fn a_malformed_error_frame_is_dropped_and_counted() {
+    let mut s = Sender::new(Config::with_term_length(64 * 1024), SESSION, STREAM, 5, 0).unwrap();
+    let good = error_frame(SESSION, STREAM, b"term length 128 KiB over its cap 64 KiB");
+    let mut lying = good.clone();
+    lying[36..40].copy_from_slice(&1000i32.to_le_bytes()); // text beyond the frame
+    let mut negative = good.clone();
+    negative[36..40].copy_from_slice(&(-1i32).to_le_bytes());
+    let mut short = good.clone();
+    short[0..4].copy_from_slice(&39i32.to_le_bytes()); // frame shorter than its header
+    for bad in [&lying[..], &negative[..], &short[..], &good[..30]] {
+        s.handle_datagram(1, source(), bad);
+    }
+    assert_eq!(s.counters().get(CounterId::DropsMalformed), 4);
+    assert_eq!(s.counters().get(CounterId::ErrorFramesReceived), 0);
+    assert_eq!(s.counters().drops_total(), 4);
+    assert_eq!(s.last_refusal(), None);
+    // The well-formed one is taken; control characters in its text are replaced.
+    s.handle_datagram(
+        2,
+        source(),
+        &error_frame(SESSION, STREAM, b"over\x1b[2J cap \xff"),
+    );
+    assert_eq!(s.counters().get(CounterId::ErrorFramesReceived), 1);
+    let refusal = s.last_refusal().unwrap();
+    assert_eq!(refusal.text, "over\u{FFFD}[2J cap \u{FFFD}");
+    assert_eq!(refusal.reason, transport::RefusalReason::TermLengthOverCap);
+}
+
+#[test]
+fn an_error_frame_for_another_session_or_stream_is_ignored() {
+    let mut s = Sender::new(Config::with_term_length(64 * 1024), SESSION, STREAM, 5, 0).unwrap();
+    s.handle_datagram(1, source(), &error_frame(SESSION + 1, STREAM, b"not yours"));
+    s.handle_datagram(1, source(), &error_frame(SESSION, STREAM + 1, b"not yours"));
+    assert_eq!(s.last_refusal(), None);
+    assert_eq!(s.counters().get(CounterId::DropsUnknownSession), 2);
+    assert_eq!(s.counters().get(CounterId::ErrorFramesReceived), 0);
+    // A receiver takes no ERR frame at all.
+    let mut r = receiver();
+    r.handle_datagram(1, source(), &error_frame(SESSION, STREAM, b"to a receiver"));
+    assert_eq!(r.counters().get(CounterId::DropsUnexpectedType), 1);
+}
+
+/// A multicast sender with `flow_control`, connected by receiver 1 and with 8,000 bytes
+/// published, so that status messages up to there are in range.
+fn published_sender(flow_control: transport::FlowControl) -> Sender {
+    let cfg = Config {
+        flow_control,
+        multicast: true,
+        ..Config::with_term_length(64 * 1024)
+    };
+    let mut s = Sender::new(cfg, SESSION, STREAM, 5, 0).unwrap();
+    s.handle_datagram(0, source(), &status(1, 0, 4096, Some(9)));
+    for _ in 0..8 {
+        s.offer(&[0u8; 1000]).unwrap();
+    }
+    s
+}
+
+#[test]
+fn a_reordered_older_status_message_moves_neither_its_receiver_nor_the_limit_back() {
+    use transport::FlowControl::*;
+    for fc in [Unicast, Min, Max, Tagged(9)] {
+        // Two receivers; each one's older status message arrives after its newer one.
+        let mut s = published_sender(fc);
+        s.handle_datagram(1, source(), &status(1, 2048, 4096, Some(9)));
+        s.handle_datagram(1, source(), &status(2, 3072, 4096, Some(9)));
+        let limit = s.sender_limit();
+        let expected = match fc {
+            Min | Tagged(_) => 2048 + 4096,
+            Unicast | Max => 3072 + 4096,
+        };
+        assert_eq!(limit, expected, "{fc:?}");
+        for (receiver, older) in [(2, 1024), (1, 0), (2, 2048), (1, 1024)] {
+            s.handle_datagram(2, source(), &status(receiver, older, 4096, Some(9)));
+            assert_eq!(
+                s.sender_limit(),
+                limit,
+                "{fc:?}: receiver {receiver} at {older}"
+            );
+        }
+        // The same position again with a smaller window (a reordered copy) does not shrink
+        // what was granted either.
+        s.handle_datagram(2, source(), &status(1, 2048, 1024, Some(9)));
+        assert_eq!(s.sender_limit(), limit, "{fc:?}: a smaller window");
+        // What each receiver reached is remembered: receiver 1 moving on past receiver 2
+        // leaves the slowest at receiver 2's newest position, not at its reordered one.
+        s.handle_datagram(3, source(), &status(1, 4096, 4096, Some(9)));
+        let expected = match fc {
+            Min | Tagged(_) => 3072 + 4096,
+            Unicast | Max => 4096 + 4096,
+        };
+        assert_eq!(
+            s.sender_limit(),
+            expected,
+            "{fc:?}: after receiver 1 moved on"
+        );
+    }
+}
+
+#[test]
+fn a_new_receiver_joining_behind_still_holds_a_min_sender_back() {
+    // Not a reordering: a receiver the sender has not heard from joins at a lower position,
+    // and the slowest-receiver strategies wait for it.
+    let mut s = published_sender(transport::FlowControl::Min);
+    s.handle_datagram(1, source(), &status(1, 4096, 4096, None));
+    assert_eq!(s.sender_limit(), 4096 + 4096);
+    s.handle_datagram(1, source(), &status(2, 1024, 4096, None));
+    assert_eq!(s.sender_limit(), 1024 + 4096);
+}
