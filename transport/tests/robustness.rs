@@ -622,20 +622,7 @@ fn a_setup_announcing_a_term_longer_than_the_cap_is_refused_before_any_allocatio
         ..Config::with_term_length(64 * 1024)
     };
     let mut r = Receiver::new(cfg, STREAM, 1).unwrap();
-    let announce = |session_id: i32, term_length: i32| {
-        Setup {
-            flags: 0,
-            term_offset: 0,
-            session_id,
-            stream_id: STREAM,
-            initial_term_id: 5,
-            active_term_id: 5,
-            term_length,
-            mtu: 1408,
-            ttl: 0,
-        }
-        .encode()
-    };
+    let announce = setup_with;
     r.handle_datagram(0, source(), &announce(SESSION, 1 << 30));
     r.handle_datagram(0, source(), &announce(SESSION + 1, 256 * 1024));
     assert_eq!(r.image_count(), 0);
