@@ -2391,13 +2391,17 @@ impl Engine {
     /// Restore: the address ranges that restoring `accounts` accounts and `retained`
     /// retained transfers will write, in the order a helper mapping them should take them
     /// (each from its end, see `prefetch::populate_for_write`) so as to stay ahead of the
-    /// restoring thread, or meet it halfway: the account index (small, written at random
-    /// from the start), the account table, the retention index (written last), then the
-    /// ring's records (written in order, after the accounts).
+    /// restoring thread, or meet it halfway: the listing orders' blocks (small, and so mapped
+    /// long before the end, when they are built), the account index (small, written at
+    /// random from the start), the account table, the retention index (written last), then
+    /// the ring's records (written in order, after the accounts).
     pub(crate) fn restore_spans(&self, accounts: u64, retained: u64) -> Vec<(usize, usize)> {
         let accounts = (accounts as usize).min(self.accounts.capacity());
         let retained = (retained as usize).min(self.ring.records.len());
         vec![
+            // The listing orders are built last, from mapped pages if these go first.
+            self.by_id.build_span(accounts),
+            self.by_ledger.build_span(accounts),
             self.account_index.span(),
             crate::prefetch::span(&self.accounts, accounts),
             self.ring.index.span(),
@@ -2744,29 +2748,47 @@ impl Engine {
             .map_err(|_| "restored balances break an invariant")
     }
 
-    /// Restore: the account orders, from two sorts (ids are unique, checked as they loaded).
+    /// Restore: the account orders (ids are unique, checked as they loaded). Two sorts, or
+    /// none when the accounts were created in increasing id order on one ledger (time-ordered
+    /// ids, as many systems assign them): one pass finds out.
     fn build_orders(&mut self) {
         let records = &self.accounts;
-        let mut by_id: Vec<(u64, u32)> = records
-            .iter()
-            .enumerate()
-            .map(|(slot, r)| (r.account.id, slot as u32))
-            .collect();
-        by_id.sort_unstable_by_key(|p| p.0);
-        let slots: Vec<u32> = by_id.iter().map(|p| p.1).collect();
-        self.by_id.build(&slots, |s| id_key(records, s));
+        let (mut increasing, mut one_ledger) = (true, true);
+        for w in records.windows(2) {
+            increasing &= w[0].account.id < w[1].account.id;
+            one_ledger &= w[0].account.ledger == w[1].account.ledger;
+        }
+        let n = records.len() as u32;
+        // Slots by rank in id order.
+        let sorted: Option<Vec<u32>> = (!increasing).then(|| {
+            let mut by_id: Vec<(u64, u32)> = records
+                .iter()
+                .enumerate()
+                .map(|(slot, r)| (r.account.id, slot as u32))
+                .collect();
+            by_id.sort_unstable_by_key(|p| p.0);
+            by_id.iter().map(|p| p.1).collect()
+        });
+        let by_rank = |rank: u32| sorted.as_ref().map_or(rank, |v| v[rank as usize]);
+        self.by_id
+            .build((0..n).map(by_rank), |s| id_key(records, s));
+        if one_ledger {
+            self.by_ledger
+                .build((0..n).map(by_rank), |s| ledger_key(records, s));
+            return;
+        }
         // (ledger, rank in id order): sorted, the (ledger, id) order.
-        let mut by_ledger: Vec<u64> = slots
-            .iter()
-            .enumerate()
-            .map(|(rank, &s)| (u64::from(records[s as usize].account.ledger) << 32) | rank as u64)
+        let mut by_ledger: Vec<u64> = (0..n)
+            .map(|rank| {
+                let ledger = records[by_rank(rank) as usize].account.ledger;
+                (u64::from(ledger) << 32) | u64::from(rank)
+            })
             .collect();
         by_ledger.sort_unstable();
-        let slots: Vec<u32> = by_ledger
-            .iter()
-            .map(|v| by_id[(v & 0xffff_ffff) as usize].1)
-            .collect();
-        self.by_ledger.build(&slots, |s| ledger_key(records, s));
+        self.by_ledger
+            .build(by_ledger.iter().map(|v| by_rank(*v as u32)), |s| {
+                ledger_key(records, s)
+            });
     }
 
     /// Open pending transfers in slab order, for snapshots. Restore rebuilds the deadline heap

@@ -66,6 +66,16 @@ impl Order {
         self.directory.capacity() * std::mem::size_of::<Entry>() + self.slots.capacity() * 4
     }
 
+    /// `(address, bytes)` of the block storage that [`Order::build`] of `slots` slots fills
+    /// (within the reservation), for a restore to have mapped ahead.
+    pub(crate) fn build_span(&self, slots: usize) -> (usize, usize) {
+        let bytes = slots.div_ceil(BUILD_FILL) * BLOCK * 4;
+        (
+            self.slots.as_ptr() as usize,
+            bytes.min(self.slots.capacity() * 4),
+        )
+    }
+
     fn block(&self, e: &Entry) -> &[u32] {
         let at = e.block as usize * BLOCK;
         &self.slots[at..at + e.len as usize]
@@ -177,17 +187,26 @@ impl Order {
 
     /// Replaces the contents with `slots`, which must be in strictly increasing key order
     /// (`first_key` gives a slot's key), packed [`BUILD_FILL`] to a block.
-    pub(crate) fn build(&mut self, slots: &[u32], first_key: impl Fn(u32) -> u128) {
+    pub(crate) fn build(
+        &mut self,
+        slots: impl IntoIterator<Item = u32>,
+        first_key: impl Fn(u32) -> u128,
+    ) {
         self.directory.clear();
         self.slots.clear();
-        for run in slots.chunks(BUILD_FILL) {
+        let mut slots = slots.into_iter().peekable();
+        while let Some(&first) = slots.peek() {
             let block = self.new_block();
             let at = block as usize * BLOCK;
-            self.slots[at..at + run.len()].copy_from_slice(run);
+            let mut len = 0;
+            for (dst, slot) in self.slots[at..at + BUILD_FILL].iter_mut().zip(&mut slots) {
+                *dst = slot;
+                len += 1;
+            }
             self.directory.push(Entry {
-                first: first_key(run[0]),
+                first: first_key(first),
                 block,
-                len: run.len() as u32,
+                len,
             });
         }
     }
@@ -259,7 +278,7 @@ mod tests {
             }
             // A rebuilt order holds the same, and takes inserts after.
             let sorted: Vec<u32> = model.values().copied().collect();
-            order.build(&sorted, key);
+            order.build(sorted.iter().copied(), key);
             check(&order, &keys, &model);
         }
     }

@@ -465,6 +465,14 @@ fn all_pages(e: &Engine, ledger: Option<u32>) -> Vec<u64> {
 /// (which builds the orders afresh) and with accounts created after it.
 #[test]
 fn account_pages_list_every_account_once_in_id_order_before_and_after_a_restore() {
+    // Mixed ids (increasing, random, the largest) on three ledgers; increasing ids on three
+    // ledgers; increasing ids on one ledger (a restore sorts nothing then).
+    for mode in 0..3u64 {
+        account_pages_with_ids(mode);
+    }
+}
+
+fn account_pages_with_ids(mode: u64) {
     let config = EngineConfig {
         accounts_max: 5_000,
         transfers_retained_max: 16,
@@ -476,16 +484,15 @@ fn account_pages_list_every_account_once_in_id_order_before_and_after_a_restore(
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let mut created: Vec<(u64, u32)> = Vec::new();
     let mut create = |l: &mut Ledger, k: u64| {
-        // Increasing, random and the largest ids, spread over three ledgers.
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let id = match k % 3 {
-            0 => k + 1,
-            1 => x | 1,
+        let id = match (mode, k % 3) {
+            (0, 0) | (1.., _) => k + 1,
+            (0, 1) => x | 1,
             _ => u64::MAX - k,
         };
-        let ledger = 1 + (x % 3) as u32;
+        let ledger = if mode == 2 { 7 } else { 1 + (x % 3) as u32 };
         let r = l.run(&Command::CreateAccount {
             id,
             ledger,
@@ -508,8 +515,12 @@ fn account_pages_list_every_account_once_in_id_order_before_and_after_a_restore(
         ids
     };
     let check = |e: &Engine, created: &[(u64, u32)]| {
-        for ledger in [None, Some(1), Some(2), Some(3), Some(4)] {
-            assert_eq!(all_pages(e, ledger), expect(created, ledger), "{ledger:?}");
+        for ledger in [None, Some(1), Some(2), Some(3), Some(4), Some(7)] {
+            assert_eq!(
+                all_pages(e, ledger),
+                expect(created, ledger),
+                "ids {mode}, {ledger:?}"
+            );
         }
         let mut page = [engine::Account::default(); engine::LIST_LIMIT_MAX];
         assert_eq!(e.list_accounts(None, u64::MAX, 10, &mut page), 0);
