@@ -194,7 +194,11 @@ pub enum ClientCommand {
         #[arg(long, default_value_t = 0)]
         min_position: u64,
     },
-    /// Show one retained transfer.
+    /// Show one transfer (retained, or pending while open)
+    ///
+    /// Answers for any transfer the node still retains for idempotency (the newest
+    /// `transfers_retained_max`), and for a pending transfer until it is posted, voided or
+    /// expired, however old.
     TransferGet {
         /// Transfer id.
         id: u128,
