@@ -4,8 +4,7 @@
 mod model;
 
 use engine::snapshot::{
-    Frozen, SnapshotWriter, ACCOUNT_SIZE, HEADER_SIZE, PENDING_SIZE, PENDING_SIZE_V3,
-    RETAINED_SIZE, TRAILER_SIZE,
+    Frozen, SnapshotWriter, ACCOUNT_SIZE, HEADER_SIZE, RETAINED_SIZE, TRAILER_SIZE,
 };
 use engine::{
     account_flags as af, batch_flags, transfer_flags, Command, Engine, EngineConfig, EntryMeta,
@@ -988,27 +987,6 @@ fn get_transfer(e: &Engine, id: u128) -> (u8, u8, u64, u64, u32) {
     )
 }
 
-/// A version 3 snapshot made from a version 4 one: the same, but pending transfer records
-/// without their last 16 bytes (the creating command's position and log time).
-fn as_version_3(bytes: &[u8]) -> Vec<u8> {
-    let le64 = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
-    let (accounts, retained, pending, index_words) = (le64(48), le64(56), le64(64), le64(80));
-    let pending_at =
-        HEADER_SIZE + accounts * ACCOUNT_SIZE + retained * RETAINED_SIZE + index_words * 4;
-    let mut v3 = bytes[..pending_at].to_vec();
-    for record in bytes[pending_at..].chunks_exact(PENDING_SIZE).take(pending) {
-        v3.extend_from_slice(&record[..PENDING_SIZE_V3]);
-    }
-    v3.extend_from_slice(&bytes[pending_at + pending * PENDING_SIZE..bytes.len() - TRAILER_SIZE]);
-    v3[8..12].copy_from_slice(&3u32.to_le_bytes());
-    let crc = crc32c(&v3);
-    v3.extend_from_slice(&crc.to_le_bytes());
-    v3.extend_from_slice(&0u32.to_le_bytes());
-    let len = (v3.len() + 8) as u64;
-    v3.extend_from_slice(&len.to_le_bytes());
-    v3
-}
-
 /// An open pending transfer outlives its retained record: `GetTransfer` answers for it, and
 /// a retry of its id is recognised, until it is settled; across a snapshot too. A version 3
 /// snapshot, which did not keep its creating command's position and log time, gives the log
@@ -1085,7 +1063,7 @@ fn an_open_pending_transfer_is_answered_after_its_record_is_evicted() {
     assert_eq!(answers(&restored), expected);
     assert_eq!(restored.state_hash(), l.engine.state_hash());
 
-    let old = Engine::restore(*l.engine.config(), &as_version_3(&bytes)[..]).unwrap();
+    let old = Engine::restore(*l.engine.config(), &model::as_version_3(&bytes)[..]).unwrap();
     assert_eq!(old.state_hash(), l.engine.state_hash());
     let mut from_v3 = expected.clone();
     from_v3[0].2 = 0; // evicted, with a deadline: the log time is known, the position not

@@ -8,8 +8,8 @@ pub mod sbe;
 use std::collections::{BTreeMap, VecDeque};
 
 use engine::{
-    account_flags as af, batch_flags, transfer_flags, Account, Balance, Command, EngineConfig,
-    EntryMeta, ResultCode as R, TransferSpec,
+    account_flags as af, batch_flags, snapshot, transfer_flags, Account, Balance, Command,
+    EngineConfig, EntryMeta, ResultCode as R, TransferSpec,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -634,4 +634,32 @@ impl Model {
         self.pushes += 1;
         R::Ok
     }
+}
+
+/// A version 3 snapshot made from a version 4 one: the same, but pending transfer records
+/// without their last 16 bytes (the creating command's position and log time).
+pub fn as_version_3(bytes: &[u8]) -> Vec<u8> {
+    let le64 = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+    let (accounts, retained, pending, index_words) = (le64(48), le64(56), le64(64), le64(80));
+    let pending_at = snapshot::HEADER_SIZE
+        + accounts * snapshot::ACCOUNT_SIZE
+        + retained * snapshot::RETAINED_SIZE
+        + index_words * 4;
+    let mut v3 = bytes[..pending_at].to_vec();
+    for record in bytes[pending_at..]
+        .chunks_exact(snapshot::PENDING_SIZE)
+        .take(pending)
+    {
+        v3.extend_from_slice(&record[..snapshot::PENDING_SIZE_V3]);
+    }
+    v3.extend_from_slice(
+        &bytes[pending_at + pending * snapshot::PENDING_SIZE..bytes.len() - snapshot::TRAILER_SIZE],
+    );
+    v3[8..12].copy_from_slice(&3u32.to_le_bytes());
+    let crc = crc32c::crc32c(&v3);
+    v3.extend_from_slice(&crc.to_le_bytes());
+    v3.extend_from_slice(&0u32.to_le_bytes());
+    let len = (v3.len() + 8) as u64;
+    v3.extend_from_slice(&len.to_le_bytes());
+    v3
 }
