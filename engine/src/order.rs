@@ -7,7 +7,7 @@
 //! minute. With an order, a page costs a seek (binary searches) and a walk of `limit` entries.
 //!
 //! # Layout
-//! Blocks of up to [`BLOCK`] account slots (`u32`), each sorted by the slots' keys, and a
+//! Blocks of up to 512 to 16,384 account slots (`u32`, by the table's size: `block_len_for`), each sorted by the slots' keys, and a
 //! directory of the blocks in key order (the first key of each, its block number and length).
 //! The keys themselves live in the account records, so an entry costs 4 bytes (about 5.7 per
 //! account at the 70 % fill of random inserts), at the price of a record read per comparison:
@@ -23,10 +23,22 @@
 //! A restore builds the order from the accounts in one sort ([`Order::build`]) instead of
 //! inserting one at a time.
 
-/// Slots per block (2 KiB): an insert moves at most this many, a split half of them.
-pub(crate) const BLOCK: usize = 512;
-/// How full [`Order::build`] packs its blocks, leaving room for later inserts.
-const BUILD_FILL: usize = BLOCK - BLOCK / 8;
+/// Fewest slots per block (2 KiB).
+const BLOCK_MIN: usize = 512;
+/// Most slots per block (64 KiB).
+const BLOCK_MAX: usize = 16 << 10;
+
+/// Slots per block for `capacity` slots: the power of two at or above `√capacity`, within
+/// [`BLOCK_MIN`]..=[`BLOCK_MAX`]. An insert moves up to a block's slots, and a split moves
+/// the directory entries after it (one per block), so both stay near `√capacity`: 1,024-slot
+/// blocks for a million accounts (about 1,400 directory entries), 16,384 for a billion (where
+/// 512-slot blocks would have made a split move tens of megabytes of directory).
+fn block_len_for(capacity: usize) -> usize {
+    capacity
+        .isqrt()
+        .next_power_of_two()
+        .clamp(BLOCK_MIN, BLOCK_MAX)
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
@@ -41,17 +53,22 @@ struct Entry {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Order {
     directory: Vec<Entry>,
-    /// Block `b` is `slots[b * BLOCK..(b + 1) * BLOCK]`, of which the first `len` are used.
+    /// Block `b` is `slots[b * block_len..(b + 1) * block_len]`, of which the first `len`
+    /// are used.
     slots: Vec<u32>,
+    /// Slots per block ([`block_len_for`] the capacity).
+    block_len: usize,
 }
 
 impl Order {
     /// An empty order with room for `capacity` slots, however the blocks split.
     pub(crate) fn with_capacity(capacity: usize) -> Order {
-        let blocks = capacity.div_ceil(BLOCK / 2) + 1;
+        let block_len = block_len_for(capacity);
+        let blocks = capacity.div_ceil(block_len / 2) + 1;
         Order {
             directory: Vec::with_capacity(blocks),
-            slots: Vec::with_capacity(blocks * BLOCK),
+            slots: Vec::with_capacity(blocks * block_len),
+            block_len,
         }
     }
 
@@ -69,15 +86,20 @@ impl Order {
     /// `(address, bytes)` of the block storage that [`Order::build`] of `slots` slots fills
     /// (within the reservation), for a restore to have mapped ahead.
     pub(crate) fn build_span(&self, slots: usize) -> (usize, usize) {
-        let bytes = slots.div_ceil(BUILD_FILL) * BLOCK * 4;
+        let bytes = slots.div_ceil(self.build_fill()) * self.block_len * 4;
         (
             self.slots.as_ptr() as usize,
             bytes.min(self.slots.capacity() * 4),
         )
     }
 
+    /// How full [`Order::build`] packs its blocks (7/8), leaving room for later inserts.
+    fn build_fill(&self) -> usize {
+        self.block_len - self.block_len / 8
+    }
+
     fn block(&self, e: &Entry) -> &[u32] {
-        let at = e.block as usize * BLOCK;
+        let at = e.block as usize * self.block_len;
         &self.slots[at..at + e.len as usize]
     }
 
@@ -95,9 +117,9 @@ impl Order {
     }
 
     fn new_block(&mut self) -> u32 {
-        let block = self.slots.len() / BLOCK;
-        debug_assert!(self.slots.len() + BLOCK <= self.slots.capacity());
-        self.slots.resize(self.slots.len() + BLOCK, 0);
+        let block = self.slots.len() / self.block_len;
+        debug_assert!(self.slots.len() + self.block_len <= self.slots.capacity());
+        self.slots.resize(self.slots.len() + self.block_len, 0);
         block as u32
     }
 
@@ -106,7 +128,7 @@ impl Order {
         let k = key(slot);
         let Some(mut d) = self.find_block(k) else {
             let block = self.new_block();
-            self.slots[block as usize * BLOCK] = slot;
+            self.slots[block as usize * self.block_len] = slot;
             self.directory.push(Entry {
                 first: k,
                 block,
@@ -117,25 +139,27 @@ impl Order {
         let mut pos = self
             .block(&self.directory[d])
             .partition_point(|&s| key(s) < k);
-        if self.directory[d].len as usize == BLOCK {
+        if self.directory[d].len as usize == self.block_len {
             let last = d + 1 == self.directory.len();
             let block = self.new_block();
             // Only the last block may be left less than half full, so a split at the new
             // key's place is for it alone.
-            let from = if last && pos >= BLOCK / 2 {
+            let from = if last && pos >= self.block_len / 2 {
                 pos
             } else {
-                BLOCK / 2
+                self.block_len / 2
             };
-            let moved = BLOCK - from;
-            let src = self.directory[d].block as usize * BLOCK;
-            self.slots
-                .copy_within(src + from..src + BLOCK, block as usize * BLOCK);
+            let moved = self.block_len - from;
+            let src = self.directory[d].block as usize * self.block_len;
+            self.slots.copy_within(
+                src + from..src + self.block_len,
+                block as usize * self.block_len,
+            );
             self.directory[d].len = from as u32;
             let first = if moved == 0 {
                 k
             } else {
-                key(self.slots[block as usize * BLOCK])
+                key(self.slots[block as usize * self.block_len])
             };
             self.directory.insert(
                 d + 1,
@@ -151,7 +175,7 @@ impl Order {
             }
         }
         let e = &mut self.directory[d];
-        let at = e.block as usize * BLOCK;
+        let at = e.block as usize * self.block_len;
         let len = e.len as usize;
         self.slots.copy_within(at + pos..at + len, at + pos + 1);
         self.slots[at + pos] = slot;
@@ -186,7 +210,7 @@ impl Order {
     }
 
     /// Replaces the contents with `slots`, which must be in strictly increasing key order
-    /// (`first_key` gives a slot's key), packed [`BUILD_FILL`] to a block.
+    /// (`first_key` gives a slot's key), packed 7/8 full (`build_fill`).
     pub(crate) fn build(
         &mut self,
         slots: impl IntoIterator<Item = u32>,
@@ -194,12 +218,13 @@ impl Order {
     ) {
         self.directory.clear();
         self.slots.clear();
+        let fill = self.build_fill();
         let mut slots = slots.into_iter().peekable();
         while let Some(&first) = slots.peek() {
             let block = self.new_block();
-            let at = block as usize * BLOCK;
+            let at = block as usize * self.block_len;
             let mut len = 0;
-            for (dst, slot) in self.slots[at..at + BUILD_FILL].iter_mut().zip(&mut slots) {
+            for (dst, slot) in self.slots[at..at + fill].iter_mut().zip(&mut slots) {
                 *dst = slot;
                 len += 1;
             }
@@ -224,7 +249,7 @@ mod tests {
         let all: Vec<u32> = order.from(0, key).collect();
         assert_eq!(all, model.values().copied().collect::<Vec<_>>());
         for e in &order.directory {
-            assert!(e.len as usize <= BLOCK && e.len > 0);
+            assert!(e.len as usize <= order.block_len && e.len > 0);
             assert_eq!(e.first, key(order.block(e)[0]));
         }
     }
@@ -262,10 +287,12 @@ mod tests {
             }
             check(&order, &keys, &model);
             // Never more blocks than half-full ones would take (the reservation).
-            assert!(order.directory.len() <= n.div_ceil(BLOCK / 2) + 1);
+            let block = order.block_len;
+            assert_eq!(block, BLOCK_MIN);
+            assert!(order.directory.len() <= n.div_ceil(block / 2) + 1);
             if pattern == 1 || pattern == 3 {
                 // Increasing keys fill their blocks.
-                assert!(order.directory.len() <= n.div_ceil(BLOCK - 1));
+                assert!(order.directory.len() <= n.div_ceil(block - 1));
             }
             let key = |s: u32| keys[s as usize];
             for probe in (0..50)
@@ -281,6 +308,33 @@ mod tests {
             order.build(sorted.iter().copied(), key);
             check(&order, &keys, &model);
         }
+    }
+
+    #[test]
+    fn blocks_grow_with_the_square_root_of_the_capacity_within_bounds() {
+        assert_eq!(block_len_for(0), BLOCK_MIN);
+        assert_eq!(block_len_for(10_000), BLOCK_MIN);
+        assert_eq!(block_len_for(1_000_000), 1_024);
+        assert_eq!(block_len_for(100_000_000), 16_384);
+        assert_eq!(block_len_for(1 << 30), BLOCK_MAX);
+        // A larger block still splits and seeks like a small one.
+        let n = 70_000usize;
+        let mut order = Order::with_capacity(n);
+        assert_eq!(order.block_len, 512);
+        let mut big = Order::with_capacity(5_000_000);
+        assert_eq!(big.block_len, 4_096);
+        let keys: Vec<u128> = (0..n as u128).map(|k| (k * 7919) % 70_001).collect();
+        for slot in 0..n as u32 {
+            order.insert(slot, |s| keys[s as usize]);
+            big.insert(slot, |s| keys[s as usize]);
+        }
+        let key = |s: u32| keys[s as usize];
+        assert!(order.from(0, key).eq(big.from(0, key)));
+        assert!(order
+            .from(35_000, key)
+            .take(10)
+            .eq(big.from(35_000, key).take(10)));
+        assert!(big.directory.len() > 1);
     }
 
     #[test]
