@@ -1002,14 +1002,17 @@ fn an_open_pending_transfer_is_answered_after_its_record_is_evicted() {
             ..transfer(id, 1, 2, 10 + id as u64)
         }
     };
+    let create = |l: &mut Ledger, id: u128, timeout_s: u32| {
+        l.run(&Command::Transfers {
+            flags: 0,
+            transfers: &[spec(id, timeout_s)],
+        })
+        .result
+    };
     let mut created = Vec::new();
     for (id, timeout_s) in [(50u128, 3_600u32), (51, 0)] {
         l.now_ns += SECOND_NS;
-        let r = l.run(&Command::Transfers {
-            flags: 0,
-            transfers: &[spec(id, timeout_s)],
-        });
-        assert_eq!(r.result, R::Ok);
+        assert_eq!(create(&mut l, id, timeout_s), R::Ok);
         created.push((id, timeout_s, l.position, l.now_ns));
     }
     for id in 100..110u128 {
@@ -1022,14 +1025,7 @@ fn an_open_pending_transfer_is_answered_after_its_record_is_evicted() {
     }
     // One more pending transfer whose record is still retained.
     l.now_ns += SECOND_NS;
-    assert_eq!(
-        l.run(&Command::Transfers {
-            flags: 0,
-            transfers: &[spec(52, 60)],
-        })
-        .result,
-        R::Ok
-    );
+    assert_eq!(create(&mut l, 52, 60), R::Ok);
     created.push((52, 60, l.position, l.now_ns));
     assert_eq!(l.engine.retained_count(), 4);
     let pending = engine::TransferState::Pending as u8;
@@ -1072,14 +1068,7 @@ fn an_open_pending_transfer_is_answered_after_its_record_is_evicted() {
     assert_eq!(answers(&old), from_v3);
 
     // A retry of the evicted pending transfer's id is still recognised.
-    assert_eq!(
-        l.run(&Command::Transfers {
-            flags: 0,
-            transfers: &[spec(50, 3_600)],
-        })
-        .result,
-        R::TransferExists
-    );
+    assert_eq!(create(&mut l, 50, 3_600), R::TransferExists);
     // Settled, it is gone with its record.
     let r = l.run(&Command::PostPending {
         id: 200,

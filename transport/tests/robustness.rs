@@ -617,11 +617,7 @@ fn a_lost_end_of_stream_still_ends_the_image_cleanly_and_the_close_promptly() {
 fn a_setup_announcing_a_term_longer_than_the_cap_is_refused_before_any_allocation() {
     // Anyone who can reach the port can send a SETUP, and an image maps three of its terms:
     // without a cap, one datagram would make the receiver allocate up to 3 GiB.
-    let cfg = Config {
-        image_term_length_max: 128 * 1024,
-        ..Config::with_term_length(64 * 1024)
-    };
-    let mut r = Receiver::new(cfg, STREAM, 1).unwrap();
+    let mut r = receiver_capped();
     let announce = setup_with;
     r.handle_datagram(0, source(), &announce(SESSION, 1 << 30));
     r.handle_datagram(0, source(), &announce(SESSION + 1, 256 * 1024));
@@ -644,6 +640,15 @@ fn a_setup_announcing_a_term_longer_than_the_cap_is_refused_before_any_allocatio
     // A config for long terms accepts images of its own length.
     let long = Config::with_term_length(256 * 1024 * 1024);
     assert_eq!(long.image_term_length_max, 256 * 1024 * 1024);
+}
+
+/// A receiver of 64 KiB terms that takes images of terms up to 128 KiB.
+fn receiver_capped() -> Receiver {
+    let cfg = Config {
+        image_term_length_max: 128 * 1024,
+        ..Config::with_term_length(64 * 1024)
+    };
+    Receiver::new(cfg, STREAM, 1).unwrap()
 }
 
 /// A SETUP of `session_id` announcing `term_length`.
@@ -691,11 +696,7 @@ fn error_frames(control: &[(SocketAddr, Vec<u8>)]) -> Vec<(SocketAddr, i32, i32,
 
 #[test]
 fn a_setup_over_the_term_cap_is_answered_with_an_err_frame_naming_both_lengths() {
-    let cfg = Config {
-        image_term_length_max: 128 * 1024,
-        ..Config::with_term_length(64 * 1024)
-    };
-    let mut r = Receiver::new(cfg, STREAM, 1).unwrap();
+    let mut r = receiver_capped();
     r.handle_datagram(0, source(), &setup_with(SESSION, 2 * 1024 * 1024));
     assert_eq!(r.image_count(), 0);
     let errors = error_frames(&control_from(&mut r, 0));
