@@ -23,6 +23,24 @@ pub struct TransferSpec {
     pub timeout_s: u32,
 }
 
+impl TransferSpec {
+    /// A plain (posted) transfer of `amount` from `debit` to `credit` on `ledger`: no flags,
+    /// code 0.
+    #[must_use]
+    pub const fn posted(id: u128, debit: u64, credit: u64, amount: u64, ledger: u32) -> Self {
+        TransferSpec {
+            id,
+            debit_account_id: debit,
+            credit_account_id: credit,
+            amount,
+            ledger,
+            flags: 0,
+            code: 0,
+            timeout_s: 0,
+        }
+    }
+}
+
 /// A state-changing command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command<'a> {

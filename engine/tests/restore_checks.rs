@@ -38,19 +38,6 @@ impl Ledger {
     }
 }
 
-fn transfer(id: u128, debit: u64, credit: u64, amount: u64, ledger: u32) -> TransferSpec {
-    TransferSpec {
-        id,
-        debit_account_id: debit,
-        credit_account_id: credit,
-        amount,
-        ledger,
-        flags: 0,
-        code: 0,
-        timeout_s: 0,
-    }
-}
-
 /// Accounts 2 and 3 on ledger 1 and 12 and 13 on ledger 2 (1 and 11 the externals), funded,
 /// twenty posted transfers, and two open pending transfers: 500 (2 to 3, 50, with a
 /// timeout) and 501 (12 to 13, 20, without).
@@ -83,7 +70,9 @@ fn ledger() -> Ledger {
         };
         assert_eq!(l.run(&c), R::Ok);
     }
-    let posted: Vec<TransferSpec> = (0..20).map(|k| transfer(1_000 + k, 2, 3, 1, 1)).collect();
+    let posted: Vec<TransferSpec> = (0..20)
+        .map(|k| TransferSpec::posted(1_000 + k, 2, 3, 1, 1))
+        .collect();
     let c = Command::Transfers {
         flags: 0,
         transfers: &posted,
@@ -93,11 +82,11 @@ fn ledger() -> Ledger {
         TransferSpec {
             flags: transfer_flags::PENDING,
             timeout_s: 60,
-            ..transfer(500, 2, 3, 50, 1)
+            ..TransferSpec::posted(500, 2, 3, 50, 1)
         },
         TransferSpec {
             flags: transfer_flags::PENDING,
-            ..transfer(501, 12, 13, 20, 2)
+            ..TransferSpec::posted(501, 12, 13, 20, 2)
         },
     ];
     let c = Command::Transfers {
@@ -195,7 +184,7 @@ fn a_loaded_index_that_lost_its_entries_is_rebuilt_and_every_retained_id_still_r
     for id in (1_000..1_020).chain([100, 101, 500, 501]) {
         assert!(restored.engine.transfer(id).is_some(), "transfer {id}");
     }
-    let again = [transfer(1_005, 2, 3, 1, 1)];
+    let again = [TransferSpec::posted(1_005, 2, 3, 1, 1)];
     let c = Command::Transfers {
         flags: 0,
         transfers: &again,

@@ -17,61 +17,58 @@ use std::sync::OnceLock;
 mod common;
 use common::{Input, CONFIG};
 
-/// Field offsets of the format (version 4; see `engine/src/snapshot.rs`).
+/// A `Transfers` command of `specs`, not atomic.
+fn batch(specs: &[TransferSpec]) -> Command<'_> {
+    Command::Transfers {
+        flags: 0,
+        transfers: specs,
+    }
+}
+
+/// The `(offset, width)` fields of a record: `head`, then `words` 8-byte fields from
+/// `words_at`, then `tail` (`N` in all). The tables below are the format's (version 4; see
+/// `engine/src/snapshot.rs`).
+const fn fields<const N: usize>(
+    head: &[(usize, usize)],
+    words_at: usize,
+    words: usize,
+    tail: &[(usize, usize)],
+) -> [(usize, usize); N] {
+    assert!(head.len() + words + tail.len() == N);
+    let mut f = [(0, 0); N];
+    let mut i = 0;
+    while i < head.len() {
+        f[i] = head[i];
+        i += 1;
+    }
+    let mut w = 0;
+    while w < words {
+        f[i] = (words_at + 8 * w, 8);
+        i += 1;
+        w += 1;
+    }
+    let mut t = 0;
+    while t < tail.len() {
+        f[i] = tail[t];
+        i += 1;
+        t += 1;
+    }
+    f
+}
+
 /// Header fields: version, then position, log time, hash, ring head, the five counts and the
 /// reserved word.
-const HEADER_FIELDS: [(usize, usize); 12] = [
-    (8, 4),
-    (16, 8),
-    (24, 8),
-    (32, 8),
-    (40, 8),
-    (48, 8),
-    (56, 8),
-    (64, 8),
-    (72, 8),
-    (80, 8),
-    (88, 8),
-    (12, 4),
-];
-const ACCOUNT_FIELDS: [(usize, usize); 8] = [
-    (0, 8),
-    (8, 4),
-    (12, 2),
-    (14, 2),
-    (16, 8),
-    (24, 8),
-    (32, 8),
-    (40, 8),
-];
-const RETAINED_FIELDS: [(usize, usize); 12] = [
-    (0, 8),
-    (8, 8),
-    (16, 8),
-    (24, 8),
-    (32, 8),
-    (40, 8),
-    (48, 4),
-    (52, 4),
-    (56, 4),
-    (60, 1),
-    (61, 1),
-    (62, 2),
-];
+const HEADER_FIELDS: [(usize, usize); 12] = fields(&[(8, 4)], 16, 10, &[(12, 4)]);
+const ACCOUNT_FIELDS: [(usize, usize); 8] = fields(&[(0, 8), (8, 4), (12, 2), (14, 2)], 16, 4, &[]);
+const RETAINED_FIELDS: [(usize, usize); 12] = fields(
+    &[],
+    0,
+    6,
+    &[(48, 4), (52, 4), (56, 4), (60, 1), (61, 1), (62, 2)],
+);
 const INDEX_FIELDS: [(usize, usize); 3] = [(0, 4), (0, 2), (2, 2)];
-const PENDING_FIELDS: [(usize, usize); 10] = [
-    (0, 8),
-    (8, 8),
-    (16, 8),
-    (24, 8),
-    (32, 8),
-    (40, 8),
-    (48, 8),
-    (56, 8),
-    (64, 8),
-    (72, 8),
-];
-const SESSION_FIELDS: [(usize, usize); 5] = [(0, 8), (8, 8), (16, 8), (24, 8), (32, 8)];
+const PENDING_FIELDS: [(usize, usize); 10] = fields(&[], 0, 10, &[]);
+const SESSION_FIELDS: [(usize, usize); 5] = fields(&[], 0, 5, &[]);
 
 fn le(b: &[u8], at: usize, width: usize) -> u64 {
     let mut v = [0u8; 8];
@@ -206,24 +203,11 @@ impl Driver {
     }
 }
 
-fn transfer(id: u128, debit: u64, credit: u64, amount: u64, ledger: u32) -> TransferSpec {
-    TransferSpec {
-        id,
-        debit_account_id: debit,
-        credit_account_id: credit,
-        amount,
-        ledger,
-        flags: 0,
-        code: 0,
-        timeout_s: 0,
-    }
-}
-
 fn pending(id: u128, debit: u64, credit: u64, amount: u64, timeout_s: u32) -> TransferSpec {
     TransferSpec {
         flags: transfer_flags::PENDING,
         timeout_s,
-        ..transfer(id, debit, credit, amount, 1)
+        ..TransferSpec::posted(id, debit, credit, amount, 1)
     }
 }
 
@@ -284,20 +268,13 @@ fn base() -> Engine {
     run(&mut e, &mut d, c);
     // Open before the ring wraps: its record is evicted, the pending transfer stays open.
     let early = [pending(200, 3, 2, 9, 0)];
-    run(
-        &mut e,
-        &mut d,
-        Command::Transfers {
-            flags: 0,
-            transfers: &early,
-        },
-    );
+    run(&mut e, &mut d, batch(&early));
     // 300 posted transfers: more than the ring's slots (24 retained + 256 slack).
     for batch in 0..3u128 {
         let specs: Vec<TransferSpec> = (0..100u128)
             .map(|k| {
                 let (from, to) = if k % 2 == 0 { (3, 2) } else { (2, 3) };
-                transfer(1_000 + batch * 100 + k, from, to, 1, 1)
+                TransferSpec::posted(1_000 + batch * 100 + k, from, to, 1, 1)
             })
             .collect();
         run(
@@ -319,14 +296,7 @@ fn base() -> Engine {
             ..pending(304, 13, 12, 7, 0)
         },
     ];
-    run(
-        &mut e,
-        &mut d,
-        Command::Transfers {
-            flags: 0,
-            transfers: &specs,
-        },
-    );
+    run(&mut e, &mut d, batch(&specs));
     let c = Command::PostPending {
         id: 400,
         pending_id: 301,
@@ -342,25 +312,14 @@ fn base() -> Engine {
         ledger: 2,
         ..pending(305, 12, 13, 30, 60)
     }];
-    run(
-        &mut e,
-        &mut d,
-        Command::Transfers {
-            flags: 0,
-            transfers: &specs,
-        },
-    );
+    run(&mut e, &mut d, batch(&specs));
     // A second later: 302 expires before this one applies.
     d.meta.timestamp_ns += 1_000_000_000;
-    let specs = [transfer(500, 12, 13, 3, 2), transfer(501, 2, 3, 4, 1)];
-    run(
-        &mut e,
-        &mut d,
-        Command::Transfers {
-            flags: 0,
-            transfers: &specs,
-        },
-    );
+    let specs = [
+        TransferSpec::posted(500, 12, 13, 3, 2),
+        TransferSpec::posted(501, 2, 3, 4, 1),
+    ];
+    run(&mut e, &mut d, batch(&specs));
     assert_eq!(e.pending_count(), 4, "open: 200, 300, 303, 305");
     assert_eq!(e.sessions_count(), 3);
     e
@@ -593,7 +552,7 @@ fn exercise(e: &mut Engine, config: EngineConfig) {
         };
         let spec = TransferSpec {
             code: (extra >> 32) as u16,
-            ..transfer(id, debit.0, credit.0, amount, ledger)
+            ..TransferSpec::posted(id, debit.0, credit.0, amount, ledger)
         };
         let r = d.apply(
             e,
@@ -610,8 +569,8 @@ fn exercise(e: &mut Engine, config: EngineConfig) {
     }
     if let Some((x, y, ledger)) = pair {
         let specs = [
-            transfer(fresh, x, y, 1, ledger),
-            transfer(fresh + 1, y, x, 1, ledger),
+            TransferSpec::posted(fresh, x, y, 1, ledger),
+            TransferSpec::posted(fresh + 1, y, x, 1, ledger),
         ];
         d.apply(
             e,
@@ -648,7 +607,7 @@ fn exercise(e: &mut Engine, config: EngineConfig) {
             let specs: Vec<TransferSpec> = (0..200u128)
                 .map(|k| {
                     let (from, to) = if k % 2 == 0 { (x, y) } else { (y, x) };
-                    transfer(fresh + 1_000 + batch * 200 + k, from, to, 1, ledger)
+                    TransferSpec::posted(fresh + 1_000 + batch * 200 + k, from, to, 1, ledger)
                 })
                 .collect();
             d.apply(
@@ -663,7 +622,7 @@ fn exercise(e: &mut Engine, config: EngineConfig) {
         }
         d.meta.session_id = 77;
         d.meta.client_seq = 1;
-        let specs = [transfer(fresh + 2_000, x, y, 1, ledger)];
+        let specs = [TransferSpec::posted(fresh + 2_000, x, y, 1, ledger)];
         d.apply(
             e,
             &Command::Transfers {
