@@ -172,14 +172,24 @@ impl IdleStrategy {
 mod tests {
     use super::*;
 
+    /// A back-off strategy: spins, yields, then parks from `park_min_ns` up to `park_max_ns`.
+    fn backoff(
+        spins_max: u32,
+        yields_max: u32,
+        park_min_ns: u64,
+        park_max_ns: u64,
+    ) -> IdleStrategy {
+        IdleStrategy::new(IdleKind::BackOff {
+            spins_max,
+            yields_max,
+            park_min_ns,
+            park_max_ns,
+        })
+    }
+
     #[test]
     fn backoff_parks_with_growing_sleeps_up_to_the_max_and_reset_restarts_it() {
-        let mut s = IdleStrategy::new(IdleKind::BackOff {
-            spins_max: 2,
-            yields_max: 1,
-            park_min_ns: 1_000,
-            park_max_ns: 4_000,
-        });
+        let mut s = backoff(2, 1, 1_000, 4_000);
         for _ in 0..3 {
             s.idle(0);
         }
@@ -196,12 +206,7 @@ mod tests {
 
     #[test]
     fn a_backoff_with_a_zero_or_inverted_park_range_still_parks_and_never_panics() {
-        let mut s = IdleStrategy::new(IdleKind::BackOff {
-            spins_max: 0,
-            yields_max: 0,
-            park_min_ns: 0,
-            park_max_ns: 4_000,
-        });
+        let mut s = backoff(0, 0, 0, 4_000);
         for _ in 0..3 {
             s.idle(0);
         }
@@ -210,12 +215,7 @@ mod tests {
             8,
             "a zero minimum parks 1 ns first, then doubles"
         );
-        let mut s = IdleStrategy::new(IdleKind::BackOff {
-            spins_max: 0,
-            yields_max: 0,
-            park_min_ns: 2_000,
-            park_max_ns: 1_000,
-        });
+        let mut s = backoff(0, 0, 2_000, 1_000);
         s.idle(0);
         s.idle(0);
         assert_eq!(s.park_ns(), 1_000, "the maximum wins over a larger minimum");
