@@ -2398,10 +2398,14 @@ impl Engine {
     pub(crate) fn restore_spans(&self, accounts: u64, retained: u64) -> Vec<(usize, usize)> {
         let accounts = (accounts as usize).min(self.accounts.capacity());
         let retained = (retained as usize).min(self.ring.records.len());
+        let [id_slots, id_prints] = self.by_id.build_spans(accounts);
+        let [ledger_slots, ledger_prints] = self.by_ledger.build_spans(accounts);
         vec![
             // The listing orders are built last, from mapped pages if these go first.
-            self.by_id.build_span(accounts),
-            self.by_ledger.build_span(accounts),
+            id_slots,
+            id_prints,
+            ledger_slots,
+            ledger_prints,
             self.account_index.span(),
             crate::prefetch::span(&self.accounts, accounts),
             self.ring.index.span(),
@@ -2759,36 +2763,48 @@ impl Engine {
             one_ledger &= w[0].account.ledger == w[1].account.ledger;
         }
         let n = records.len() as u32;
-        // Slots by rank in id order.
-        let sorted: Option<Vec<u32>> = (!increasing).then(|| {
+        // (id, slot) by rank in id order.
+        let sorted: Option<Vec<(u64, u32)>> = (!increasing).then(|| {
             let mut by_id: Vec<(u64, u32)> = records
                 .iter()
                 .enumerate()
                 .map(|(slot, r)| (r.account.id, slot as u32))
                 .collect();
             by_id.sort_unstable_by_key(|p| p.0);
-            by_id.iter().map(|p| p.1).collect()
+            by_id
         });
-        let by_rank = |rank: u32| sorted.as_ref().map_or(rank, |v| v[rank as usize]);
-        self.by_id
-            .build((0..n).map(by_rank), |s| id_key(records, s));
+        let by_rank = |rank: u32| {
+            sorted.as_ref().map_or_else(
+                || (records[rank as usize].account.id, rank),
+                |v| v[rank as usize],
+            )
+        };
+        self.by_id.build((0..n).map(|rank| {
+            let (id, slot) = by_rank(rank);
+            (u128::from(id), slot)
+        }));
+        let ledger_entry = |ledger: u32, (id, slot): (u64, u32)| {
+            ((u128::from(ledger) << 64) | u128::from(id), slot)
+        };
         if one_ledger {
+            let ledger = records.first().map_or(0, |r| r.account.ledger);
             self.by_ledger
-                .build((0..n).map(by_rank), |s| ledger_key(records, s));
+                .build((0..n).map(|rank| ledger_entry(ledger, by_rank(rank))));
             return;
         }
         // (ledger, rank in id order): sorted, the (ledger, id) order.
         let mut by_ledger: Vec<u64> = (0..n)
             .map(|rank| {
-                let ledger = records[by_rank(rank) as usize].account.ledger;
+                let ledger = records[by_rank(rank).1 as usize].account.ledger;
                 (u64::from(ledger) << 32) | u64::from(rank)
             })
             .collect();
         by_ledger.sort_unstable();
-        self.by_ledger
-            .build(by_ledger.iter().map(|v| by_rank(*v as u32)), |s| {
-                ledger_key(records, s)
-            });
+        self.by_ledger.build(
+            by_ledger
+                .iter()
+                .map(|v| ledger_entry((v >> 32) as u32, by_rank(*v as u32))),
+        );
     }
 
     /// Open pending transfers in slab order, for snapshots. Restore rebuilds the deadline heap

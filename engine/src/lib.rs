@@ -55,7 +55,8 @@
 //! memory. Per account: a 64-byte record
 //! (one cache line, `align(64)`) plus 13-27 bytes of index (load factor at most 0.6) and 8-16
 //! bytes for the two listing orders (a `u32` slot in each, in blocks half to wholly full;
-//! `order.rs`): about 89 bytes measured at one million accounts. Per retained transfer: a 64-byte record (accounts by
+//! `order.rs`), and from [`LIST_FINGERPRINT_MIN_ACCOUNTS`] accounts 4-8 more for the
+//! orders' fingerprints: about 93 bytes measured at one million accounts. Per retained transfer: a 64-byte record (accounts by
 //! slot, not id) plus 16 bytes of index (one 64-byte bucket per 4 ids): at the default 10
 //! million, 640 MB of records and 160 MB of index once the ring has filled. Per open pending
 //! transfer: 80 bytes plus index and 4 bytes of heap.
@@ -141,6 +142,12 @@ pub use command::{Command, Query, TransferSpec};
 pub use engine::{Account, Balance, Engine, Outcome, TransferInfo};
 pub use snapshot::SnapshotError;
 pub use wire::REPLY_LEN_MAX;
+
+/// Account tables from this capacity (`accounts_max`) keep a 16-bit fingerprint of each
+/// account's key beside its slot in the listing orders, so that creating an account reads
+/// one or two account records to find its place instead of a binary search's dozen (see
+/// `order.rs`). Public for tests that cover both layouts.
+pub const LIST_FINGERPRINT_MIN_ACCOUNTS: u32 = order::FINGERPRINT_MIN_CAPACITY as u32;
 
 /// Transfers one `Transfers` command may carry. Bounds the reply (one result per transfer and
 /// up to two balances per transfer) and the undo log of an atomic group.

@@ -12,10 +12,22 @@
 //! 512 to 16,384 slots, about the square root of the table's capacity (`block_len_for`), so
 //! that neither the slots an insert moves nor the directory entries a split moves grow
 //! large. The keys themselves live in the account records, so an entry costs 4 bytes (about
-//! 5.7 per account at the 70 % fill of random inserts), at the price of a record read per
-//! comparison: an insert reads 10-14 records (a binary search within one block), a seek as
-//! many. At a million accounts with random ids that is about 2 µs per created account, most
-//! of it cache misses; ids created in increasing order read recent, cached records.
+//! 5.7 per account at the 70 % fill of random inserts).
+//!
+//! # Fingerprints
+//! Finding a key's place in a block by the records alone reads 10-14 of them (a binary
+//! search), and at a million accounts with random ids each read is a cache miss: about 2 µs
+//! per created account, in two orders. Orders of at least [`FINGERPRINT_MIN_CAPACITY`] slots
+//! therefore keep beside each slot a 16-bit fingerprint of its key: `(key - base) >> shift`,
+//! saturated to `0..=u16::MAX`, with `base` and `shift` chosen per block so that the block's
+//! keys spread over the 16 bits (`Fit`). The fingerprint never decreases as the key grows, so a
+//! binary search over a block's fingerprints (2 bytes each, contiguous) narrows a key's place
+//! to the slots whose fingerprint equals the key's, usually none or one, and only those
+//! records are read. Keys outside the block's range when its fit was chosen (inserted later
+//! below `base` or far above the last key) share the end fingerprints and are told apart by
+//! their records, as before; every split fits both halves afresh. Smaller orders keep no
+//! fingerprints: their records stay in cache, and the 2 bytes a slot would count against the
+//! memory per account.
 //!
 //! Accounts are never removed, so blocks only split: a full block gives its upper half to a
 //! new block, except the last block, which splits where the new key goes when that is in its
@@ -33,6 +45,9 @@
 const BLOCK_MIN: usize = 512;
 /// Most slots per block (64 KiB).
 const BLOCK_MAX: usize = 16 << 10;
+/// Capacity from which an order keeps fingerprints (see the module docs): below it the
+/// records (64 bytes each, 4 MiB at this size) mostly stay in cache.
+pub(crate) const FINGERPRINT_MIN_CAPACITY: usize = 1 << 16;
 
 /// Slots per block for `capacity` slots: the power of two at or above `√capacity`, within
 /// [`BLOCK_MIN`]..=[`BLOCK_MAX`]. An insert moves up to a block's slots, and a split moves
@@ -46,12 +61,56 @@ fn block_len_for(capacity: usize) -> usize {
         .clamp(BLOCK_MIN, BLOCK_MAX)
 }
 
+/// How a block maps keys to fingerprints: `(key - base) >> shift`, saturated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Fit {
+    base: u128,
+    shift: u8,
+}
+
+impl Fit {
+    /// The fit that spreads keys `lo..=hi` over the 16 bits.
+    fn spanning(lo: u128, hi: u128) -> Fit {
+        let span = hi.saturating_sub(lo);
+        Fit {
+            base: lo,
+            shift: (u128::BITS - span.leading_zeros()).saturating_sub(u16::BITS) as u8,
+        }
+    }
+
+    /// Never decreases as `key` grows.
+    #[inline]
+    fn fingerprint(self, key: u128) -> u16 {
+        (key.saturating_sub(self.base) >> self.shift).min(u128::from(u16::MAX)) as u16
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     /// Key of the block's first slot.
     first: u128,
+    /// The block's fingerprints' fit, its two halves kept here (not as a [`Fit`], which
+    /// would pad the entry to 64 bytes): the directory is searched on every insert and seek.
+    base: u128,
     block: u32,
     len: u32,
+    shift: u8,
+}
+
+const _: () = assert!(std::mem::size_of::<Entry>() == 48);
+
+impl Entry {
+    fn fit(&self) -> Fit {
+        Fit {
+            base: self.base,
+            shift: self.shift,
+        }
+    }
+
+    fn set_fit(&mut self, fit: Fit) {
+        self.base = fit.base;
+        self.shift = fit.shift;
+    }
 }
 
 /// Account slots in the order of a key that the caller computes from a slot (see the module
@@ -62,6 +121,9 @@ pub(crate) struct Order {
     /// Block `b` is `slots[b * block_len..(b + 1) * block_len]`, of which the first `len`
     /// are used.
     slots: Vec<u32>,
+    /// The fingerprint of each slot's key, laid out as `slots`; empty in orders without
+    /// fingerprints.
+    fingerprints: Vec<u16>,
     /// Slots per block ([`block_len_for`] the capacity).
     block_len: usize,
 }
@@ -69,11 +131,17 @@ pub(crate) struct Order {
 impl Order {
     /// An empty order with room for `capacity` slots, however the blocks split.
     pub(crate) fn with_capacity(capacity: usize) -> Order {
+        Order::new(capacity, capacity >= FINGERPRINT_MIN_CAPACITY)
+    }
+
+    /// [`Order::with_capacity`], with or without fingerprints whatever the capacity.
+    fn new(capacity: usize, fingerprinted: bool) -> Order {
         let block_len = block_len_for(capacity);
         let blocks = capacity.div_ceil(block_len / 2) + 1;
         Order {
             directory: Vec::with_capacity(blocks),
             slots: Vec::with_capacity(blocks * block_len),
+            fingerprints: Vec::with_capacity(if fingerprinted { blocks * block_len } else { 0 }),
             block_len,
         }
     }
@@ -84,19 +152,32 @@ impl Order {
         self.directory.iter().map(|e| e.len as usize).sum()
     }
 
-    /// Bytes reserved.
-    pub(crate) fn size_bytes(&self) -> usize {
-        self.directory.capacity() * std::mem::size_of::<Entry>() + self.slots.capacity() * 4
+    fn fingerprinted(&self) -> bool {
+        self.fingerprints.capacity() > 0
     }
 
-    /// `(address, bytes)` of the block storage that [`Order::build`] of `slots` slots fills
-    /// (within the reservation), for a restore to have mapped ahead.
-    pub(crate) fn build_span(&self, slots: usize) -> (usize, usize) {
-        let bytes = slots.div_ceil(self.build_fill()) * self.block_len * 4;
-        (
-            self.slots.as_ptr() as usize,
-            bytes.min(self.slots.capacity() * 4),
-        )
+    /// Bytes reserved.
+    pub(crate) fn size_bytes(&self) -> usize {
+        self.directory.capacity() * std::mem::size_of::<Entry>()
+            + self.slots.capacity() * 4
+            + self.fingerprints.capacity() * 2
+    }
+
+    /// `(address, bytes)` of the block storage (slots, then fingerprints) that
+    /// [`Order::build`] of `slots` slots fills (within the reservation), for a restore to have
+    /// mapped ahead.
+    pub(crate) fn build_spans(&self, slots: usize) -> [(usize, usize); 2] {
+        let entries = slots.div_ceil(self.build_fill()) * self.block_len;
+        [
+            (
+                self.slots.as_ptr() as usize,
+                entries.min(self.slots.capacity()) * 4,
+            ),
+            (
+                self.fingerprints.as_ptr() as usize,
+                entries.min(self.fingerprints.capacity()) * 2,
+            ),
+        ]
     }
 
     /// How full [`Order::build`] packs its blocks (7/8), leaving room for later inserts.
@@ -107,6 +188,41 @@ impl Order {
     fn block(&self, e: &Entry) -> &[u32] {
         let at = e.block as usize * self.block_len;
         &self.slots[at..at + e.len as usize]
+    }
+
+    /// Where `key` goes in block `e`: the number of its slots whose keys are below `key`.
+    fn place(&self, e: &Entry, key: u128, key_of: impl Fn(u32) -> u128) -> usize {
+        let block = self.block(e);
+        if !self.fingerprinted() {
+            return block.partition_point(|&s| key_of(s) < key);
+        }
+        let at = e.block as usize * self.block_len;
+        let prints = &self.fingerprints[at..at + e.len as usize];
+        let f = e.fit().fingerprint(key);
+        // Slots with a smaller fingerprint have smaller keys, those with a larger one larger
+        // keys: only equal fingerprints need their records read.
+        let lo = prints.partition_point(|&p| p < f);
+        let ties = prints[lo..].partition_point(|&p| p == f);
+        lo + block[lo..lo + ties].partition_point(|&s| key_of(s) < key)
+    }
+
+    /// Chooses directory entry `d`'s fit from its first and last keys and fingerprints its
+    /// slots afresh.
+    fn refit(&mut self, d: usize, key_of: &impl Fn(u32) -> u128) {
+        let e = self.directory[d];
+        if !self.fingerprinted() || e.len == 0 {
+            return;
+        }
+        let at = e.block as usize * self.block_len;
+        let len = e.len as usize;
+        let fit = Fit::spanning(key_of(self.slots[at]), key_of(self.slots[at + len - 1]));
+        self.directory[d].set_fit(fit);
+        for (p, &s) in self.fingerprints[at..at + len]
+            .iter_mut()
+            .zip(&self.slots[at..at + len])
+        {
+            *p = fit.fingerprint(key_of(s));
+        }
     }
 
     /// Directory entry of the block where `key` belongs: the last whose first key is at most
@@ -126,7 +242,18 @@ impl Order {
         let block = self.slots.len() / self.block_len;
         debug_assert!(self.slots.len() + self.block_len <= self.slots.capacity());
         self.slots.resize(self.slots.len() + self.block_len, 0);
+        if self.fingerprinted() {
+            self.fingerprints.resize(self.slots.len(), 0);
+        }
         block as u32
+    }
+
+    /// Moves block storage `from..to` (slots and fingerprints) to start at `dst`.
+    fn move_within(&mut self, from: usize, to: usize, dst: usize) {
+        self.slots.copy_within(from..to, dst);
+        if self.fingerprinted() {
+            self.fingerprints.copy_within(from..to, dst);
+        }
     }
 
     /// Adds `slot`, whose key is `key(slot)` (not yet in the order).
@@ -134,17 +261,17 @@ impl Order {
         let k = key(slot);
         let Some(mut d) = self.find_block(k) else {
             let block = self.new_block();
-            self.slots[block as usize * self.block_len] = slot;
             self.directory.push(Entry {
                 first: k,
+                base: k,
                 block,
-                len: 1,
+                len: 0,
+                shift: 0,
             });
+            self.put(0, 0, slot, k);
             return;
         };
-        let mut pos = self
-            .block(&self.directory[d])
-            .partition_point(|&s| key(s) < k);
+        let mut pos = self.place(&self.directory[d], k, &key);
         if self.directory[d].len as usize == self.block_len {
             let last = d + 1 == self.directory.len();
             let block = self.new_block();
@@ -157,8 +284,9 @@ impl Order {
             };
             let moved = self.block_len - from;
             let src = self.directory[d].block as usize * self.block_len;
-            self.slots.copy_within(
-                src + from..src + self.block_len,
+            self.move_within(
+                src + from,
+                src + self.block_len,
                 block as usize * self.block_len,
             );
             self.directory[d].len = from as u32;
@@ -171,20 +299,35 @@ impl Order {
                 d + 1,
                 Entry {
                     first,
+                    // An empty block (the last, split where increasing keys arrive) starts
+                    // at the new key with the spacing of the keys before it.
+                    base: first,
                     block,
                     len: moved as u32,
+                    shift: self.directory[d].shift,
                 },
             );
+            self.refit(d, &key);
+            self.refit(d + 1, &key);
             if pos >= from {
                 d += 1;
                 pos -= from;
             }
         }
-        let e = &mut self.directory[d];
+        self.put(d, pos, slot, k);
+    }
+
+    /// Puts `slot` (key `k`) at `pos` of directory entry `d`'s block, which has room.
+    fn put(&mut self, d: usize, pos: usize, slot: u32, k: u128) {
+        let e = self.directory[d];
         let at = e.block as usize * self.block_len;
         let len = e.len as usize;
-        self.slots.copy_within(at + pos..at + len, at + pos + 1);
+        self.move_within(at + pos, at + len, at + pos + 1);
         self.slots[at + pos] = slot;
+        if self.fingerprinted() {
+            self.fingerprints[at + pos] = e.fit().fingerprint(k);
+        }
+        let e = &mut self.directory[d];
         e.len += 1;
         if pos == 0 {
             e.first = k;
@@ -198,11 +341,7 @@ impl Order {
         key: impl Fn(u32) -> u128,
     ) -> impl Iterator<Item = u32> + '_ {
         let (d, pos) = match self.find_block(start) {
-            Some(d) => (
-                d,
-                self.block(&self.directory[d])
-                    .partition_point(|&s| key(s) < start),
-            ),
+            Some(d) => (d, self.place(&self.directory[d], start, key)),
             None => (0, 0),
         };
         self.directory[d.min(self.directory.len())..]
@@ -215,29 +354,41 @@ impl Order {
             })
     }
 
-    /// Replaces the contents with `slots`, which must be in strictly increasing key order
-    /// (`first_key` gives a slot's key), packed 7/8 full (`build_fill`).
-    pub(crate) fn build(
-        &mut self,
-        slots: impl IntoIterator<Item = u32>,
-        first_key: impl Fn(u32) -> u128,
-    ) {
+    /// Replaces the contents with `entries` (key, slot), which must be in strictly increasing
+    /// key order, packed 7/8 full (`build_fill`).
+    pub(crate) fn build(&mut self, entries: impl IntoIterator<Item = (u128, u32)>) {
         self.directory.clear();
         self.slots.clear();
+        self.fingerprints.clear();
         let fill = self.build_fill();
-        let mut slots = slots.into_iter().peekable();
-        while let Some(&first) = slots.peek() {
+        let fingerprinted = self.fingerprinted();
+        // The keys of the block being filled, for its fit.
+        let mut keys: Vec<u128> = Vec::with_capacity(if fingerprinted { fill } else { 0 });
+        let mut entries = entries.into_iter().peekable();
+        while let Some(&(first, _)) = entries.peek() {
             let block = self.new_block();
             let at = block as usize * self.block_len;
             let mut len = 0;
-            for (dst, slot) in self.slots[at..at + fill].iter_mut().zip(&mut slots) {
+            keys.clear();
+            for (dst, (key, slot)) in self.slots[at..at + fill].iter_mut().zip(&mut entries) {
                 *dst = slot;
                 len += 1;
+                if fingerprinted {
+                    keys.push(key);
+                }
+            }
+            let fit = Fit::spanning(first, keys.last().copied().unwrap_or(first));
+            if fingerprinted {
+                for (p, &key) in self.fingerprints[at..].iter_mut().zip(&keys) {
+                    *p = fit.fingerprint(key);
+                }
             }
             self.directory.push(Entry {
-                first: first_key(first),
+                first,
+                base: fit.base,
                 block,
                 len,
+                shift: fit.shift,
             });
         }
     }
@@ -257,6 +408,14 @@ mod tests {
         for e in &order.directory {
             assert!(e.len as usize <= order.block_len && e.len > 0);
             assert_eq!(e.first, key(order.block(e)[0]));
+            if order.fingerprinted() {
+                // Each slot's fingerprint is its key's under the block's fit.
+                let at = e.block as usize * order.block_len;
+                let prints = &order.fingerprints[at..at + e.len as usize];
+                for (&p, &s) in prints.iter().zip(order.block(e)) {
+                    assert_eq!(p, e.fit().fingerprint(key(s)));
+                }
+            }
         }
     }
 
@@ -269,9 +428,9 @@ mod tests {
 
     #[test]
     fn random_increasing_and_decreasing_inserts_keep_key_order_and_seeks_find_the_next_key() {
-        for pattern in 0..4 {
+        for (pattern, fingerprinted) in (0..5).flat_map(|p| [(p, false), (p, true)]) {
             let n = 5_000usize;
-            let mut order = Order::with_capacity(n);
+            let mut order = Order::new(n, fingerprinted);
             let mut keys = Vec::new();
             let mut model = BTreeMap::new();
             let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -280,6 +439,13 @@ mod tests {
                     0 => u128::from(xorshift(&mut x) >> 20),
                     1 => u128::from(slot) * 3 + 1,
                     2 => u128::from(u32::MAX - slot) << 64,
+                    // Clustered: runs of close keys far apart, so that blocks' fits differ
+                    // and later keys fall outside them.
+                    4 => {
+                        (u128::from(xorshift(&mut x) % 8) << 100)
+                            | (u128::from(xorshift(&mut x) >> 40) << 16)
+                            | u128::from(slot)
+                    }
                     // Increasing, after a larger key first.
                     _ if slot == 0 => u128::MAX,
                     _ => u128::from(slot),
@@ -301,9 +467,15 @@ mod tests {
                 assert!(order.directory.len() <= n.div_ceil(block - 1));
             }
             let key = |s: u32| keys[s as usize];
+            let near: Vec<u128> = model
+                .keys()
+                .step_by(97)
+                .flat_map(|&k| [k, k.saturating_add(1), k.saturating_sub(1)])
+                .collect();
             for probe in (0..50)
                 .map(|_| u128::from(xorshift(&mut x) >> 20))
                 .chain([0, u128::MAX])
+                .chain(near)
             {
                 let got: Vec<u32> = order.from(probe, key).take(3).collect();
                 let want: Vec<u32> = model.range(probe..).map(|(_, &s)| s).take(3).collect();
@@ -311,7 +483,7 @@ mod tests {
             }
             // A rebuilt order holds the same, and takes inserts after.
             let sorted: Vec<u32> = model.values().copied().collect();
-            order.build(sorted.iter().copied(), key);
+            order.build(sorted.iter().map(|&s| (key(s), s)));
             check(&order, &keys, &model);
         }
     }

@@ -616,15 +616,21 @@ proptest! {
     /// the accounts with id > `after_id`, of one ledger if given, in id order, for thousands
     /// of accounts created in any order, before and after a restore (with accounts created
     /// after it), up to a full account table, without the listing orders outgrowing the
-    /// memory reserved for them.
+    /// memory reserved for them; with a table large enough for the orders to keep
+    /// fingerprints, or exactly as large as the accounts.
     #[test]
     fn account_pages_are_the_models_scan_before_and_after_a_restore(
         accounts in listed_accounts(),
         cut in any::<prop::sample::Index>(),
         queries in prop::collection::vec(list_query(), 40),
+        fingerprinted in any::<bool>(),
     ) {
         let config = EngineConfig {
-            accounts_max: accounts.len().max(1) as u32,
+            accounts_max: if fingerprinted {
+                engine::LIST_FINGERPRINT_MIN_ACCOUNTS
+            } else {
+                accounts.len().max(1) as u32
+            },
             transfers_retained_max: 4,
             pending_max: 1,
             sessions_max: 1,

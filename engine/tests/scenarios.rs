@@ -465,15 +465,18 @@ fn all_pages(e: &Engine, ledger: Option<u32>) -> Vec<u64> {
 #[test]
 fn account_pages_list_every_account_once_in_id_order_before_and_after_a_restore() {
     // Mixed ids (increasing, random, the largest) on three ledgers; increasing ids on three
-    // ledgers; increasing ids on one ledger (a restore sorts nothing then).
+    // ledgers; increasing ids on one ledger (a restore sorts nothing then); each in a table
+    // small enough for orders without fingerprints and in one large enough for them.
     for mode in 0..3u64 {
-        account_pages_with_ids(mode);
+        for accounts_max in [5_000, engine::LIST_FINGERPRINT_MIN_ACCOUNTS] {
+            account_pages_with_ids(mode, accounts_max);
+        }
     }
 }
 
-fn account_pages_with_ids(mode: u64) {
+fn account_pages_with_ids(mode: u64, accounts_max: u32) {
     let config = EngineConfig {
-        accounts_max: 5_000,
+        accounts_max,
         transfers_retained_max: 16,
         pending_max: 4,
         sessions_max: 2,

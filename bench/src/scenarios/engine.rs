@@ -13,7 +13,9 @@
 //! the account table, its index and its listing orders but not the retention tables sized by
 //! `transfers_retained_max`. `list_page_us`: the mean time of a full `ListAccounts` page on the
 //! accounts' ledger (256 accounts after a pseudo-random id), which the engine thread answers
-//! between commands.
+//! between commands. `account_create_us`: the set-up's mean time per account (increasing
+//! ids); `account_create_random_ids_us`: the same in a fresh engine for pseudo-random ids on
+//! four ledgers (see `create_random_ids_us`).
 //!
 //! Snapshot (after the timed run): a first `freeze` into a fresh copy (`snapshot_freeze_ms`,
 //! pays for mapping the copy's pages) and, once that copy is dropped, a second one that reuses
@@ -375,6 +377,38 @@ fn list_page_us(e: &Engine, accounts: u64) -> f64 {
     t0.elapsed().as_secs_f64() * 1e6 / PAGES as f64
 }
 
+/// Mean time to create an account with a pseudo-random id (`CreateAccount` commands, encoded
+/// as they go), for `--accounts` accounts on four ledgers in a fresh engine with the same
+/// account capacity: the listing orders then place each one at random, where the set-up's
+/// increasing ids (`account_create_us`) append.
+fn create_random_ids_us(o: &Options, config: EngineConfig) -> Result<f64, String> {
+    let mut e = Engine::new(EngineConfig {
+        transfers_retained_max: 1_024,
+        ..config
+    })
+    .map_err(|e| e.to_string())?;
+    let mut clock = Clock { position: 0 };
+    let mut reply = vec![0u8; REPLY_LEN_MAX];
+    let mut buf = [0u8; 128];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let t0 = Instant::now();
+    for k in 0..o.accounts {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mut enc =
+            CreateAccountEncoder::wrap_with_header(&mut buf).map_err(|e| e.to_string())?;
+        enc.set_id(x | 1).set_ledger(1 + (k % 4) as u32).set_code(0);
+        enc.set_flags(schemas::ledger::AccountFlags::from_raw(0));
+        let n = enc.finish().map_err(|e| e.to_string())?;
+        // A repeated id (`account_exists`) would only be cheaper; xorshift repeats none here.
+        if apply_one(&mut e, &mut clock, &buf[..n], &mut reply)? != 0 {
+            return Err(format!("creating account {} failed", x | 1));
+        }
+    }
+    Ok(t0.elapsed().as_secs_f64() * 1e6 / o.accounts.max(1) as f64)
+}
+
 /// `{min, median, max, passes}` of per-pass rates, rounded.
 fn spread(rates: &[f64]) -> serde_json::Value {
     let mut v = rates.to_vec();
@@ -555,7 +589,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
     let rss_before = rss_bytes();
     let mut e = Engine::new(config).map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
     setup(&o, &mut e, &mut clock, &mut reply)?;
+    let create_us = t0.elapsed().as_secs_f64() * 1e6 / o.accounts.max(1) as f64;
     let rss_accounts = rss_bytes();
     let bytes_per_account = rss_accounts.saturating_sub(rss_before) as f64 / o.accounts as f64;
     fund(&o, &mut e, &mut clock, &mut reply)?;
@@ -618,6 +654,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     drop(restored);
     let incremental = incremental_snapshot(&mut e, &mut pool, &mut clock, &mut reply, &mut round)?;
     let streamed_s = streamed_snapshot(&mut e, &path)?;
+    let create_random_us = create_random_ids_us(&o, config)?;
 
     let v = json!({
         "scenario": "engine",
@@ -644,6 +681,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "peak_rss_bytes": peak_rss,
         "bytes_per_account": bytes_per_account.round(),
         "list_page_us": (list_page_us * 100.0).round() / 100.0,
+        "account_create_us": (create_us * 1000.0).round() / 1000.0,
+        "account_create_random_ids_us": (create_random_us * 1000.0).round() / 1000.0,
         "engine_reserved_bytes": e.reserved_bytes(),
         "snapshot_bytes": written,
         "snapshot_freeze_ms": freeze_s * 1e3,
