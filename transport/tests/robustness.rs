@@ -784,6 +784,42 @@ fn a_burst_of_refused_setups_gets_one_reply_per_interval_and_a_forged_flood_a_bo
     );
 }
 
+#[test]
+fn more_refused_publications_than_the_reply_budget_each_learn_why_in_turn() {
+    // Eight publications refused at once (say eight clients with terms over the cap), each
+    // re-sending its SETUP once per interval at its own steady phase: the budget of four
+    // replies per interval must not go to the same four every time.
+    let cfg = Config {
+        image_term_length_max: 64 * 1024,
+        ..Config::with_term_length(64 * 1024)
+    };
+    let interval = cfg.setup_interval_ns;
+    let mut r = Receiver::new(cfg, STREAM, 1).unwrap();
+    let publications: Vec<(i32, SocketAddr)> = (0..8)
+        .map(|k| (100 + k, format!("10.0.1.{}:4000", k + 1).parse().unwrap()))
+        .collect();
+    let mut told = vec![0; publications.len()];
+    for round in 0..20u64 {
+        for (k, (session_id, from)) in publications.iter().enumerate() {
+            let now = round * interval + k as u64 * interval / 10;
+            r.handle_datagram(now, *from, &setup_with(*session_id, 128 * 1024));
+            for (to, session, ..) in error_frames(&control_from(&mut r, now)) {
+                assert_eq!((to, session), (*from, *session_id));
+                told[k] += 1;
+            }
+        }
+    }
+    assert!(
+        told.iter().all(|&n| n >= 3),
+        "replies per publication: {told:?}"
+    );
+    assert!(
+        told.iter().sum::<usize>()
+            <= 20 * transport::config::REFUSAL_REPLIES_PER_INTERVAL_MAX as usize,
+        "{told:?}"
+    );
+}
+
 /// Feeds every datagram the sender has due at `now` to the receiver and back, once.
 fn exchange_once(s: &mut Sender, r: &mut Receiver, now: u64) {
     let publication: SocketAddr = "10.0.0.9:4000".parse().unwrap();
