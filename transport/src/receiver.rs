@@ -24,8 +24,8 @@ use std::net::SocketAddr;
 
 use crate::config::{
     Config, ConfigError, IMAGES_MAX, MTU_MAX, MTU_MIN, RECEIVER_TRANSMIT_LENGTH_MIN,
-    REFUSALS_TRACKED_MAX, REFUSAL_REPLIES_PER_INTERVAL_MAX, REFUSAL_TEXT_LENGTH_MAX,
-    TERM_LENGTH_MAX, TERM_LENGTH_MIN,
+    REFUSALS_TRACKED_MAX, REFUSAL_INTERVAL_MIN_NS, REFUSAL_REPLIES_PER_INTERVAL_MAX,
+    REFUSAL_TEXT_LENGTH_MAX, TERM_LENGTH_MAX, TERM_LENGTH_MIN,
 };
 use crate::counters::{CounterId, Counters};
 use crate::frame::{
@@ -698,7 +698,7 @@ impl Receiver {
     /// intervals, so that the others, whose SETUPs come later in each interval, get their turn.
     fn refuse(&mut self, now_ns: u64, source: SocketAddr, s: &Setup, reason: RefusalReason) {
         self.counters.incr(CounterId::SetupsRefused);
-        let interval = self.cfg.setup_interval_ns;
+        let interval = self.cfg.setup_interval_ns.max(REFUSAL_INTERVAL_MIN_NS);
         let k = match self
             .refused
             .iter()
