@@ -43,6 +43,10 @@ pub const REFUSAL_TEXT_LENGTH_MAX: usize = RECEIVER_TRANSMIT_LENGTH_MIN - ERR_HE
 /// SETUP from a forged source with a new session id each time: this keeps a flood of them
 /// from turning the receiver into a source of replies aimed at someone else.
 pub const REFUSAL_REPLIES_PER_INTERVAL_MAX: u32 = 4;
+/// The shortest interval the ERR reply caps count over, whatever `setup_interval_ns` says
+/// (a sender's knob, 0 allowed): without it a subscription so configured would answer every
+/// refused SETUP.
+pub const REFUSAL_INTERVAL_MIN_NS: u64 = 1_000_000;
 /// Publications whose refusal a subscription remembers, to answer each at most once per
 /// `setup_interval_ns`; the oldest is forgotten first.
 pub const REFUSALS_TRACKED_MAX: usize = IMAGES_MAX;

@@ -24,8 +24,8 @@ use std::net::SocketAddr;
 
 use crate::config::{
     Config, ConfigError, IMAGES_MAX, MTU_MAX, MTU_MIN, RECEIVER_TRANSMIT_LENGTH_MIN,
-    REFUSALS_TRACKED_MAX, REFUSAL_REPLIES_PER_INTERVAL_MAX, REFUSAL_TEXT_LENGTH_MAX,
-    TERM_LENGTH_MAX, TERM_LENGTH_MIN,
+    REFUSALS_TRACKED_MAX, REFUSAL_INTERVAL_MIN_NS, REFUSAL_REPLIES_PER_INTERVAL_MAX,
+    REFUSAL_TEXT_LENGTH_MAX, TERM_LENGTH_MAX, TERM_LENGTH_MIN,
 };
 use crate::counters::{CounterId, Counters};
 use crate::frame::{
@@ -158,6 +158,8 @@ struct Refused {
     pending: bool,
     /// No ERR frame for this publication before this time.
     next_ns: u64,
+    /// Its latest refused SETUP.
+    seen_ns: u64,
 }
 
 /// The receiver state machine of one subscription.
@@ -691,10 +693,12 @@ impl Receiver {
     /// Counts a refused SETUP and queues an ERR frame telling its publication why, unless
     /// that publication was told less than `setup_interval_ns` ago or
     /// [`REFUSAL_REPLIES_PER_INTERVAL_MAX`] were queued in this interval already (a flood of
-    /// SETUPs from forged sources gets no more replies than that).
+    /// SETUPs from forged sources gets no more replies than that). With more publications
+    /// refused lately than the budget holds, one just told waits that many budgets' worth of
+    /// intervals, so that the others, whose SETUPs come later in each interval, get their turn.
     fn refuse(&mut self, now_ns: u64, source: SocketAddr, s: &Setup, reason: RefusalReason) {
         self.counters.incr(CounterId::SetupsRefused);
-        let interval = self.cfg.setup_interval_ns;
+        let interval = self.cfg.setup_interval_ns.max(REFUSAL_INTERVAL_MIN_NS);
         let k = match self
             .refused
             .iter()
@@ -715,6 +719,7 @@ impl Receiver {
                     term_length: 0,
                     pending: false,
                     next_ns: now_ns,
+                    seen_ns: now_ns,
                 });
                 self.refused.len() - 1
             }
@@ -722,6 +727,7 @@ impl Receiver {
         let r = &mut self.refused[k];
         r.reason = reason;
         r.term_length = s.term_length as usize;
+        r.seen_ns = now_ns;
         if r.pending || now_ns < r.next_ns {
             return;
         }
@@ -734,7 +740,15 @@ impl Receiver {
         }
         self.refusal_replies += 1;
         r.pending = true;
-        r.next_ns = now_ns.saturating_add(interval);
+        let lately = self
+            .refused
+            .iter()
+            .filter(|r| now_ns.saturating_sub(r.seen_ns) <= interval)
+            .count();
+        let turns = lately
+            .div_ceil(REFUSAL_REPLIES_PER_INTERVAL_MAX as usize)
+            .max(1) as u64;
+        self.refused[k].next_ns = now_ns.saturating_add(interval.saturating_mul(turns));
     }
 
     /// Writes the ERR frame telling `r`'s publication why it was refused into `buf`, and

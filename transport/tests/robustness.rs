@@ -784,6 +784,71 @@ fn a_burst_of_refused_setups_gets_one_reply_per_interval_and_a_forged_flood_a_bo
     );
 }
 
+#[test]
+fn a_forged_flood_gets_a_bounded_few_replies_even_with_no_setup_interval() {
+    // setup_interval_ns is a sender's knob (0: a SETUP on every poll); a subscription
+    // configured so must not answer every forged SETUP.
+    for setup_interval_ns in [0, 1] {
+        let cfg = Config {
+            image_term_length_max: 64 * 1024,
+            setup_interval_ns,
+            ..Config::with_term_length(64 * 1024)
+        };
+        let mut r = Receiver::new(cfg, STREAM, 1).unwrap();
+        // 1,000 forged SETUPs within a millisecond.
+        let mut replies = 0;
+        for k in 0..1000i32 {
+            let forged: SocketAddr = format!("10.1.{}.{}:{}", k / 250, k % 250, 2000 + k)
+                .parse()
+                .unwrap();
+            let now = k as u64 * 1000;
+            r.handle_datagram(now, forged, &setup_with(1000 + k, 128 * 1024));
+            replies += error_frames(&control_from(&mut r, now)).len();
+        }
+        assert!(
+            replies <= 2 * transport::config::REFUSAL_REPLIES_PER_INTERVAL_MAX as usize,
+            "setup_interval_ns={setup_interval_ns}: {replies} replies"
+        );
+        assert_eq!(r.counters().get(CounterId::SetupsRefused), 1000);
+    }
+}
+
+#[test]
+fn more_refused_publications_than_the_reply_budget_each_learn_why_in_turn() {
+    // Eight publications refused at once (say eight clients with terms over the cap), each
+    // re-sending its SETUP once per interval at its own steady phase: the budget of four
+    // replies per interval must not go to the same four every time.
+    let cfg = Config {
+        image_term_length_max: 64 * 1024,
+        ..Config::with_term_length(64 * 1024)
+    };
+    let interval = cfg.setup_interval_ns;
+    let mut r = Receiver::new(cfg, STREAM, 1).unwrap();
+    let publications: Vec<(i32, SocketAddr)> = (0..8)
+        .map(|k| (100 + k, format!("10.0.1.{}:4000", k + 1).parse().unwrap()))
+        .collect();
+    let mut told = vec![0; publications.len()];
+    for round in 0..20u64 {
+        for (k, (session_id, from)) in publications.iter().enumerate() {
+            let now = round * interval + k as u64 * interval / 10;
+            r.handle_datagram(now, *from, &setup_with(*session_id, 128 * 1024));
+            for (to, session, ..) in error_frames(&control_from(&mut r, now)) {
+                assert_eq!((to, session), (*from, *session_id));
+                told[k] += 1;
+            }
+        }
+    }
+    assert!(
+        told.iter().all(|&n| n >= 3),
+        "replies per publication: {told:?}"
+    );
+    assert!(
+        told.iter().sum::<usize>()
+            <= 20 * transport::config::REFUSAL_REPLIES_PER_INTERVAL_MAX as usize,
+        "{told:?}"
+    );
+}
+
 /// Feeds every datagram the sender has due at `now` to the receiver and back, once.
 fn exchange_once(s: &mut Sender, r: &mut Receiver, now: u64) {
     let publication: SocketAddr = "10.0.0.9:4000".parse().unwrap();
