@@ -562,14 +562,18 @@ impl Sender {
         r.source = source;
         r.receiver_id = e.receiver_id;
         r.text.clear();
-        // The text reaches users' terminals and logs: nothing in it may act as a control.
+        // The text reaches users' terminals and logs: nothing in it may act as a control,
+        // nor reorder what is shown around it (the bidirectional embeddings, overrides and
+        // isolates).
         for chunk in e.message.utf8_chunks() {
-            r.text.extend(
-                chunk
-                    .valid()
-                    .chars()
-                    .map(|c| if c.is_control() { '\u{FFFD}' } else { c }),
-            );
+            r.text.extend(chunk.valid().chars().map(|c| {
+                if c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+                {
+                    '\u{FFFD}'
+                } else {
+                    c
+                }
+            }));
             if !chunk.invalid().is_empty() {
                 r.text.push('\u{FFFD}');
             }

@@ -926,16 +926,23 @@ fn a_malformed_error_frame_is_dropped_and_counted() {
     assert_eq!(s.counters().get(CounterId::ErrorFramesReceived), 0);
     assert_eq!(s.counters().drops_total(), 4);
     assert_eq!(s.last_refusal(), None);
-    // The well-formed one is taken; control characters in its text are replaced.
+    // The well-formed one is taken; control characters in its text are replaced, and so are
+    // the bidirectional overrides and isolates that would reorder it on a terminal.
     s.handle_datagram(
         2,
         source(),
-        &error_frame(SESSION, STREAM, b"over\x1b[2J cap \xff"),
+        &error_frame(
+            SESSION,
+            STREAM,
+            "over\x1b[2J cap \u{202E}gib\u{2066}x".as_bytes(),
+        ),
     );
     assert_eq!(s.counters().get(CounterId::ErrorFramesReceived), 1);
     let refusal = s.last_refusal().unwrap();
-    assert_eq!(refusal.text, "over\u{FFFD}[2J cap \u{FFFD}");
+    assert_eq!(refusal.text, "over\u{FFFD}[2J cap \u{FFFD}gib\u{FFFD}x");
     assert_eq!(refusal.reason, transport::RefusalReason::TermLengthOverCap);
+    s.handle_datagram(3, source(), &error_frame(SESSION, STREAM, b"cap \xff"));
+    assert_eq!(s.last_refusal().unwrap().text, "cap \u{FFFD}");
 }
 
 #[test]
