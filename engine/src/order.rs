@@ -124,6 +124,8 @@ pub(crate) struct Order {
     /// The fingerprint of each slot's key, laid out as `slots`; empty in orders without
     /// fingerprints.
     fingerprints: Vec<u16>,
+    /// Whether this order keeps fingerprints.
+    fingerprinted: bool,
     /// Slots per block ([`block_len_for`] the capacity).
     block_len: usize,
 }
@@ -142,6 +144,7 @@ impl Order {
             directory: Vec::with_capacity(blocks),
             slots: Vec::with_capacity(blocks * block_len),
             fingerprints: Vec::with_capacity(if fingerprinted { blocks * block_len } else { 0 }),
+            fingerprinted,
             block_len,
         }
     }
@@ -153,7 +156,7 @@ impl Order {
     }
 
     fn fingerprinted(&self) -> bool {
-        self.fingerprints.capacity() > 0
+        self.fingerprinted
     }
 
     /// Bytes reserved.
