@@ -651,6 +651,21 @@ fn receiver_capped() -> Receiver {
     Receiver::new(cfg, STREAM, 1).unwrap()
 }
 
+/// A config of 64 KiB terms that takes images of no longer terms.
+fn capped_at_own_term() -> Config {
+    Config {
+        image_term_length_max: 64 * 1024,
+        ..Config::with_term_length(64 * 1024)
+    }
+}
+
+/// A receiver of [`capped_at_own_term`], and its SETUP interval.
+fn receiver_capped_at_own_term() -> (Receiver, u64) {
+    let cfg = capped_at_own_term();
+    let interval = cfg.setup_interval_ns;
+    (Receiver::new(cfg, STREAM, 1).unwrap(), interval)
+}
+
 /// A SETUP of `session_id` announcing `term_length`.
 fn setup_with(session_id: i32, term_length: i32) -> [u8; frame::SETUP_LENGTH] {
     Setup {
@@ -746,12 +761,7 @@ fn a_setup_finding_every_image_taken_is_answered_with_an_err_frame_saying_so() {
 
 #[test]
 fn a_burst_of_refused_setups_gets_one_reply_per_interval_and_a_forged_flood_a_bounded_few() {
-    let cfg = Config {
-        image_term_length_max: 64 * 1024,
-        ..Config::with_term_length(64 * 1024)
-    };
-    let interval = cfg.setup_interval_ns;
-    let mut r = Receiver::new(cfg, STREAM, 1).unwrap();
+    let (mut r, interval) = receiver_capped_at_own_term();
     let too_long = 128 * 1024;
     // One publication re-sending its SETUP 100 times within an interval: one reply.
     let mut replies = 0;
@@ -790,9 +800,8 @@ fn a_forged_flood_gets_a_bounded_few_replies_even_with_no_setup_interval() {
     // configured so must not answer every forged SETUP.
     for setup_interval_ns in [0, 1] {
         let cfg = Config {
-            image_term_length_max: 64 * 1024,
             setup_interval_ns,
-            ..Config::with_term_length(64 * 1024)
+            ..capped_at_own_term()
         };
         let mut r = Receiver::new(cfg, STREAM, 1).unwrap();
         // 1,000 forged SETUPs within a millisecond.
@@ -818,12 +827,7 @@ fn more_refused_publications_than_the_reply_budget_each_learn_why_in_turn() {
     // Eight publications refused at once (say eight clients with terms over the cap), each
     // re-sending its SETUP once per interval at its own steady phase: the budget of four
     // replies per interval must not go to the same four every time.
-    let cfg = Config {
-        image_term_length_max: 64 * 1024,
-        ..Config::with_term_length(64 * 1024)
-    };
-    let interval = cfg.setup_interval_ns;
-    let mut r = Receiver::new(cfg, STREAM, 1).unwrap();
+    let (mut r, interval) = receiver_capped_at_own_term();
     let publications: Vec<(i32, SocketAddr)> = (0..8)
         .map(|k| (100 + k, format!("10.0.1.{}:4000", k + 1).parse().unwrap()))
         .collect();
