@@ -310,8 +310,11 @@ impl Order {
                     shift: self.directory[d].shift,
                 },
             );
-            self.refit(d, &key);
-            self.refit(d + 1, &key);
+            // A split at the end of the last block moved nothing: both fits still hold.
+            if moved > 0 {
+                self.refit(d, &key);
+                self.refit(d + 1, &key);
+            }
             if pos >= from {
                 d += 1;
                 pos -= from;
