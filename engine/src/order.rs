@@ -522,6 +522,30 @@ mod tests {
     }
 
     #[test]
+    fn orders_keep_fingerprints_from_their_threshold_capacity_and_fill_them() {
+        // The search would give the same answers without them: only this says they are on.
+        assert!(!Order::with_capacity(FINGERPRINT_MIN_CAPACITY - 1).fingerprinted());
+        let mut order = Order::with_capacity(FINGERPRINT_MIN_CAPACITY);
+        assert!(order.fingerprinted());
+        let keys: Vec<u128> = (0..2_000u128).map(|k| (k * 7_919) % 2_003).collect();
+        for slot in 0..keys.len() as u32 {
+            order.insert(slot, |s| keys[s as usize]);
+        }
+        // Distinct keys spread over each block's fit: most fingerprints differ from their
+        // neighbour's, so a look-up reads few records.
+        let prints = order.directory.iter().flat_map(|e| {
+            let at = e.block as usize * order.block_len;
+            order.fingerprints[at..at + e.len as usize].windows(2)
+        });
+        let (distinct, all) =
+            prints.fold((0, 0), |(d, a), w| (d + usize::from(w[0] < w[1]), a + 1));
+        assert!(
+            distinct * 10 >= all * 9,
+            "{distinct} of {all} neighbours differ"
+        );
+    }
+
+    #[test]
     fn an_empty_order_yields_nothing() {
         let order = Order::with_capacity(10);
         assert_eq!(order.from(0, |_| 0).count(), 0);
