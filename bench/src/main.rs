@@ -4,6 +4,8 @@
 //! a scenario prints exactly one JSON object of figures on stdout (the bench's convention, read by
 //! scripts); without it, a human-readable summary. Every report names the machine it ran on.
 //! Performance targets are checked here, never by timed unit tests.
+// The transport report is one `json!` object of many fields.
+#![recursion_limit = "256"]
 
 mod report;
 mod scenarios;

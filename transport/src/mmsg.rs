@@ -260,6 +260,49 @@ impl Batch {
         self.received(r)
     }
 
+    /// Receives one datagram into slot 0 without blocking, with `recvfrom`: the cheapest
+    /// receive the kernel has (no message header to copy in and walk), for a socket polled
+    /// while idle, where one datagram is all there usually is. Returns 1, or the error
+    /// ("would block" when nothing is waiting).
+    ///
+    /// No control message comes back, so on a coalescing socket a run that the kernel kept
+    /// whole arrives as one datagram of all its bytes ([`Batch::segment`] 0). A run is its
+    /// datagrams' frames back to back, which a receiver reads frame by frame as it reads any
+    /// datagram. Read as for [`Batch::recv`]; [`Batch::truncated`] tells a datagram longer
+    /// than the slot (`MSG_TRUNC` gives its real length).
+    pub fn recv_one(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
+        self.addr_lengths[0] = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: the kernel writes at most `slot_length` bytes into slot 0 (inside `data`)
+        // and at most `addr_lengths[0]` bytes of address into `addrs[0]`, and stores the
+        // address's length in `addr_lengths[0]`; all are this struct's own live buffers.
+        let r = unsafe {
+            libc::recvfrom(
+                socket.as_raw_fd(),
+                self.data.as_mut_ptr() as *mut libc::c_void,
+                self.slot_length,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                &mut self.addrs[0] as *mut libc::sockaddr_storage as *mut libc::sockaddr,
+                &mut self.addr_lengths[0],
+            )
+        };
+        if r < 0 {
+            self.count = 0;
+            return Err(io::Error::last_os_error());
+        }
+        let length = r as usize;
+        self.lengths[0] = length;
+        // Only the flags of header 0 change: its pointers stay as `recv` or `recv_direct`
+        // left them, and both reset the flags before their own calls.
+        self.headers[0].msg_hdr.msg_flags = if length > self.slot_length {
+            libc::MSG_TRUNC
+        } else {
+            0
+        };
+        self.segments[0] = 0;
+        self.count = 1;
+        Ok(1)
+    }
+
     /// Receives up to `max` (at most a batch) datagrams without blocking, each straight into
     /// `region`: datagram `i` goes to `region[i * stride..]`, at most `stride` bytes there,
     /// its remaining bytes (up to the slot length) to its own slot at offset `stride` (see

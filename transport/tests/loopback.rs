@@ -662,3 +662,56 @@ fn a_reply_the_kernel_refuses_does_not_take_the_data_of_its_batch_with_it() {
     assert_eq!(publication.counters().get(CounterId::SocketErrors), ROUNDS);
     assert_eq!(publication.counters().get(CounterId::Retransmits), 0);
 }
+
+/// A subscription polled while idle reads with one cheap call that returns no segment size,
+/// so a run the kernel kept whole (a segmented send to a coalescing socket) comes back as one
+/// datagram of all its bytes: its frames, back to back, deliver every message once, in order.
+#[test]
+fn a_coalesced_run_read_by_an_idle_subscription_delivers_every_message() {
+    let config = Config {
+        udp_segmentation: true,
+        udp_coalescing: true,
+        ..test_config()
+    };
+    let (sub, mut publication) = unicast_pair_with(0.0, 1, config);
+    let mut subs = [sub];
+    exchange(&mut publication, &mut subs, 10);
+    let sub = &mut subs[0];
+    // Idle: the next read is the one-datagram call.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sub.do_work(now_ns()) > 0 || publication.do_work(now_ns()) > 0 {
+        assert!(Instant::now() < deadline);
+    }
+    assert_eq!(sub.do_work(now_ns()), 0);
+    let count = 200u64;
+    for i in 0..count {
+        publication.offer(&message(1000 + i, 64)).unwrap();
+    }
+    let (runs, datagrams) = (
+        publication.counters().get(CounterId::SegmentedSends),
+        sub.counters().get(CounterId::DatagramsReceived),
+    );
+    publication.do_work(now_ns());
+    assert!(
+        publication.counters().get(CounterId::SegmentedSends) > runs,
+        "the messages went out as a segmented run"
+    );
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(sub.do_work(now_ns()), 1, "one read, one datagram");
+    let mut next = 1000u64;
+    while sub.poll(
+        |m, _| {
+            assert_eq!(m, &message(next, 64)[..]);
+            next += 1;
+        },
+        usize::MAX,
+    ) > 0
+    {}
+    assert_eq!(next, 1000 + count, "every message of the run, in order");
+    assert_eq!(
+        sub.counters().get(CounterId::DatagramsReceived),
+        datagrams + 1,
+        "the run arrived whole in the idle read"
+    );
+    assert_eq!(sub.counters().get(CounterId::DropsMalformed), 0);
+}
