@@ -420,6 +420,9 @@ impl Batch {
             self.clear();
             return Ok(0);
         }
+        if to - from == 1 {
+            return self.send_one(socket, external);
+        }
         self.receive_ready = false;
         let (headers, segmented) = if self.segmentation {
             self.prepare_segmented(from, to, external)
@@ -464,6 +467,44 @@ impl Batch {
             self.clear();
         }
         Ok(slots)
+    }
+
+    /// [`Batch::send`] of the one unsent datagram, with `send` (a connected socket's peer)
+    /// or `sendto`: no message header for the kernel to copy in and walk, which saves about
+    /// 0.1 µs a datagram on the development VM, and a request/response exchange sends one
+    /// datagram at a time.
+    fn send_one(&mut self, socket: &impl AsRawFd, external: &[u8]) -> io::Result<usize> {
+        let i = self.sent;
+        let iov = self.slot_iovec(i, false, external);
+        self.header_slots[i] = 1;
+        let fd: RawFd = socket.as_raw_fd();
+        let flags = libc::MSG_DONTWAIT;
+        // SAFETY: `iov` points at `iov_len` bytes inside this struct's slot `i` or inside
+        // `external` (bounds-checked by `slot_iovec`), borrowed for the whole call; the
+        // address, if any, is slot `i`'s, `addr_lengths[i]` bytes of a sockaddr_storage. The
+        // kernel only reads them.
+        let r = unsafe {
+            if self.addr_lengths[i] == 0 {
+                libc::send(fd, iov.iov_base, iov.iov_len, flags)
+            } else {
+                libc::sendto(
+                    fd,
+                    iov.iov_base,
+                    iov.iov_len,
+                    flags,
+                    &self.addrs[i] as *const libc::sockaddr_storage as *const libc::sockaddr,
+                    self.addr_lengths[i],
+                )
+            }
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.sent += 1;
+        if self.sent == self.count {
+            self.clear();
+        }
+        Ok(1)
     }
 
     /// Send: passes over the first unsent datagram (or segmented run), the one the kernel
