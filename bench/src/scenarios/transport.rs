@@ -761,7 +761,8 @@ fn transport_rtt(
             ping_pub.do_work(now);
             ping_sub.do_work(now);
             ping_sub.poll(|m, _| got |= m.len() >= 8 && m[..8] == i.to_le_bytes(), 16);
-            if t0.elapsed() > Duration::from_secs(1) {
+            // One clock read per spin, as in the raw loop (the transport needs `now` anyway).
+            if now.saturating_sub(t0_ns) > 1_000_000_000 {
                 break; // a lost datagram waits for a NAK round; record it as measured
             }
         }
