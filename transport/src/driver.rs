@@ -40,6 +40,11 @@ pub const RECEIVE_BYTES_PER_CYCLE_MAX: u64 = 192 * 1024;
 /// and grows them to this length the first time a datagram arrives truncated; the sender
 /// retransmits what was lost when the receiver NAKs the gap.
 pub const RECEIVE_SLOT_LENGTH: usize = 65536;
+/// Longest datagrams of an in-order stream that an idle subscription reads with its cheapest
+/// call (`recvfrom`, into a slot, then copied into the log): copying that much costs less
+/// than the call saves. A stream of longer ones (full datagrams of a large MTU, coalesced
+/// runs) is read into its log in place.
+const IDLE_READ_COPY_MAX: usize = 4096;
 /// Longest a publication goes without reading its control socket while less than half the
 /// receivers' window is left, in nanoseconds. A publication with flow-control room left needs
 /// no status message yet, so it skips the (usually empty) `recvmmsg` on most duty cycles; it
@@ -644,18 +649,24 @@ impl Subscription {
     }
 
     fn receive(&mut self, now: u64) -> usize {
-        // After an empty read, take one datagram with the cheapest call there is: when
-        // traffic is sparse (request/response) one is all there is, and a busy-spinning
-        // subscription makes this call over and over, so its cost is part of every round
-        // trip (`recvfrom` against `recvmmsg` of one: about 70 ns less when nothing is
-        // waiting and 150-250 ns less when a datagram is, on the development VM). A read
-        // that finds data asks for a whole batch next.
+        // After an empty read, ask for one datagram: when traffic is sparse (request/response)
+        // one is all there is, and a read that finds data asks for a whole batch next. Small
+        // datagrams are then read with the cheapest call there is: a busy-spinning
+        // subscription makes it over and over, so its cost is part of every round trip
+        // (`recvfrom` against `recvmmsg` of one: about 70 ns less when nothing is waiting and
+        // 150-250 ns less when a datagram is, on the development VM). A stream of large
+        // datagrams (or coalesced runs) goes on into its log in place.
         let idle = self.rx_idle;
+        let one = idle
+            && self
+                .direct
+                .is_none_or(|(_, stride)| stride <= IDLE_READ_COPY_MAX);
+        let max = if idle { 1 } else { BATCH_DATAGRAMS };
         // While a stream arrives in order in datagrams of one length, receive the next ones
         // straight into its log where they belong (no copy); otherwise into the slots.
         let target = self
             .direct
-            .filter(|_| !idle)
+            .filter(|_| !one)
             .and_then(|(session_id, stride)| {
                 if stride > self.rx.slot_length() {
                     return None;
@@ -667,11 +678,10 @@ impl Subscription {
         let received = match &target {
             Some((t, stride)) => {
                 let region = self.receiver.direct_region(t);
-                self.rx
-                    .recv_direct(&self.socket, region, *stride, BATCH_DATAGRAMS)
+                self.rx.recv_direct(&self.socket, region, *stride, max)
             }
-            None if idle => self.rx.recv_one(&self.socket),
-            None => self.rx.recv(&self.socket, BATCH_DATAGRAMS),
+            None if one => self.rx.recv_one(&self.socket),
+            None => self.rx.recv(&self.socket, max),
         };
         self.rx_idle = !matches!(received, Ok(n) if n > 0);
         match received {
