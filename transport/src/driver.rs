@@ -11,8 +11,6 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::OnceLock;
-use std::time::Instant;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -70,10 +68,11 @@ pub const CONTROL_SLOT_LENGTH: usize = 2048;
 
 const _: () = assert!(CONTROL_SLOT_LENGTH >= crate::config::RECEIVER_TRANSMIT_LENGTH_MIN);
 
-/// Nanoseconds since the first call in this process, from a monotonic clock.
+/// Nanoseconds on the system's monotonic clock (`CLOCK_MONOTONIC`: since an arbitrary point,
+/// boot on Linux, never stepping back). Read straight from the kernel's clock data, without
+/// the conversions of `Instant`: a busy-spinning agent reads it every cycle.
 pub fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    crate::mmsg::monotonic_ns()
 }
 
 /// A malformed channel string.
@@ -390,6 +389,9 @@ impl Publication {
 
     fn transmit(&mut self, now: u64) -> usize {
         let mut work = 0;
+        // Whether the sender may have more than the batch took: after sending the batch,
+        // ask it again (a batch it did not fill was all it had).
+        let mut more = true;
         loop {
             if self.tx.has_unsent() {
                 match self.tx.send(&self.socket, self.sender.log_bytes()) {
@@ -413,7 +415,7 @@ impl Publication {
                         continue;
                     }
                 }
-                if self.tx.has_unsent() {
+                if self.tx.has_unsent() || !more {
                     return work;
                 }
             }
@@ -435,6 +437,7 @@ impl Publication {
                     (None, None) => self.tx.push_connected(t.length),
                 }
             }
+            more = self.tx.is_full();
             if !self.tx.has_unsent() {
                 return work;
             }

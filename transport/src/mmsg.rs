@@ -1,5 +1,5 @@
-//! Batched datagram I/O with `recvmmsg`/`sendmmsg` (Linux), and memory advice for term logs:
-//! the only unsafe code of the crate.
+//! Batched datagram I/O with `recvmmsg`/`sendmmsg` (Linux), memory advice for term logs and
+//! the monotonic clock: the only unsafe code of the crate.
 //!
 //! Owns: preallocated slots (buffers, addresses, iovecs, headers) for a batch of datagrams.
 //! Invariant: every pointer handed to the kernel points into this struct's heap buffers, which
@@ -665,6 +665,18 @@ fn received_segment(h: &libc::msghdr) -> usize {
         }
     }
     segment
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (see `driver::now_ns`).
+pub fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to write; CLOCK_MONOTONIC always exists,
+    // so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// Asks the kernel to hand runs of equal datagrams of one flow over coalesced, with their
