@@ -251,6 +251,15 @@ mod raw {
         r.max(0) as usize
     }
 
+    /// A message header over `iov` alone, with no address (a connected socket's peer).
+    fn header_over(iov: &mut libc::iovec) -> libc::mmsghdr {
+        // SAFETY: all-zero bytes are a valid mmsghdr.
+        let mut msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        msg.msg_hdr.msg_iov = iov;
+        msg.msg_hdr.msg_iovlen = 1;
+        msg
+    }
+
     /// Sends one datagram (`sendmmsg` of one message) to the socket's connected peer;
     /// returns whether it went.
     pub fn send_one(socket: &impl AsRawFd, buf: &[u8]) -> bool {
@@ -258,10 +267,7 @@ mod raw {
             iov_base: buf.as_ptr() as *mut libc::c_void,
             iov_len: buf.len(),
         };
-        // SAFETY: all-zero bytes are a valid mmsghdr.
-        let mut msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
-        msg.msg_hdr.msg_iov = &mut iov;
-        msg.msg_hdr.msg_iovlen = 1;
+        let mut msg = header_over(&mut iov);
         // SAFETY: the header points at `buf` (only read) through `iov`, both live for the
         // call; the socket is connected so no address is needed.
         unsafe { libc::sendmmsg(socket.as_raw_fd(), &mut msg, 1, libc::MSG_DONTWAIT) == 1 }
@@ -274,10 +280,7 @@ mod raw {
             iov_base: buf.as_mut_ptr() as *mut libc::c_void,
             iov_len: buf.len(),
         };
-        // SAFETY: all-zero bytes are a valid mmsghdr.
-        let mut msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
-        msg.msg_hdr.msg_iov = &mut iov;
-        msg.msg_hdr.msg_iovlen = 1;
+        let mut msg = header_over(&mut iov);
         // SAFETY: the header points at `buf` through `iov`, both live for the call; the
         // kernel writes at most `buf.len()` bytes.
         let r = unsafe {
