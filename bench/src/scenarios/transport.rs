@@ -866,25 +866,26 @@ pub fn run(args: &[String]) -> Result<(), String> {
         if step("multicast", "transport multicast throughput") {
             multi.push(transport_throughput(o.setup(), 2, slice)?);
         }
-        if step("raw-rtt", "raw UDP round trips (sendmmsg/recvmmsg)") {
-            raw_h
-                .add(raw_rtt(
-                    frame,
-                    o.rtt_samples / rounds,
-                    RawCalls::Mmsg,
-                    &mut raw_trace,
-                )?)
-                .map_err(|e| e.to_string())?;
-        }
-        if step("raw-rtt-send-recv", "raw UDP round trips (send/recv)") {
-            raw_sr_h
-                .add(raw_rtt(
-                    frame,
-                    o.rtt_samples / rounds,
-                    RawCalls::SendRecv,
-                    &mut raw_sr_trace,
-                )?)
-                .map_err(|e| e.to_string())?;
+        for (key, what, calls, h, trace) in [
+            (
+                "raw-rtt",
+                "raw UDP round trips (sendmmsg/recvmmsg)",
+                RawCalls::Mmsg,
+                &mut raw_h,
+                &mut raw_trace,
+            ),
+            (
+                "raw-rtt-send-recv",
+                "raw UDP round trips (send/recv)",
+                RawCalls::SendRecv,
+                &mut raw_sr_h,
+                &mut raw_sr_trace,
+            ),
+        ] {
+            if step(key, what) {
+                h.add(raw_rtt(frame, o.rtt_samples / rounds, calls, trace)?)
+                    .map_err(|e| e.to_string())?;
+            }
         }
         if step("rtt", "transport round trips") {
             tr_h.add(transport_rtt(
