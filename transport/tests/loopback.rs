@@ -715,3 +715,34 @@ fn a_coalesced_run_read_by_an_idle_subscription_delivers_every_message() {
     );
     assert_eq!(sub.counters().get(CounterId::DropsMalformed), 0);
 }
+
+/// A publication with more datagrams ready than a send batch holds sends them all in one duty
+/// cycle: after a full batch it asks its sender again (and after one it did not fill, it
+/// does not).
+#[test]
+fn a_publication_sends_more_than_a_batch_in_one_duty_cycle() {
+    let config = Config {
+        udp_segmentation: false,
+        ..test_config()
+    };
+    let (sub, mut publication) = unicast_pair_with(0.0, 1, config);
+    let mut subs = [sub];
+    exchange(&mut publication, &mut subs, 10);
+    // Each message fills a datagram of its own: more than a batch of them.
+    let count = transport::driver::BATCH_DATAGRAMS as u64 + 8;
+    let length = publication.sender().config().mtu - frame::DATA_HEADER_LENGTH;
+    for i in 0..count {
+        publication.offer(&message(i, length)).unwrap();
+    }
+    let sent = publication.counters().get(CounterId::DatagramsSent);
+    publication.do_work(now_ns());
+    assert_eq!(
+        publication.sender().sender_position(),
+        publication.position(),
+        "everything offered went out in one duty cycle"
+    );
+    assert_eq!(
+        publication.counters().get(CounterId::DatagramsSent) - sent,
+        count
+    );
+}
