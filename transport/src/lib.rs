@@ -15,7 +15,10 @@
 //! [`config::Config::udp_coalescing`], on by default), in order straight into its log. On
 //! the wire they are the same datagrams, so peers without offload (Aeron in other languages)
 //! see no difference; the per-datagram system cost, most of a loopback datagram's, is paid
-//! once per run (up to 64 datagrams or 64 KiB).
+//! once per run (up to 64 datagrams or 64 KiB). When traffic is sparse (request/response),
+//! the other end of the scale, an idle subscription polls with `recvfrom` and a single
+//! datagram goes out with `send`: the calls with no message header for the kernel to walk,
+//! which a busy-spinning agent makes over and over.
 //!
 //! Positions are byte positions in a session's stream (Aeron's), computed from term id and
 //! term offset.
