@@ -666,54 +666,80 @@ fn a_reply_the_kernel_refuses_does_not_take_the_data_of_its_batch_with_it() {
 /// A subscription polled while idle reads with one cheap call that returns no segment size,
 /// so a run the kernel kept whole (a segmented send to a coalescing socket) comes back as one
 /// datagram of all its bytes: its frames, back to back, deliver every message once, in order.
+/// Once the stream's datagrams are that long (over 4 KiB), an idle read takes the next run
+/// into the log in place instead, with its segment size.
 #[test]
 fn a_coalesced_run_read_by_an_idle_subscription_delivers_every_message() {
     let config = Config {
         udp_segmentation: true,
         udp_coalescing: true,
+        // No heartbeat between the runs: a datagram of its own would set the stream's
+        // datagram length the idle read goes by.
+        heartbeat_interval_ns: 1_000_000_000,
         ..test_config()
     };
     let (sub, mut publication) = unicast_pair_with(0.0, 1, config);
     let mut subs = [sub];
     exchange(&mut publication, &mut subs, 10);
     let sub = &mut subs[0];
-    // Idle: the next read is the one-datagram call.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while sub.do_work(now_ns()) > 0 || publication.do_work(now_ns()) > 0 {
-        assert!(Instant::now() < deadline);
-    }
-    assert_eq!(sub.do_work(now_ns()), 0);
     let count = 200u64;
-    for i in 0..count {
-        publication.offer(&message(1000 + i, 64)).unwrap();
-    }
-    let (runs, datagrams) = (
-        publication.counters().get(CounterId::SegmentedSends),
-        sub.counters().get(CounterId::DatagramsReceived),
-    );
-    publication.do_work(now_ns());
-    assert!(
-        publication.counters().get(CounterId::SegmentedSends) > runs,
-        "the messages went out as a segmented run"
-    );
-    std::thread::sleep(Duration::from_millis(5));
-    assert_eq!(sub.do_work(now_ns()), 1, "one read, one datagram");
     let mut next = 1000u64;
-    while sub.poll(
-        |m, _| {
-            assert_eq!(m, &message(next, 64)[..]);
-            next += 1;
-        },
-        usize::MAX,
-    ) > 0
-    {}
-    assert_eq!(next, 1000 + count, "every message of the run, in order");
+    // Returns (reads, datagrams counted, coalesced reads counted) of one run of `count`
+    // messages sent while the subscription is idle.
+    let mut idle_run = |sub: &mut Subscription, publication: &mut Publication| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sub.do_work(now_ns()) > 0 || publication.do_work(now_ns()) > 0 {
+            assert!(Instant::now() < deadline);
+        }
+        assert_eq!(
+            sub.do_work(now_ns()),
+            0,
+            "idle: the next read takes one datagram"
+        );
+        let first = next;
+        for i in 0..count {
+            publication.offer(&message(first + i, 64)).unwrap();
+        }
+        let (runs, datagrams, coalesced) = (
+            publication.counters().get(CounterId::SegmentedSends),
+            sub.counters().get(CounterId::DatagramsReceived),
+            sub.counters().get(CounterId::CoalescedReceives),
+        );
+        publication.do_work(now_ns());
+        assert!(
+            publication.counters().get(CounterId::SegmentedSends) > runs,
+            "the messages went out as a segmented run"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        let reads = sub.do_work(now_ns());
+        while sub.poll(
+            |m, _| {
+                assert_eq!(m, &message(next, 64)[..]);
+                next += 1;
+            },
+            usize::MAX,
+        ) > 0
+        {}
+        assert_eq!(next, first + count, "every message of the run, in order");
+        assert_eq!(sub.counters().get(CounterId::DropsMalformed), 0);
+        (
+            reads,
+            sub.counters().get(CounterId::DatagramsReceived) - datagrams,
+            sub.counters().get(CounterId::CoalescedReceives) - coalesced,
+        )
+    };
+    // Small datagrams so far: the run comes whole through `recvfrom`.
+    let (reads, datagrams, coalesced) = idle_run(sub, &mut publication);
     assert_eq!(
-        sub.counters().get(CounterId::DatagramsReceived),
-        datagrams + 1,
-        "the run arrived whole in the idle read"
+        (reads, datagrams, coalesced),
+        (1, 1, 0),
+        "the run arrived whole"
     );
-    assert_eq!(sub.counters().get(CounterId::DropsMalformed), 0);
+    // Now the stream's datagrams are a 20 KiB run: the next one goes in place, in segments.
+    let (reads, datagrams, coalesced) = idle_run(sub, &mut publication);
+    assert_eq!(reads, 1);
+    assert_eq!(coalesced, 1, "read in place with its segment size");
+    assert!(datagrams > 1, "taken datagram by datagram: {datagrams}");
 }
 
 /// A publication with more datagrams ready than a send batch holds sends them all in one duty
