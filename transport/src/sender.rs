@@ -313,6 +313,17 @@ impl Sender {
         };
         let limit = self.sender_position + self.cfg.publication_window as i64;
         if self.publisher_position + (pad + required) as i64 > limit {
+            // Padding and frames together may be longer than the window, though each fits
+            // (a long message offered near a term's end): refusing both until they fit at once
+            // refused that message for good. The padding goes in now if it fits, as Aeron's
+            // term rotation does; the message then fits at the next term's start once the
+            // sender has caught up.
+            if pad > 0 && self.publisher_position + pad as i64 <= limit {
+                self.run_frame = 0;
+                let p = self.publisher_position;
+                self.write_header(p, pad as i32, flags::UNFRAGMENTED, frame_type::PAD);
+                self.publisher_position += pad as i64;
+            }
             self.counters.incr(CounterId::BackPressureEvents);
             return Err(OfferError::BackPressured);
         }
