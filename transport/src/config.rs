@@ -4,7 +4,7 @@
 //! defaults, and [`Config::validate`], which checks values and how they relate once, at
 //! creation, naming the key and the value on failure.
 
-use crate::frame::{DATA_HEADER_LENGTH, ERR_HEADER_LENGTH, FRAME_ALIGNMENT};
+use crate::frame::{align_frame, DATA_HEADER_LENGTH, ERR_HEADER_LENGTH, FRAME_ALIGNMENT};
 
 /// Default largest datagram, in bytes (Aeron's default MTU; fits a 1,500-byte Ethernet frame).
 pub const MTU_DEFAULT: usize = 1408;
@@ -194,6 +194,23 @@ impl Config {
         self.mtu - DATA_HEADER_LENGTH
     }
 
+    /// Bytes of the frames a message of `length` bytes takes in a term: one aligned frame
+    /// up to `payload_length_max`, else a full MTU per fragment and the rest aligned.
+    pub fn frames_length(&self, length: usize) -> usize {
+        let payload_max = self.payload_length_max();
+        if length <= payload_max {
+            return align_frame(length + DATA_HEADER_LENGTH);
+        }
+        let full = length / payload_max;
+        let rest = length % payload_max;
+        full * self.mtu
+            + if rest > 0 {
+                align_frame(rest + DATA_HEADER_LENGTH)
+            } else {
+                0
+            }
+    }
+
     /// Checks every value and their relations.
     ///
     /// # Errors
@@ -243,10 +260,13 @@ impl Config {
                 ));
             }
         }
-        if self.publication_window < self.message_length_max {
+        // The largest message's frames (a header per MTU) must fit in the window at once:
+        // a window of only the message's length left that message back-pressured for good.
+        let frames_max = self.frames_length(self.message_length_max);
+        if self.publication_window < frames_max {
             return err(format!(
-                "publication_window={} < message_length_max={}: the largest message could never be offered",
-                self.publication_window, self.message_length_max
+                "publication_window={} < {frames_max}, the frames of a message of message_length_max={} at mtu={}: the largest message could never be offered",
+                self.publication_window, self.message_length_max, self.mtu
             ));
         }
         for (name, v) in [

@@ -277,18 +277,7 @@ impl Sender {
     }
 
     fn frames_length(&self, length: usize) -> usize {
-        let payload_max = self.cfg.payload_length_max();
-        if length <= payload_max {
-            return align_frame(length + DATA_HEADER_LENGTH);
-        }
-        let full = length / payload_max;
-        let rest = length % payload_max;
-        full * self.cfg.mtu
-            + if rest > 0 {
-                align_frame(rest + DATA_HEADER_LENGTH)
-            } else {
-                0
-            }
+        self.cfg.frames_length(length)
     }
 
     /// Checks state, length and limits, writes padding to the term end if needed, and returns

@@ -5,8 +5,7 @@
 
 use std::net::SocketAddr;
 
-use transport::frame::{self, flags, frame_type, DataHeader, Setup};
-use transport::{Config, CounterId, ImageEnd, ImageEvent, OfferError, Receiver, Sender};
+use transport::{Config, ImageEvent, OfferError, Receiver, Sender};
 
 const STREAM: i32 = 7;
 const SESSION: i32 = 3;
@@ -134,4 +133,28 @@ fn a_largest_message_offered_just_short_of_a_term_end_is_sent_not_back_pressured
     p.drain();
     assert_eq!(p.got.len(), k as usize + 1);
     assert_eq!(p.got.last().unwrap(), &message(k, largest));
+}
+
+#[test]
+fn every_valid_config_sends_its_largest_message_or_refuses_it_with_an_error() {
+    // A window as long as the largest message, but not as long as its frames (a header each
+    // MTU): accepted by the config check, the message was back-pressured for good.
+    let cfg = Config {
+        publication_window: 16 * 1024,
+        ..Config::with_term_length(64 * 1024)
+    };
+    assert_eq!(cfg.message_length_max, 16 * 1024);
+    match cfg.validate() {
+        Err(e) => assert!(
+            e.0.contains("publication_window=16384") && e.0.contains("message_length_max"),
+            "{e}"
+        ),
+        Ok(()) => {
+            let mut p = Pair::new(cfg.clone(), 5);
+            let m = message(0, cfg.message_length_max);
+            p.offer(&m);
+            p.drain();
+            assert_eq!(p.got, vec![m]);
+        }
+    }
 }
