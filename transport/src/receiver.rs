@@ -121,6 +121,9 @@ struct Image {
     end: Option<ImageEnd>,
     reassembly: Vec<u8>,
     reassembling: bool,
+    /// Position of the first fragment of the message in `reassembly` (while `reassembling`):
+    /// an image ending before that message is whole has delivered everything before it.
+    reassembly_start: i64,
     oversized: u64,
 }
 
@@ -679,6 +682,7 @@ impl Receiver {
             end: None,
             reassembly: Vec::new(),
             reassembling: false,
+            reassembly_start: join,
             oversized: 0,
         });
         self.setup_requests.retain(|r| r.session_id != s.session_id);
@@ -862,6 +866,13 @@ impl Receiver {
             match img.end {
                 Some(reason) if img.subscriber >= img.rebuild => {
                     let img = self.images.remove(i);
+                    // A message torn by the end was not delivered: everything before its
+                    // first fragment was (the position a catch-up starts from).
+                    let delivered_to = if img.reassembling {
+                        img.reassembly_start
+                    } else {
+                        img.subscriber
+                    };
                     if reason == ImageEnd::EndOfStream {
                         // Tells the closing sender everything arrived (see `Sender`'s close).
                         let term_id = img.log.term_id(img.subscriber);
@@ -880,7 +891,7 @@ impl Receiver {
                     });
                     self.events.push_back(ImageEvent::Unavailable {
                         session_id: img.session_id,
-                        position: img.subscriber,
+                        position: delivered_to,
                         reason,
                     });
                 }
@@ -1250,6 +1261,7 @@ impl Image {
                             self.reassembly.clear();
                             self.reassembly.extend_from_slice(payload);
                             self.reassembling = true;
+                            self.reassembly_start = self.subscriber + (off - advance) as i64;
                         }
                         flags::END => {
                             if self.reassembling {

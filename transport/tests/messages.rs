@@ -5,7 +5,8 @@
 
 use std::net::SocketAddr;
 
-use transport::{Config, ImageEvent, OfferError, Receiver, Sender};
+use transport::frame::{self, flags, frame_type, DataHeader, Setup};
+use transport::{Config, ImageEnd, ImageEvent, OfferError, Receiver, Sender};
 
 const STREAM: i32 = 7;
 const SESSION: i32 = 3;
@@ -156,5 +157,100 @@ fn every_valid_config_sends_its_largest_message_or_refuses_it_with_an_error() {
             p.drain();
             assert_eq!(p.got, vec![m]);
         }
+    }
+}
+
+/// A SETUP of the test session, 64 KiB terms from term id 5, joining at the start.
+fn setup() -> [u8; frame::SETUP_LENGTH] {
+    Setup {
+        flags: 0,
+        term_offset: 0,
+        session_id: SESSION,
+        stream_id: STREAM,
+        initial_term_id: 5,
+        active_term_id: 5,
+        term_length: 64 * 1024,
+        mtu: 1408,
+        ttl: 0,
+    }
+    .encode()
+}
+
+/// A DATA frame of `session_id` at `(term_id, term_offset)` with the given fragment flags.
+fn fragment(session_id: i32, term_id: i32, term_offset: i32, fl: u8, payload: &[u8]) -> Vec<u8> {
+    let length = frame::DATA_HEADER_LENGTH + payload.len();
+    let mut b = vec![0u8; frame::align_frame(length)];
+    DataHeader {
+        frame_length: length as i32,
+        flags: fl,
+        frame_type: frame_type::DATA,
+        term_offset,
+        session_id,
+        stream_id: STREAM,
+        term_id,
+        reserved_value: 0,
+    }
+    .write(&mut b);
+    b[frame::DATA_HEADER_LENGTH..length].copy_from_slice(payload);
+    b
+}
+
+fn joined_receiver() -> Receiver {
+    let mut r = Receiver::new(Config::with_term_length(64 * 1024), STREAM, 1).unwrap();
+    r.handle_datagram(0, publication(), &setup());
+    assert!(matches!(r.poll_event(), Some(ImageEvent::Available { .. })));
+    r
+}
+
+#[test]
+fn an_image_ending_part_way_through_a_message_reports_the_message_start_as_delivered_up_to() {
+    // The first fragment of a message arrives and is taken into reassembly; the rest is
+    // lost. "Everything before `position` was delivered": a catch-up from there (the
+    // journal) must include that message, so the position is its start, not the end of
+    // the fragment that was read.
+    for fell_behind in [true, false] {
+        let mut r = joined_receiver();
+        r.handle_datagram(
+            1,
+            publication(),
+            &fragment(SESSION, 5, 0, flags::UNFRAGMENTED, b"one"),
+        );
+        let first = fragment(SESSION, 5, 64, flags::BEGIN, &[7u8; 1376]);
+        r.handle_datagram(2, publication(), &first);
+        let mut got = Vec::new();
+        r.poll(|m, _| got.push(m.to_vec()), usize::MAX);
+        assert_eq!(got, vec![b"one".to_vec()]);
+        let now = if fell_behind {
+            // The sender is two terms on: the END fragment is gone for good.
+            r.handle_datagram(
+                3,
+                publication(),
+                &fragment(SESSION, 7, 0, flags::UNFRAGMENTED, b"x"),
+            );
+            3
+        } else {
+            let now = 10 + Config::default().image_liveness_timeout_ns;
+            r.handle_timeout(now);
+            now
+        };
+        r.handle_timeout(now);
+        r.poll(|m, _| got.push(m.to_vec()), usize::MAX);
+        assert_eq!(got.len(), 1, "the torn message is not delivered");
+        let ended = r.poll_event();
+        let Some(ImageEvent::Unavailable {
+            position, reason, ..
+        }) = ended
+        else {
+            panic!("{ended:?}");
+        };
+        assert_eq!(
+            matches!(reason, ImageEnd::FellBehind { .. }),
+            fell_behind,
+            "{reason:?}"
+        );
+        assert_eq!(
+            position, 64,
+            "{reason:?}: delivered up to the torn message's start"
+        );
     }
 }
