@@ -254,3 +254,152 @@ fn an_image_ending_part_way_through_a_message_reports_the_message_start_as_deliv
         );
     }
 }
+
+#[test]
+fn messages_at_the_mtu_edges_cross_term_ends_and_the_term_id_wrap_intact() {
+    let cfg = Config::with_term_length(64 * 1024);
+    let payload_max = cfg.payload_length_max();
+    let lengths = [
+        0,
+        1,
+        payload_max - 1,
+        payload_max,
+        payload_max + 1,
+        2 * payload_max,
+        2 * payload_max + 1,
+        cfg.message_length_max,
+        cfg.message_length_max - 1,
+        777,
+    ];
+    // Term ids wrap from i32::MAX to i32::MIN two terms in.
+    let mut p = Pair::new(cfg.clone(), i32::MAX - 1);
+    let mut expected = Vec::new();
+    let mut k = 0u32;
+    while p.s.position() < 5 * cfg.term_length as i64 {
+        let m = message(k, lengths[k as usize % lengths.len()]);
+        if k % 7 == 3 {
+            // A claim in place, and now and then one abandoned.
+            let length = m.len().min(payload_max);
+            let claim = loop {
+                match p.s.try_claim(length) {
+                    Ok(c) => break c,
+                    Err(OfferError::BackPressured) => p.exchange(),
+                    Err(e) => panic!("{e}"),
+                }
+            };
+            let mut claim = claim;
+            claim.buffer_mut().copy_from_slice(&m[..length]);
+            if k.is_multiple_of(2) {
+                claim.commit();
+                expected.push(m[..length].to_vec());
+            }
+        } else {
+            p.offer(&m);
+            expected.push(m);
+        }
+        k += 1;
+        p.exchange();
+    }
+    p.drain();
+    assert_eq!(p.got.len(), expected.len());
+    assert!(p.got == expected, "messages differ");
+    assert_eq!(p.r.counters().drops_total(), 0);
+}
+
+#[test]
+fn a_fragment_lost_mid_message_is_retransmitted_and_the_message_delivered_once() {
+    let cfg = Config::with_term_length(64 * 1024);
+    for lost in 0..4usize {
+        let mut p = Pair::new(cfg.clone(), 5);
+        let m = message(1, 4 * 1376 - 5); // four fragments
+        p.s.offer(&m).unwrap();
+        p.s.offer(b"after").unwrap();
+        // Send the datagrams by hand, dropping the `lost`th.
+        p.now += 1_000;
+        let mut k = 0;
+        while let Some(t) = p.s.poll_transmit(p.now, &mut p.buf) {
+            if k != lost {
+                p.r.handle_datagram(p.now, publication(), &p.buf[..t.length]);
+            }
+            k += 1;
+        }
+        p.drain();
+        assert_eq!(p.got, vec![m.clone(), b"after".to_vec()], "lost {lost}");
+        assert!(p.s.counters().get(transport::CounterId::Retransmits) >= 1);
+    }
+}
+
+#[test]
+fn interleaved_sessions_are_each_delivered_whole_and_in_order_under_a_poll_limit_of_one() {
+    let cfg = Config::with_term_length(64 * 1024);
+    let mut r = Receiver::new(cfg.clone(), STREAM, 1).unwrap();
+    let sources: Vec<SocketAddr> = (0..3)
+        .map(|i| format!("10.0.1.{i}:5000").parse().unwrap())
+        .collect();
+    let mut senders: Vec<Sender> = (0..3)
+        .map(|i| Sender::new(cfg.clone(), 100 + i, STREAM, 1000 * i, 0).unwrap())
+        .collect();
+    let mut buf = vec![0u8; 65536];
+    let mut now = 0;
+    let mut got: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 3];
+    let mut next = [0u32; 3];
+    let count = 200u32;
+    for round in 0..20_000 {
+        now += 1_000;
+        // Datagrams of the three sessions interleaved one by one.
+        let mut pending: Vec<Vec<(usize, Vec<u8>)>> = vec![Vec::new(); 3];
+        for (i, s) in senders.iter_mut().enumerate() {
+            while next[i] < count {
+                let length = [10usize, 3000, 1376, 1377, 4000][(next[i] as usize + i) % 5];
+                if s.offer(&message(next[i] * 3 + i as u32, length)).is_err() {
+                    break;
+                }
+                next[i] += 1;
+            }
+            while let Some(t) = s.poll_transmit(now, &mut buf) {
+                pending[i].push((i, buf[..t.length].to_vec()));
+            }
+        }
+        let longest = pending.iter().map(Vec::len).max().unwrap();
+        for k in 0..longest {
+            for p in &pending {
+                if let Some((i, d)) = p.get(k) {
+                    r.handle_datagram(now, sources[*i], d);
+                }
+            }
+        }
+        while r.poll(
+            |m, h| got[(h.session_id - 100) as usize].push(m.to_vec()),
+            1,
+        ) == 1
+        {}
+        while let Some(t) = r.poll_transmit(now, &mut buf) {
+            let i = sources
+                .iter()
+                .position(|s| Some(*s) == t.destination)
+                .unwrap();
+            senders[i].handle_datagram(now, subscriber(), &buf[..t.length]);
+        }
+        for s in &mut senders {
+            s.handle_timeout(now);
+        }
+        r.handle_timeout(now);
+        if got.iter().all(|g| g.len() == count as usize) {
+            break;
+        }
+        assert!(
+            round < 19_999,
+            "{:?}",
+            got.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+    }
+    for (i, g) in got.iter().enumerate() {
+        for (k, m) in g.iter().enumerate() {
+            let length = [10usize, 3000, 1376, 1377, 4000][(k + i) % 5];
+            assert!(
+                m == &message(k as u32 * 3 + i as u32, length),
+                "session {i} message {k}"
+            );
+        }
+    }
+}
