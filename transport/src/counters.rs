@@ -33,7 +33,8 @@ pub enum CounterId {
     SetupsSent = 11,
     /// Heartbeats sent.
     HeartbeatsSent = 12,
-    /// Frames dropped: they failed to decode.
+    /// Frames dropped: they failed to decode (or, on a subscription, fragments that make no
+    /// message: one over the size limit, or out of sequence).
     DropsMalformed = 13,
     /// Frames dropped: unknown session or stream.
     DropsUnknownSession = 14,

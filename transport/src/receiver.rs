@@ -124,7 +124,13 @@ struct Image {
     /// Position of the first fragment of the message in `reassembly` (while `reassembling`):
     /// an image ending before that message is whole has delivered everything before it.
     reassembly_start: i64,
-    oversized: u64,
+    /// A DATA frame ending a message (END flag) was delivered since the image joined: from
+    /// then on a fragment with no message begun is a lie, not the tail of one begun before
+    /// the join.
+    synced: bool,
+    /// Fragments dropped since the last `poll` counted them: a message over the size limit,
+    /// or fragments out of sequence (see `Image::deliver`).
+    fragments_dropped: u64,
 }
 
 /// An image that ended, and where: a SETUP of its stream joining below that position (an old
@@ -683,7 +689,8 @@ impl Receiver {
             reassembly: Vec::new(),
             reassembling: false,
             reassembly_start: join,
-            oversized: 0,
+            synced: false,
+            fragments_dropped: 0,
         });
         self.setup_requests.retain(|r| r.session_id != s.session_id);
         self.refused.retain(|r| r.session_id != s.session_id);
@@ -841,8 +848,8 @@ impl Receiver {
             }
             let i = (self.next_image + k) % n;
             delivered += self.images[i].deliver(self.stream_id, &mut handler, limit - delivered);
-            let oversized = std::mem::take(&mut self.images[i].oversized);
-            self.counters.add(CounterId::DropsMalformed, oversized);
+            let dropped = std::mem::take(&mut self.images[i].fragments_dropped);
+            self.counters.add(CounterId::DropsMalformed, dropped);
         }
         if n > 0 {
             self.next_image = (self.next_image + 1) % n;
@@ -1252,12 +1259,27 @@ impl Image {
                     };
                     if h.flags & flags::UNFRAGMENTED == flags::UNFRAGMENTED {
                         // The common case first: a whole message in one frame.
+                        if self.reassembling {
+                            // Inside a message begun before: that one is torn. Left
+                            // reassembling, a later END finished it with another
+                            // message's fragment.
+                            self.reassembling = false;
+                            self.fragments_dropped += 1;
+                        }
+                        self.synced = true;
                         handler(payload, &header);
                         delivered += 1;
                         continue;
                     }
+                    // Out of sequence (never so from a sender of Aeron's protocol: a message's
+                    // fragments lie back to back): a message begun again, or a fragment with
+                    // none begun once the stream is past a message's end. The torn message or
+                    // the stray fragment is dropped and counted.
                     match h.flags & flags::UNFRAGMENTED {
                         flags::BEGIN => {
+                            if self.reassembling {
+                                self.fragments_dropped += 1;
+                            }
                             self.reassembly.clear();
                             self.reassembly.extend_from_slice(payload);
                             self.reassembling = true;
@@ -1269,11 +1291,16 @@ impl Image {
                                 self.reassembling = false;
                                 handler(&self.reassembly, &header);
                                 delivered += 1;
+                            } else if self.synced {
+                                self.fragments_dropped += 1;
                             }
+                            self.synced = true;
                         }
                         _ => {
                             if self.reassembling {
                                 self.reassembly.extend_from_slice(payload);
+                            } else if self.synced {
+                                self.fragments_dropped += 1;
                             }
                         }
                     }
@@ -1282,7 +1309,9 @@ impl Image {
                     if self.reassembling && self.reassembly.len() > term_length / 4 {
                         self.reassembling = false;
                         self.reassembly.clear();
-                        self.oversized += 1;
+                        self.fragments_dropped += 1;
+                        // Its remaining fragments go uncounted, as after a join.
+                        self.synced = false;
                     }
                 }
             }

@@ -403,3 +403,39 @@ fn interleaved_sessions_are_each_delivered_whole_and_in_order_under_a_poll_limit
         }
     }
 }
+
+#[test]
+fn fragments_out_of_sequence_are_dropped_and_counted_never_spliced_into_a_message() {
+    let malformed = |r: &Receiver| r.counters().get(transport::CounterId::DropsMalformed);
+    let feed = |r: &mut Receiver, frames: &[(u8, &[u8])]| {
+        let mut offset = 0;
+        for (fl, payload) in frames {
+            let f = fragment(SESSION, 5, offset, *fl, payload);
+            offset += f.len() as i32;
+            r.handle_datagram(1, publication(), &f);
+        }
+        let mut got = Vec::new();
+        r.poll(|m, _| got.push(m.to_vec()), usize::MAX);
+        got
+    };
+    let (b, e, u, mid) = (flags::BEGIN, flags::END, flags::UNFRAGMENTED, 0u8);
+    // A whole message inside another one: the torn one is dropped, not finished with the
+    // next message's end.
+    let mut r = joined_receiver();
+    let got = feed(&mut r, &[(b, b"A1"), (u, b"B"), (e, b"C2"), (u, b"D")]);
+    assert_eq!(got, vec![b"B".to_vec(), b"D".to_vec()]);
+    assert_eq!(malformed(&r), 2, "A1 torn, C2 with no beginning");
+    // A message begun twice: the first is dropped.
+    let mut r = joined_receiver();
+    let got = feed(&mut r, &[(b, b"A1"), (b, b"D1"), (mid, b"D2"), (e, b"D3")]);
+    assert_eq!(got, vec![b"D1D2D3".to_vec()]);
+    assert_eq!(malformed(&r), 1);
+    // Joining part way through a message is no lie: its end is dropped uncounted.
+    let mut r = joined_receiver();
+    let got = feed(
+        &mut r,
+        &[(mid, b"x2"), (e, b"x3"), (u, b"Y"), (b, b"Z1"), (e, b"Z2")],
+    );
+    assert_eq!(got, vec![b"Y".to_vec(), b"Z1Z2".to_vec()]);
+    assert_eq!(malformed(&r), 0);
+}
