@@ -39,7 +39,8 @@ pub enum OfferError {
     /// No receiver has acknowledged the session (or all timed out). A receiver that refused
     /// it said why: [`Sender::last_refusal`].
     NotConnected,
-    /// The publication is closing or closed.
+    /// The publication is closing or closed; it closes by itself when its stream reaches
+    /// its end, 2^31 terms (Aeron's MAX_POSITION_EXCEEDED).
     Closed,
     /// The message is longer than `message_length_max` (or a claim longer than one frame).
     MessageTooLong {
@@ -300,6 +301,15 @@ impl Sender {
         } else {
             0
         };
+        if self.publisher_position + (pad + required) as i64 > self.position_max() {
+            // The stream's end (Aeron's MAX_POSITION_EXCEEDED): the publication closes, and a
+            // new one (its own session) must carry on. The connected sender heartbeats at
+            // least every heartbeat interval, so its last send stands in for the time.
+            self.state = State::Closing {
+                deadline_ns: self.last_send_ns + self.cfg.close_linger_ns,
+            };
+            return Err(OfferError::Closed);
+        }
         let limit = self.sender_position + self.cfg.publication_window as i64;
         if self.publisher_position + (pad + required) as i64 > limit {
             // Padding and frames together may be longer than the window, though each fits
@@ -464,12 +474,19 @@ impl Sender {
         Some(end)
     }
 
+    /// The furthest a stream's data may reach: term ids are i32, so a position's term id
+    /// wraps to before the initial one after 2^31 terms (receivers would read it as a
+    /// negative position), and a heartbeat at the end must still be a valid position.
+    fn position_max(&self) -> i64 {
+        ((1i64 << 31) << self.log.shift) - FRAME_ALIGNMENT as i64
+    }
+
     /// Caches the publisher position's term for `offer_fast`.
     #[cold]
     fn publisher_term(&mut self) {
         let p = self.publisher_position;
         let start = self.log.term_start(p);
-        self.pub_term_end = start + self.cfg.term_length as i64;
+        self.pub_term_end = (start + self.cfg.term_length as i64).min(self.position_max());
         self.pub_term_id = self.log.term_id(p);
         self.pub_term_index_delta = self.log.index(start) as i64 - start;
     }
@@ -1110,6 +1127,43 @@ mod tests {
         s.on_nak(0, &nak);
         assert_eq!(s.counters().get(CounterId::NaksUnavailable), 1);
         assert!(s.retransmits.is_empty());
+    }
+
+    #[test]
+    fn a_stream_at_its_last_term_refuses_offers_that_would_wrap_its_term_id_and_closes() {
+        // Term ids are i32: after 2^31 terms a position's term id would wrap back to the
+        // initial one's past, and receivers would take everything beyond as old (negative
+        // positions), a stall with no error. As Aeron (MAX_POSITION_EXCEEDED), the stream
+        // ends there: the offer is refused and the publication closes.
+        let t = crate::config::TERM_LENGTH_MIN;
+        let mut s = Sender::new(Config::with_term_length(t), 7, 1, i32::MAX - 9, 0).unwrap();
+        s.receivers.push(ReceiverEntry {
+            receiver_id: 1,
+            limit: i64::MAX,
+            position: 0,
+            last_seen_ns: 0,
+            group_tag: None,
+        });
+        let max = (1i64 << 31) * t as i64;
+        s.publisher_position = max - 4 * 96;
+        s.sender_position = s.publisher_position;
+        s.sender_limit = i64::MAX;
+        let mut offered = 0;
+        let refusal = loop {
+            match s.offer(&[1u8; 64]) {
+                Ok(p) => {
+                    assert!(p < max, "position {p} reaches 2^31 terms");
+                    offered += 1;
+                }
+                Err(e) => break e,
+            }
+            assert!(offered < 10, "never refused");
+        };
+        assert_eq!(refusal, OfferError::Closed);
+        assert!(s.is_closing());
+        assert!(s.publisher_position < max);
+        assert!(s.log.position(s.log.term_id(s.publisher_position), 0) >= 0);
+        assert!(matches!(s.try_claim(8), Err(OfferError::Closed)));
     }
 
     #[test]
