@@ -62,7 +62,10 @@ pub enum ImageEvent {
         session_id: i32,
         /// The sender's address.
         source: SocketAddr,
-        /// Join position: the first message delivered starts here.
+        /// Join position: data from here on is delivered. A message whose first fragments
+        /// were sent before it is skipped (its other fragments are not delivered), so the
+        /// first message delivered starts here or, after such a message, further on; a
+        /// consumer that must not miss a message checks its own sequence in what arrives.
         position: i64,
     },
     /// An image ended after delivering everything up to `position`.
