@@ -2,7 +2,8 @@
 //! `schemas::ledger` decoders, replies written with its encoders into the caller's buffer.
 //!
 //! Decoding untrusted bytes never panics: anything that does not decode as a command (unknown
-//! template, other schema, truncated block or group, more than `TRANSFERS_PER_COMMAND_MAX`
+//! template, other schema, truncated block or group, bytes beyond the message's end (a group
+//! count lower than its entries), more than `TRANSFERS_PER_COMMAND_MAX`
 //! transfers, a query or reply in the log) becomes `Command::Invalid` and is answered with
 //! `invalid_command`. Encoding cannot fail into a buffer of [`REPLY_LEN_MAX`] bytes.
 
@@ -59,6 +60,20 @@ pub(crate) fn decode_command<'s>(bytes: &[u8], scratch: &'s mut Vec<TransferSpec
     let Ok(decoded) = sbe::decode(bytes) else {
         return Command::Invalid;
     };
+    // The bytes are one message, no more: a group count lower than the entries that follow
+    // (or stray bytes) would otherwise apply part of what the client sent.
+    let length = match &decoded {
+        Decoded::CreateAccount(m) => m.encoded_length(),
+        Decoded::Deposit(m) => m.encoded_length(),
+        Decoded::Withdraw(m) => m.encoded_length(),
+        Decoded::Transfers(m) => m.encoded_length(),
+        Decoded::PostPending(m) => m.encoded_length(),
+        Decoded::VoidPending(m) => m.encoded_length(),
+        _ => return Command::Invalid,
+    };
+    if length.ok() != Some(bytes.len()) {
+        return Command::Invalid;
+    }
     match decoded {
         Decoded::CreateAccount(m) => Command::CreateAccount {
             id: m.id(),

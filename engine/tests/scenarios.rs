@@ -66,6 +66,20 @@ impl Ledger {
         self.send(0, 0, command)
     }
 
+    /// Applies `bytes` as they are (no session).
+    fn run_bytes(&mut self, bytes: &[u8]) -> Reply {
+        self.position += 1;
+        let meta = EntryMeta {
+            position: self.position,
+            timestamp_ns: self.now_ns,
+            session_id: 0,
+            client_seq: 0,
+        };
+        let mut reply = vec![0u8; REPLY_LEN_MAX];
+        let len = self.engine.apply(&meta, bytes, &mut reply);
+        decode_reply(&reply[..len])
+    }
+
     /// A small engine that retains `retained` transfer ids, with external account 1 and
     /// account 2 (no flags) on ledger 1.
     fn with_retention(retained: u32) -> Ledger {
@@ -537,6 +551,42 @@ fn account_pages_with_ids(mode: u64, accounts_max: u32) {
         created.push(create(&mut l, k));
     }
     check(&l.engine, &created);
+}
+
+/// A command's bytes are exactly one message: a `Transfers` whose group count says fewer
+/// transfers than it carries, or any command followed by stray bytes, is refused whole
+/// (`invalid_command`), never applied in part.
+#[test]
+fn a_command_with_bytes_beyond_its_message_is_refused_whole() {
+    let mut l = Ledger::funded();
+    let mut bytes = vec![0u8; 1024];
+    let group = [transfer(1, 10, 20, 5), transfer(2, 10, 20, 7)];
+    let n = encode_command(
+        &Command::Transfers {
+            flags: 0,
+            transfers: &group,
+        },
+        &mut bytes,
+    );
+    // Header (8), block (flags, 2), then the group's dimension: block length, count.
+    assert_eq!(u16::from_le_bytes([bytes[12], bytes[13]]), 2);
+    bytes[12..14].copy_from_slice(&1u16.to_le_bytes());
+    let r = l.run_bytes(&bytes[..n]);
+    assert_eq!((r.result, r.results.len()), (R::InvalidCommand, 0));
+    assert_eq!(l.balance(20), (0, 0, 0, 0), "no transfer applied");
+    assert!(l.engine.transfer(1).is_none());
+
+    let create = Command::CreateAccount {
+        id: 30,
+        ledger: 1,
+        flags: 0,
+        code: 0,
+    };
+    let n = encode_command(&create, &mut bytes);
+    bytes[n] = 0;
+    assert_eq!(l.run_bytes(&bytes[..n + 1]).result, R::InvalidCommand);
+    assert!(l.engine.account(30).is_none());
+    assert_eq!(l.run_bytes(&bytes[..n]).result, R::Ok, "the exact message");
 }
 
 #[test]
