@@ -1729,6 +1729,11 @@ impl Engine {
             self.externals.push((ledger, slot));
         }
         self.touch(slot);
+        // The reply's balances (hashed with it) hold the id, not the fields set here.
+        self.hash = mix(
+            self.hash,
+            u64::from(ledger) | (u64::from(flags) << 32) | (u64::from(code) << 48),
+        );
         ResultCode::Ok
     }
 

@@ -589,6 +589,47 @@ fn a_command_with_bytes_beyond_its_message_is_refused_whole() {
     assert_eq!(l.run_bytes(&bytes[..n]).result, R::Ok, "the exact message");
 }
 
+/// The state hashes of `commands` run on a fresh `Ledger::new`, one list per variant: they
+/// must all differ (each variant leaves another state).
+fn hashes_after(variants: &[&[Command<'_>]]) -> Vec<u64> {
+    let hashes: Vec<u64> = variants
+        .iter()
+        .map(|commands| {
+            let mut l = Ledger::new();
+            for c in *commands {
+                l.run(c);
+            }
+            l.engine.state_hash()
+        })
+        .collect();
+    for (i, a) in hashes.iter().enumerate() {
+        for (j, b) in hashes.iter().enumerate().skip(i + 1) {
+            assert_ne!(
+                a, b,
+                "variants {i} and {j} leave different states, same hash"
+            );
+        }
+    }
+    hashes
+}
+
+#[test]
+fn accounts_created_with_another_ledger_flags_or_code_change_the_state_hash() {
+    let create = |ledger, flags, code| Command::CreateAccount {
+        id: 5,
+        ledger,
+        flags,
+        code,
+    };
+    hashes_after(&[
+        &[create(1, 0, 0)],
+        &[create(2, 0, 0)],
+        &[create(1, af::DEBITS_MUST_NOT_EXCEED_CREDITS, 0)],
+        &[create(1, af::EXTERNAL, 0)],
+        &[create(1, 0, 7)],
+    ]);
+}
+
 #[test]
 fn a_full_account_table_is_a_result_code() {
     let mut l = Ledger::new();
