@@ -331,6 +331,10 @@ pub(crate) struct Ring {
     /// A copy of the live records being taken while the ring keeps changing (see
     /// [`RingCopy`]); `None` almost always.
     copy: Option<Box<RingCopy>>,
+    /// The fields of the records pushed by the command being applied that its reply's
+    /// balances do not show (id, kind, `extra`), folded with [`lane`]: the state hash takes it
+    /// in ([`Engine::finish_effects`]) and sets it back to 0, as an atomic group's undo does.
+    pushed_hash: u64,
 }
 
 /// A copy of the ring's live records as they were when it began, taken oldest first while
@@ -464,6 +468,7 @@ impl Ring {
             next_slot: 0,
             index: RetentionIndex::with_capacity(capacity),
             copy: None,
+            pushed_hash: 0,
         }
     }
 
@@ -699,6 +704,10 @@ impl Ring {
     #[inline(always)]
     fn push_unindexed(&mut self, record: Retained) -> u64 {
         assert!(self.len() < self.capacity, "ring slack exhausted");
+        self.pushed_hash = lane(
+            lane(self.pushed_hash, record.id_lo),
+            record.id_hi ^ record.extra.rotate_left(32) ^ u64::from(record.kind),
+        );
         let seq = self.next_seq;
         let slot = self.next_slot as usize;
         crate::lines::store_line(&mut self.records[slot], &record);
@@ -1547,9 +1556,10 @@ impl Engine {
     }
 
     /// Second half of applying a command: hands each touched account (after the command, in
-    /// first-touch order) to `balance` while folding the command's effects (its results and
-    /// those balances) into the state hash, in four independent lanes so that the multiplies
-    /// overlap. One pass serves the hash and the reply.
+    /// first-touch order) to `balance` while folding the command's effects (its results, those
+    /// balances and what else its retained records hold, `Ring::pushed_hash`) into the state
+    /// hash, in four independent lanes so that the multiplies overlap. One pass serves the
+    /// hash and the reply.
     #[inline]
     pub(crate) fn finish_effects(
         &mut self,
@@ -1561,7 +1571,10 @@ impl Engine {
             self.hash,
             position,
             result as u64,
-            self.results.len() as u64,
+            lane(
+                self.results.len() as u64,
+                std::mem::take(&mut self.ring.pushed_hash),
+            ),
         ];
         for chunk in self.results.chunks(8) {
             let mut w = 0u64;
@@ -1885,6 +1898,8 @@ impl Engine {
                 Undo::PendingInsert { slot } => self.pending_remove(slot),
             }
         }
+        // The group pushed every record of its command, and took them all out.
+        self.ring.pushed_hash = 0;
     }
 
     /// The tables a batch of posted transfers works on, borrowed apart (see [`Batch`]).

@@ -631,6 +631,61 @@ fn accounts_created_with_another_ledger_flags_or_code_change_the_state_hash() {
 }
 
 #[test]
+fn transfers_retained_with_another_id_kind_code_or_timeout_change_the_state_hash() {
+    let accounts =
+        [(1, af::EXTERNAL), (10, 0), (20, 0)].map(|(id, flags)| Command::CreateAccount {
+            id,
+            ledger: 1,
+            flags,
+            code: 0,
+        });
+    let one = |t: TransferSpec| [t];
+    let posted = [
+        one(transfer(7, 10, 20, 5)),
+        one(transfer(8, 10, 20, 5)),
+        one(transfer((1 << 64) | 7, 10, 20, 5)),
+        one(TransferSpec {
+            code: 3,
+            ..transfer(7, 10, 20, 5)
+        }),
+        one(transfer(7, 1, 10, 5)),
+        one(pending(7, 5, 0)),
+        one(pending(7, 5, 9)),
+    ];
+    let mut variants: Vec<Vec<Command<'_>>> = posted
+        .iter()
+        .map(|t| {
+            let mut v = accounts.to_vec();
+            v.push(Command::Transfers {
+                flags: 0,
+                transfers: t,
+            });
+            v
+        })
+        .collect();
+    // A deposit moves what the transfer from the external account 1 does, as another kind.
+    let mut deposit = accounts.to_vec();
+    deposit.push(Command::Deposit {
+        transfer_id: 7,
+        account_id: 10,
+        amount: 5,
+    });
+    variants.push(deposit);
+    // Posting all of a pending transfer, by a null amount or by its amount, or with another id.
+    for (id, amount) in [(8, None), (8, Some(5)), (9, None)] {
+        let mut v = variants[5].clone();
+        v.push(Command::PostPending {
+            id,
+            pending_id: 7,
+            amount,
+        });
+        variants.push(v);
+    }
+    let refs: Vec<&[Command<'_>]> = variants.iter().map(|v| &v[..]).collect();
+    hashes_after(&refs);
+}
+
+#[test]
 fn a_full_account_table_is_a_result_code() {
     let mut l = Ledger::new();
     for id in 1..=100 {
