@@ -1467,7 +1467,7 @@ impl Engine {
         };
         let mut balances = std::mem::take(&mut self.balances);
         balances.clear();
-        self.finish_effects(meta.position, result, |a| {
+        self.finish_effects(meta, result, |a| {
             balances.push(Balance {
                 account_id: a.id,
                 ledger: a.ledger,
@@ -1511,7 +1511,11 @@ impl Engine {
         self.expire_due();
 
         if let Some(retry) = self.session_retry(meta) {
-            self.hash = mix(mix(self.hash, meta.position), retry.result as u64);
+            // The log time (the engine's clock, which the entry may move) and the answer.
+            self.hash = mix(
+                mix(mix(self.hash, meta.position), meta.timestamp_ns),
+                retry.result as u64,
+            );
             return Err(retry);
         }
 
@@ -1563,14 +1567,21 @@ impl Engine {
     #[inline]
     pub(crate) fn finish_effects(
         &mut self,
-        position: u64,
+        meta: &EntryMeta,
         result: ResultCode,
         mut balance: impl FnMut(&Account),
     ) {
+        // The entry's log time moves the engine's clock and is what the retained records and
+        // the session record (its id and sequence number, when it has one) hold.
+        let session = if meta.session_id == 0 {
+            result as u64
+        } else {
+            lane(lane(result as u64, meta.session_id), meta.client_seq)
+        };
         let mut lanes = [
             self.hash,
-            position,
-            result as u64,
+            lane(meta.position, meta.timestamp_ns),
+            session,
             lane(
                 self.results.len() as u64,
                 std::mem::take(&mut self.ring.pushed_hash),

@@ -229,7 +229,7 @@ impl Engine {
         at += GROUP_HEADER_SIZE;
         let mut entries = buf[at..].chunks_exact_mut(BALANCE_ENTRY_SIZE);
         let mut written = 0usize;
-        self.finish_effects(meta.position, result, |a| {
+        self.finish_effects(meta, result, |a| {
             let e: &mut [u8; BALANCE_ENTRY_SIZE] = entries
                 .next()
                 .and_then(|e| e.try_into().ok())

@@ -685,6 +685,46 @@ fn transfers_retained_with_another_id_kind_code_or_timeout_change_the_state_hash
     hashes_after(&refs);
 }
 
+/// The session table and the log time are state too (snapshots keep both, retries and
+/// `GetTransfer` answer from them): the same commands sent by another session, with another
+/// sequence number or at another time leave another hash.
+#[test]
+fn the_same_commands_from_another_session_or_at_another_time_change_the_state_hash() {
+    let deposit = |id| Command::Deposit {
+        transfer_id: id,
+        account_id: 10,
+        amount: 5,
+    };
+    // (session, first sequence number, log time of the last command).
+    let variants = [
+        (0, 1, 0),
+        (9, 1, 0),
+        (9, 2, 0),
+        (8, 1, 0),
+        (9, 1, SECOND_NS),
+        (9, 1, 2 * SECOND_NS),
+    ];
+    let hashes: Vec<u64> = variants
+        .iter()
+        .map(|&(session, seq, later_ns)| {
+            let mut l = Ledger::funded();
+            assert_eq!(l.send(session, seq, &deposit(7)).result, R::Ok);
+            l.now_ns += later_ns;
+            // A retry of that command (without a session: the same transfer again).
+            l.send(session, seq, &deposit(7));
+            l.engine.state_hash()
+        })
+        .collect();
+    for (i, a) in hashes.iter().enumerate() {
+        for (j, b) in hashes.iter().enumerate().skip(i + 1) {
+            assert_ne!(
+                a, b,
+                "variants {i} and {j} leave different states, same hash"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_full_account_table_is_a_result_code() {
     let mut l = Ledger::new();
