@@ -169,6 +169,8 @@ impl Engine {
     /// If `meta.position` does not exceed [`Engine::position`] (log order is the caller's
     /// contract) or `reply` is shorter than [`REPLY_LEN_MAX`].
     pub fn apply(&mut self, meta: &EntryMeta, command: &[u8], reply: &mut [u8]) -> usize {
+        // Checked first: a reply that did not fit would panic with the command applied.
+        assert!(reply.len() >= REPLY_LEN_MAX, "{SHORT_BUFFER}");
         // The decoder reads the command once, front to back: asking for all of its lines
         // first (a full `Transfers` is 13 KiB, 208 lines) lets misses on a command that is no
         // longer in cache overlap; a line that is costs one instruction.
@@ -264,6 +266,7 @@ impl Engine {
     /// # Panics
     /// If `reply` is shorter than [`REPLY_LEN_MAX`].
     pub fn query(&self, query: &[u8], reply: &mut [u8]) -> usize {
+        assert!(reply.len() >= REPLY_LEN_MAX, "{SHORT_BUFFER}");
         let not_ready = |min: u64| min > self.position;
         match sbe::decode(query) {
             Ok(Decoded::GetAccount(q)) => {

@@ -725,6 +725,52 @@ fn the_same_commands_from_another_session_or_at_another_time_change_the_state_ha
     }
 }
 
+/// A reply buffer shorter than `REPLY_LEN_MAX` is the caller's bug: `apply` panics before
+/// the command changes anything (never halfway, with the state changed and no reply), and
+/// `query` panics too, whatever the size of the answer.
+#[test]
+fn a_reply_buffer_shorter_than_the_maximum_panics_before_anything_changes() {
+    let mut l = Ledger::funded();
+    let (position, hash) = (l.engine.position(), l.engine.state_hash());
+    let mut bytes = vec![0u8; 256];
+    let n = encode_command(
+        &Command::CreateAccount {
+            id: 30,
+            ledger: 1,
+            flags: 0,
+            code: 0,
+        },
+        &mut bytes,
+    );
+    let meta = EntryMeta {
+        position: position + 1,
+        timestamp_ns: l.now_ns,
+        session_id: 0,
+        client_seq: 0,
+    };
+    for len in [64, REPLY_LEN_MAX - 1] {
+        let mut reply = vec![0u8; len];
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            l.engine.apply(&meta, &bytes[..n], &mut reply)
+        }));
+        assert!(applied.is_err(), "a {len}-byte reply buffer was taken");
+        assert_eq!(
+            (l.engine.position(), l.engine.state_hash()),
+            (position, hash)
+        );
+        assert!(l.engine.account(30).is_none());
+    }
+    let mut q = [0u8; 64];
+    let mut e = GetStatusEncoder::wrap_with_header(&mut q).unwrap();
+    e.set_min_position(0);
+    let n = e.finish().unwrap();
+    let mut reply = vec![0u8; REPLY_LEN_MAX - 1];
+    let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        l.engine.query(&q[..n], &mut reply)
+    }));
+    assert!(answered.is_err());
+}
+
 #[test]
 fn a_full_account_table_is_a_result_code() {
     let mut l = Ledger::new();
