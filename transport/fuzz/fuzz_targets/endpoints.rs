@@ -31,12 +31,18 @@ fuzz_target!(|data: &[u8]| {
     let mut sender = Sender::new(cfg, 3, 7, 5, 0).unwrap();
     let mut buf = vec![0u8; 65536];
     let _ = sender.offer(b"x");
-    // Datagrams are separated by the byte 0xA5; even ones go to the receiver, odd ones to the
-    // sender.
+    // Datagrams are length-prefixed (u16, little-endian; any byte may occur in them); even
+    // ones go to the receiver, odd ones to the sender.
     let mut now = 1u64;
-    for (i, dg) in data.split(|&b| b == 0xA5).enumerate() {
+    let mut rest = data;
+    let mut i = 0usize;
+    while rest.len() >= 2 {
+        let n = usize::from(u16::from_le_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+        let (dg, tail) = rest[2..].split_at(n);
+        rest = tail;
         now += 1_000_000;
-        if i % 2 == 0 {
+        i += 1;
+        if i % 2 == 1 {
             receiver.handle_datagram(now, source, dg);
         } else {
             sender.handle_datagram(now, source, dg);
