@@ -641,6 +641,14 @@ impl Ring {
     /// [`Ring::probe`] returned for it (nothing pushed since).
     #[inline(always)]
     fn push_hinted(&mut self, record: Retained, hash: u64, hint: usize) -> u64 {
+        self.pushed_hash = pushed_record_hash(self.pushed_hash, &record);
+        self.push_hinted_unhashed(record, hash, hint)
+    }
+
+    /// [`Ring::push_hinted`] that leaves folding the record into `pushed_hash` to the caller
+    /// ([`Batch`] keeps that value in a register across its loop).
+    #[inline(always)]
+    fn push_hinted_unhashed(&mut self, record: Retained, hash: u64, hint: usize) -> u64 {
         let seq = self.push_unindexed(record);
         let live = self.live();
         self.index.insert_hinted(hint, hash, seq, live);
@@ -650,6 +658,7 @@ impl Ring {
     /// [`Ring::push`] with `id_hash(record.id())` already computed.
     #[inline]
     fn push_hashed(&mut self, record: Retained, hash: u64) -> u64 {
+        self.pushed_hash = pushed_record_hash(self.pushed_hash, &record);
         let seq = self.push_unindexed(record);
         let live = self.live();
         self.index.insert(hash, seq, live);
@@ -704,10 +713,6 @@ impl Ring {
     #[inline(always)]
     fn push_unindexed(&mut self, record: Retained) -> u64 {
         assert!(self.len() < self.capacity, "ring slack exhausted");
-        self.pushed_hash = lane(
-            lane(self.pushed_hash, record.id_lo),
-            record.id_hi ^ record.extra.rotate_left(32) ^ u64::from(record.kind),
-        );
         let seq = self.next_seq;
         let slot = self.next_slot as usize;
         crate::lines::store_line(&mut self.records[slot], &record);
@@ -925,6 +930,8 @@ struct Batch<'a> {
     undo_active: bool,
     position: u64,
     now_ns: u64,
+    /// `Ring::pushed_hash`, kept here across the loop (see [`Ring::push_hinted_unhashed`]).
+    pushed: u64,
 }
 
 impl Batch<'_> {
@@ -952,6 +959,14 @@ impl Batch<'_> {
             seen |= 1 << r as u32;
         }
         Ok(seen)
+    }
+
+    /// [`Batch::transfer`] of one transfer outside [`Batch::run`].
+    #[inline(always)]
+    fn transfer_alone(mut self, t: &TransferSpec, k: &Keys) -> ResultCode {
+        let r = self.transfer(t, k);
+        self.ring.pushed_hash = self.pushed;
+        r
     }
 
     #[inline(always)]
@@ -1060,24 +1075,22 @@ impl Batch<'_> {
                 self.touched.push(credit);
             }
         }
-        self.ring.push_hinted(
-            Retained {
-                id_lo: t.id as u64,
-                id_hi: (t.id >> 64) as u64,
-                debit,
-                credit,
-                amount,
-                position,
-                timestamp_ns: self.now_ns,
-                extra,
-                ledger: t.ledger,
-                kind: TransferKind::Transfer as u8,
-                state: TransferState::Posted as u8,
-                reserved: [0; 2],
-            },
-            k.id,
-            hint,
-        );
+        let record = Retained {
+            id_lo: t.id as u64,
+            id_hi: (t.id >> 64) as u64,
+            debit,
+            credit,
+            amount,
+            position,
+            timestamp_ns: self.now_ns,
+            extra,
+            ledger: t.ledger,
+            kind: TransferKind::Transfer as u8,
+            state: TransferState::Posted as u8,
+            reserved: [0; 2],
+        };
+        self.pushed = pushed_record_hash(self.pushed, &record);
+        self.ring.push_hinted_unhashed(record, k.id, hint);
         ResultCode::Ok
     }
 }
@@ -1098,7 +1111,8 @@ fn run_posted(
     keys: &mut [Keys],
     prefetch_accounts: bool,
 ) -> Result<u32, (usize, ResultCode)> {
-    Batch {
+    let pushed = ring.pushed_hash;
+    let mut batch = Batch {
         accounts,
         accounts_copy,
         account_index,
@@ -1109,8 +1123,21 @@ fn run_posted(
         undo_active: atomic,
         position,
         now_ns,
-    }
-    .run(transfers, keys, prefetch_accounts, atomic)
+        pushed,
+    };
+    let ran = batch.run(transfers, keys, prefetch_accounts, atomic);
+    batch.ring.pushed_hash = batch.pushed;
+    ran
+}
+
+/// Folds what a pushed record holds beyond the balances the reply shows (its id, kind and
+/// `extra`) into `h` (see `Ring::pushed_hash`).
+#[inline(always)]
+fn pushed_record_hash(h: u64, r: &Retained) -> u64 {
+    lane(
+        lane(h, r.id_lo),
+        r.id_hi ^ r.extra.rotate_left(32) ^ u64::from(r.kind),
+    )
 }
 
 enum Undo {
@@ -1871,7 +1898,7 @@ impl Engine {
             self.prefetch(prefetch_accounts).ahead(&mut keys, i);
             let t = &transfers[i];
             let r = if t.flags == 0 && t.timeout_s == 0 && self.pending_open == 0 {
-                self.batch().transfer(t, &keys[i])
+                self.batch().transfer_alone(t, &keys[i])
             } else {
                 self.create_transfer(t, &keys[i])
             };
@@ -1916,6 +1943,7 @@ impl Engine {
     /// The tables a batch of posted transfers works on, borrowed apart (see [`Batch`]).
     #[inline(always)]
     fn batch(&mut self) -> Batch<'_> {
+        let pushed = self.ring.pushed_hash;
         Batch {
             accounts: &mut self.accounts[..],
             accounts_copy: &mut self.accounts_copy,
@@ -1927,6 +1955,7 @@ impl Engine {
             undo_active: self.undo_active,
             position: self.position,
             now_ns: self.now_ns,
+            pushed,
         }
     }
 
