@@ -137,16 +137,21 @@ struct Image {
 }
 
 /// An image that ended, and where: a SETUP of its stream joining below that position (an old
-/// one, replayed or delayed) would deliver those messages a second time. A SETUP with another
-/// initial term id, or one arriving after the liveness timeout (longer than any datagram
-/// lingers in a network), is from a publication opened again with the same session id: a
-/// new stream, starting at its own position 0.
+/// one, replayed or delayed) would deliver those messages a second time. After an end of
+/// stream, one joining at that very position from the same source is old too (a closed
+/// publication sends no SETUP: it was sent once everything was, before the close) and would
+/// open an image of a stream that is over; after a timeout, that is the silent sender back.
+/// A SETUP with another initial term id, or one arriving after the liveness timeout (longer
+/// than any datagram lingers in a network), is from a publication opened again with the same
+/// session id: a new stream, starting at its own position 0.
 #[derive(Debug, Clone, Copy)]
 struct Ended {
     session_id: i32,
     initial_term_id: i32,
     position: i64,
     at_ns: u64,
+    source: SocketAddr,
+    end: ImageEnd,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -658,9 +663,10 @@ impl Receiver {
         }
         let cool_down = self.cfg.image_liveness_timeout_ns;
         if self.ended.iter().any(|e| {
+            let over = e.end == ImageEnd::EndOfStream && e.source == source;
             e.session_id == s.session_id
                 && e.initial_term_id == s.initial_term_id
-                && join < e.position
+                && (join < e.position || (join == e.position && over))
                 && now_ns < e.at_ns.saturating_add(cool_down)
         }) {
             self.counters.incr(CounterId::DropsDuplicate);
@@ -898,6 +904,8 @@ impl Receiver {
                         initial_term_id: img.log.initial_term_id,
                         position: img.subscriber,
                         at_ns: self.now_ns.max(img.last_packet_ns),
+                        source: img.source,
+                        end: reason,
                     });
                     self.events.push_back(ImageEvent::Unavailable {
                         session_id: img.session_id,

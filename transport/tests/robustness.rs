@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use transport::frame::{self, flags, frame_type, DataHeader, Nak, Setup, StatusMessage};
-use transport::{Config, CounterId, OfferError, Receiver, Sender};
+use transport::{Config, CounterId, ImageEnd, ImageEvent, OfferError, Receiver, Sender};
 
 const STREAM: i32 = 7;
 const SESSION: i32 = 3;
@@ -530,6 +530,69 @@ fn a_publication_re_created_with_the_same_session_id_is_joined_once_the_old_one_
     frame[20..24].copy_from_slice(&77i32.to_le_bytes()); // term id
     r.handle_datagram(much_later, again, &frame);
     assert_eq!(delivered(&mut r), vec![b"third".to_vec()]);
+}
+
+/// The test session's end-of-stream heartbeat at `term_offset` of its first term.
+fn end_of_stream_at(term_offset: i32) -> [u8; frame::DATA_HEADER_LENGTH] {
+    let mut eos = [0u8; frame::DATA_HEADER_LENGTH];
+    DataHeader {
+        frame_length: 0,
+        flags: flags::UNFRAGMENTED | flags::EOS,
+        frame_type: frame_type::DATA,
+        term_offset,
+        session_id: SESSION,
+        stream_id: STREAM,
+        term_id: 5,
+        reserved_value: 0,
+    }
+    .write(&mut eos);
+    eos
+}
+
+#[test]
+fn a_late_setup_at_the_end_of_a_stream_that_ended_cleanly_opens_no_image() {
+    // The publication sent a SETUP with everything sent (at its final position: say in
+    // answer to another receiver's setup request), then closed; that SETUP arrives after the
+    // end of stream closed the image here. The stream it announces is over: an image for it
+    // came and went (a spurious Available, then Unavailable a liveness timeout later), and
+    // its status messages held the closing publication to its linger.
+    let mut r = receiver();
+    r.handle_datagram(1, source(), &data(0, b"a", SESSION));
+    r.handle_datagram(2, source(), &data(64, b"b", SESSION));
+    r.handle_datagram(3, source(), &end_of_stream_at(128));
+    assert_eq!(delivered(&mut r), vec![b"a".to_vec(), b"b".to_vec()]);
+    assert_eq!(r.image_count(), 0);
+    let events: Vec<_> = std::iter::from_fn(|| r.poll_event()).collect();
+    assert!(matches!(
+        events[..],
+        [
+            ImageEvent::Available { position: 0, .. },
+            ImageEvent::Unavailable {
+                position: 128,
+                reason: ImageEnd::EndOfStream,
+                ..
+            }
+        ]
+    ));
+    let duplicates = r.counters().get(CounterId::DropsDuplicate);
+    r.handle_datagram(4, source(), &setup_at(128));
+    assert_eq!(r.image_count(), 0, "a phantom image of an ended stream");
+    assert_eq!(r.poll_event(), None);
+    assert_eq!(r.counters().get(CounterId::DropsDuplicate), duplicates + 1);
+
+    // A sender that went silent, so that its image timed out, and comes back at the same
+    // position is the same stream going on: joined again at once.
+    let mut r = receiver();
+    r.handle_datagram(1, source(), &data(0, b"a", SESSION));
+    r.handle_datagram(2, source(), &data(64, b"b", SESSION));
+    assert_eq!(delivered(&mut r).len(), 2);
+    let later = 10 + Config::default().image_liveness_timeout_ns;
+    r.handle_timeout(later);
+    assert_eq!(r.image_count(), 0);
+    r.handle_datagram(later + 1, source(), &setup_at(128));
+    assert_eq!(r.image_count(), 1, "the silent sender is back");
+    r.handle_datagram(later + 2, source(), &data(128, b"c", SESSION));
+    assert_eq!(delivered(&mut r), vec![b"c".to_vec()]);
 }
 
 #[test]
