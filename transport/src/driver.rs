@@ -570,6 +570,9 @@ impl Subscription {
     /// Invalid config, or a socket error (e.g. the endpoint is in use).
     pub fn new(channel: &Channel, stream_id: i32, mut cfg: Config) -> io::Result<Self> {
         cfg.multicast = channel.is_multicast();
+        // Checked before anything is derived from it (a window from the MTU below): a bad
+        // value is a config error naming it, not an overflow.
+        cfg.validate().map_err(config_error)?;
         let socket = new_socket()?;
         // A window larger than the socket can queue turns bursts into kernel drops and NAK
         // storms: keep it within half of what the (kernel-doubled) receive buffer holds,

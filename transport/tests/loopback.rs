@@ -772,3 +772,21 @@ fn a_publication_sends_more_than_a_batch_in_one_duty_cycle() {
         count
     );
 }
+
+#[test]
+fn an_mtu_out_of_range_is_refused_as_invalid_config_by_either_end_never_a_panic() {
+    for mtu in [0, 100, usize::MAX - 1023, usize::MAX] {
+        let cfg = Config {
+            mtu,
+            ..test_config()
+        };
+        let endpoint = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port());
+        let e = Subscription::new(&Channel::unicast(endpoint), STREAM_ID, cfg.clone())
+            .expect_err("a subscription with a bad mtu");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "mtu={mtu}: {e}");
+        assert!(e.to_string().contains("mtu="), "mtu={mtu}: {e}");
+        let e = Publication::new(&Channel::unicast(endpoint), STREAM_ID, cfg)
+            .expect_err("a publication with a bad mtu");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "mtu={mtu}: {e}");
+    }
+}
