@@ -82,7 +82,9 @@ pub struct Config {
     /// (at most `term_length / 2`).
     pub publication_window: usize,
     /// Receiver: window advertised in status messages, in bytes (at most `term_length / 2`;
-    /// the socket driver also keeps it within a quarter of the socket's receive buffer).
+    /// the socket driver also keeps it within what half of the socket's receive buffer, as
+    /// the kernel reports it, holds of full datagrams with the kernel's own per-datagram
+    /// overhead counted).
     pub receiver_window: usize,
     /// Sender: flow control strategy.
     pub flow_control: FlowControl,
