@@ -1242,6 +1242,9 @@ impl Image {
         let mut delivered = 0;
         let start_term = self.log.term_start(self.subscriber);
         let term_length = self.log.term_length;
+        // The longest message a sender of this image may write (its `message_length_max` is
+        // at most a quarter term): a longer one, whole or reassembled, is dropped and counted.
+        let message_max = term_length / 4;
         while self.subscriber < self.rebuild && delivered < limit {
             // Frames from the subscriber up to the rebuild position or the end of its term are
             // contiguous in the log: walk them by offset from one base index.
@@ -1278,6 +1281,11 @@ impl Image {
                             self.fragments_dropped += 1;
                         }
                         self.synced = true;
+                        if payload.len() > message_max {
+                            // Over the limit (see below): no sender of ours writes one.
+                            self.fragments_dropped += 1;
+                            continue;
+                        }
                         handler(payload, &header);
                         delivered += 1;
                         continue;
@@ -1298,10 +1306,16 @@ impl Image {
                         }
                         flags::END => {
                             if self.reassembling {
-                                self.reassembly.extend_from_slice(payload);
                                 self.reassembling = false;
-                                handler(&self.reassembly, &header);
-                                delivered += 1;
+                                if self.reassembly.len() + payload.len() > message_max {
+                                    // The last fragment takes it over the limit.
+                                    self.reassembly.clear();
+                                    self.fragments_dropped += 1;
+                                } else {
+                                    self.reassembly.extend_from_slice(payload);
+                                    handler(&self.reassembly, &header);
+                                    delivered += 1;
+                                }
                             } else if self.synced {
                                 self.fragments_dropped += 1;
                             }
@@ -1317,7 +1331,7 @@ impl Image {
                     }
                     // A message may not exceed a quarter term (the sender's limit): a peer
                     // that never ends one must not grow the buffer without bound.
-                    if self.reassembling && self.reassembly.len() > term_length / 4 {
+                    if self.reassembling && self.reassembly.len() > message_max {
                         self.reassembling = false;
                         self.reassembly.clear();
                         self.fragments_dropped += 1;

@@ -439,3 +439,47 @@ fn fragments_out_of_sequence_are_dropped_and_counted_never_spliced_into_a_messag
     assert_eq!(got, vec![b"Y".to_vec(), b"Z1Z2".to_vec()]);
     assert_eq!(malformed(&r), 0);
 }
+
+#[test]
+fn no_message_over_a_quarter_term_is_delivered_whatever_the_fragments_say() {
+    // Terms of 64 KiB: no message may exceed 16 KiB (the sender's `message_length_max` is at
+    // most a quarter term). Found by the `link` fuzz target: an END fragment taking a message
+    // over the limit delivered it, as the size was checked only while the message went on.
+    let limit = 16 * 1024;
+    let malformed = |r: &Receiver| r.counters().get(transport::CounterId::DropsMalformed);
+    let feed = |r: &mut Receiver, frames: &[(u8, Vec<u8>)]| {
+        let mut offset = 0;
+        for (fl, payload) in frames {
+            let f = fragment(SESSION, 5, offset, *fl, payload);
+            offset += f.len() as i32;
+            r.handle_datagram(1, publication(), &f);
+        }
+        let mut got = Vec::new();
+        r.poll(|m, _| got.push(m.len()), usize::MAX);
+        got
+    };
+    let (b, e, u) = (flags::BEGIN, flags::END, flags::UNFRAGMENTED);
+    // Exactly the limit in two fragments: delivered.
+    let mut r = joined_receiver();
+    let got = feed(&mut r, &[(b, vec![1; 8 * 1024]), (e, vec![2; 8 * 1024])]);
+    assert_eq!(got, vec![limit]);
+    assert_eq!(malformed(&r), 0);
+    // One byte over, the excess in the END fragment: dropped and counted, and the stream
+    // goes on with the next message.
+    let mut r = joined_receiver();
+    let got = feed(
+        &mut r,
+        &[
+            (b, vec![1; 8 * 1024]),
+            (e, vec![2; 8 * 1024 + 1]),
+            (u, vec![3; 10]),
+        ],
+    );
+    assert_eq!(got, vec![10]);
+    assert_eq!(malformed(&r), 1);
+    // One whole frame over the limit: dropped and counted too.
+    let mut r = joined_receiver();
+    let got = feed(&mut r, &[(u, vec![4; limit + 1]), (u, vec![5; 10])]);
+    assert_eq!(got, vec![10]);
+    assert_eq!(malformed(&r), 1);
+}
