@@ -1198,6 +1198,9 @@ pub struct Engine {
     pub(crate) freezing: Option<Box<crate::snapshot::Freezing>>,
     /// The accounts table's part of that copy.
     pub(crate) accounts_copy: AccountsCopy,
+    /// Test-only ([`Engine::force_general_path`]): no transfer takes the fast path.
+    #[cfg(feature = "force-general-path")]
+    general_path_only: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -1265,7 +1268,33 @@ impl Engine {
             frozen_spare: Default::default(),
             freezing: None,
             accounts_copy: AccountsCopy::default(),
+            #[cfg(feature = "force-general-path")]
+            general_path_only: false,
         })
+    }
+
+    /// Test-only (feature `force-general-path`): with `on`, every transfer of a `Transfers`
+    /// command goes through the general path (`create_transfer`), none through the fast path
+    /// ([`Batch`]), so that a test can check that both give the same answers, state and hash.
+    /// Not part of the state (a restored engine starts with it off).
+    #[cfg(feature = "force-general-path")]
+    #[doc(hidden)]
+    pub fn force_general_path(&mut self, on: bool) {
+        self.general_path_only = on;
+    }
+
+    /// Whether transfers may take the fast path: always, but in tests that forced them off it
+    /// ([`Engine::force_general_path`]); a constant outside those.
+    #[inline(always)]
+    fn fast_path_allowed(&self) -> bool {
+        #[cfg(feature = "force-general-path")]
+        {
+            !self.general_path_only
+        }
+        #[cfg(not(feature = "force-general-path"))]
+        {
+            true
+        }
     }
 
     /// The configuration the tables were sized from.
@@ -1858,8 +1887,10 @@ impl Engine {
         let prefetch_accounts = self.accounts.len() > ACCOUNTS_CACHE_RESIDENT;
         // Only posted transfers and no pending transfer open (none can open then): the
         // whole batch runs on the fast path, over tables borrowed apart.
-        let all_posted =
-            self.pending_open == 0 && transfers.iter().all(|t| t.flags == 0 && t.timeout_s == 0);
+        let fast = self.fast_path_allowed();
+        let all_posted = fast
+            && self.pending_open == 0
+            && transfers.iter().all(|t| t.flags == 0 && t.timeout_s == 0);
         if !all_posted {
             self.prefetch(prefetch_accounts).start(&mut keys);
         }
@@ -1897,7 +1928,7 @@ impl Engine {
             }
             self.prefetch(prefetch_accounts).ahead(&mut keys, i);
             let t = &transfers[i];
-            let r = if t.flags == 0 && t.timeout_s == 0 && self.pending_open == 0 {
+            let r = if fast && t.flags == 0 && t.timeout_s == 0 && self.pending_open == 0 {
                 self.batch().transfer_alone(t, &keys[i])
             } else {
                 self.create_transfer(t, &keys[i])
