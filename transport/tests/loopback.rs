@@ -684,8 +684,8 @@ fn a_coalesced_run_read_by_an_idle_subscription_delivers_every_message() {
     let sub = &mut subs[0];
     let count = 200u64;
     let mut next = 1000u64;
-    // Returns (reads, datagrams counted, coalesced reads counted) of one run of `count`
-    // messages sent while the subscription is idle.
+    // Returns (datagrams counted, coalesced reads counted) of one run of `count` messages
+    // sent while the subscription is idle, and checks that one duty cycle took it all.
     let mut idle_run = |sub: &mut Subscription, publication: &mut Publication| {
         let deadline = Instant::now() + Duration::from_secs(5);
         while sub.do_work(now_ns()) > 0 || publication.do_work(now_ns()) > 0 {
@@ -711,7 +711,9 @@ fn a_coalesced_run_read_by_an_idle_subscription_delivers_every_message() {
             "the messages went out as a segmented run"
         );
         std::thread::sleep(Duration::from_millis(5));
-        let reads = sub.do_work(now_ns());
+        // One duty cycle. (Its count of work may include a status message sent on its timer,
+        // so what it read is checked by the counters and by what the polls deliver.)
+        sub.do_work(now_ns());
         while sub.poll(
             |m, _| {
                 assert_eq!(m, &message(next, 64)[..]);
@@ -720,24 +722,22 @@ fn a_coalesced_run_read_by_an_idle_subscription_delivers_every_message() {
             usize::MAX,
         ) > 0
         {}
-        assert_eq!(next, first + count, "every message of the run, in order");
+        assert_eq!(
+            next,
+            first + count,
+            "every message of the run, in order, after one duty cycle"
+        );
         assert_eq!(sub.counters().get(CounterId::DropsMalformed), 0);
         (
-            reads,
             sub.counters().get(CounterId::DatagramsReceived) - datagrams,
             sub.counters().get(CounterId::CoalescedReceives) - coalesced,
         )
     };
     // Small datagrams so far: the run comes whole through `recvfrom`.
-    let (reads, datagrams, coalesced) = idle_run(sub, &mut publication);
-    assert_eq!(
-        (reads, datagrams, coalesced),
-        (1, 1, 0),
-        "the run arrived whole"
-    );
+    let (datagrams, coalesced) = idle_run(sub, &mut publication);
+    assert_eq!((datagrams, coalesced), (1, 0), "the run arrived whole");
     // Now the stream's datagrams are a 20 KiB run: the next one goes in place, in segments.
-    let (reads, datagrams, coalesced) = idle_run(sub, &mut publication);
-    assert_eq!(reads, 1);
+    let (datagrams, coalesced) = idle_run(sub, &mut publication);
     assert_eq!(coalesced, 1, "read in place with its segment size");
     assert!(datagrams > 1, "taken datagram by datagram: {datagrams}");
 }
