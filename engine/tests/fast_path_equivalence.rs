@@ -99,35 +99,22 @@ fn resolve_id(g: IdGen, crowded: &[u128]) -> u128 {
 }
 
 fn account_id() -> impl Strategy<Value = u64> {
-    prop_oneof![1 => Just(0u64), 40 => 1..=ACCOUNT_IDS]
+    model::gen::account_id(ACCOUNT_IDS)
 }
 
 fn amount() -> impl Strategy<Value = u64> {
-    prop_oneof![
-        20 => 1..60u64,
-        1 => Just(0u64),
-        2 => (u64::MAX - 80)..=u64::MAX,
-        1 => Just(u64::MAX / 2),
-    ]
+    model::gen::amount(20, 2)
 }
 
 fn ledger() -> impl Strategy<Value = u32> {
-    prop_oneof![1 => Just(0u32), 30 => Just(1u32), 8 => Just(2u32), 1 => Just(3u32)]
+    model::gen::ledger(8)
 }
 
 /// One transfer of a command, before ids are resolved.
 #[derive(Clone, Debug)]
 enum TransferGen {
-    Fresh {
-        id: IdGen,
-        debit: u64,
-        credit: u64,
-        amount: u64,
-        ledger: u32,
-        flags: u16,
-        code: u16,
-        timeout_s: u32,
-    },
+    /// A new transfer: `spec` with its id (0 there) drawn by `id`.
+    Fresh { id: IdGen, spec: TransferSpec },
     /// The transfer `back` transfers before this one (in this command or an earlier one),
     /// resent with field `change` changed (0: none).
     Resend { back: usize, change: u8 },
@@ -147,13 +134,16 @@ fn transfer_gen() -> impl Strategy<Value = TransferGen> {
     let fresh = (id_gen(), accounts, amount(), flags, 0..2u16, timeout).prop_map(
         |(id, (debit, credit, ledger), amount, flags, code, timeout_s)| TransferGen::Fresh {
             id,
-            debit,
-            credit,
-            amount,
-            ledger,
-            flags,
-            code,
-            timeout_s,
+            spec: TransferSpec {
+                id: 0,
+                debit_account_id: debit,
+                credit_account_id: credit,
+                amount,
+                ledger,
+                flags,
+                code,
+                timeout_s,
+            },
         },
     );
     prop_oneof![
@@ -193,23 +183,27 @@ fn failure() -> impl Strategy<Value = Failure> {
     ]
 }
 
+/// An account to create.
+#[derive(Clone, Copy, Debug)]
+struct NewAccount {
+    id: u64,
+    ledger: u32,
+    flags: u16,
+}
+
+/// A deposit, or a withdrawal (`withdraw`), with an id of type `I`.
+#[derive(Clone, Copy, Debug)]
+struct Movement<I> {
+    withdraw: bool,
+    id: I,
+    account: u64,
+    amount: u64,
+}
+
 #[derive(Clone, Debug)]
 enum Op {
-    Create {
-        id: u64,
-        ledger: u32,
-        flags: u16,
-    },
-    Deposit {
-        id: IdGen,
-        account: u64,
-        amount: u64,
-    },
-    Withdraw {
-        id: IdGen,
-        account: u64,
-        amount: u64,
-    },
+    Create(NewAccount),
+    Movement(Movement<IdGen>),
     Transfers {
         flags: u16,
         transfers: Vec<TransferGen>,
@@ -263,11 +257,10 @@ fn op() -> impl Strategy<Value = Op> {
     ];
     prop_oneof![
         1 => (1..=ACCOUNT_IDS, ledger(), account_flags)
-            .prop_map(|(id, ledger, flags)| Op::Create { id, ledger, flags }),
-        3 => (id_gen(), account_id(), amount())
-            .prop_map(|(id, account, amount)| Op::Deposit { id, account, amount }),
-        2 => (id_gen(), account_id(), amount())
-            .prop_map(|(id, account, amount)| Op::Withdraw { id, account, amount }),
+            .prop_map(|(id, ledger, flags)| Op::Create(NewAccount { id, ledger, flags })),
+        5 => (prop::bool::weighted(0.4), id_gen(), account_id(), amount()).prop_map(
+            |(withdraw, id, account, amount)| Op::Movement(Movement { withdraw, id, account, amount })
+        ),
         14 => (batch, transfers).prop_map(|(flags, transfers)| Op::Transfers { flags, transfers }),
         4 => (1..12usize, 0..12usize, failure(), any::<bool>(), prop::bool::weighted(0.25))
             .prop_map(|(len, at, why, crowded, pending_first)| Op::FailingGroup {
@@ -331,21 +324,8 @@ enum Entry {
 
 #[derive(Clone, Debug)]
 enum OwnedCommand {
-    Create {
-        id: u64,
-        ledger: u32,
-        flags: u16,
-    },
-    Deposit {
-        id: u128,
-        account: u64,
-        amount: u64,
-    },
-    Withdraw {
-        id: u128,
-        account: u64,
-        amount: u64,
-    },
+    Create(NewAccount),
+    Movement(Movement<u128>),
     Transfers {
         flags: u16,
         transfers: Vec<TransferSpec>,
@@ -364,30 +344,32 @@ enum OwnedCommand {
 impl OwnedCommand {
     fn command(&self) -> Command<'_> {
         match self {
-            OwnedCommand::Create { id, ledger, flags } => Command::CreateAccount {
-                id: *id,
-                ledger: *ledger,
-                flags: *flags,
+            &OwnedCommand::Create(NewAccount { id, ledger, flags }) => Command::CreateAccount {
+                id,
+                ledger,
+                flags,
                 code: 0,
             },
-            OwnedCommand::Deposit {
-                id,
-                account,
+            &OwnedCommand::Movement(Movement {
+                withdraw,
+                id: transfer_id,
+                account: account_id,
                 amount,
-            } => Command::Deposit {
-                transfer_id: *id,
-                account_id: *account,
-                amount: *amount,
-            },
-            OwnedCommand::Withdraw {
-                id,
-                account,
-                amount,
-            } => Command::Withdraw {
-                transfer_id: *id,
-                account_id: *account,
-                amount: *amount,
-            },
+            }) => {
+                if withdraw {
+                    Command::Withdraw {
+                        transfer_id,
+                        account_id,
+                        amount,
+                    }
+                } else {
+                    Command::Deposit {
+                        transfer_id,
+                        account_id,
+                        amount,
+                    }
+                }
+            }
             OwnedCommand::Transfers { flags, transfers } => Command::Transfers {
                 flags: *flags,
                 transfers,
@@ -415,16 +397,16 @@ impl OwnedCommand {
 /// credited.
 fn setup(case: &Case) -> Vec<OwnedCommand> {
     let mut out = vec![
-        OwnedCommand::Create {
+        OwnedCommand::Create(NewAccount {
             id: 1,
             ledger: 1,
             flags: af::EXTERNAL,
-        },
-        OwnedCommand::Create {
+        }),
+        OwnedCommand::Create(NewAccount {
             id: 2,
             ledger: 2,
             flags: af::EXTERNAL,
-        },
+        }),
     ];
     let flags = [
         0,
@@ -437,23 +419,20 @@ fn setup(case: &Case) -> Vec<OwnedCommand> {
     for (k, flags) in flags.into_iter().enumerate() {
         let id = 3 + k as u64;
         let ledger = if id <= 6 { 1 } else { 2 };
-        out.push(OwnedCommand::Create { id, ledger, flags });
+        out.push(OwnedCommand::Create(NewAccount { id, ledger, flags }));
     }
     // Ids far from the pools, so that they never collide with the commands' ids.
     let mut tid = 1u128 << 64;
     for account in 3..=8u64 {
-        tid += 1;
-        out.push(OwnedCommand::Deposit {
-            id: tid,
-            account,
-            amount: 100,
-        });
-        tid += 1;
-        out.push(OwnedCommand::Withdraw {
-            id: tid,
-            account,
-            amount: 40,
-        });
+        for (withdraw, amount) in [(false, 100), (true, 40)] {
+            tid += 1;
+            out.push(OwnedCommand::Movement(Movement {
+                withdraw,
+                id: tid,
+                account,
+                amount,
+            }));
+        }
     }
     out
 }
@@ -463,10 +442,12 @@ fn setup(case: &Case) -> Vec<OwnedCommand> {
 /// failing groups built.
 fn log(case: &Case, filler: u64) -> Vec<(u64, Entry)> {
     let crowded = crowded_ids(case.retained_max);
-    let filler = (100..100 + filler).map(|id| OwnedCommand::Create {
-        id,
-        ledger: 1,
-        flags: 0,
+    let filler = (100..100 + filler).map(|id| {
+        OwnedCommand::Create(NewAccount {
+            id,
+            ledger: 1,
+            flags: 0,
+        })
     });
     let mut out: Vec<(u64, Entry)> = filler
         .chain(setup(case))
@@ -477,51 +458,20 @@ fn log(case: &Case, filler: u64) -> Vec<(u64, Entry)> {
     for s in &case.steps {
         let id = |g| resolve_id(g, &crowded);
         let entry = match &s.op {
-            Op::Create { id, ledger, flags } => Entry::Command(OwnedCommand::Create {
-                id: *id,
-                ledger: *ledger,
-                flags: *flags,
-            }),
-            Op::Deposit {
-                id: tid,
-                account,
-                amount,
-            } => Entry::Command(OwnedCommand::Deposit {
-                id: id(*tid),
-                account: *account,
-                amount: *amount,
-            }),
-            Op::Withdraw {
-                id: tid,
-                account,
-                amount,
-            } => Entry::Command(OwnedCommand::Withdraw {
-                id: id(*tid),
-                account: *account,
-                amount: *amount,
-            }),
+            Op::Create(a) => Entry::Command(OwnedCommand::Create(*a)),
+            Op::Movement(m) => Entry::Command(OwnedCommand::Movement(Movement {
+                withdraw: m.withdraw,
+                id: id(m.id),
+                account: m.account,
+                amount: m.amount,
+            })),
             Op::Transfers { flags, transfers } => {
                 let mut specs = Vec::new();
                 for t in transfers {
                     let spec = match *t {
-                        TransferGen::Fresh {
-                            id: tid,
-                            debit,
-                            credit,
-                            amount,
-                            ledger,
-                            flags,
-                            code,
-                            timeout_s,
-                        } => TransferSpec {
+                        TransferGen::Fresh { id: tid, spec } => TransferSpec {
                             id: id(tid),
-                            debit_account_id: debit,
-                            credit_account_id: credit,
-                            amount,
-                            ledger,
-                            flags,
-                            code,
-                            timeout_s,
+                            ..spec
                         },
                         TransferGen::Resend { back, change } => {
                             let Some(&old) = history.iter().rev().nth(back % history.len().max(1))
@@ -861,15 +811,8 @@ fn run(case: &Case, filler: u64, reached: &mut Reached) -> Result<(), TestCaseEr
     Ok(())
 }
 
-fn cases() -> u32 {
-    std::env::var("TALLY_PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(96)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: model::proptest_cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn the_fast_path_answers_as_the_general_path_reply_for_reply_and_hash_for_hash(
@@ -880,7 +823,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases().div_ceil(16), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: model::proptest_cases().div_ceil(16), ..ProptestConfig::default() })]
 
     /// The same with more accounts than the batch loop keeps in cache (16 384), so that it
     /// prefetches their records and tries the slots it found first.

@@ -129,7 +129,7 @@ fn config() -> EngineConfig {
 }
 
 fn account_id() -> impl Strategy<Value = u64> {
-    prop_oneof![1 => Just(0u64), 40 => 1..=6u64]
+    model::gen::account_id(6)
 }
 
 fn transfer_id() -> impl Strategy<Value = u128> {
@@ -137,16 +137,11 @@ fn transfer_id() -> impl Strategy<Value = u128> {
 }
 
 fn amount() -> impl Strategy<Value = u64> {
-    prop_oneof![
-        12 => 1..60u64,
-        1 => Just(0u64),
-        1 => (u64::MAX - 80)..=u64::MAX,
-        1 => Just(u64::MAX / 2),
-    ]
+    model::gen::amount(12, 1)
 }
 
 fn ledger() -> impl Strategy<Value = u32> {
-    prop_oneof![1 => Just(0u32), 30 => Just(1u32), 6 => Just(2u32), 1 => Just(3u32)]
+    model::gen::ledger(6)
 }
 
 fn transfer_spec() -> impl Strategy<Value = TransferSpec> {
@@ -357,15 +352,8 @@ fn same_answers(a: &Engine, b: &Engine) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn cases() -> u32 {
-    std::env::var("TALLY_PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(96)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: model::proptest_cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn engine_matches_the_reference_model_reply_for_reply(steps in prop::collection::vec(step(), 1..250)) {
@@ -456,7 +444,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: model::proptest_cases(), ..ProptestConfig::default() })]
 
     /// A snapshot copied a step at a time while random commands go on (`freeze_begin`, then
     /// `freeze_step_by` into memory or `freeze_pieces` streamed into a file) is byte for byte
@@ -610,7 +598,7 @@ fn list_query() -> impl Strategy<Value = (u8, u64, u8, u32, u8)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: model::proptest_cases(), ..ProptestConfig::default() })]
 
     /// `ListAccounts` pages are the model's (a scan of the accounts by id): up to `limit` of
     /// the accounts with id > `after_id`, of one ledger if given, in id order, for thousands

@@ -602,14 +602,7 @@ fn hashes_after(variants: &[&[Command<'_>]]) -> Vec<u64> {
             l.engine.state_hash()
         })
         .collect();
-    for (i, a) in hashes.iter().enumerate() {
-        for (j, b) in hashes.iter().enumerate().skip(i + 1) {
-            assert_ne!(
-                a, b,
-                "variants {i} and {j} leave different states, same hash"
-            );
-        }
-    }
+    all_different(&hashes);
     hashes
 }
 
@@ -715,14 +708,7 @@ fn the_same_commands_from_another_session_or_at_another_time_change_the_state_ha
             l.engine.state_hash()
         })
         .collect();
-    for (i, a) in hashes.iter().enumerate() {
-        for (j, b) in hashes.iter().enumerate().skip(i + 1) {
-            assert_ne!(
-                a, b,
-                "variants {i} and {j} leave different states, same hash"
-            );
-        }
-    }
+    all_different(&hashes);
 }
 
 /// A reply buffer shorter than `REPLY_LEN_MAX` is the caller's bug: `apply` panics before
@@ -1522,4 +1508,16 @@ fn snapshot_copied_while_commands_go_on(streamed: bool) {
     let mut eager = Vec::new();
     l.engine.freeze().write_to(&mut eager).unwrap();
     assert!(now == eager);
+}
+
+/// Asserts that no two of `hashes` (of states that differ) are equal.
+fn all_different(hashes: &[u64]) {
+    for (i, a) in hashes.iter().enumerate() {
+        for (j, b) in hashes.iter().enumerate().skip(i + 1) {
+            assert_ne!(
+                a, b,
+                "variants {i} and {j} leave different states, same hash"
+            );
+        }
+    }
 }

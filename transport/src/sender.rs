@@ -1047,13 +1047,9 @@ impl Claim<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn datagram_spans_found_by_arithmetic_match_the_header_walk() {
-        let cfg = Config {
-            mtu: 1408,
-            ..Config::with_term_length(crate::config::TERM_LENGTH_MIN)
-        };
-        let mut s = Sender::new(cfg, 7, 1, 100, 0).unwrap();
+    /// A sender (session 7, stream 1) with one receiver whose window never closes.
+    fn unlimited(cfg: Config, initial_term_id: i32) -> Sender {
+        let mut s = Sender::new(cfg, 7, 1, initial_term_id, 0).unwrap();
         s.receivers.push(ReceiverEntry {
             receiver_id: 1,
             limit: i64::MAX,
@@ -1061,6 +1057,15 @@ mod tests {
             last_seen_ns: 0,
             group_tag: None,
         });
+        s
+    }
+    #[test]
+    fn datagram_spans_found_by_arithmetic_match_the_header_walk() {
+        let cfg = Config {
+            mtu: 1408,
+            ..Config::with_term_length(crate::config::TERM_LENGTH_MIN)
+        };
+        let mut s = unlimited(cfg, 100);
         // Runs of equal messages, changes of length, fragments, claims and padding at the
         // term ends; the sender position follows so the publication window never closes.
         let mut checked = 0;
@@ -1136,14 +1141,7 @@ mod tests {
         // positions), a stall with no error. As Aeron (MAX_POSITION_EXCEEDED), the stream
         // ends there: the offer is refused and the publication closes.
         let t = crate::config::TERM_LENGTH_MIN;
-        let mut s = Sender::new(Config::with_term_length(t), 7, 1, i32::MAX - 9, 0).unwrap();
-        s.receivers.push(ReceiverEntry {
-            receiver_id: 1,
-            limit: i64::MAX,
-            position: 0,
-            last_seen_ns: 0,
-            group_tag: None,
-        });
+        let mut s = unlimited(Config::with_term_length(t), i32::MAX - 9);
         let max = (1i64 << 31) * t as i64;
         s.publisher_position = max - 4 * 96;
         s.sender_position = s.publisher_position;

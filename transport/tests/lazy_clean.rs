@@ -4,12 +4,13 @@
 
 use std::net::SocketAddr;
 
-use transport::frame::{self, flags, frame_type, DataHeader, Setup};
+use transport::frame::{self, flags};
 use transport::{Config, Receiver};
 
-const STREAM: i32 = 7;
-const SESSION: i32 = 3;
-const TERM: usize = 64 * 1024;
+mod common;
+
+use common::{data_frame, setup_at, SESSION, STREAM, TERM_LENGTH as TERM};
+
 const FRAME: usize = 128;
 const PAYLOAD: usize = FRAME - frame::DATA_HEADER_LENGTH;
 const FRAMES_PER_TERM: usize = TERM / FRAME;
@@ -26,37 +27,19 @@ fn payload(term: usize, i: usize) -> [u8; PAYLOAD] {
 }
 
 fn data(term: usize, i: usize) -> Vec<u8> {
-    let mut b = vec![0u8; FRAME];
-    DataHeader {
-        frame_length: FRAME as i32,
-        flags: flags::UNFRAGMENTED,
-        frame_type: frame_type::DATA,
-        term_offset: (i * FRAME) as i32,
-        session_id: SESSION,
-        stream_id: STREAM,
-        term_id: 5 + term as i32,
-        reserved_value: 0,
-    }
-    .write(&mut b);
-    b[frame::DATA_HEADER_LENGTH..].copy_from_slice(&payload(term, i));
-    b
+    data_frame(
+        SESSION,
+        5 + term as i32,
+        (i * FRAME) as i32,
+        flags::UNFRAGMENTED,
+        &payload(term, i),
+    )
 }
 
 #[test]
 fn a_gap_in_a_reused_term_is_not_bridged_by_last_laps_frames() {
     let mut r = Receiver::new(Config::with_term_length(TERM), STREAM, 1).unwrap();
-    let setup = Setup {
-        flags: 0,
-        term_offset: 0,
-        session_id: SESSION,
-        stream_id: STREAM,
-        initial_term_id: 5,
-        active_term_id: 5,
-        term_length: TERM as i32,
-        mtu: 1408,
-        ttl: 0,
-    };
-    r.handle_datagram(0, source(), &setup.encode());
+    r.handle_datagram(0, source(), &setup_at(0));
     let mut got: Vec<(u64, u64)> = Vec::new();
     let poll = |r: &mut Receiver, got: &mut Vec<(u64, u64)>| {
         r.poll(

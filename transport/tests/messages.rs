@@ -5,11 +5,12 @@
 
 use std::net::SocketAddr;
 
-use transport::frame::{self, flags, frame_type, DataHeader, Setup};
+use transport::frame::{self, flags};
 use transport::{Config, ImageEnd, ImageEvent, OfferError, Receiver, Sender};
 
-const STREAM: i32 = 7;
-const SESSION: i32 = 3;
+mod common;
+
+use common::{data_frame as fragment, setup_at, SESSION, STREAM};
 
 fn publication() -> SocketAddr {
     "10.0.0.9:4000".parse().unwrap()
@@ -162,37 +163,7 @@ fn every_valid_config_sends_its_largest_message_or_refuses_it_with_an_error() {
 
 /// A SETUP of the test session, 64 KiB terms from term id 5, joining at the start.
 fn setup() -> [u8; frame::SETUP_LENGTH] {
-    Setup {
-        flags: 0,
-        term_offset: 0,
-        session_id: SESSION,
-        stream_id: STREAM,
-        initial_term_id: 5,
-        active_term_id: 5,
-        term_length: 64 * 1024,
-        mtu: 1408,
-        ttl: 0,
-    }
-    .encode()
-}
-
-/// A DATA frame of `session_id` at `(term_id, term_offset)` with the given fragment flags.
-fn fragment(session_id: i32, term_id: i32, term_offset: i32, fl: u8, payload: &[u8]) -> Vec<u8> {
-    let length = frame::DATA_HEADER_LENGTH + payload.len();
-    let mut b = vec![0u8; frame::align_frame(length)];
-    DataHeader {
-        frame_length: length as i32,
-        flags: fl,
-        frame_type: frame_type::DATA,
-        term_offset,
-        session_id,
-        stream_id: STREAM,
-        term_id,
-        reserved_value: 0,
-    }
-    .write(&mut b);
-    b[frame::DATA_HEADER_LENGTH..length].copy_from_slice(payload);
-    b
+    setup_at(0)
 }
 
 fn joined_receiver() -> Receiver {
@@ -404,20 +375,26 @@ fn interleaved_sessions_are_each_delivered_whole_and_in_order_under_a_poll_limit
     }
 }
 
+fn malformed(r: &Receiver) -> u64 {
+    r.counters().get(transport::CounterId::DropsMalformed)
+}
+
+/// Feeds a joined receiver the frames `(flags, payload)` back to back from the term's start,
+/// one datagram each, and returns what a poll then delivers.
+fn feed(r: &mut Receiver, frames: &[(u8, &[u8])]) -> Vec<Vec<u8>> {
+    let mut offset = 0;
+    for (fl, payload) in frames {
+        let f = fragment(SESSION, 5, offset, *fl, payload);
+        offset += f.len() as i32;
+        r.handle_datagram(1, publication(), &f);
+    }
+    let mut got = Vec::new();
+    r.poll(|m, _| got.push(m.to_vec()), usize::MAX);
+    got
+}
+
 #[test]
 fn fragments_out_of_sequence_are_dropped_and_counted_never_spliced_into_a_message() {
-    let malformed = |r: &Receiver| r.counters().get(transport::CounterId::DropsMalformed);
-    let feed = |r: &mut Receiver, frames: &[(u8, &[u8])]| {
-        let mut offset = 0;
-        for (fl, payload) in frames {
-            let f = fragment(SESSION, 5, offset, *fl, payload);
-            offset += f.len() as i32;
-            r.handle_datagram(1, publication(), &f);
-        }
-        let mut got = Vec::new();
-        r.poll(|m, _| got.push(m.to_vec()), usize::MAX);
-        got
-    };
     let (b, e, u, mid) = (flags::BEGIN, flags::END, flags::UNFRAGMENTED, 0u8);
     // A whole message inside another one: the torn one is dropped, not finished with the
     // next message's end.
@@ -446,40 +423,25 @@ fn no_message_over_a_quarter_term_is_delivered_whatever_the_fragments_say() {
     // most a quarter term). Found by the `link` fuzz target: an END fragment taking a message
     // over the limit delivered it, as the size was checked only while the message went on.
     let limit = 16 * 1024;
-    let malformed = |r: &Receiver| r.counters().get(transport::CounterId::DropsMalformed);
-    let feed = |r: &mut Receiver, frames: &[(u8, Vec<u8>)]| {
-        let mut offset = 0;
-        for (fl, payload) in frames {
-            let f = fragment(SESSION, 5, offset, *fl, payload);
-            offset += f.len() as i32;
-            r.handle_datagram(1, publication(), &f);
-        }
-        let mut got = Vec::new();
-        r.poll(|m, _| got.push(m.len()), usize::MAX);
-        got
-    };
+    let lengths = |got: Vec<Vec<u8>>| got.iter().map(Vec::len).collect::<Vec<_>>();
     let (b, e, u) = (flags::BEGIN, flags::END, flags::UNFRAGMENTED);
     // Exactly the limit in two fragments: delivered.
     let mut r = joined_receiver();
-    let got = feed(&mut r, &[(b, vec![1; 8 * 1024]), (e, vec![2; 8 * 1024])]);
-    assert_eq!(got, vec![limit]);
+    let got = feed(&mut r, &[(b, &[1; 8 * 1024]), (e, &[2; 8 * 1024])]);
+    assert_eq!(lengths(got), vec![limit]);
     assert_eq!(malformed(&r), 0);
     // One byte over, the excess in the END fragment: dropped and counted, and the stream
     // goes on with the next message.
     let mut r = joined_receiver();
     let got = feed(
         &mut r,
-        &[
-            (b, vec![1; 8 * 1024]),
-            (e, vec![2; 8 * 1024 + 1]),
-            (u, vec![3; 10]),
-        ],
+        &[(b, &[1; 8 * 1024]), (e, &[2; 8 * 1024 + 1]), (u, &[3; 10])],
     );
-    assert_eq!(got, vec![10]);
+    assert_eq!(lengths(got), vec![10]);
     assert_eq!(malformed(&r), 1);
     // One whole frame over the limit: dropped and counted too.
     let mut r = joined_receiver();
-    let got = feed(&mut r, &[(u, vec![4; limit + 1]), (u, vec![5; 10])]);
-    assert_eq!(got, vec![10]);
+    let got = feed(&mut r, &[(u, &[4; 16 * 1024 + 1]), (u, &[5; 10])]);
+    assert_eq!(lengths(got), vec![10]);
     assert_eq!(malformed(&r), 1);
 }

@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use transport::frame::{self, flags, frame_type, DataHeader, Nak, Setup, StatusMessage};
 use transport::{Config, CounterId, ImageEnd, ImageEvent, OfferError, Receiver, Sender};
 
-const STREAM: i32 = 7;
-const SESSION: i32 = 3;
+mod common;
+
+use common::{data_frame, setup_at, SESSION, STREAM};
 
 fn source() -> SocketAddr {
     "10.0.0.1:1000".parse().unwrap()
@@ -17,38 +18,9 @@ fn setup() -> [u8; frame::SETUP_LENGTH] {
     setup_at(0)
 }
 
-/// A SETUP of the test session joining at `term_offset` of its first term.
-fn setup_at(term_offset: i32) -> [u8; frame::SETUP_LENGTH] {
-    Setup {
-        flags: 0,
-        term_offset,
-        session_id: SESSION,
-        stream_id: STREAM,
-        initial_term_id: 5,
-        active_term_id: 5,
-        term_length: 64 * 1024,
-        mtu: 1408,
-        ttl: 0,
-    }
-    .encode()
-}
-
+/// A whole message of `session_id` at `term_offset` of the first term.
 fn data(term_offset: i32, payload: &[u8], session_id: i32) -> Vec<u8> {
-    let length = frame::DATA_HEADER_LENGTH + payload.len();
-    let mut b = vec![0u8; frame::align_frame(length)];
-    DataHeader {
-        frame_length: length as i32,
-        flags: flags::UNFRAGMENTED,
-        frame_type: frame_type::DATA,
-        term_offset,
-        session_id,
-        stream_id: STREAM,
-        term_id: 5,
-        reserved_value: 0,
-    }
-    .write(&mut b);
-    b[frame::DATA_HEADER_LENGTH..length].copy_from_slice(payload);
-    b
+    data_frame(session_id, 5, term_offset, flags::UNFRAGMENTED, payload)
 }
 
 fn receiver() -> Receiver {

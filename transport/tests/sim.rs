@@ -1022,15 +1022,13 @@ fn truncated_and_mangled_datagrams_are_dropped_and_what_they_carried_is_recovere
     // the module doc).
     let mut malformed = 0;
     for seed in seeds(1000, 20) {
-        let multicast = seed % 2 == 1;
-        let publishers = 2 + (seed / 2) as usize % 2;
+        let (multicast, hosts, publishers) = corrupted_run_shape(seed);
         let streams = vec![STREAM_ID; publishers];
         let faults = Faults {
             truncate: 0.03,
             mangle: 0.03,
             ..busy(seed % 5)
         };
-        let hosts = if multicast { 3 } else { 1 };
         let mut net = Net::with_publishers(seed, hosts, sim_config(multicast), faults, &streams);
         run_to_completion(&mut net, 400, 60_000_000_000);
         assert_one_image_per_session(&net);
@@ -1043,14 +1041,24 @@ fn truncated_and_mangled_datagrams_are_dropped_and_what_they_carried_is_recovere
     assert!(malformed > 0, "no corrupted datagram was caught");
 }
 
+/// A corrupted run's network by its seed: (multicast, hosts, publishers). Odd seeds are
+/// multicast to three hosts, even ones unicast to one; two or three publishers.
+fn corrupted_run_shape(seed: u64) -> (bool, usize, usize) {
+    let multicast = seed % 2 == 1;
+    (
+        multicast,
+        if multicast { 3 } else { 1 },
+        2 + (seed / 2) as usize % 2,
+    )
+}
+
 #[test]
 fn bytes_flipped_anywhere_never_panic_nor_break_an_images_order() {
     // Flipped bytes anywhere, truncation, loss, duplication and reordering, in both
     // directions: what is delivered can no longer be checked byte for byte (no checksum), but
     // nothing may panic, and each image delivers in position order while it is live.
     for seed in seeds(1100, 12) {
-        let multicast = seed % 2 == 1;
-        let publishers = 2 + (seed / 2) as usize % 2;
+        let (multicast, hosts, publishers) = corrupted_run_shape(seed);
         let mut streams = vec![STREAM_ID; publishers];
         if seed % 4 == 3 {
             streams[publishers - 1] = STREAM_ID + 1;
@@ -1060,7 +1068,6 @@ fn bytes_flipped_anywhere_never_panic_nor_break_an_images_order() {
             truncate: 0.02,
             ..busy(seed % 5)
         };
-        let hosts = if multicast { 3 } else { 1 };
         let mut net = Net::with_publishers(seed, hosts, sim_config(multicast), faults, &streams);
         net.check_content = false;
         let lens: Vec<Vec<usize>> = (0..publishers)

@@ -3,6 +3,7 @@
 //! same commands through it and the engine and compare every reply and the final state.
 #![allow(dead_code)]
 
+pub mod gen;
 pub mod sbe;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -662,4 +663,12 @@ pub fn as_version_3(bytes: &[u8]) -> Vec<u8> {
     let len = (v3.len() + 8) as u64;
     v3.extend_from_slice(&len.to_le_bytes());
     v3
+}
+
+/// Cases per property test: `$TALLY_PROPTEST_CASES`, else 96 (a few seconds in release).
+pub fn proptest_cases() -> u32 {
+    std::env::var("TALLY_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(96)
 }
