@@ -277,10 +277,6 @@ impl Sender {
         &mut self.counters
     }
 
-    fn frames_length(&self, length: usize) -> usize {
-        self.cfg.frames_length(length)
-    }
-
     /// Checks state, length and limits, writes padding to the term end if needed, and returns
     /// the position where `required` bytes of frames may be written.
     fn reserve(&mut self, length: usize, length_max: usize) -> Result<(i64, usize), OfferError> {
@@ -293,7 +289,7 @@ impl Sender {
         if !self.is_connected() {
             return Err(OfferError::NotConnected);
         }
-        let required = self.frames_length(length);
+        let required = self.cfg.frames_length(length);
         let offset = self.log.term_offset(self.publisher_position);
         let term_length = self.cfg.term_length;
         let pad = if offset + required > term_length {
@@ -303,36 +299,34 @@ impl Sender {
         };
         if self.publisher_position + (pad + required) as i64 > self.position_max() {
             // The stream's end (Aeron's MAX_POSITION_EXCEEDED): the publication closes, and a
-            // new one (its own session) must carry on. The connected sender heartbeats at
-            // least every heartbeat interval, so its last send stands in for the time.
-            self.state = State::Closing {
-                deadline_ns: self.last_send_ns + self.cfg.close_linger_ns,
-            };
+            // new one (its own session) must carry on. The sender's last send stands in for
+            // the time (a connected sender sends at least every heartbeat interval while its
+            // driver polls it, so the linger may be shorter by that much).
+            self.close(self.last_send_ns);
             return Err(OfferError::Closed);
         }
         let limit = self.sender_position + self.cfg.publication_window as i64;
-        if self.publisher_position + (pad + required) as i64 > limit {
-            // Padding and frames together may be longer than the window, though each fits
-            // (a long message offered near a term's end): refusing both until they fit at once
-            // refused that message for good. The padding goes in now if it fits, as Aeron's
-            // term rotation does; the message then fits at the next term's start once the
-            // sender has caught up.
-            if pad > 0 && self.publisher_position + pad as i64 <= limit {
-                self.run_frame = 0;
-                let p = self.publisher_position;
-                self.write_header(p, pad as i32, flags::UNFRAGMENTED, frame_type::PAD);
-                self.publisher_position += pad as i64;
-            }
-            self.counters.incr(CounterId::BackPressureEvents);
-            return Err(OfferError::BackPressured);
-        }
-        // Padding, fragments and claims are written outside the run of equal frames.
-        self.run_frame = 0;
+        // Padding to the term's end goes in as soon as it fits in the window, on its own (as
+        // Aeron's term rotation does): checked together with the message's frames, a long
+        // message offered near a term's end never fit, though each did alone.
+        let back_pressured = |s: &mut Self| {
+            s.counters.incr(CounterId::BackPressureEvents);
+            Err(OfferError::BackPressured)
+        };
         if pad > 0 {
+            if self.publisher_position + pad as i64 > limit {
+                return back_pressured(self);
+            }
+            self.run_frame = 0;
             let p = self.publisher_position;
             self.write_header(p, pad as i32, flags::UNFRAGMENTED, frame_type::PAD);
             self.publisher_position += pad as i64;
         }
+        if self.publisher_position + required as i64 > limit {
+            return back_pressured(self);
+        }
+        // Fragments and claims are written outside the run of equal frames.
+        self.run_frame = 0;
         Ok((self.publisher_position, required))
     }
 

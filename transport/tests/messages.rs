@@ -140,25 +140,38 @@ fn a_largest_message_offered_just_short_of_a_term_end_is_sent_not_back_pressured
 #[test]
 fn every_valid_config_sends_its_largest_message_or_refuses_it_with_an_error() {
     // A window as long as the largest message, but not as long as its frames (a header each
-    // MTU): accepted by the config check, the message was back-pressured for good.
-    let cfg = Config {
-        publication_window: 16 * 1024,
-        ..Config::with_term_length(64 * 1024)
-    };
-    assert_eq!(cfg.message_length_max, 16 * 1024);
-    match cfg.validate() {
-        Err(e) => assert!(
-            e.0.contains("publication_window=16384") && e.0.contains("message_length_max"),
-            "{e}"
-        ),
-        Ok(()) => {
-            let mut p = Pair::new(cfg.clone(), 5);
-            let m = message(0, cfg.message_length_max);
-            p.offer(&m);
-            p.drain();
-            assert_eq!(p.got, vec![m]);
+    // MTU), was accepted by the config check, and that message was back-pressured for good.
+    // Windows about the frames' length, at MTUs from the smallest up: each config is refused
+    // naming the window, or sends its largest message.
+    let mut refused = 0;
+    for mtu in [64, 96, 1408, 8192] {
+        let base = Config {
+            mtu,
+            ..Config::with_term_length(64 * 1024)
+        };
+        let frames = base.frames_length(base.message_length_max);
+        for window in [base.message_length_max, frames - 32, frames] {
+            let cfg = Config {
+                publication_window: window,
+                ..base.clone()
+            };
+            match cfg.validate() {
+                Err(e) => {
+                    assert!(window < frames, "mtu {mtu}, window {window}: {e}");
+                    assert!(e.0.contains(&format!("publication_window={window}")), "{e}");
+                    refused += 1;
+                }
+                Ok(()) => {
+                    let mut p = Pair::new(cfg.clone(), 5);
+                    let m = message(0, cfg.message_length_max);
+                    p.offer(&m);
+                    p.drain();
+                    assert_eq!(p.got, vec![m], "mtu {mtu}, window {window}");
+                }
+            }
         }
     }
+    assert!(refused >= 4, "the windows short of the frames are refused");
 }
 
 /// A SETUP of the test session, 64 KiB terms from term id 5, joining at the start.
@@ -200,9 +213,7 @@ fn an_image_ending_part_way_through_a_message_reports_the_message_start_as_deliv
             );
             3
         } else {
-            let now = 10 + Config::default().image_liveness_timeout_ns;
-            r.handle_timeout(now);
-            now
+            10 + Config::default().image_liveness_timeout_ns
         };
         r.handle_timeout(now);
         r.poll(|m, _| got.push(m.to_vec()), usize::MAX);

@@ -461,19 +461,7 @@ fn a_publication_re_created_with_the_same_session_id_is_joined_once_the_old_one_
     let mut r = receiver();
     r.handle_datagram(1, source(), &data(0, b"a", SESSION));
     r.handle_datagram(2, source(), &data(64, b"b", SESSION));
-    let mut eos = [0u8; frame::DATA_HEADER_LENGTH];
-    DataHeader {
-        frame_length: 0,
-        flags: flags::UNFRAGMENTED | flags::EOS,
-        frame_type: frame_type::DATA,
-        term_offset: 128,
-        session_id: SESSION,
-        stream_id: STREAM,
-        term_id: 5,
-        reserved_value: 0,
-    }
-    .write(&mut eos);
-    r.handle_datagram(3, source(), &eos);
+    r.handle_datagram(3, source(), &end_of_stream_at(128));
     assert_eq!(delivered(&mut r), vec![b"a".to_vec(), b"b".to_vec()]);
     assert_eq!(r.image_count(), 0);
     // The new publication: a new socket (another port) and a new initial term id.

@@ -278,7 +278,9 @@ impl Net {
             0 => bytes[at + 4] = 1 + self.rng.below(255) as u8,
             // The type.
             1 => bytes[at + 6..at + 8].copy_from_slice(&0x7f00u16.to_le_bytes()),
-            // The term offset (misaligned).
+            // The term offset (misaligned) of a DATA or PAD frame. At the same place other
+            // frames (status messages, NAKs, RTT, ERR) hold their session id, which the parser
+            // does not check: there it acts like a loss, which the exact checks allow.
             2 if bytes.len() >= at + 12 => bytes[at + 8] |= 1 + self.rng.below(31) as u8,
             // The length: past the datagram's end.
             3 if !pad => {

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::json;
-use transport::{now_ns, Agent, Channel, Config, OfferError, Publication, Subscription};
+use transport::{frame, now_ns, Agent, Channel, Config, OfferError, Publication, Subscription};
 
 use crate::report::{latency_us, machine, peak_rss_bytes, pin_to, print};
 
@@ -180,13 +180,14 @@ fn config((mtu, term_length, udp_segmentation, udp_coalescing): Setup) -> Config
     // The publisher may run this far ahead of what was sent: a few send batches, so what
     // it wrote is still in cache when the driver sends it (a half-term window lets a
     // flow-controlled publisher run megabytes ahead, and every datagram is then read back
-    // from memory). Only 64-byte messages are offered here; the largest message's frames
-    // (a header per MTU, at most twice its length) must fit in the window.
+    // from memory). Only 64-byte messages are offered here.
     let publication_window = publication_window(mtu).min(term_length / 2);
     Config {
         mtu,
         publication_window,
-        message_length_max: (publication_window / 2).min(term_length / 4),
+        // The longest message whose frames (a header each MTU) fit in the window.
+        message_length_max: (publication_window / mtu * (mtu - frame::DATA_HEADER_LENGTH))
+            .min(term_length / 4),
         udp_segmentation,
         udp_coalescing,
         ..Config::with_term_length(term_length)
