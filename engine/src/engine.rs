@@ -1201,6 +1201,26 @@ pub struct Engine {
     /// Test-only ([`Engine::force_general_path`]): no transfer takes the fast path.
     #[cfg(feature = "force-general-path")]
     general_path_only: bool,
+    /// Test-only ([`Engine::transfer_paths`]): the transfers each path took.
+    #[cfg(feature = "force-general-path")]
+    paths: TransferPaths,
+}
+
+/// Test-only (feature `force-general-path`, [`Engine::transfer_paths`]): how many transfers
+/// of `Transfers` commands each path took since the engine was made or restored, so that a
+/// test comparing the paths can tell that both ran.
+#[cfg(feature = "force-general-path")]
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransferPaths {
+    /// Taken by the fast path's batch loop (`run_posted`; in an atomic group that failed, up
+    /// to and including the failing member).
+    pub batch: u64,
+    /// Taken by the fast path one at a time (`Batch::transfer_alone`, in a command that mixes
+    /// paths).
+    pub alone: u64,
+    /// Taken by the general path (`create_transfer`).
+    pub general: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -1270,6 +1290,8 @@ impl Engine {
             accounts_copy: AccountsCopy::default(),
             #[cfg(feature = "force-general-path")]
             general_path_only: false,
+            #[cfg(feature = "force-general-path")]
+            paths: TransferPaths::default(),
         })
     }
 
@@ -1281,6 +1303,14 @@ impl Engine {
     #[doc(hidden)]
     pub fn force_general_path(&mut self, on: bool) {
         self.general_path_only = on;
+    }
+
+    /// Test-only (feature `force-general-path`): the transfers each path took since the
+    /// engine was made or restored.
+    #[cfg(feature = "force-general-path")]
+    #[doc(hidden)]
+    pub fn transfer_paths(&self) -> TransferPaths {
+        self.paths
     }
 
     /// Whether transfers may take the fast path: always, but in tests that forced them off it
@@ -1909,6 +1939,13 @@ impl Engine {
                 &mut keys,
                 prefetch_accounts,
             );
+            #[cfg(feature = "force-general-path")]
+            {
+                self.paths.batch += match run {
+                    Ok(_) => transfers.len(),
+                    Err((i, _)) => i + 1,
+                } as u64;
+            }
             match run {
                 Ok(s) => {
                     seen = s;
@@ -1929,8 +1966,16 @@ impl Engine {
             self.prefetch(prefetch_accounts).ahead(&mut keys, i);
             let t = &transfers[i];
             let r = if fast && t.flags == 0 && t.timeout_s == 0 && self.pending_open == 0 {
+                #[cfg(feature = "force-general-path")]
+                {
+                    self.paths.alone += 1;
+                }
                 self.batch().transfer_alone(t, &keys[i])
             } else {
+                #[cfg(feature = "force-general-path")]
+                {
+                    self.paths.general += 1;
+                }
                 self.create_transfer(t, &keys[i])
             };
             if r != ResultCode::Ok && atomic {

@@ -139,6 +139,9 @@ pub mod snapshot;
 mod wire;
 
 pub use command::{Command, Query, TransferSpec};
+#[cfg(feature = "force-general-path")]
+#[doc(hidden)]
+pub use engine::TransferPaths;
 pub use engine::{Account, Balance, Engine, Outcome, TransferInfo};
 pub use snapshot::SnapshotError;
 pub use wire::REPLY_LEN_MAX;

@@ -21,7 +21,7 @@ mod model;
 
 use engine::{
     account_flags as af, batch_flags, transfer_flags, Account, Command, Engine, EngineConfig,
-    EntryMeta, ResultCode, TransferSpec,
+    EntryMeta, ResultCode, TransferPaths, TransferSpec,
 };
 use model::Model;
 use proptest::prelude::*;
@@ -658,6 +658,22 @@ struct Reached {
     failed_at: std::collections::BTreeMap<usize, u64>,
     restores: u64,
     freezes: u64,
+    /// Transfers each path took in the engine as it runs, and in the one forced onto the
+    /// general path (`Engine::transfer_paths`, summed over the engines a restore replaces).
+    paths: TransferPaths,
+    forced_paths: TransferPaths,
+}
+
+impl Reached {
+    /// Adds the path counts of the two engines of a run (before they are replaced or dropped).
+    fn count_paths(&mut self, fast: &Engine, general: &Engine) {
+        for (sum, e) in [(&mut self.paths, fast), (&mut self.forced_paths, general)] {
+            let p = e.transfer_paths();
+            sum.batch += p.batch;
+            sum.alone += p.alone;
+            sum.general += p.general;
+        }
+    }
 }
 
 /// Runs a case through both engines (and the model); `Err` names the first difference.
@@ -692,6 +708,7 @@ fn run(case: &Case, filler: u64, reached: &mut Reached) -> Result<(), TestCaseEr
                 };
                 let (a, b) = (take(&fast), take(&general));
                 prop_assert!(a == b, "snapshots differ at position {}", position);
+                reached.count_paths(&fast, &general);
                 fast = Engine::restore(config, &a[..]).unwrap();
                 general = Engine::restore(config, &b[..]).unwrap();
                 general.force_general_path(true);
@@ -808,6 +825,7 @@ fn run(case: &Case, filler: u64, reached: &mut Reached) -> Result<(), TestCaseEr
         }
     }
     same_state(&fast, &general, &crowded)?;
+    reached.count_paths(&fast, &general);
     Ok(())
 }
 
@@ -879,4 +897,15 @@ fn the_random_commands_reach_every_transfer_result_path_switches_and_group_failu
         );
     }
     assert!(reached.restores > 10 && reached.freezes > 10, "{reached:?}");
+    // Both paths ran: the forced engine never took the fast path, and the other took both
+    // of its ways (whole batches, and one transfer at a time in a command that mixes paths).
+    let (p, forced) = (reached.paths, reached.forced_paths);
+    assert!(
+        forced.batch == 0 && forced.alone == 0 && forced.general > 0,
+        "the forced engine took the fast path: {forced:?}"
+    );
+    assert!(
+        p.batch > 0 && p.alone > 0,
+        "the fast path was not taken both ways: {p:?}"
+    );
 }
