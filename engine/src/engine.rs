@@ -1313,6 +1313,14 @@ impl Engine {
         self.paths
     }
 
+    /// Test-only (feature `force-general-path`): the home bucket of transfer id `id` in the
+    /// retention index, so that a test can pick ids that crowd one bucket.
+    #[cfg(feature = "force-general-path")]
+    #[doc(hidden)]
+    pub fn retention_home_bucket(&self, id: u128) -> u64 {
+        self.ring.index.home_bucket(id_hash(id))
+    }
+
     /// Whether transfers may take the fast path: always, but in tests that forced them off it
     /// ([`Engine::force_general_path`]); a constant outside those.
     #[inline(always)]

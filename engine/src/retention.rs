@@ -270,8 +270,9 @@ impl RetentionIndex {
         ((u128::from(hash) * u128::from(self.buckets)) >> 64) as u64
     }
 
-    /// [`RetentionIndex::home`], for tests that need ids sharing a home bucket.
-    #[cfg(test)]
+    /// [`RetentionIndex::home`], for tests that need ids sharing a home bucket (also
+    /// `Engine::retention_home_bucket`, under the test feature `force-general-path`).
+    #[cfg(any(test, feature = "force-general-path"))]
     pub(crate) fn home_bucket(&self, hash: u64) -> u64 {
         self.home(hash)
     }

@@ -44,29 +44,14 @@ fn config(retained_max: u32, filler: u64) -> EngineConfig {
     }
 }
 
-/// The engine's retention index hash and home bucket, as `retention.rs` and `index.rs`
-/// compute them (a copy: should they change, the crowded ids merely spread out).
-fn home_bucket(id: u128, retained_max: u32) -> u64 {
-    fn fold_mul(a: u64, b: u64) -> u64 {
-        let p = u128::from(a) * u128::from(b);
-        (p as u64) ^ ((p >> 64) as u64)
-    }
-    let h = fold_mul(
-        (id as u64) ^ 0x1319_8a2e_0370_7344,
-        ((id >> 64) as u64) ^ 0xa409_3822_299f_31d0,
-    );
-    let hash = fold_mul(h ^ 0x082e_fa98_ec4e_6c89, 0x9e37_79b9_7f4a_7c15);
-    let capacity = retained_max as u64 + engine::TRANSFERS_PER_COMMAND_MAX as u64;
-    let buckets = capacity.div_ceil(4).max(2);
-    ((u128::from(hash) * u128::from(buckets)) >> 64) as u64
-}
-
-/// [`CROWDED_IDS`] ids with one home bucket (of ten entries): inserting them all overflows it.
-fn crowded_ids(retained_max: u32) -> Vec<u128> {
+/// [`CROWDED_IDS`] ids with one home bucket (of ten entries) in `e`'s retention index, as the
+/// engine itself computes it (`Engine::retention_home_bucket`): inserting them all overflows
+/// it. Engines of one configuration share the layout.
+fn crowded_ids(e: &Engine) -> Vec<u128> {
     let first = 1_000u128;
-    let home = home_bucket(first, retained_max);
+    let home = e.retention_home_bucket(first);
     (first..)
-        .filter(|&id| home_bucket(id, retained_max) == home)
+        .filter(|&id| e.retention_home_bucket(id) == home)
         .take(CROWDED_IDS)
         .collect()
 }
@@ -440,8 +425,7 @@ fn setup(case: &Case) -> Vec<OwnedCommand> {
 /// Turns the steps into the log: `filler` accounts created first (ids from 100, ledger 1),
 /// then the setup, then the steps, with ids resolved, resent transfers looked up and
 /// failing groups built.
-fn log(case: &Case, filler: u64) -> Vec<(u64, Entry)> {
-    let crowded = crowded_ids(case.retained_max);
+fn log(case: &Case, filler: u64, crowded: &[u128]) -> Vec<(u64, Entry)> {
     let filler = (100..100 + filler).map(|id| {
         OwnedCommand::Create(NewAccount {
             id,
@@ -456,7 +440,7 @@ fn log(case: &Case, filler: u64) -> Vec<(u64, Entry)> {
     let mut history: Vec<TransferSpec> = Vec::new();
     let mut fresh = 1u128 << 80;
     for s in &case.steps {
-        let id = |g| resolve_id(g, &crowded);
+        let id = |g| resolve_id(g, crowded);
         let entry = match &s.op {
             Op::Create(a) => Entry::Command(OwnedCommand::Create(*a)),
             Op::Movement(m) => Entry::Command(OwnedCommand::Movement(Movement {
@@ -681,9 +665,9 @@ impl Reached {
 /// the batch loop prefetches account records and uses the slots it found as guesses.
 fn run(case: &Case, filler: u64, reached: &mut Reached) -> Result<(), TestCaseError> {
     let config = config(case.retained_max, filler);
-    let crowded = crowded_ids(case.retained_max);
     let mut fast = Engine::new(config).unwrap();
     let mut general = Engine::new(config).unwrap();
+    let crowded = crowded_ids(&fast);
     general.force_general_path(true);
     // The model and the invariants (whole-state passes per command) only for small tables:
     // the fast path's answers do not depend on the table's size, only its prefetching does.
@@ -691,7 +675,7 @@ fn run(case: &Case, filler: u64, reached: &mut Reached) -> Result<(), TestCaseEr
     let mut now = 1_000_000_000_000u64;
     let mut position = 0u64;
     let mut freezing: Option<Freezing> = None;
-    for (dt_s, entry) in log(case, filler) {
+    for (dt_s, entry) in log(case, filler, &crowded) {
         now += dt_s * engine::NS_PER_S;
         let command = match entry {
             Entry::Command(c) => c,
