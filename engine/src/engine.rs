@@ -1131,12 +1131,15 @@ fn run_posted(
 }
 
 /// Folds what a pushed record holds beyond the balances the reply shows (its id, kind and
-/// `extra`) into `h` (see `Ring::pushed_hash`).
+/// `extra`) into `h` (see `Ring::pushed_hash`), each field a [`lane`] step of its own: two
+/// fields xor-ed into one word could cancel (id `2^64 + 7` with code 0 and id 7 with code 1
+/// did). The kind cannot share `extra`'s word either: a post's or void's `extra` uses all 64
+/// bits (the settled pending id's hash), so any byte of it can hold anything.
 #[inline(always)]
 fn pushed_record_hash(h: u64, r: &Retained) -> u64 {
     lane(
-        lane(h, r.id_lo),
-        r.id_hi ^ r.extra.rotate_left(32) ^ u64::from(r.kind),
+        lane(lane(lane(h, r.id_lo), r.id_hi), r.extra),
+        u64::from(r.kind),
     )
 }
 

@@ -678,6 +678,39 @@ fn transfers_retained_with_another_id_kind_code_or_timeout_change_the_state_hash
     hashes_after(&refs);
 }
 
+/// Each field of a retained record is hashed on its own: id `2^64 + 7` with code 0 and id 7
+/// with code 1 (the same balances) leave different hashes, though the high word of one id
+/// equals the other's code moved to the low bits (which a hash folding the id's high word
+/// and `extra` into one word, `extra` rotated by 32 bits, could not tell apart).
+#[test]
+fn transfers_whose_id_and_code_differ_in_matching_bits_leave_different_hashes() {
+    let accounts =
+        [(1, af::EXTERNAL), (10, 0), (20, 0)].map(|(id, flags)| Command::CreateAccount {
+            id,
+            ledger: 1,
+            flags,
+            code: 0,
+        });
+    let high = [transfer((1 << 64) | 7, 10, 20, 5)];
+    let coded = [TransferSpec {
+        code: 1,
+        ..transfer(7, 10, 20, 5)
+    }];
+    let variants: Vec<Vec<Command<'_>>> = [&high, &coded]
+        .iter()
+        .map(|t| {
+            let mut v = accounts.to_vec();
+            v.push(Command::Transfers {
+                flags: 0,
+                transfers: &t[..],
+            });
+            v
+        })
+        .collect();
+    let refs: Vec<&[Command<'_>]> = variants.iter().map(|v| &v[..]).collect();
+    hashes_after(&refs);
+}
+
 /// The session table and the log time are state too (snapshots keep both, retries and
 /// `GetTransfer` answer from them): the same commands sent by another session, with another
 /// sequence number or at another time leave another hash.
