@@ -331,10 +331,6 @@ pub(crate) struct Ring {
     /// A copy of the live records being taken while the ring keeps changing (see
     /// [`RingCopy`]); `None` almost always.
     copy: Option<Box<RingCopy>>,
-    /// The fields of the records pushed by the command being applied that its reply's
-    /// balances do not show (id, kind, `extra`), folded with [`lane`]: the state hash takes it
-    /// in ([`Engine::finish_effects`]) and sets it back to 0, as an atomic group's undo does.
-    pushed_hash: u64,
 }
 
 /// A copy of the ring's live records as they were when it began, taken oldest first while
@@ -468,7 +464,6 @@ impl Ring {
             next_slot: 0,
             index: RetentionIndex::with_capacity(capacity),
             copy: None,
-            pushed_hash: 0,
         }
     }
 
@@ -641,14 +636,6 @@ impl Ring {
     /// [`Ring::probe`] returned for it (nothing pushed since).
     #[inline(always)]
     fn push_hinted(&mut self, record: Retained, hash: u64, hint: usize) -> u64 {
-        self.pushed_hash = pushed_record_hash(self.pushed_hash, &record);
-        self.push_hinted_unhashed(record, hash, hint)
-    }
-
-    /// [`Ring::push_hinted`] that leaves folding the record into `pushed_hash` to the caller
-    /// ([`Batch`] keeps that value in a register across its loop).
-    #[inline(always)]
-    fn push_hinted_unhashed(&mut self, record: Retained, hash: u64, hint: usize) -> u64 {
         let seq = self.push_unindexed(record);
         let live = self.live();
         self.index.insert_hinted(hint, hash, seq, live);
@@ -658,7 +645,6 @@ impl Ring {
     /// [`Ring::push`] with `id_hash(record.id())` already computed.
     #[inline]
     fn push_hashed(&mut self, record: Retained, hash: u64) -> u64 {
-        self.pushed_hash = pushed_record_hash(self.pushed_hash, &record);
         let seq = self.push_unindexed(record);
         let live = self.live();
         self.index.insert(hash, seq, live);
@@ -930,8 +916,9 @@ struct Batch<'a> {
     undo_active: bool,
     position: u64,
     now_ns: u64,
-    /// `Ring::pushed_hash`, kept here across the loop (see [`Ring::push_hinted_unhashed`]).
-    pushed: u64,
+    /// [`Engine::pushed_hash`], carried by value (in a register across [`Batch::run`]'s
+    /// loop) and written back once by whoever made the batch.
+    pushed_hash: u64,
 }
 
 impl Batch<'_> {
@@ -961,12 +948,12 @@ impl Batch<'_> {
         Ok(seen)
     }
 
-    /// [`Batch::transfer`] of one transfer outside [`Batch::run`].
+    /// [`Batch::transfer`] of one transfer outside [`Batch::run`]; returns its result and
+    /// the batch's `pushed_hash`, for the engine to take back.
     #[inline(always)]
-    fn transfer_alone(mut self, t: &TransferSpec, k: &Keys) -> ResultCode {
+    fn transfer_alone(mut self, t: &TransferSpec, k: &Keys) -> (ResultCode, u64) {
         let r = self.transfer(t, k);
-        self.ring.pushed_hash = self.pushed;
-        r
+        (r, self.pushed_hash)
     }
 
     #[inline(always)]
@@ -1089,20 +1076,21 @@ impl Batch<'_> {
             state: TransferState::Posted as u8,
             reserved: [0; 2],
         };
-        self.pushed = pushed_record_hash(self.pushed, &record);
-        self.ring.push_hinted_unhashed(record, k.id, hint);
+        self.pushed_hash = pushed_record_hash(self.pushed_hash, &record);
+        self.ring.push_hinted(record, k.id, hint);
         ResultCode::Ok
     }
 }
 
 /// [`Batch::run`] over tables passed one by one: as separate arguments they are known not to
-/// overlap, so the compiler keeps their pointers in registers across the loop.
+/// overlap, so the compiler keeps their pointers in registers across the loop. `pushed_hash`
+/// is [`Engine::pushed_hash`], read once and written back once.
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
 fn run_posted(
     (accounts, accounts_copy): (&mut [AccountRecord], &mut AccountsCopy),
     account_index: &Index,
-    ring: &mut Ring,
+    (ring, pushed_hash): (&mut Ring, &mut u64),
     touched: &mut Vec<u32>,
     results: &mut Vec<ResultCode>,
     undo: &mut Vec<Undo>,
@@ -1111,7 +1099,6 @@ fn run_posted(
     keys: &mut [Keys],
     prefetch_accounts: bool,
 ) -> Result<u32, (usize, ResultCode)> {
-    let pushed = ring.pushed_hash;
     let mut batch = Batch {
         accounts,
         accounts_copy,
@@ -1123,15 +1110,15 @@ fn run_posted(
         undo_active: atomic,
         position,
         now_ns,
-        pushed,
+        pushed_hash: *pushed_hash,
     };
     let ran = batch.run(transfers, keys, prefetch_accounts, atomic);
-    batch.ring.pushed_hash = batch.pushed;
+    *pushed_hash = batch.pushed_hash;
     ran
 }
 
 /// Folds what a pushed record holds beyond the balances the reply shows (its id, kind and
-/// `extra`) into `h` (see `Ring::pushed_hash`), each field a [`lane`] step of its own: two
+/// `extra`) into `h` (see [`Engine::pushed_hash`]), each field a [`lane`] step of its own: two
 /// fields xor-ed into one word could cancel (id `2^64 + 7` with code 0 and id 7 with code 1
 /// did). The kind cannot share `extra`'s word either: a post's or void's `extra` uses all 64
 /// bits (the settled pending id's hash), so any byte of it can hold anything.
@@ -1185,6 +1172,12 @@ pub struct Engine {
     pub(crate) position: u64,
     pub(crate) now_ns: u64,
     pub(crate) hash: u64,
+    /// The fields of the records pushed by the command being applied that its reply's
+    /// balances do not show (id, kind, `extra`), folded with [`pushed_record_hash`] at each
+    /// push (`transfer_checked`, `post_or_void`, `Batch::transfer`; the ring's pushes do not
+    /// hash): the state hash takes it in and sets it back to 0 ([`Engine::finish_effects`]),
+    /// and an atomic group's undo sets it back to 0 ([`Engine::rollback`]).
+    pushed_hash: u64,
     // Per-command scratch, preallocated.
     pub(crate) transfers_scratch: Vec<TransferSpec>,
     keys: Vec<Keys>,
@@ -1281,6 +1274,7 @@ impl Engine {
             position: 0,
             now_ns: 0,
             hash: 0,
+            pushed_hash: 0,
             transfers_scratch: Vec::with_capacity(TRANSFERS_PER_COMMAND_MAX),
             keys: Vec::with_capacity(TRANSFERS_PER_COMMAND_MAX),
             results: Vec::with_capacity(TRANSFERS_PER_COMMAND_MAX),
@@ -1658,7 +1652,7 @@ impl Engine {
 
     /// Second half of applying a command: hands each touched account (after the command, in
     /// first-touch order) to `balance` while folding the command's effects (its results, those
-    /// balances and what else its retained records hold, `Ring::pushed_hash`) into the state
+    /// balances and what else its retained records hold, [`Engine::pushed_hash`]) into the state
     /// hash, in four independent lanes so that the multiplies overlap. One pass serves the
     /// hash and the reply.
     #[inline]
@@ -1681,7 +1675,7 @@ impl Engine {
             session,
             lane(
                 self.results.len() as u64,
-                std::mem::take(&mut self.ring.pushed_hash),
+                std::mem::take(&mut self.pushed_hash),
             ),
         ];
         for chunk in self.results.chunks(8) {
@@ -1941,7 +1935,7 @@ impl Engine {
             let run = run_posted(
                 (&mut self.accounts[..], &mut self.accounts_copy),
                 &self.account_index,
-                &mut self.ring,
+                (&mut self.ring, &mut self.pushed_hash),
                 &mut self.touched,
                 &mut self.results,
                 &mut self.undo,
@@ -1981,7 +1975,9 @@ impl Engine {
                 {
                     self.paths.alone += 1;
                 }
-                self.batch().transfer_alone(t, &keys[i])
+                let (r, pushed_hash) = self.batch().transfer_alone(t, &keys[i]);
+                self.pushed_hash = pushed_hash;
+                r
             } else {
                 #[cfg(feature = "force-general-path")]
                 {
@@ -2024,13 +2020,12 @@ impl Engine {
             }
         }
         // The group pushed every record of its command, and took them all out.
-        self.ring.pushed_hash = 0;
+        self.pushed_hash = 0;
     }
 
     /// The tables a batch of posted transfers works on, borrowed apart (see [`Batch`]).
     #[inline(always)]
     fn batch(&mut self) -> Batch<'_> {
-        let pushed = self.ring.pushed_hash;
         Batch {
             accounts: &mut self.accounts[..],
             accounts_copy: &mut self.accounts_copy,
@@ -2042,7 +2037,7 @@ impl Engine {
             undo_active: self.undo_active,
             position: self.position,
             now_ns: self.now_ns,
-            pushed,
+            pushed_hash: self.pushed_hash,
         }
     }
 
@@ -2211,28 +2206,26 @@ impl Engine {
         }
         self.touch(debit);
         self.touch(credit);
-        let seq = self.ring.push_hinted(
-            Retained {
-                id_lo: id as u64,
-                id_hi: (id >> 64) as u64,
-                debit,
-                credit,
-                amount,
-                position: self.position,
-                timestamp_ns: self.now_ns,
-                extra,
-                ledger,
-                kind: kind as u8,
-                state: if pending {
-                    TransferState::Pending
-                } else {
-                    TransferState::Posted
-                } as u8,
-                reserved: [0; 2],
-            },
-            id_hash,
-            hint,
-        );
+        let record = Retained {
+            id_lo: id as u64,
+            id_hi: (id >> 64) as u64,
+            debit,
+            credit,
+            amount,
+            position: self.position,
+            timestamp_ns: self.now_ns,
+            extra,
+            ledger,
+            kind: kind as u8,
+            state: if pending {
+                TransferState::Pending
+            } else {
+                TransferState::Posted
+            } as u8,
+            reserved: [0; 2],
+        };
+        self.pushed_hash = pushed_record_hash(self.pushed_hash, &record);
+        let seq = self.ring.push_hinted(record, id_hash, hint);
         if pending {
             let deadline_ns = if timeout_s == 0 {
                 u64::MAX
@@ -2338,7 +2331,7 @@ impl Engine {
         self.pending_remove(slot);
         self.touch(p.debit);
         self.touch(p.credit);
-        self.ring.push(Retained {
+        let record = Retained {
             id_lo: id as u64,
             id_hi: (id >> 64) as u64,
             debit: p.debit,
@@ -2351,7 +2344,9 @@ impl Engine {
             kind: kind as u8,
             state: TransferState::Posted as u8,
             reserved: [0; 2],
-        });
+        };
+        self.pushed_hash = pushed_record_hash(self.pushed_hash, &record);
+        self.ring.push(record);
         ResultCode::Ok
     }
 
