@@ -6,6 +6,14 @@
 //! count lower than its entries), more than `TRANSFERS_PER_COMMAND_MAX`
 //! transfers, a query or reply in the log) becomes `Command::Invalid` and is answered with
 //! `invalid_command`. Encoding cannot fail into a buffer of [`REPLY_LEN_MAX`] bytes.
+//!
+//! Length policy, for commands and queries alike ([`decode_exact`]): the bytes must be exactly
+//! one message, as long as its header's block length and its group dimensions make it, no
+//! shorter and no longer; anything else is answered with `invalid_command` (a `CommandReply`,
+//! as for bytes that do not decode at all). A message of a newer schema version that appends
+//! groups (or var data) after the ones this build knows is therefore refused whole rather than
+//! half-read: its extra bytes are not told apart from stray ones. (A longer block, the way
+//! SBE extends a block with fields, is still read: the header's block length covers it.)
 
 use schemas::ledger::{
     self as sbe, AccountFlags, AccountReplyEncoder, AccountsPageEncoder, CommandReplyEncoder,
@@ -54,14 +62,12 @@ fn set_id128(target: &mut Id128, id: u128) {
 /// Bytes per cache line, the step of `Engine::apply`'s prefetch of a command.
 const CACHE_LINE: usize = 64;
 
-/// Decodes one header-prefixed command; `scratch` receives the transfers of a `Transfers`.
-pub(crate) fn decode_command<'s>(bytes: &[u8], scratch: &'s mut Vec<TransferSpec>) -> Command<'s> {
-    scratch.clear();
-    let Ok(decoded) = sbe::decode(bytes) else {
-        return Command::Invalid;
-    };
-    // The bytes are one message, no more: a group count lower than the entries that follow
-    // (or stray bytes) would otherwise apply part of what the client sent.
+/// Decodes one header-prefixed command or query that is exactly `bytes` long (the module's
+/// length policy); `None` for anything else, other messages included. The bytes are one
+/// message, no more: a group count lower than the entries that follow (or stray bytes) would
+/// otherwise apply, or answer, part of what the client sent.
+fn decode_exact(bytes: &[u8]) -> Option<Decoded<'_>> {
+    let decoded = sbe::decode(bytes).ok()?;
     let length = match &decoded {
         Decoded::CreateAccount(m) => m.encoded_length(),
         Decoded::Deposit(m) => m.encoded_length(),
@@ -69,11 +75,21 @@ pub(crate) fn decode_command<'s>(bytes: &[u8], scratch: &'s mut Vec<TransferSpec
         Decoded::Transfers(m) => m.encoded_length(),
         Decoded::PostPending(m) => m.encoded_length(),
         Decoded::VoidPending(m) => m.encoded_length(),
-        _ => return Command::Invalid,
+        Decoded::GetAccount(m) => m.encoded_length(),
+        Decoded::ListAccounts(m) => m.encoded_length(),
+        Decoded::GetTransfer(m) => m.encoded_length(),
+        Decoded::GetStatus(m) => m.encoded_length(),
+        _ => return None,
     };
-    if length.ok() != Some(bytes.len()) {
+    (length.ok() == Some(bytes.len())).then_some(decoded)
+}
+
+/// Decodes one header-prefixed command; `scratch` receives the transfers of a `Transfers`.
+pub(crate) fn decode_command<'s>(bytes: &[u8], scratch: &'s mut Vec<TransferSpec>) -> Command<'s> {
+    scratch.clear();
+    let Some(decoded) = decode_exact(bytes) else {
         return Command::Invalid;
-    }
+    };
     match decoded {
         Decoded::CreateAccount(m) => Command::CreateAccount {
             id: m.id(),
@@ -259,7 +275,8 @@ impl Engine {
 
     /// Answers one header-prefixed query (`GetAccount`, `ListAccounts`, `GetTransfer`,
     /// `GetStatus`) into `reply`; returns its length. Read-only. A query whose `min_position`
-    /// is beyond [`Engine::position`] is answered `not_ready`; bytes that are not a query get a
+    /// is beyond [`Engine::position`] is answered `not_ready`; bytes that are not exactly one
+    /// query (the module's length policy: a short, garbled or over-long one alike) get a
     /// `CommandReply` with `invalid_command`. `GetStatus` is answered with role `leader`,
     /// `durable_position` 0 and an empty node name: the node fills in what it knows.
     ///
@@ -268,8 +285,8 @@ impl Engine {
     pub fn query(&self, query: &[u8], reply: &mut [u8]) -> usize {
         assert!(reply.len() >= REPLY_LEN_MAX, "{SHORT_BUFFER}");
         let not_ready = |min: u64| min > self.position;
-        match sbe::decode(query) {
-            Ok(Decoded::GetAccount(q)) => {
+        match decode_exact(query) {
+            Some(Decoded::GetAccount(q)) => {
                 let mut enc = AccountReplyEncoder::wrap_with_header(reply).expect(SHORT_BUFFER);
                 enc.set_position(self.position);
                 let found = self.account(q.account_id());
@@ -291,7 +308,7 @@ impl Engine {
                 enc.set_result_raw(result as u8);
                 enc.finish().expect(SHORT_BUFFER)
             }
-            Ok(Decoded::ListAccounts(q)) => {
+            Some(Decoded::ListAccounts(q)) => {
                 let mut page = [Account::default(); LIST_LIMIT_MAX];
                 let ready = !not_ready(q.min_position());
                 let n = if ready {
@@ -324,7 +341,7 @@ impl Engine {
                 }
                 enc.finish().expect(SHORT_BUFFER)
             }
-            Ok(Decoded::GetTransfer(q)) => {
+            Some(Decoded::GetTransfer(q)) => {
                 let id = id128(q.id());
                 let mut enc = TransferReplyEncoder::wrap_with_header(reply).expect(SHORT_BUFFER);
                 enc.set_position(self.position);
@@ -348,7 +365,7 @@ impl Engine {
                 enc.set_result_raw(result as u8);
                 enc.finish().expect(SHORT_BUFFER)
             }
-            Ok(Decoded::GetStatus(_)) => {
+            Some(Decoded::GetStatus(_)) => {
                 let mut enc = StatusReplyEncoder::wrap_with_header(reply).expect(SHORT_BUFFER);
                 enc.set_role_raw(0)
                     .set_position(self.position)

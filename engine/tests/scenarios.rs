@@ -453,6 +453,25 @@ fn queries_answer_accounts_pages_transfers_and_status_and_wait_for_min_position(
 
     let len = l.engine.query(&[1, 2, 3], &mut reply);
     assert_eq!(decode_reply(&reply[..len]).result, R::InvalidCommand);
+
+    // A query is exactly one message, as a command is: a stray byte after it is answered as
+    // a short one is, `invalid_command`.
+    let mut e = GetAccountEncoder::wrap_with_header(&mut q).unwrap();
+    e.set_account_id(10).set_min_position(0);
+    let n = e.finish().unwrap();
+    for len in [n - 1, n + 1] {
+        let got = l.engine.query(&q[..len], &mut reply);
+        assert_eq!(
+            decode_reply(&reply[..got]).result,
+            R::InvalidCommand,
+            "{len} bytes"
+        );
+    }
+    let mut e = GetStatusEncoder::wrap_with_header(&mut q).unwrap();
+    e.set_min_position(0);
+    let n = e.finish().unwrap();
+    let len = l.engine.query(&q[..n + 1], &mut reply);
+    assert_eq!(decode_reply(&reply[..len]).result, R::InvalidCommand);
 }
 
 /// Every account once, in id order, paging `ListAccounts` through `e` (`LIST_LIMIT_MAX` a page).
