@@ -1,6 +1,6 @@
 //! Snapshots: the whole engine state at a position, in a versioned, checksummed format.
 //!
-//! # Format (version 4, little-endian)
+//! # Format (version 5, little-endian)
 //! A 96-byte header (`MAGIC`, format version, reserved, position, log time, state hash, ring
 //! head sequence, then the counts of accounts, retained transfers, pending transfers and
 //! sessions, the count of retention index words, and 8 reserved bytes), the sections of
@@ -14,7 +14,19 @@
 //! reported as 0), version 1 has no index section (its count is zero), and version 2's index
 //! has an older layout (seven entries with 32-bit fingerprints per bucket); the index is then
 //! rebuilt, as it is when the restoring configuration sizes the index differently from the
-//! writer's.
+//! writer's. Version 4 has version 5's layout and is read as it is.
+//!
+//! # The state hash a snapshot carries
+//! Version 5 changed no byte of the layout but what the header's state hash means: from it on,
+//! the hash also covers each account's ledger, flags and code, each retained transfer's id,
+//! kind and `extra`, each command's session id and sequence number, and its log time. A
+//! snapshot of format 4 or older carries a hash built the older way. It is still restored,
+//! and the restored engine continues from the value it carries, folding each later command in
+//! the current way (and every snapshot it writes later carries that value on, version 5
+//! though it is): its hash never again equals that of a node that replayed the same log from
+//! the start. So compare state hashes only between nodes that started alike: both from the
+//! log (or from version 5 snapshots written by nodes that did), or both from the same format
+//! 4 (or older) snapshot.
 //!
 //! # Restore streams
 //! [`Engine::restore`] reads a chunk (`RESTORE_CHUNK_SIZE`) at a time, adds it to the
@@ -79,7 +91,7 @@ use crate::{Account, ConfigError, Engine, EngineConfig};
 /// First eight bytes of every snapshot.
 pub const MAGIC: [u8; 8] = *b"TLLYSNAP";
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// The first format version whose retention index has this build's layout (ten entries with
 /// 16-bit fingerprints per 64-byte bucket): an older file's index is rebuilt, not loaded.
 const INDEX_LAYOUT_VERSION: u32 = 3;

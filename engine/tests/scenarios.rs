@@ -1227,6 +1227,29 @@ fn a_snapshot_restores_into_a_larger_retention_by_rebuilding_its_index() {
     }
 }
 
+/// Version 5 changed what the state hash means, not the layout: a version 4 file (this one's
+/// bytes with its version and checksum changed) is restored as it is, index loaded, its
+/// state hash taken as it stands; a version 6 file is refused.
+#[test]
+fn a_version_4_snapshot_is_restored_as_it_is_and_a_later_one_is_refused() {
+    let (l, bytes) = ledger_past_its_retention();
+    assert_eq!(engine::snapshot::FORMAT_VERSION, 5);
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 5);
+    let as_version = |version: u32| {
+        let mut b = bytes.clone();
+        b[8..12].copy_from_slice(&version.to_le_bytes());
+        let body = b.len() - TRAILER_SIZE;
+        let crc = crc32c::crc32c(&b[..body]);
+        b[body..body + 4].copy_from_slice(&crc.to_le_bytes());
+        b
+    };
+    assert_restores_the_retained_ids(&l, &as_version(4), *l.engine.config());
+    assert!(matches!(
+        Engine::restore(*l.engine.config(), &as_version(6)[..]),
+        Err(SnapshotError::UnsupportedVersion { found: 6 })
+    ));
+}
+
 #[test]
 fn a_version_2_snapshots_index_is_rebuilt_not_loaded() {
     // Version 2 saved the retention index in an older layout (seven entries with 32-bit

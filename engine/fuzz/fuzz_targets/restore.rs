@@ -26,7 +26,7 @@ fn batch(specs: &[TransferSpec]) -> Command<'_> {
 }
 
 /// The `(offset, width)` fields of a record: `head`, then `words` 8-byte fields from
-/// `words_at`, then `tail` (`N` in all). The tables below are the format's (version 4; see
+/// `words_at`, then `tail` (`N` in all). The tables below are the format's (version 5; see
 /// `engine/src/snapshot.rs`).
 const fn fields<const N: usize>(
     head: &[(usize, usize)],

@@ -637,7 +637,7 @@ impl Model {
     }
 }
 
-/// A version 3 snapshot made from a version 4 one: the same, but pending transfer records
+/// A version 3 snapshot made from a current (version 5) one: the same, but pending transfer records
 /// without their last 16 bytes (the creating command's position and log time).
 pub fn as_version_3(bytes: &[u8]) -> Vec<u8> {
     let le64 = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
