@@ -8,13 +8,13 @@
 //! The commands aim at what the two paths could answer differently: transfer ids from a small
 //! pool (duplicates within and across commands), resent transfers with one field changed,
 //! ids crowding one retention index bucket (so that inserts overflow it and an atomic group's
-//! undo must repair its overflow word), a retention of one to nine transfers (ids wrap out
+//! undo must repair its overflow word), a retention of 1, 4, 9 or 24 transfers (ids wrap out
 //! of it), accounts under either balance rule, amounts near `u64::MAX`, unknown accounts,
 //! wrong ledgers, zero ids and amounts, atomic groups failing at every position, pending
 //! transfers opening in the middle of a command (the rest of it switches paths), and
 //! snapshots taken (and copied while commands go on) and restored in the middle.
 //!
-//! `TALLY_PROPTEST_CASES=2000 cargo test -p engine --release --test fast_path_equivalence`
+//! `TALLY_PROPTEST_CASES=5000 cargo test -p engine --release --test fast_path_equivalence`
 //! runs a long version; the default keeps the suite fast.
 
 mod model;
