@@ -642,15 +642,19 @@ fn accounts_created_with_another_ledger_flags_or_code_change_the_state_hash() {
     ]);
 }
 
+/// Creates the external account 1 and accounts 10 and 20, all on ledger 1.
+fn external_and_two_accounts() -> [Command<'static>; 3] {
+    [(1, af::EXTERNAL), (10, 0), (20, 0)].map(|(id, flags)| Command::CreateAccount {
+        id,
+        ledger: 1,
+        flags,
+        code: 0,
+    })
+}
+
 #[test]
 fn transfers_retained_with_another_id_kind_code_or_timeout_change_the_state_hash() {
-    let accounts =
-        [(1, af::EXTERNAL), (10, 0), (20, 0)].map(|(id, flags)| Command::CreateAccount {
-            id,
-            ledger: 1,
-            flags,
-            code: 0,
-        });
+    let accounts = external_and_two_accounts();
     let one = |t: TransferSpec| [t];
     let posted = [
         one(transfer(7, 10, 20, 5)),
@@ -703,13 +707,7 @@ fn transfers_retained_with_another_id_kind_code_or_timeout_change_the_state_hash
 /// and `extra` into one word, `extra` rotated by 32 bits, could not tell apart).
 #[test]
 fn transfers_whose_id_and_code_differ_in_matching_bits_leave_different_hashes() {
-    let accounts =
-        [(1, af::EXTERNAL), (10, 0), (20, 0)].map(|(id, flags)| Command::CreateAccount {
-            id,
-            ledger: 1,
-            flags,
-            code: 0,
-        });
+    let accounts = external_and_two_accounts();
     let high = [transfer((1 << 64) | 7, 10, 20, 5)];
     let coded = [TransferSpec {
         code: 1,

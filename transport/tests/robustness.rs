@@ -452,18 +452,25 @@ fn setup_of(initial_term_id: i32) -> [u8; frame::SETUP_LENGTH] {
     .encode()
 }
 
-#[test]
-fn a_publication_re_created_with_the_same_session_id_is_joined_once_the_old_one_ended() {
-    // A publication with a chosen session id (`Publication::with_session`) ends cleanly and
-    // is opened again: its new stream starts at position 0, below where the old image
-    // ended. It is a new stream (another initial term id, or the same one once a replayed
-    // SETUP could no longer be in flight), not a replay of the old one.
+/// A receiver whose image of the test session delivered two messages and then ended with an
+/// end of stream at 128 (at time 3).
+fn ended_cleanly_at_128() -> Receiver {
     let mut r = receiver();
     r.handle_datagram(1, source(), &data(0, b"a", SESSION));
     r.handle_datagram(2, source(), &data(64, b"b", SESSION));
     r.handle_datagram(3, source(), &end_of_stream_at(128));
     assert_eq!(delivered(&mut r), vec![b"a".to_vec(), b"b".to_vec()]);
     assert_eq!(r.image_count(), 0);
+    r
+}
+
+#[test]
+fn a_publication_re_created_with_the_same_session_id_is_joined_once_the_old_one_ended() {
+    // A publication with a chosen session id (`Publication::with_session`) ends cleanly and
+    // is opened again: its new stream starts at position 0, below where the old image
+    // ended. It is a new stream (another initial term id, or the same one once a replayed
+    // SETUP could no longer be in flight), not a replay of the old one.
+    let mut r = ended_cleanly_at_128();
     // The new publication: a new socket (another port) and a new initial term id.
     let again: SocketAddr = "10.0.0.1:1001".parse().unwrap();
     r.handle_datagram(4, again, &setup_of(77));
@@ -516,12 +523,7 @@ fn a_late_setup_at_the_end_of_a_stream_that_ended_cleanly_opens_no_image() {
     // end of stream closed the image here. The stream it announces is over: an image for it
     // came and went (a spurious Available, then Unavailable a liveness timeout later), and
     // its status messages held the closing publication to its linger.
-    let mut r = receiver();
-    r.handle_datagram(1, source(), &data(0, b"a", SESSION));
-    r.handle_datagram(2, source(), &data(64, b"b", SESSION));
-    r.handle_datagram(3, source(), &end_of_stream_at(128));
-    assert_eq!(delivered(&mut r), vec![b"a".to_vec(), b"b".to_vec()]);
-    assert_eq!(r.image_count(), 0);
+    let mut r = ended_cleanly_at_128();
     let events: Vec<_> = std::iter::from_fn(|| r.poll_event()).collect();
     assert!(matches!(
         events[..],
