@@ -628,12 +628,8 @@ impl Ring {
         Some((offset, records))
     }
 
-    fn push(&mut self, record: Retained) -> u64 {
-        self.push_hashed(record, id_hash(record.id()))
-    }
-
-    /// [`Ring::push`] with `id_hash(record.id())` already computed and the index hint that
-    /// [`Ring::probe`] returned for it (nothing pushed since).
+    /// [`Ring::push_hashed`] with the index hint that [`Ring::probe`] returned for the record's
+    /// id (nothing pushed since).
     #[inline(always)]
     fn push_hinted(&mut self, record: Retained, hash: u64, hint: usize) -> u64 {
         let seq = self.push_unindexed(record);
@@ -642,7 +638,7 @@ impl Ring {
         seq
     }
 
-    /// [`Ring::push`] with `id_hash(record.id())` already computed.
+    /// Appends `record` and indexes it by `hash`, its id's `id_hash`; returns its sequence.
     #[inline]
     fn push_hashed(&mut self, record: Retained, hash: u64) -> u64 {
         let seq = self.push_unindexed(record);
@@ -1076,7 +1072,7 @@ impl Batch<'_> {
             state: TransferState::Posted as u8,
             reserved: [0; 2],
         };
-        self.pushed_hash = pushed_record_hash(self.pushed_hash, &record);
+        self.pushed_hash = pushed_record_hash(self.pushed_hash, k.id, &record);
         self.ring.push_hinted(record, k.id, hint);
         ResultCode::Ok
     }
@@ -1118,16 +1114,16 @@ fn run_posted(
 }
 
 /// Folds what a pushed record holds beyond the balances the reply shows (its id, kind and
-/// `extra`) into `h` (see [`Engine::pushed_hash`]), each field a [`lane`] step of its own: two
-/// fields xor-ed into one word could cancel (id `2^64 + 7` with code 0 and id 7 with code 1
-/// did). The kind cannot share `extra`'s word either: a post's or void's `extra` uses all 64
-/// bits (the settled pending id's hash), so any byte of it can hold anything.
+/// `extra`) into `h` (see [`Engine::pushed_hash`]), each a [`lane`] step of its own (two words
+/// xor-ed into one could cancel: id `2^64 + 7` with code 0 and id 7 with code 1 did). The id
+/// goes in as its index hash `id_hash` (which every push site has at hand): a lane step keeps
+/// a difference in bit 63 alone in bit 63, so the two halves of the id, folded as they are,
+/// cancelled in pairs (ids `2^63` and `2^127` did). `extra`'s and the kind's bit 63 are not
+/// the user's to choose (a transfer's code and timeout lie below it; a post's or void's
+/// `extra` is a hash).
 #[inline(always)]
-fn pushed_record_hash(h: u64, r: &Retained) -> u64 {
-    lane(
-        lane(lane(lane(h, r.id_lo), r.id_hi), r.extra),
-        u64::from(r.kind),
-    )
+fn pushed_record_hash(h: u64, id_hash: u64, r: &Retained) -> u64 {
+    lane(lane(lane(h, id_hash), r.extra), u64::from(r.kind))
 }
 
 enum Undo {
@@ -1234,7 +1230,10 @@ impl std::fmt::Debug for Engine {
 
 /// One cheap step of a hash lane: xor, then multiply by an odd constant (fully mixed later
 /// by [`mix`]). Both are bijections of the lane, so a difference in any one word always
-/// changes the lane, and so the hash.
+/// changes the lane, and so the hash. Not a cryptographic hash: a difference in a word's bit
+/// 63 alone stays in bit 63 through the multiply, so two such differences in one lane cancel
+/// (words a caller may choose freely go in hashed: see [`pushed_record_hash`]; two account
+/// ids or balances differing in bit 63 alone at once go undetected).
 #[inline]
 fn lane(hash: u64, word: u64) -> u64 {
     (hash ^ word).wrapping_mul(0x9fb2_1c65_1e98_df25)
@@ -2224,7 +2223,7 @@ impl Engine {
             } as u8,
             reserved: [0; 2],
         };
-        self.pushed_hash = pushed_record_hash(self.pushed_hash, &record);
+        self.pushed_hash = pushed_record_hash(self.pushed_hash, id_hash, &record);
         let seq = self.ring.push_hinted(record, id_hash, hint);
         if pending {
             let deadline_ns = if timeout_s == 0 {
@@ -2345,8 +2344,9 @@ impl Engine {
             state: TransferState::Posted as u8,
             reserved: [0; 2],
         };
-        self.pushed_hash = pushed_record_hash(self.pushed_hash, &record);
-        self.ring.push(record);
+        let hash = id_hash(id);
+        self.pushed_hash = pushed_record_hash(self.pushed_hash, hash, &record);
+        self.ring.push_hashed(record, hash);
         ResultCode::Ok
     }
 

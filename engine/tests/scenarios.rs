@@ -701,31 +701,41 @@ fn transfers_retained_with_another_id_kind_code_or_timeout_change_the_state_hash
     hashes_after(&refs);
 }
 
-/// Each field of a retained record is hashed on its own: id `2^64 + 7` with code 0 and id 7
-/// with code 1 (the same balances) leave different hashes, though the high word of one id
-/// equals the other's code moved to the low bits (which a hash folding the id's high word
-/// and `extra` into one word, `extra` rotated by 32 bits, could not tell apart).
+/// Each field of a retained record is hashed on its own, and its id through its hash: pairs
+/// of transfers that differ only where a cheap fold could cancel leave different hashes.
+/// - Id `2^64 + 7` with code 0 and id 7 with code 1: the high word of one id equals the
+///   other's code moved to the low bits (a fold of the id's high word and `extra`, rotated by
+///   32 bits, into one word could not tell them apart).
+/// - Ids `2^63` and `2^127`, and a command of ids `2^127 + 1, 2` against one of `1, 2^127 + 2`:
+///   a difference in bit 63 alone survives a lane step's multiply in bit 63 alone, so the id's
+///   two halves folded as they are cancelled in pairs.
 #[test]
-fn transfers_whose_id_and_code_differ_in_matching_bits_leave_different_hashes() {
+fn transfers_whose_ids_and_codes_differ_in_matching_bits_leave_different_hashes() {
     let accounts = external_and_two_accounts();
-    let high = [transfer((1 << 64) | 7, 10, 20, 5)];
-    let coded = [TransferSpec {
-        code: 1,
-        ..transfer(7, 10, 20, 5)
-    }];
-    let variants: Vec<Vec<Command<'_>>> = [&high, &coded]
-        .iter()
-        .map(|t| {
-            let mut v = accounts.to_vec();
-            v.push(Command::Transfers {
-                flags: 0,
-                transfers: &t[..],
-            });
-            v
-        })
-        .collect();
-    let refs: Vec<&[Command<'_>]> = variants.iter().map(|v| &v[..]).collect();
-    hashes_after(&refs);
+    let t = |id: u128| transfer(id, 10, 20, 5);
+    let pairs: [[Vec<TransferSpec>; 2]; 3] = [
+        [
+            vec![t((1 << 64) | 7)],
+            vec![TransferSpec { code: 1, ..t(7) }],
+        ],
+        [vec![t(1 << 63)], vec![t(1 << 127)]],
+        [vec![t((1 << 127) | 1), t(2)], vec![t(1), t((1 << 127) | 2)]],
+    ];
+    for pair in &pairs {
+        let variants: Vec<Vec<Command<'_>>> = pair
+            .iter()
+            .map(|transfers| {
+                let mut v = accounts.to_vec();
+                v.push(Command::Transfers {
+                    flags: 0,
+                    transfers,
+                });
+                v
+            })
+            .collect();
+        let refs: Vec<&[Command<'_>]> = variants.iter().map(|v| &v[..]).collect();
+        hashes_after(&refs);
+    }
 }
 
 /// The session table and the log time are state too (snapshots keep both, retries and
