@@ -1236,8 +1236,8 @@ fn a_snapshot_restores_into_a_larger_retention_by_rebuilding_its_index() {
 }
 
 /// Version 5 changed what the state hash means, not the layout: a version 4 file (this one's
-/// bytes with its version and checksum changed) is restored as it is, index loaded, its
-/// state hash taken as it stands; a version 6 file is refused.
+/// bytes with its version and checksum changed) is restored as it is, its retained ids
+/// answering, its state hash taken as it stands; a version 6 file is refused.
 #[test]
 fn a_version_4_snapshot_is_restored_as_it_is_and_a_later_one_is_refused() {
     let (l, bytes) = ledger_past_its_retention();
