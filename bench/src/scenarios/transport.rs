@@ -7,8 +7,16 @@
 //! (`Config::udp_segmentation`, `Config::udp_coalescing`: a run of equal datagrams goes to the
 //! kernel in one call and comes back in one read), so it can beat the raw baseline, which
 //! sends and reads datagram by datagram as the issue defines it; the datagrams on the wire are
-//! the same. `--no-udp-segmentation --no-udp-coalescing` measures the transport datagram by
-//! datagram too.
+//! the same. So a second raw baseline does what the transport does, with no protocol: runs of
+//! up to 64 datagrams per message (`UDP_SEGMENT`) read coalesced (`UDP_GRO`), same datagram
+//! length (`raw_udp_segmented_*`, `*_ratio_to_raw_udp_segmented`): that ratio is the
+//! protocol's own cost. `--no-udp-segmentation --no-udp-coalescing` measures the transport
+//! datagram by datagram too.
+//!
+//! Byte ratios compare the bytes of the frames delivered (messages delivered whole times
+//! their 96-byte frame: retransmits, duplicates, padding and control frames left out) with
+//! the raw baseline's datagram bytes. Each message delivered is checked to be the one
+//! offered (its length and bytes); one that is not stops the run with an error.
 //!
 //! Round trips have two raw baselines, measured in turn with the transport's. The issue's:
 //! `sendmmsg`/`recvmmsg` of one datagram each (`raw_udp_rtt`, and `rtt_p99_ratio_to_raw_udp`
@@ -47,9 +55,11 @@ const STREAM_ID: i32 = 1;
 /// the kernel's copies into the subscriber's log wait for memory (with 4 MiB terms, 12 MiB
 /// logs, a publisher's offers cost about twice as much CPU per datagram here).
 const TERM_LENGTH: usize = 1024 * 1024;
-const PHASES: [&str; 7] = [
+const PHASES: [&str; 9] = [
     "raw-unicast",
     "raw-multicast",
+    "raw-unicast-segmented",
+    "raw-multicast-segmented",
     "unicast",
     "multicast",
     "raw-rtt",
@@ -164,7 +174,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
                             --rtt-trace FILE (writes every round trip as \
                             'raw|raw-send-recv|transport START_NS RTT_NS', start on one monotonic clock, to find \
                             what makes the tail), --phases a,b (profiling: run only these of raw-unicast, raw-multicast, \
-                            unicast, multicast, raw-rtt, raw-rtt-send-recv, rtt; the others report 0), --no-udp-segmentation \
+                            raw-unicast-segmented, raw-multicast-segmented, unicast, multicast, raw-rtt, \
+                            raw-rtt-send-recv, rtt; the others report 0), --no-udp-segmentation \
                             (the transport sends datagram by datagram, as the raw baseline does), \
                             --no-udp-coalescing (subscriptions read datagram by datagram)"
                 ))
@@ -227,6 +238,32 @@ mod raw {
     use std::os::fd::AsRawFd;
 
     pub const BATCH: usize = 32;
+    /// Largest run of datagrams one segmented send may carry (the kernel's limit, and the
+    /// transport's), and the most bytes it may hold.
+    pub const SEGMENTS_MAX: usize = 64;
+    pub const SEGMENTED_BYTES_MAX: usize = 65_507;
+
+    /// Sets an `int` option at level `SOL_UDP` (`UDP_SEGMENT`, `UDP_GRO`).
+    pub fn set_udp_option(socket: &impl AsRawFd, option: i32, value: i32) -> Result<(), String> {
+        // SAFETY: `value` is a valid int for the call to read, with its length.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_UDP,
+                option,
+                (&value as *const i32).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "setsockopt(SOL_UDP, {option}): {}",
+                std::io::Error::last_os_error()
+            ))
+        }
+    }
 
     /// Sends `BATCH` datagrams of `length` bytes to the socket's connected peer; returns sent.
     pub fn send_batch(socket: &impl AsRawFd, buf: &mut [u8], length: usize) -> usize {
@@ -328,11 +365,15 @@ mod raw {
     }
 }
 
-/// Raw UDP throughput: datagrams/s and bytes/s per receiver.
+/// Raw UDP throughput: datagrams/s and bytes/s per receiver. With `segmented`, the sender
+/// hands the kernel runs of up to 64 datagrams in one message (`UDP_SEGMENT`) and the
+/// receivers read runs coalesced (`UDP_GRO`), as the transport does by default: the same
+/// datagrams on the wire, fewer system calls.
 fn raw_throughput(
     datagram_length: usize,
     receivers: usize,
     seconds: f64,
+    segmented: bool,
 ) -> Result<(f64, f64), String> {
     let port = free_port()?;
     let multicast = receivers > 1;
@@ -351,6 +392,9 @@ fn raw_throughput(
         } else {
             s.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into())
                 .map_err(|e| e.to_string())?;
+        }
+        if segmented {
+            raw::set_udp_option(&s, libc::UDP_GRO, 1)?;
         }
         sockets.push(UdpSocket::from(s));
     }
@@ -371,10 +415,17 @@ fn raw_throughput(
         s.set_multicast_loop_v4(true).map_err(|e| e.to_string())?;
         s.connect(&SocketAddr::from((target, port)).into())
             .map_err(|e| e.to_string())?;
-        let mut buf = vec![7u8; datagram_length];
+        // Datagrams per message handed to the kernel.
+        let run = if segmented {
+            raw::set_udp_option(&s, libc::UDP_SEGMENT, datagram_length as i32)?;
+            (raw::SEGMENTED_BYTES_MAX / datagram_length).clamp(1, raw::SEGMENTS_MAX)
+        } else {
+            1
+        };
+        let mut buf = vec![7u8; datagram_length * run];
         let (cpu0, mut sent) = (thread_cpu_ns(), 0u64);
         while !stop2.load(Ordering::Relaxed) {
-            sent += raw::send_batch(&s, &mut buf, datagram_length) as u64;
+            sent += (raw::send_batch(&s, &mut buf, datagram_length * run) * run) as u64;
         }
         eprintln!(
             "bench transport: raw sender datagrams={sent} cpu_ns_per_datagram={:.0}",
@@ -383,7 +434,12 @@ fn raw_throughput(
         Ok(())
     });
     pin_to(1);
-    let slot = datagram_length.max(2048);
+    // A coalesced read can be as long as the longest segmented send.
+    let slot = if segmented {
+        65_536
+    } else {
+        datagram_length.max(2048)
+    };
     let mut bufs = vec![0u8; raw::BATCH * slot];
     let warm = Instant::now() + Duration::from_millis(200);
     while Instant::now() < warm {
@@ -406,7 +462,8 @@ fn raw_throughput(
         let mut work = 0;
         for (i, s) in sockets.iter().enumerate() {
             let (n, b) = raw::recv_batch(s, &mut bufs, slot);
-            datagrams[i] += n;
+            // Every datagram has the same length, so a coalesced read holds b / length.
+            datagrams[i] += if segmented { b / datagram_length } else { n };
             bytes[i] += b;
             work += n;
         }
@@ -513,13 +570,8 @@ fn raw_rtt(
 
 // ---------------------------------------------------------------- transport
 
-/// Transport throughput of 64-byte messages: (messages/s per receiver, min over receivers;
-/// wire bytes/s per receiver).
-fn transport_throughput(
-    setup: Setup,
-    receivers: usize,
-    seconds: f64,
-) -> Result<(f64, f64), String> {
+/// Transport throughput of 64-byte messages per receiver, the slowest receiver's.
+fn transport_throughput(setup: Setup, receivers: usize, seconds: f64) -> Result<Rate, String> {
     let mtu = setup.0;
     let port = free_port()?;
     let channel = if receivers > 1 {
@@ -598,6 +650,7 @@ fn transport_throughput(
     });
     pin_to(1);
     let mut counts = vec![0u64; receivers];
+    let mut malformed = 0u64;
     let wire = |subs: &[Subscription]| -> Vec<u64> {
         subs.iter()
             .map(|s| s.counters().get(transport::CounterId::BytesReceived))
@@ -617,8 +670,19 @@ fn transport_throughput(
             let mut work = 0;
             for (i, s) in subs.iter_mut().enumerate() {
                 work += s.do_work(now);
-                let c = &mut counts[i];
-                work += s.poll(|_, _| *c += 1, 4096);
+                let (c, bad) = (&mut counts[i], &mut malformed);
+                work += s.poll(
+                    |m, _| {
+                        // Every message offered is MESSAGE_LENGTH bytes of 42s: count only
+                        // those that arrive so.
+                        if m.len() == MESSAGE_LENGTH && m[0] == 42 && m[MESSAGE_LENGTH - 1] == 42 {
+                            *c += 1;
+                        } else {
+                            *bad += 1;
+                        }
+                    },
+                    4096,
+                );
             }
             rx_cycles += 1;
             rx_idle += u64::from(work == 0);
@@ -678,13 +742,40 @@ fn transport_throughput(
     }
     stop.store(true, Ordering::Relaxed);
     publisher.join().map_err(|_| "publisher panicked")??;
+    if malformed > 0 {
+        return Err(format!(
+            "the transport delivered {malformed} messages other than the ones offered"
+        ));
+    }
     let msgs = (0..receivers)
         .map(|i| (counts[i] - c0[i]) as f64 / elapsed)
         .fold(f64::INFINITY, f64::min);
-    let bytes = (0..receivers)
+    let wire_bytes = (0..receivers)
         .map(|i| (w1[i] - w0[i]) as f64 / elapsed)
         .fold(f64::INFINITY, f64::min);
-    Ok((msgs, bytes))
+    Ok(Rate {
+        msgs,
+        delivered_bytes: msgs * frame_length() as f64,
+        wire_bytes,
+    })
+}
+
+/// The length of one 64-byte message's frame: header and message, aligned.
+fn frame_length() -> usize {
+    (MESSAGE_LENGTH + frame::DATA_HEADER_LENGTH).div_ceil(frame::FRAME_ALIGNMENT)
+        * frame::FRAME_ALIGNMENT
+}
+
+/// A transport throughput figure, per receiver (the slowest's).
+#[derive(Clone, Copy)]
+struct Rate {
+    /// Messages delivered whole per second.
+    msgs: f64,
+    /// Their frames' bytes per second (header and message, aligned): what the datagrams
+    /// carried that was delivered, retransmits, duplicates and control frames left out.
+    delivered_bytes: f64,
+    /// Every byte the subscription read per second (the `BytesReceived` counter).
+    wire_bytes: f64,
 }
 
 /// Transport ping-pong: round trips of one 64-byte message, in nanoseconds.
@@ -829,7 +920,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         .validate()
         .map_err(|e| format!("--mtu {} --term-length {}: {e}", o.mtu, o.term_length))?;
     // A full datagram of 64-byte messages: each frame is 96 bytes (32-byte header).
-    let frame = (MESSAGE_LENGTH + 32).div_ceil(32) * 32;
+    let frame = frame_length();
     let datagram = o.mtu / frame * frame;
 
     let phase = |name: &str| eprintln!("bench transport: {name}");
@@ -846,6 +937,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut uni = Vec::new();
     let mut raw_multi = Vec::new();
     let mut multi = Vec::new();
+    let (mut raw_uni_seg, mut raw_multi_seg) = (Vec::new(), Vec::new());
     let mut raw_h = empty()?;
     let mut raw_sr_h = empty()?;
     let mut tr_h = empty()?;
@@ -857,16 +949,28 @@ pub fn run(args: &[String]) -> Result<(), String> {
             o.runs(key)
         };
         if step("raw-unicast", "raw UDP unicast throughput") {
-            raw_uni.push(raw_throughput(datagram, 1, slice)?);
+            raw_uni.push(raw_throughput(datagram, 1, slice, false)?);
         }
         if step("unicast", "transport unicast throughput") {
             uni.push(transport_throughput(o.setup(), 1, slice)?);
         }
+        if step(
+            "raw-unicast-segmented",
+            "raw UDP unicast throughput, segmented",
+        ) {
+            raw_uni_seg.push(raw_throughput(datagram, 1, slice, true)?);
+        }
         if step("raw-multicast", "raw UDP multicast throughput") {
-            raw_multi.push(raw_throughput(datagram, 2, slice)?);
+            raw_multi.push(raw_throughput(datagram, 2, slice, false)?);
         }
         if step("multicast", "transport multicast throughput") {
             multi.push(transport_throughput(o.setup(), 2, slice)?);
+        }
+        if step(
+            "raw-multicast-segmented",
+            "raw UDP multicast throughput, segmented",
+        ) {
+            raw_multi_seg.push(raw_throughput(datagram, 2, slice, true)?);
         }
         for (key, what, calls, h, trace) in [
             (
@@ -915,10 +1019,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
             .sum::<f64>()
             / v.len().max(1) as f64
     };
-    let ratios = |t: &[(f64, f64)], r: &[(f64, f64)]| -> Vec<f64> {
+    let mean_of =
+        |v: &[Rate], f: fn(&Rate) -> f64| v.iter().map(f).sum::<f64>() / v.len().max(1) as f64;
+    // Delivered bytes against the raw baseline's bytes, round by round.
+    let ratios = |t: &[Rate], r: &[(f64, f64)]| -> Vec<f64> {
         t.iter()
             .zip(r)
-            .map(|(t, r)| (t.1 / r.1 * 1000.0).round() / 1000.0)
+            .map(|(t, r)| (t.delivered_bytes / r.1 * 1000.0).round() / 1000.0)
             .collect()
     };
     let median = |mut v: Vec<f64>| -> f64 {
@@ -935,10 +1042,17 @@ pub fn run(args: &[String]) -> Result<(), String> {
     };
     let (raw_uni_dgrams, raw_uni_bytes) = (mean(&raw_uni, false), mean(&raw_uni, true));
     let (raw_multi_dgrams, raw_multi_bytes) = (mean(&raw_multi, false), mean(&raw_multi, true));
-    let (uni_msgs, uni_bytes) = (mean(&uni, false), mean(&uni, true));
-    let (multi_msgs, multi_bytes) = (mean(&multi, false), mean(&multi, true));
+    let (raw_uni_seg_bytes, raw_multi_seg_bytes) =
+        (mean(&raw_uni_seg, true), mean(&raw_multi_seg, true));
+    let (uni_msgs, uni_bytes) = (mean_of(&uni, |r| r.msgs), mean_of(&uni, |r| r.wire_bytes));
+    let (multi_msgs, multi_bytes) = (
+        mean_of(&multi, |r| r.msgs),
+        mean_of(&multi, |r| r.wire_bytes),
+    );
     let uni_ratios = ratios(&uni, &raw_uni);
     let multi_ratios = ratios(&multi, &raw_multi);
+    let uni_seg_ratios = ratios(&uni, &raw_uni_seg);
+    let multi_seg_ratios = ratios(&multi, &raw_multi_seg);
     let p99 = |h: &Histogram<u64>| h.value_at_quantile(0.99) as f64 / 1000.0;
     let (raw_slow, raw_sr_slow, tr_slow) = (
         slow_round_trips(&raw_trace),
@@ -967,6 +1081,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "multicast_msgs_per_s": multi_msgs.round(),
         "unicast_wire_bytes_per_s": uni_bytes.round(),
         "multicast_wire_bytes_per_s": multi_bytes.round(),
+        "unicast_delivered_bytes_per_s": mean_of(&uni, |r| r.delivered_bytes).round(),
+        "multicast_delivered_bytes_per_s": mean_of(&multi, |r| r.delivered_bytes).round(),
         "raw_udp_unicast_datagrams_per_s": raw_uni_dgrams.round(),
         "raw_udp_unicast_bytes_per_s": raw_uni_bytes.round(),
         "raw_udp_multicast_datagrams_per_s": raw_multi_dgrams.round(),
@@ -975,6 +1091,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "multicast_throughput_ratio_to_raw_udp": median(multi_ratios.clone()),
         "throughput_ratio_to_raw_udp_per_round": uni_ratios,
         "multicast_throughput_ratio_to_raw_udp_per_round": multi_ratios,
+        "raw_udp_segmented_unicast_bytes_per_s": raw_uni_seg_bytes.round(),
+        "raw_udp_segmented_multicast_bytes_per_s": raw_multi_seg_bytes.round(),
+        "throughput_ratio_to_raw_udp_segmented": median(uni_seg_ratios.clone()),
+        "multicast_throughput_ratio_to_raw_udp_segmented": median(multi_seg_ratios.clone()),
+        "throughput_ratio_to_raw_udp_segmented_per_round": uni_seg_ratios,
+        "multicast_throughput_ratio_to_raw_udp_segmented_per_round": multi_seg_ratios,
         "rounds": rounds,
         "rtt_p99_us": p99(&tr_h),
         "raw_udp_rtt_p99_us": p99(&raw_h),
