@@ -5,10 +5,15 @@
 //! Set-up (untimed): `--accounts N` accounts with `debits_must_not_exceed_credits` on one
 //! ledger, each funded by a deposit from the external account. A pool of `--pool` transfers is
 //! encoded once, `--batch` per command, and applied pass after pass (the ids of each pass are
-//! rewritten between passes, untimed, so every transfer is new): first `--warmup` transfers
-//! untimed (by default as many as the engine retains, so that the retention ring is full and
-//! its pages mapped), then `--transfers` timed in wall and thread-CPU seconds: the steady
-//! state, where every new transfer also evicts the oldest. Memory per account is the growth
+//! rewritten between passes, untimed, so every transfer is new): first a warm-up, untimed, then
+//! `--transfers` timed in wall and thread-CPU seconds. By default the warm-up runs until
+//! `--retained` of its transfers have succeeded (failed ones are not retained, so that is
+//! about `--retained` / 0.9 transfers): the retention ring is then full of the warm-up's
+//! transfers and its pages mapped, and the timed run is the steady state, where every new
+//! transfer also evicts the oldest (the bench stops if the ring does not hold `--retained`
+//! records). `--warmup N` applies exactly N transfers instead, whatever the ring then holds.
+//! `warmup_transfers` is the count the warm-up applied, `retained_at_timed_start` the records
+//! the ring held when the timing began. Memory per account is the growth
 //! of anonymous RSS while the accounts are created (before any transfer), so it counts
 //! the account table, its index and its listing orders but not the retention tables sized by
 //! `transfers_retained_max`. `list_page_us`: the mean time of a full `ListAccounts` page on the
@@ -73,7 +78,9 @@ struct Options {
     pool: u64,
     batch: usize,
     retained: u32,
-    warmup: u64,
+    /// Untimed transfers before the timed run; `None`: until the retention ring is full (see
+    /// [`warm_up_until_retained`]).
+    warmup: Option<u64>,
     json: bool,
 }
 
@@ -84,10 +91,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
         pool: 2_000_000,
         batch: 256,
         retained: EngineConfig::default().transfers_retained_max,
-        warmup: 0,
+        warmup: None,
         json: false,
     };
-    let mut warmup = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut number = |name: &str| -> Result<u64, String> {
@@ -103,12 +109,13 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--pool" => o.pool = number("--pool")?,
             "--batch" => o.batch = number("--batch")? as usize,
             "--retained" => o.retained = number("--retained")? as u32,
-            "--warmup" => warmup = Some(number("--warmup")?),
+            "--warmup" => o.warmup = Some(number("--warmup")?),
             "--help" | "-h" => {
                 println!(
                     "bench engine [--accounts N (10000)] [--transfers N (20000000)] [--pool N (2000000)]\n\
                      \x20            [--batch N (256, max {})] [--retained N (engine default)]\n\
-                     \x20            [--warmup N (untimed transfers first; default: --retained)] [--json]",
+                     \x20            [--warmup N (untimed transfers first; default: until --retained succeeded)]\n\
+                     \x20            [--json]",
                     engine::TRANSFERS_PER_COMMAND_MAX
                 );
                 std::process::exit(0);
@@ -130,7 +137,6 @@ fn parse(args: &[String]) -> Result<Options, String> {
             engine::TRANSFERS_PER_COMMAND_MAX
         ));
     }
-    o.warmup = warmup.unwrap_or(u64::from(o.retained));
     if o.pool == 0 || o.transfers == 0 {
         return Err("--pool and --transfers must be positive".into());
     }
@@ -381,6 +387,63 @@ fn run_rounds(
     Ok(s)
 }
 
+/// The default warm-up: applies the pool the way [`run_rounds`] does (fresh ids each pass),
+/// looking at every result, until `target` of these transfers have succeeded. Failed transfers
+/// are not retained (about 10 % of the pool), so `target` transfers would leave the ring about
+/// 90 % full; with `target` successes it holds `target` records of the warm-up's own, every
+/// record the first timed transfer finds is one of them, and every timed transfer evicts.
+fn warm_up_until_retained(
+    target: u64,
+    e: &mut Engine,
+    pool: &mut Encoded,
+    clock: &mut Clock,
+    reply: &mut [u8],
+    round: &mut u64,
+) -> Result<Stretch, String> {
+    let mut s = Stretch {
+        applied: 0,
+        sampled: 0,
+        failed: 0,
+        elapsed_s: 0.0,
+        cpu_s: 0.0,
+        pass_rates: Vec::new(),
+    };
+    let mut succeeded = 0u64;
+    while succeeded < target {
+        *round += 1;
+        set_round(pool, *round);
+        let (applied_before, succeeded_before) = (s.applied, succeeded);
+        let t0 = Instant::now();
+        let cpu0 = thread_cpu_s();
+        for &(start, end) in &pool.ranges {
+            if succeeded >= target {
+                break;
+            }
+            let n = e.apply(&clock.next(), &pool.bytes[start..end], reply);
+            s.applied += ((end - start - 14) / 52) as u64;
+            let r =
+                CommandReplyDecoder::wrap_with_header(&reply[..n]).map_err(|e| e.to_string())?;
+            for x in r.results().map_err(|e| e.to_string())? {
+                s.sampled += 1;
+                match x.result_raw() {
+                    OK => succeeded += 1,
+                    INSUFFICIENT_FUNDS => s.failed += 1,
+                    other => return Err(unexpected_result(other)),
+                }
+            }
+        }
+        if succeeded == succeeded_before {
+            return Err("the warm-up: no transfer of a whole pass over the pool succeeded".into());
+        }
+        let elapsed_s = t0.elapsed().as_secs_f64();
+        s.pass_rates
+            .push((s.applied - applied_before) as f64 / elapsed_s.max(1e-9));
+        s.elapsed_s += elapsed_s;
+        s.cpu_s += thread_cpu_s() - cpu0;
+    }
+    Ok(s)
+}
+
 /// Mean time of a full `ListAccounts` page (the most accounts a page holds, on the accounts'
 /// ledger, after a pseudo-random id), in microseconds: the stall of the engine thread that
 /// answers it.
@@ -617,12 +680,28 @@ pub fn run(args: &[String]) -> Result<(), String> {
     fund(&o, &mut e, &mut clock, &mut reply)?;
     let list_page_us = list_page_us(&e, o.accounts);
 
-    // Warm-up (untimed): fill the retention ring so that the timed run is the steady state,
-    // where every new transfer also evicts the oldest, and the ring's pages are mapped.
+    // Warm-up (untimed): by default, fill the retention ring so that the timed run is the
+    // steady state, where every new transfer also evicts the oldest, and the ring's pages are
+    // mapped; `--warmup N`: N transfers, whatever the ring then holds.
     let mut round = 0u64;
-    let warmup = run_rounds(
-        o.warmup, &mut e, &mut pool, &mut clock, &mut reply, &mut round,
-    )?;
+    let warmup = match o.warmup {
+        Some(n) => run_rounds(n, &mut e, &mut pool, &mut clock, &mut reply, &mut round)?,
+        None => warm_up_until_retained(
+            u64::from(o.retained),
+            &mut e,
+            &mut pool,
+            &mut clock,
+            &mut reply,
+            &mut round,
+        )?,
+    };
+    let retained_at_start = e.retained_count();
+    if o.warmup.is_none() && retained_at_start != u64::from(o.retained) {
+        return Err(format!(
+            "the warm-up left {retained_at_start} retained transfers, not {}",
+            o.retained
+        ));
+    }
     let load_before = load_average();
     let host_before = host_lookups_per_s();
     let timed = run_rounds(
@@ -679,14 +758,20 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let v = json!({
         "scenario": "engine",
         "command": format!(
-            "cargo run --release -p bench -- engine --accounts {} --transfers {} --warmup {} --pool {} --batch {} --retained {} --json",
-            o.accounts, o.transfers, o.warmup, o.pool, o.batch, o.retained
+            "cargo run --release -p bench -- engine --accounts {} --transfers {}{} --pool {} --batch {} --retained {} --json",
+            o.accounts,
+            o.transfers,
+            o.warmup.map_or(String::new(), |n| format!(" --warmup {n}")),
+            o.pool,
+            o.batch,
+            o.retained
         ),
         "machine": machine,
         "pinned_core": if pinned { json!(1) } else { json!(null) },
         "accounts": o.accounts,
         "transfers": timed.applied,
         "warmup_transfers": warmup.applied,
+        "retained_at_timed_start": retained_at_start,
         "warmup_throughput_per_s": (warmup.applied as f64 / warmup.elapsed_s.max(1e-9)).round(),
         "batch": o.batch,
         "transfers_retained_max": o.retained,
