@@ -13,10 +13,14 @@
 //! transfer also evicts the oldest (the bench stops if the ring does not hold `--retained`
 //! records). `--warmup N` applies exactly N transfers instead, whatever the ring then holds.
 //! `warmup_transfers` is the count the warm-up applied, `retained_at_timed_start` the records
-//! the ring held when the timing began. Memory per account is the growth
-//! of anonymous RSS while the accounts are created (before any transfer), so it counts
+//! the ring held when the timing began. Memory per account (`bytes_per_account`) is the
+//! growth of anonymous RSS while the accounts are created (before any transfer), so it counts
 //! the account table, its index and its listing orders but not the retention tables sized by
-//! `transfers_retained_max`. `list_page_us`: the mean time of a full `ListAccounts` page on the
+//! `transfers_retained_max`; its increasing ids fill the listing orders' blocks completely.
+//! `bytes_per_account_random_ids` is the same growth while as many accounts are created with
+//! pseudo-random ids on four ledgers (`create_random_ids_us`), where blocks split and stay
+//! partly empty; it is measured in a child process (see `random_ids_bytes_per_account`), so
+//! that its fresh engine gets memory from the allocator as the set-up's did. `list_page_us`: the mean time of a full `ListAccounts` page on the
 //! accounts' ledger (256 accounts after a pseudo-random id), which the engine thread answers
 //! between commands. `account_create_us`: the set-up's mean time per account (increasing
 //! ids); `account_create_random_ids_us`: the same in a fresh engine for pseudo-random ids on
@@ -88,6 +92,9 @@ struct Options {
     pool: u64,
     batch: usize,
     retained: u32,
+    /// Only print `create_random_ids_us`'s bytes per account (see
+    /// [`random_ids_bytes_per_account`]).
+    random_ids_rss_only: bool,
     /// Untimed transfers before the timed run; `None`: until the retention ring is full (see
     /// [`warm_up_until_retained`]).
     warmup: Option<u64>,
@@ -102,6 +109,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         batch: 256,
         retained: EngineConfig::default().transfers_retained_max,
         warmup: None,
+        random_ids_rss_only: false,
         json: false,
     };
     let mut it = args.iter();
@@ -114,6 +122,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         };
         match a.as_str() {
             "--json" => o.json = true,
+            RANDOM_IDS_RSS_OPTION => o.random_ids_rss_only = true,
             "--accounts" => o.accounts = number("--accounts")?,
             "--transfers" => o.transfers = number("--transfers")?,
             "--pool" => o.pool = number("--pool")?,
@@ -473,8 +482,12 @@ fn list_page_us(e: &Engine, accounts: u64) -> f64 {
 /// Mean time to create an account with a pseudo-random id (`CreateAccount` commands, encoded
 /// as they go), for `--accounts` accounts on four ledgers in a fresh engine with the same
 /// account capacity: the listing orders then place each one at random, where the set-up's
-/// increasing ids (`account_create_us`) append.
-fn create_random_ids_us(o: &Options, config: EngineConfig) -> Result<f64, String> {
+/// increasing ids (`account_create_us`) append. Also returns the growth of anonymous RSS per
+/// account from before the engine is made to after the last account, as for
+/// `bytes_per_account` (see [`rss_bytes`]); meaningful only in a process that has freed
+/// nothing large yet (see [`random_ids_bytes_per_account`]).
+fn create_random_ids_us(o: &Options, config: EngineConfig) -> Result<(f64, f64), String> {
+    let rss_before = rss_bytes();
     let mut e = Engine::new(EngineConfig {
         transfers_retained_max: 1_024,
         ..config
@@ -499,7 +512,40 @@ fn create_random_ids_us(o: &Options, config: EngineConfig) -> Result<f64, String
             return Err(format!("creating account {} failed", x | 1));
         }
     }
-    Ok(t0.elapsed().as_secs_f64() * 1e6 / o.accounts.max(1) as f64)
+    let create_us = t0.elapsed().as_secs_f64() * 1e6 / o.accounts.max(1) as f64;
+    let bytes = rss_bytes().saturating_sub(rss_before) as f64 / o.accounts.max(1) as f64;
+    Ok((create_us, bytes))
+}
+
+/// Hidden option: the child process of [`random_ids_bytes_per_account`].
+const RANDOM_IDS_RSS_OPTION: &str = "--random-ids-rss-only";
+
+/// `bytes_per_account_random_ids`: [`create_random_ids_us`]'s anonymous-RSS growth per
+/// account, measured in a child process (this binary, `engine --accounts N
+/// --random-ids-rss-only`) that makes that engine first. At the end of this process the
+/// measurement would not count what it should: the snapshot phase has freed engines' worth of
+/// memory, which the allocator hands out again, either still resident (uncounted) or, in heap
+/// ranges advised for huge pages by a freed table, in whole 2 MiB pages (overcounted:
+/// 2,200 bytes per account instead of about 100 at 10,000 accounts).
+fn random_ids_bytes_per_account(o: &Options) -> Result<f64, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("this binary's path: {e}"))?;
+    let out = std::process::Command::new(&exe)
+        .args([
+            "engine",
+            "--accounts",
+            &o.accounts.to_string(),
+            RANDOM_IDS_RSS_OPTION,
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{}: {e}", exe.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("the random-ids RSS child failed ({})", out.status));
+    }
+    text.trim()
+        .parse()
+        .map_err(|_| format!("the random-ids RSS child printed '{}'", text.trim()))
 }
 
 /// `{min, median, max, passes}` of per-pass rates, rounded.
@@ -718,6 +764,14 @@ fn load_average() -> f64 {
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
+    if o.random_ids_rss_only {
+        let config = EngineConfig {
+            accounts_max: u32::try_from(o.accounts + 1).map_err(|_| "--accounts too large")?,
+            ..EngineConfig::default()
+        };
+        println!("{}", create_random_ids_us(&o, config)?.1);
+        return Ok(());
+    }
     // Before pinning: pinning narrows what `available_parallelism` reports.
     let machine = machine();
     let pinned = pin_to(1);
@@ -828,7 +882,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let _ = std::fs::remove_file(&path);
     let incremental = incremental_snapshot(&mut e, &mut pool, &mut clock, &mut reply, &mut round)?;
     let streamed_s = streamed_snapshot(&mut e, &path)?;
-    let create_random_us = create_random_ids_us(&o, config)?;
+    let (create_random_us, _) = create_random_ids_us(&o, config)?;
+    let bytes_per_account_random = random_ids_bytes_per_account(&o)?;
 
     let v = json!({
         "scenario": "engine",
@@ -860,6 +915,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "host_lookups_per_s": [host_before.round(), host_after.round()],
         "peak_rss_bytes": peak_rss,
         "bytes_per_account": bytes_per_account.round(),
+        "bytes_per_account_random_ids": bytes_per_account_random.round(),
         "list_page_us": (list_page_us * 100.0).round() / 100.0,
         "account_create_us": (create_us * 1000.0).round() / 1000.0,
         "account_create_random_ids_us": (create_random_us * 1000.0).round() / 1000.0,
