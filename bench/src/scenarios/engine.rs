@@ -48,6 +48,14 @@
 //! `snapshot_steps`, `snapshot_copy_ms`: see `incremental_snapshot`), and the node's streamed
 //! write of one, the whole thing from `freeze_begin` to the file synced, copying and writing
 //! overlapped (`snapshot_streamed_write_ms`: see `streamed_snapshot`).
+//! `peak_rss_bytes` is the process's peak resident set (`VmHWM`: anonymous and file-backed,
+//! so the binary's code too) from its start to the end of the timed run and the host check
+//! after it: the engine through set-up, warm-up and timed run, plus the bench's own memory
+//! (the encoded pool, about 52 bytes per `--pool` transfer, and the host check's 40 MiB of
+//! tables, freed after each check); nothing of the snapshot phase. `peak_rss_end_bytes` is
+//! the same peak read at the very end of the run, after the snapshots and restores (a frozen
+//! copy as large as the state beside the engine, each restored engine beside the original,
+//! one at a time) and `create_random_ids_us`'s engine (not its child process's).
 //! `throughput_per_cpu_s` divides by this thread's CPU time; `load_average_1m` and
 //! `host_lookups_per_s` (a fixed piece of work, random look-ups in a table of a million keys:
 //! see `host_lookups_per_s`) are measured before and after the timed run: the machine is
@@ -884,6 +892,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let streamed_s = streamed_snapshot(&mut e, &path)?;
     let (create_random_us, _) = create_random_ids_us(&o, config)?;
     let bytes_per_account_random = random_ids_bytes_per_account(&o)?;
+    let peak_rss_end = peak_rss_bytes();
 
     let v = json!({
         "scenario": "engine",
@@ -914,6 +923,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "load_average_1m": [load_before, load_after],
         "host_lookups_per_s": [host_before.round(), host_after.round()],
         "peak_rss_bytes": peak_rss,
+        "peak_rss_end_bytes": peak_rss_end,
         "bytes_per_account": bytes_per_account.round(),
         "bytes_per_account_random_ids": bytes_per_account_random.round(),
         "list_page_us": (list_page_us * 100.0).round() / 100.0,
