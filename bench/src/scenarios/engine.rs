@@ -975,4 +975,28 @@ mod tests {
         assert_eq!(ids.len(), 44);
         assert_eq!(ids[0], (257, 3));
     }
+
+    #[test]
+    fn the_default_warm_up_fills_the_retention_ring() {
+        let args = ["--accounts", "2000", "--pool", "300", "--retained", "5000"];
+        let o = parse(&args.map(String::from)).unwrap();
+        assert_eq!(o.warmup, None);
+        let config = EngineConfig {
+            accounts_max: 2001,
+            transfers_retained_max: o.retained,
+            ..EngineConfig::default()
+        };
+        let mut e = Engine::new(config).unwrap();
+        let (mut clock, mut reply) = (Clock { position: 0 }, vec![0u8; REPLY_LEN_MAX]);
+        setup(&o, &mut e, &mut clock, &mut reply).unwrap();
+        fund(&o, &mut e, &mut clock, &mut reply).unwrap();
+        let mut pool = encode_pool(&o).unwrap();
+        let mut round = 0;
+        let s = warm_up_until_retained(5000, &mut e, &mut pool, &mut clock, &mut reply, &mut round)
+            .unwrap();
+        assert_eq!(e.retained_count(), 5000);
+        // About a tenth fail and are not retained, so more than 5,000 were applied.
+        assert!(s.applied > 5250 && s.failed > 250, "{} applied", s.applied);
+        assert_eq!(s.sampled, s.applied);
+    }
 }
