@@ -5,13 +5,22 @@
 //! Set-up (untimed): `--accounts N` accounts with `debits_must_not_exceed_credits` on one
 //! ledger, each funded by a deposit from the external account. A pool of `--pool` transfers is
 //! encoded once, `--batch` per command, and applied pass after pass (the ids of each pass are
-//! rewritten between passes, untimed, so every transfer is new): first `--warmup` transfers
-//! untimed (by default as many as the engine retains, so that the retention ring is full and
-//! its pages mapped), then `--transfers` timed in wall and thread-CPU seconds: the steady
-//! state, where every new transfer also evicts the oldest. Memory per account is the growth
-//! of anonymous RSS while the accounts are created (before any transfer), so it counts
+//! rewritten between passes, untimed, so every transfer is new): first a warm-up, untimed, then
+//! `--transfers` timed in wall and thread-CPU seconds. By default the warm-up runs until
+//! `--retained` of its transfers have succeeded (failed ones are not retained, so that is
+//! about `--retained` / 0.9 transfers): the retention ring is then full of the warm-up's
+//! transfers and its pages mapped, and the timed run is the steady state, where every new
+//! transfer also evicts the oldest (the bench stops if the ring does not hold `--retained`
+//! records). `--warmup N` applies exactly N transfers instead, whatever the ring then holds.
+//! `warmup_transfers` is the count the warm-up applied, `retained_at_timed_start` the records
+//! the ring held when the timing began. Memory per account (`bytes_per_account`) is the
+//! growth of anonymous RSS while the accounts are created (before any transfer), so it counts
 //! the account table, its index and its listing orders but not the retention tables sized by
-//! `transfers_retained_max`. `list_page_us`: the mean time of a full `ListAccounts` page on the
+//! `transfers_retained_max`; its increasing ids fill the listing orders' blocks completely.
+//! `bytes_per_account_random_ids` is the same growth while as many accounts are created with
+//! pseudo-random ids on four ledgers (`create_random_ids_us`), where blocks split and stay
+//! partly empty; it is measured in a child process (see `random_ids_bytes_per_account`), so
+//! that its fresh engine gets memory from the allocator as the set-up's did. `list_page_us`: the mean time of a full `ListAccounts` page on the
 //! accounts' ledger (256 accounts after a pseudo-random id), which the engine thread answers
 //! between commands. `account_create_us`: the set-up's mean time per account (increasing
 //! ids); `account_create_random_ids_us`: the same in a fresh engine for pseudo-random ids on
@@ -20,15 +29,33 @@
 //! Snapshot (after the timed run): a first `freeze` into a fresh copy (`snapshot_freeze_ms`,
 //! pays for mapping the copy's pages) and, once that copy is dropped, a second one that reuses
 //! its buffers (`snapshot_refreeze_ms`, what a node snapshotting periodically pays: the only
-//! time the engine is held); the first copy written to a temp file the way the node writes
-//! one, through `sequencer::snapshots::Writeback` (a 1 MiB buffer, writeback started every
-//! 16 MiB; `snapshot_write_no_fsync_ms` up to the last `write`, `snapshot_write_ms` including
-//! `fsync`); then `Engine::restore` streaming from that file (in the page cache) into a new
-//! engine, checked to have the same position and state hash (`snapshot_restore_ms`). Last,
-//! the snapshot a node takes, copied while commands go on (`snapshot_begin_ms`, the only
-//! hold, and `snapshot_step_max_us`, `snapshot_steps`, `snapshot_copy_ms`: see
-//! `incremental_snapshot`), and the node's streamed write of one, from its start to the file
-//! synced (`snapshot_streamed_write_ms`: see `streamed_snapshot`).
+//! time the engine is held). The first copy, already made, is written to a temp file the way
+//! the node writes one, through `sequencer::snapshots::Writeback` (a 1 MiB buffer, writeback
+//! started every 16 MiB): `snapshot_write_no_fsync_ms` up to the last `write`,
+//! `snapshot_write_ms` including `fsync`. Both time only the write of a copy already made
+//! (making it is `snapshot_freeze_ms`), so neither is the time to write a snapshot: that is
+//! `snapshot_streamed_write_ms` below, the figure to compare with "written in ≤ 1 s". Then
+//! `Engine::restore` streams that file into a new engine twice, each checked to reach the
+//! same position and state hash: `snapshot_restore_ms` warm, the file just written and so in
+//! the page cache (no disk read: restore's own cost), and `snapshot_restore_cold_ms` cold,
+//! into another fresh engine after the file's pages were dropped from the page cache
+//! (`posix_fadvise(POSIX_FADV_DONTNEED)`; the file is synced, so every page is clean and
+//! droppable), so that restore reads the disk as after a reboot. `snapshot_cold_resident_fraction`
+//! is the fraction of the file's pages still cached when the cold restore starts (`mincore`;
+//! the bench stops above 1 %). Cold for this machine's page cache only: a virtual machine's
+//! disk may still be cached by its host. Last, the snapshot a node takes, copied while
+//! commands go on (`snapshot_begin_ms`, the only hold, and `snapshot_step_max_us`,
+//! `snapshot_steps`, `snapshot_copy_ms`: see `incremental_snapshot`), and the node's streamed
+//! write of one, the whole thing from `freeze_begin` to the file synced, copying and writing
+//! overlapped (`snapshot_streamed_write_ms`: see `streamed_snapshot`).
+//! `peak_rss_bytes` is the process's peak resident set (`VmHWM`: anonymous and file-backed,
+//! so the binary's code too) from its start to the end of the timed run and the host check
+//! after it: the engine through set-up, warm-up and timed run, plus the bench's own memory
+//! (the encoded pool, about 52 bytes per `--pool` transfer, and the host check's 40 MiB of
+//! tables, freed after each check); nothing of the snapshot phase. `peak_rss_end_bytes` is
+//! the same peak read at the very end of the run, after the snapshots and restores (a frozen
+//! copy as large as the state beside the engine, each restored engine beside the original,
+//! one at a time) and `create_random_ids_us`'s engine (not its child process's).
 //! `throughput_per_cpu_s` divides by this thread's CPU time; `load_average_1m` and
 //! `host_lookups_per_s` (a fixed piece of work, random look-ups in a table of a million keys:
 //! see `host_lookups_per_s`) are measured before and after the timed run: the machine is
@@ -42,8 +69,8 @@ use std::time::Instant;
 
 use engine::{account_flags, Engine, EngineConfig, EntryMeta, REPLY_LEN_MAX};
 use schemas::ledger::{
-    BatchFlags, CommandReplyDecoder, CreateAccountEncoder, DepositEncoder, TransferFlags,
-    TransfersEncoder,
+    BatchFlags, CommandReplyDecoder, CreateAccountEncoder, DepositEncoder, ResultCode,
+    TransferFlags, TransfersEncoder,
 };
 use serde_json::json;
 
@@ -55,6 +82,17 @@ const FUNDING: u64 = 1 << 40;
 const AMOUNT_FAILING: u64 = 1 << 50;
 /// Id of the ledger's external account.
 const EXTERNAL_ID: u64 = u64::MAX;
+/// Wire values of the only two results a pool transfer may have.
+const OK: u8 = ResultCode::Ok as u8;
+const INSUFFICIENT_FUNDS: u8 = ResultCode::InsufficientFunds as u8;
+
+/// The error for a pool transfer whose result is neither `ok` nor `insufficient_funds`: the
+/// bench would otherwise time something other than what it claims.
+#[cold]
+fn unexpected_result(raw: u8) -> String {
+    let name = ResultCode::try_from(raw).map_or("unknown", ResultCode::name);
+    format!("a pool transfer's result was {name} ({raw}), neither ok nor insufficient_funds")
+}
 
 struct Options {
     accounts: u64,
@@ -62,7 +100,12 @@ struct Options {
     pool: u64,
     batch: usize,
     retained: u32,
-    warmup: u64,
+    /// Only print `create_random_ids_us`'s bytes per account (see
+    /// [`random_ids_bytes_per_account`]).
+    random_ids_rss_only: bool,
+    /// Untimed transfers before the timed run; `None`: until the retention ring is full (see
+    /// [`warm_up_until_retained`]).
+    warmup: Option<u64>,
     json: bool,
 }
 
@@ -73,10 +116,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
         pool: 2_000_000,
         batch: 256,
         retained: EngineConfig::default().transfers_retained_max,
-        warmup: 0,
+        warmup: None,
+        random_ids_rss_only: false,
         json: false,
     };
-    let mut warmup = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut number = |name: &str| -> Result<u64, String> {
@@ -87,17 +130,19 @@ fn parse(args: &[String]) -> Result<Options, String> {
         };
         match a.as_str() {
             "--json" => o.json = true,
+            RANDOM_IDS_RSS_OPTION => o.random_ids_rss_only = true,
             "--accounts" => o.accounts = number("--accounts")?,
             "--transfers" => o.transfers = number("--transfers")?,
             "--pool" => o.pool = number("--pool")?,
             "--batch" => o.batch = number("--batch")? as usize,
             "--retained" => o.retained = number("--retained")? as u32,
-            "--warmup" => warmup = Some(number("--warmup")?),
+            "--warmup" => o.warmup = Some(number("--warmup")?),
             "--help" | "-h" => {
                 println!(
                     "bench engine [--accounts N (10000)] [--transfers N (20000000)] [--pool N (2000000)]\n\
                      \x20            [--batch N (256, max {})] [--retained N (engine default)]\n\
-                     \x20            [--warmup N (untimed transfers first; default: --retained)] [--json]",
+                     \x20            [--warmup N (untimed transfers first; default: until --retained succeeded)]\n\
+                     \x20            [--json]",
                     engine::TRANSFERS_PER_COMMAND_MAX
                 );
                 std::process::exit(0);
@@ -119,7 +164,6 @@ fn parse(args: &[String]) -> Result<Options, String> {
             engine::TRANSFERS_PER_COMMAND_MAX
         ));
     }
-    o.warmup = warmup.unwrap_or(u64::from(o.retained));
     if o.pool == 0 || o.transfers == 0 {
         return Err("--pool and --transfers must be positive".into());
     }
@@ -306,7 +350,8 @@ fn fund(o: &Options, e: &mut Engine, clock: &mut Clock, reply: &mut [u8]) -> Res
 /// What one stretch of applying the pool measured.
 struct Stretch {
     applied: u64,
-    /// Transfers whose result was looked at (every 64th command's reply) and how many failed.
+    /// Transfers whose result was looked at (every 64th command's reply) and how many of them
+    /// failed with `insufficient_funds` (any result other than that or `ok` stops the bench).
     sampled: u64,
     failed: u64,
     elapsed_s: f64,
@@ -352,9 +397,70 @@ fn run_rounds(
                     .map_err(|e| e.to_string())?;
                 for x in r.results().map_err(|e| e.to_string())? {
                     s.sampled += 1;
-                    s.failed += u64::from(x.result_raw() != 0);
+                    match x.result_raw() {
+                        OK => {}
+                        INSUFFICIENT_FUNDS => s.failed += 1,
+                        other => return Err(unexpected_result(other)),
+                    }
                 }
             }
+        }
+        let elapsed_s = t0.elapsed().as_secs_f64();
+        s.pass_rates
+            .push((s.applied - applied_before) as f64 / elapsed_s.max(1e-9));
+        s.elapsed_s += elapsed_s;
+        s.cpu_s += thread_cpu_s() - cpu0;
+    }
+    Ok(s)
+}
+
+/// The default warm-up: applies the pool the way [`run_rounds`] does (fresh ids each pass),
+/// looking at every result, until `target` of these transfers have succeeded. Failed transfers
+/// are not retained (about 10 % of the pool), so `target` transfers would leave the ring about
+/// 90 % full; with `target` successes it holds `target` records of the warm-up's own, every
+/// record the first timed transfer finds is one of them, and every timed transfer evicts.
+fn warm_up_until_retained(
+    target: u64,
+    e: &mut Engine,
+    pool: &mut Encoded,
+    clock: &mut Clock,
+    reply: &mut [u8],
+    round: &mut u64,
+) -> Result<Stretch, String> {
+    let mut s = Stretch {
+        applied: 0,
+        sampled: 0,
+        failed: 0,
+        elapsed_s: 0.0,
+        cpu_s: 0.0,
+        pass_rates: Vec::new(),
+    };
+    let mut succeeded = 0u64;
+    while succeeded < target {
+        *round += 1;
+        set_round(pool, *round);
+        let (applied_before, succeeded_before) = (s.applied, succeeded);
+        let t0 = Instant::now();
+        let cpu0 = thread_cpu_s();
+        for &(start, end) in &pool.ranges {
+            if succeeded >= target {
+                break;
+            }
+            let n = e.apply(&clock.next(), &pool.bytes[start..end], reply);
+            s.applied += ((end - start - 14) / 52) as u64;
+            let r =
+                CommandReplyDecoder::wrap_with_header(&reply[..n]).map_err(|e| e.to_string())?;
+            for x in r.results().map_err(|e| e.to_string())? {
+                s.sampled += 1;
+                match x.result_raw() {
+                    OK => succeeded += 1,
+                    INSUFFICIENT_FUNDS => s.failed += 1,
+                    other => return Err(unexpected_result(other)),
+                }
+            }
+        }
+        if succeeded == succeeded_before {
+            return Err("the warm-up: no transfer of a whole pass over the pool succeeded".into());
         }
         let elapsed_s = t0.elapsed().as_secs_f64();
         s.pass_rates
@@ -384,8 +490,12 @@ fn list_page_us(e: &Engine, accounts: u64) -> f64 {
 /// Mean time to create an account with a pseudo-random id (`CreateAccount` commands, encoded
 /// as they go), for `--accounts` accounts on four ledgers in a fresh engine with the same
 /// account capacity: the listing orders then place each one at random, where the set-up's
-/// increasing ids (`account_create_us`) append.
-fn create_random_ids_us(o: &Options, config: EngineConfig) -> Result<f64, String> {
+/// increasing ids (`account_create_us`) append. Also returns the growth of anonymous RSS per
+/// account from before the engine is made to after the last account, as for
+/// `bytes_per_account` (see [`rss_bytes`]); meaningful only in a process that has freed
+/// nothing large yet (see [`random_ids_bytes_per_account`]).
+fn create_random_ids_us(o: &Options, config: EngineConfig) -> Result<(f64, f64), String> {
+    let rss_before = rss_bytes();
     let mut e = Engine::new(EngineConfig {
         transfers_retained_max: 1_024,
         ..config
@@ -410,7 +520,40 @@ fn create_random_ids_us(o: &Options, config: EngineConfig) -> Result<f64, String
             return Err(format!("creating account {} failed", x | 1));
         }
     }
-    Ok(t0.elapsed().as_secs_f64() * 1e6 / o.accounts.max(1) as f64)
+    let create_us = t0.elapsed().as_secs_f64() * 1e6 / o.accounts.max(1) as f64;
+    let bytes = rss_bytes().saturating_sub(rss_before) as f64 / o.accounts.max(1) as f64;
+    Ok((create_us, bytes))
+}
+
+/// Hidden option: the child process of [`random_ids_bytes_per_account`].
+const RANDOM_IDS_RSS_OPTION: &str = "--random-ids-rss-only";
+
+/// `bytes_per_account_random_ids`: [`create_random_ids_us`]'s anonymous-RSS growth per
+/// account, measured in a child process (this binary, `engine --accounts N
+/// --random-ids-rss-only`) that makes that engine first. At the end of this process the
+/// measurement would not count what it should: the snapshot phase has freed engines' worth of
+/// memory, which the allocator hands out again, either still resident (uncounted) or, in heap
+/// ranges advised for huge pages by a freed table, in whole 2 MiB pages (overcounted:
+/// 2,200 bytes per account instead of about 100 at 10,000 accounts).
+fn random_ids_bytes_per_account(o: &Options) -> Result<f64, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("this binary's path: {e}"))?;
+    let out = std::process::Command::new(&exe)
+        .args([
+            "engine",
+            "--accounts",
+            &o.accounts.to_string(),
+            RANDOM_IDS_RSS_OPTION,
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{}: {e}", exe.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("the random-ids RSS child failed ({})", out.status));
+    }
+    text.trim()
+        .parse()
+        .map_err(|_| format!("the random-ids RSS child printed '{}'", text.trim()))
 }
 
 /// `{min, median, max, passes}` of per-pass rates, rounded.
@@ -518,6 +661,56 @@ fn streamed_snapshot(e: &mut Engine, path: &std::path::Path) -> Result<f64, Stri
     Ok(elapsed)
 }
 
+/// Most of a file's pages that may still be in the page cache when the cold restore starts.
+const COLD_RESIDENT_MAX: f64 = 0.01;
+
+/// Drops the file at `path` from the page cache (`posix_fadvise(POSIX_FADV_DONTNEED)`, which
+/// drops clean pages only: sync the file first) and returns the fraction of its pages still
+/// resident afterwards, as `mincore` reports them for a read-only mapping of it (mapping
+/// reads nothing in).
+#[allow(unsafe_code)]
+fn drop_from_page_cache(path: &std::path::Path) -> Result<f64, String> {
+    use std::os::fd::AsRawFd;
+    let err = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| err("open", e))?;
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is an open file descriptor for the duration of the call.
+    let r = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if r != 0 {
+        return Err(err("posix_fadvise", std::io::Error::from_raw_os_error(r)));
+    }
+    let len = file.metadata().map_err(|e| err("metadata", e))?.len() as usize;
+    if len == 0 {
+        return Ok(0.0);
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let mut resident = vec![0u8; len.div_ceil(page)];
+    // SAFETY: a fresh read-only shared mapping of `len` bytes of an open file; it is only
+    // passed to `mincore` (never read through) and unmapped before returning.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        if at == libc::MAP_FAILED {
+            return Err(err("mmap", std::io::Error::last_os_error()));
+        }
+        let r = libc::mincore(at, len, resident.as_mut_ptr());
+        let e = std::io::Error::last_os_error();
+        libc::munmap(at, len);
+        if r != 0 {
+            return Err(err("mincore", e));
+        }
+    }
+    let n = resident.iter().filter(|&&b| b & 1 != 0).count();
+    Ok(n as f64 / resident.len() as f64)
+}
+
 /// Keys in [`host_lookups_per_s`]'s table.
 const HOST_CHECK_KEYS: usize = 1 << 20;
 /// Look-ups per timing of [`host_lookups_per_s`].
@@ -579,6 +772,14 @@ fn load_average() -> f64 {
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
+    if o.random_ids_rss_only {
+        let config = EngineConfig {
+            accounts_max: u32::try_from(o.accounts + 1).map_err(|_| "--accounts too large")?,
+            ..EngineConfig::default()
+        };
+        println!("{}", create_random_ids_us(&o, config)?.1);
+        return Ok(());
+    }
     // Before pinning: pinning narrows what `available_parallelism` reports.
     let machine = machine();
     let pinned = pin_to(1);
@@ -601,12 +802,28 @@ pub fn run(args: &[String]) -> Result<(), String> {
     fund(&o, &mut e, &mut clock, &mut reply)?;
     let list_page_us = list_page_us(&e, o.accounts);
 
-    // Warm-up (untimed): fill the retention ring so that the timed run is the steady state,
-    // where every new transfer also evicts the oldest, and the ring's pages are mapped.
+    // Warm-up (untimed): by default, fill the retention ring so that the timed run is the
+    // steady state, where every new transfer also evicts the oldest, and the ring's pages are
+    // mapped; `--warmup N`: N transfers, whatever the ring then holds.
     let mut round = 0u64;
-    let warmup = run_rounds(
-        o.warmup, &mut e, &mut pool, &mut clock, &mut reply, &mut round,
-    )?;
+    let warmup = match o.warmup {
+        Some(n) => run_rounds(n, &mut e, &mut pool, &mut clock, &mut reply, &mut round)?,
+        None => warm_up_until_retained(
+            u64::from(o.retained),
+            &mut e,
+            &mut pool,
+            &mut clock,
+            &mut reply,
+            &mut round,
+        )?,
+    };
+    let retained_at_start = e.retained_count();
+    if o.warmup.is_none() && retained_at_start != u64::from(o.retained) {
+        return Err(format!(
+            "the warm-up left {retained_at_start} retained transfers, not {}",
+            o.retained
+        ));
+    }
     let load_before = load_average();
     let host_before = host_lookups_per_s();
     let timed = run_rounds(
@@ -646,31 +863,54 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let frozen = e.freeze();
     let refreeze_s = t0.elapsed().as_secs_f64();
     drop(frozen);
-    // Restore streams from the file (in the page cache: the file was just written).
-    let t0 = Instant::now();
-    let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let restored = Engine::restore(config, file).map_err(|e| e.to_string())?;
-    let restore_s = t0.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(&path);
-    if restored.state_hash() != e.state_hash() || restored.position() != e.position() {
-        return Err("restored engine differs from the original".into());
+    // Restore streams from the file: warm first (in the page cache: the file was just
+    // written), then cold (its pages dropped from the page cache: read from the disk).
+    let restore = |what: &str| -> Result<f64, String> {
+        let t0 = Instant::now();
+        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let restored = Engine::restore(config, file).map_err(|e| e.to_string())?;
+        let restore_s = t0.elapsed().as_secs_f64();
+        if restored.state_hash() != e.state_hash() || restored.position() != e.position() {
+            return Err(format!(
+                "the {what} restored engine differs from the original"
+            ));
+        }
+        Ok(restore_s)
+    };
+    let restore_s = restore("warm")?;
+    let cold_resident = drop_from_page_cache(&path)?;
+    if cold_resident > COLD_RESIDENT_MAX {
+        return Err(format!(
+            "{:.1} % of the snapshot file stayed in the page cache after POSIX_FADV_DONTNEED: \
+             no cold restore to time",
+            cold_resident * 100.0
+        ));
     }
-    drop(restored);
+    let restore_cold_s = restore("cold")?;
+    let _ = std::fs::remove_file(&path);
     let incremental = incremental_snapshot(&mut e, &mut pool, &mut clock, &mut reply, &mut round)?;
     let streamed_s = streamed_snapshot(&mut e, &path)?;
-    let create_random_us = create_random_ids_us(&o, config)?;
+    let (create_random_us, _) = create_random_ids_us(&o, config)?;
+    let bytes_per_account_random = random_ids_bytes_per_account(&o)?;
+    let peak_rss_end = peak_rss_bytes();
 
     let v = json!({
         "scenario": "engine",
         "command": format!(
-            "cargo run --release -p bench -- engine --accounts {} --transfers {} --warmup {} --pool {} --batch {} --retained {} --json",
-            o.accounts, o.transfers, o.warmup, o.pool, o.batch, o.retained
+            "cargo run --release -p bench -- engine --accounts {} --transfers {}{} --pool {} --batch {} --retained {} --json",
+            o.accounts,
+            o.transfers,
+            o.warmup.map_or(String::new(), |n| format!(" --warmup {n}")),
+            o.pool,
+            o.batch,
+            o.retained
         ),
         "machine": machine,
         "pinned_core": if pinned { json!(1) } else { json!(null) },
         "accounts": o.accounts,
         "transfers": timed.applied,
         "warmup_transfers": warmup.applied,
+        "retained_at_timed_start": retained_at_start,
         "warmup_throughput_per_s": (warmup.applied as f64 / warmup.elapsed_s.max(1e-9)).round(),
         "batch": o.batch,
         "transfers_retained_max": o.retained,
@@ -683,7 +923,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "load_average_1m": [load_before, load_after],
         "host_lookups_per_s": [host_before.round(), host_after.round()],
         "peak_rss_bytes": peak_rss,
+        "peak_rss_end_bytes": peak_rss_end,
         "bytes_per_account": bytes_per_account.round(),
+        "bytes_per_account_random_ids": bytes_per_account_random.round(),
         "list_page_us": (list_page_us * 100.0).round() / 100.0,
         "account_create_us": (create_us * 1000.0).round() / 1000.0,
         "account_create_random_ids_us": (create_random_us * 1000.0).round() / 1000.0,
@@ -699,6 +941,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "snapshot_write_ms": write_s * 1e3,
         "snapshot_write_no_fsync_ms": write_no_fsync_s * 1e3,
         "snapshot_restore_ms": restore_s * 1e3,
+        "snapshot_restore_cold_ms": restore_cold_s * 1e3,
+        "snapshot_cold_resident_fraction": cold_resident,
         "state_hash": format!("{:#018x}", e.state_hash()),
     });
     print(o.json, &v);
@@ -730,5 +974,29 @@ mod tests {
             .collect();
         assert_eq!(ids.len(), 44);
         assert_eq!(ids[0], (257, 3));
+    }
+
+    #[test]
+    fn the_default_warm_up_fills_the_retention_ring() {
+        let args = ["--accounts", "2000", "--pool", "300", "--retained", "5000"];
+        let o = parse(&args.map(String::from)).unwrap();
+        assert_eq!(o.warmup, None);
+        let config = EngineConfig {
+            accounts_max: 2001,
+            transfers_retained_max: o.retained,
+            ..EngineConfig::default()
+        };
+        let mut e = Engine::new(config).unwrap();
+        let (mut clock, mut reply) = (Clock { position: 0 }, vec![0u8; REPLY_LEN_MAX]);
+        setup(&o, &mut e, &mut clock, &mut reply).unwrap();
+        fund(&o, &mut e, &mut clock, &mut reply).unwrap();
+        let mut pool = encode_pool(&o).unwrap();
+        let mut round = 0;
+        let s = warm_up_until_retained(5000, &mut e, &mut pool, &mut clock, &mut reply, &mut round)
+            .unwrap();
+        assert_eq!(e.retained_count(), 5000);
+        // About a tenth fail and are not retained, so more than 5,000 were applied.
+        assert!(s.applied > 5250 && s.failed > 250, "{} applied", s.applied);
+        assert_eq!(s.sampled, s.applied);
     }
 }
