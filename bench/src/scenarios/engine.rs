@@ -37,7 +37,9 @@
 //! `snapshot_streamed_write_ms` below, the figure to compare with "written in ≤ 1 s". Then
 //! `Engine::restore` streams that file into a new engine twice, each checked to reach the
 //! same position and state hash: `snapshot_restore_ms` warm, the file just written and so in
-//! the page cache (no disk read: restore's own cost), and `snapshot_restore_cold_ms` cold,
+//! the page cache (no disk read: restore's own cost; `snapshot_restore_fresh_process_ms` is
+//! the same restore in a child process that does nothing else, as a node restarting after its
+//! process died: see `restore_in_fresh_process`), and `snapshot_restore_cold_ms` cold,
 //! into another fresh engine after the file's pages were dropped from the page cache
 //! (`posix_fadvise(POSIX_FADV_DONTNEED)`; the file is synced, so every page is clean and
 //! droppable), so that restore reads the disk as after a reboot. `snapshot_cold_resident_fraction`
@@ -103,6 +105,8 @@ struct Options {
     /// Only print `create_random_ids_us`'s bytes per account (see
     /// [`random_ids_bytes_per_account`]).
     random_ids_rss_only: bool,
+    /// Only restore this snapshot and print the time (see [`restore_in_fresh_process`]).
+    restore_only: Option<String>,
     /// Untimed transfers before the timed run; `None`: until the retention ring is full (see
     /// [`warm_up_until_retained`]).
     warmup: Option<u64>,
@@ -118,6 +122,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         retained: EngineConfig::default().transfers_retained_max,
         warmup: None,
         random_ids_rss_only: false,
+        restore_only: None,
         json: false,
     };
     let mut it = args.iter();
@@ -131,6 +136,13 @@ fn parse(args: &[String]) -> Result<Options, String> {
         match a.as_str() {
             "--json" => o.json = true,
             RANDOM_IDS_RSS_OPTION => o.random_ids_rss_only = true,
+            RESTORE_ONLY_OPTION => {
+                o.restore_only = Some(
+                    it.next()
+                        .ok_or_else(|| format!("{RESTORE_ONLY_OPTION} needs a path"))?
+                        .clone(),
+                )
+            }
             "--accounts" => o.accounts = number("--accounts")?,
             "--transfers" => o.transfers = number("--transfers")?,
             "--pool" => o.pool = number("--pool")?,
@@ -556,6 +568,56 @@ fn random_ids_bytes_per_account(o: &Options) -> Result<f64, String> {
         .map_err(|_| format!("the random-ids RSS child printed '{}'", text.trim()))
 }
 
+/// Hidden option: the child process of [`restore_in_fresh_process`].
+const RESTORE_ONLY_OPTION: &str = "--restore-only";
+
+/// `snapshot_restore_fresh_process_ms`: `Engine::restore` of the snapshot at `path` (in the
+/// page cache) timed in a child process (this binary, `engine --accounts N --retained R
+/// --restore-only PATH`) that does nothing else, as a node restarting after its process died
+/// does; checked to reach `position` and `hash`. In this process a restore also pays for
+/// the memory the snapshot phase holds and frees around it.
+fn restore_in_fresh_process(
+    o: &Options,
+    path: &std::path::Path,
+    position: u64,
+    hash: u64,
+) -> Result<f64, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("this binary's path: {e}"))?;
+    let out = std::process::Command::new(&exe)
+        .args(["engine", "--accounts", &o.accounts.to_string()])
+        .args(["--retained", &o.retained.to_string(), RESTORE_ONLY_OPTION])
+        .arg(path)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{}: {e}", exe.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("the restoring child failed ({})", out.status));
+    }
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    match fields[..] {
+        [ms, p, h] if p == position.to_string() && h == format!("{hash:#x}") => ms
+            .parse()
+            .map(|ms: f64| ms / 1e3)
+            .map_err(|_| format!("the restoring child printed '{}'", text.trim())),
+        _ => Err(format!(
+            "the restoring child printed '{}', not a time and position {position}, hash {hash:#x}",
+            text.trim()
+        )),
+    }
+}
+
+/// The child's side of [`restore_in_fresh_process`]: prints milliseconds, position and hash.
+fn restore_only(path: &str, config: EngineConfig) -> Result<(), String> {
+    pin_to(1);
+    let t0 = Instant::now();
+    let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+    let e = Engine::restore(config, file).map_err(|e| format!("{path}: {e}"))?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    println!("{ms:.3} {} {:#x}", e.position(), e.state_hash());
+    Ok(())
+}
+
 /// `{min, median, max, passes}` of per-pass rates, rounded.
 fn spread(rates: &[f64]) -> serde_json::Value {
     let mut v = rates.to_vec();
@@ -780,6 +842,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
         println!("{}", create_random_ids_us(&o, config)?.1);
         return Ok(());
     }
+    if let Some(path) = &o.restore_only {
+        let config = EngineConfig {
+            accounts_max: u32::try_from(o.accounts + 1).map_err(|_| "--accounts too large")?,
+            transfers_retained_max: o.retained,
+            ..EngineConfig::default()
+        };
+        return restore_only(path, config);
+    }
     // Before pinning: pinning narrows what `available_parallelism` reports.
     let machine = machine();
     let pinned = pin_to(1);
@@ -878,6 +948,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Ok(restore_s)
     };
     let restore_s = restore("warm")?;
+    let restore_fresh_s = restore_in_fresh_process(&o, &path, e.position(), e.state_hash())?;
     let cold_resident = drop_from_page_cache(&path)?;
     if cold_resident > COLD_RESIDENT_MAX {
         return Err(format!(
@@ -942,6 +1013,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "snapshot_write_no_fsync_ms": write_no_fsync_s * 1e3,
         "snapshot_restore_ms": restore_s * 1e3,
         "snapshot_restore_cold_ms": restore_cold_s * 1e3,
+        "snapshot_restore_fresh_process_ms": restore_fresh_s * 1e3,
         "snapshot_cold_resident_fraction": cold_resident,
         "state_hash": format!("{:#018x}", e.state_hash()),
     });
