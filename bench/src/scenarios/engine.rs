@@ -35,9 +35,10 @@
 //! `snapshot_write_ms` including `fsync`. Both time only the write of a copy already made
 //! (making it is `snapshot_freeze_ms`), so neither is the time to write a snapshot: that is
 //! `snapshot_streamed_write_ms` below, the figure to compare with "written in ≤ 1 s". Then
-//! `Engine::restore` streams that file into a new engine twice, each checked to reach the
-//! same position and state hash: `snapshot_restore_ms` warm, the file just written and so in
-//! the page cache (no disk read: restore's own cost; `snapshot_restore_fresh_process_ms` is
+//! `Engine::restore` streams that file into fresh engines, each checked to reach the same
+//! position and state hash: `snapshot_restore_ms` warm, the median of three restores in a
+//! row (`snapshot_restore_runs_ms`, in order), the file just written and so in the page cache
+//! (no disk read: restore's own cost; `snapshot_restore_fresh_process_ms` is
 //! the same restore in a child process that does nothing else, as a node restarting after its
 //! process died: see `restore_in_fresh_process`), and `snapshot_restore_cold_ms` cold,
 //! into another fresh engine after the file's pages were dropped from the page cache
@@ -947,7 +948,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
         }
         Ok(restore_s)
     };
-    let restore_s = restore("warm")?;
+    // Three warm restores, the median reported: the first, a second after the fsync of 848 MB
+    // (1M accounts), has read 0.67-1.03 s on the development VM where the next two read
+    // 0.45-0.53 s (the host still writing the virtual disk, it seems); all three are reported.
+    let mut restores = [restore("warm")?, restore("warm")?, restore("warm")?];
+    let warm_runs_ms: Vec<f64> = restores.iter().map(|s| (s * 1e6).round() / 1e3).collect();
+    restores.sort_by(f64::total_cmp);
+    let restore_s = restores[1];
     let restore_fresh_s = restore_in_fresh_process(&o, &path, e.position(), e.state_hash())?;
     let cold_resident = drop_from_page_cache(&path)?;
     if cold_resident > COLD_RESIDENT_MAX {
@@ -1012,6 +1019,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "snapshot_write_ms": write_s * 1e3,
         "snapshot_write_no_fsync_ms": write_no_fsync_s * 1e3,
         "snapshot_restore_ms": restore_s * 1e3,
+        "snapshot_restore_runs_ms": warm_runs_ms,
         "snapshot_restore_cold_ms": restore_cold_s * 1e3,
         "snapshot_restore_fresh_process_ms": restore_fresh_s * 1e3,
         "snapshot_cold_resident_fraction": cold_resident,
