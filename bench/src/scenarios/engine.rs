@@ -365,6 +365,7 @@ fn fund(o: &Options, e: &mut Engine, clock: &mut Clock, reply: &mut [u8]) -> Res
 }
 
 /// What one stretch of applying the pool measured.
+#[derive(Default)]
 struct Stretch {
     applied: u64,
     /// Transfers whose result was looked at (every 64th command's reply) and how many of them
@@ -378,6 +379,24 @@ struct Stretch {
     pass_rates: Vec<f64>,
 }
 
+impl Stretch {
+    /// Counts a reply's per-transfer results; returns how many succeeded. Any result other
+    /// than `ok` or `insufficient_funds` is an error.
+    fn tally(&mut self, reply: &[u8]) -> Result<u64, String> {
+        let r = CommandReplyDecoder::wrap_with_header(reply).map_err(|e| e.to_string())?;
+        let mut ok = 0;
+        for x in r.results().map_err(|e| e.to_string())? {
+            self.sampled += 1;
+            match x.result_raw() {
+                OK => ok += 1,
+                INSUFFICIENT_FUNDS => self.failed += 1,
+                other => return Err(unexpected_result(other)),
+            }
+        }
+        Ok(ok)
+    }
+}
+
 /// Applies `count` transfers from the pool (rewriting the ids, untimed, before each pass), and
 /// times the applying in wall and thread-CPU seconds.
 fn run_rounds(
@@ -388,14 +407,7 @@ fn run_rounds(
     reply: &mut [u8],
     round: &mut u64,
 ) -> Result<Stretch, String> {
-    let mut s = Stretch {
-        applied: 0,
-        sampled: 0,
-        failed: 0,
-        elapsed_s: 0.0,
-        cpu_s: 0.0,
-        pass_rates: Vec::new(),
-    };
+    let mut s = Stretch::default();
     while s.applied < count {
         *round += 1;
         set_round(pool, *round);
@@ -410,16 +422,7 @@ fn run_rounds(
             let n = e.apply(&clock.next(), command, reply);
             s.applied += ((end - start - 14) / 52) as u64;
             if i % 64 == 0 {
-                let r = CommandReplyDecoder::wrap_with_header(&reply[..n])
-                    .map_err(|e| e.to_string())?;
-                for x in r.results().map_err(|e| e.to_string())? {
-                    s.sampled += 1;
-                    match x.result_raw() {
-                        OK => {}
-                        INSUFFICIENT_FUNDS => s.failed += 1,
-                        other => return Err(unexpected_result(other)),
-                    }
-                }
+                s.tally(&reply[..n])?;
             }
         }
         let elapsed_s = t0.elapsed().as_secs_f64();
@@ -444,14 +447,7 @@ fn warm_up_until_retained(
     reply: &mut [u8],
     round: &mut u64,
 ) -> Result<Stretch, String> {
-    let mut s = Stretch {
-        applied: 0,
-        sampled: 0,
-        failed: 0,
-        elapsed_s: 0.0,
-        cpu_s: 0.0,
-        pass_rates: Vec::new(),
-    };
+    let mut s = Stretch::default();
     let mut succeeded = 0u64;
     while succeeded < target {
         *round += 1;
@@ -465,16 +461,7 @@ fn warm_up_until_retained(
             }
             let n = e.apply(&clock.next(), &pool.bytes[start..end], reply);
             s.applied += ((end - start - 14) / 52) as u64;
-            let r =
-                CommandReplyDecoder::wrap_with_header(&reply[..n]).map_err(|e| e.to_string())?;
-            for x in r.results().map_err(|e| e.to_string())? {
-                s.sampled += 1;
-                match x.result_raw() {
-                    OK => succeeded += 1,
-                    INSUFFICIENT_FUNDS => s.failed += 1,
-                    other => return Err(unexpected_result(other)),
-                }
-            }
+            succeeded += s.tally(&reply[..n])?;
         }
         if succeeded == succeeded_before {
             return Err("the warm-up: no transfer of a whole pass over the pool succeeded".into());

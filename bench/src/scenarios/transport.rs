@@ -724,20 +724,10 @@ fn transport_throughput(setup: Setup, receivers: usize, seconds: f64) -> Result<
                 let (c, next, bad) = (&mut counts[i], &mut next[i], &mut malformed);
                 work += s.poll(
                     |m, _| {
-                        // Count a message only if it is the one offered: its length, its 42s,
-                        // and the sequence number after the last one this receiver counted.
-                        let seq = m
-                            .get(..8)
-                            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
-                        // One `bcmp` of the 56 bytes after the sequence number: a check
-                        // byte by byte cost more per message than the transport's own work.
-                        let whole = m.len() == MESSAGE_LENGTH && m[8..] == TAIL;
-                        match seq {
-                            Some(seq) if whole && next.is_none_or(|n| n == seq) => {
-                                *c += 1;
-                                *next = Some(seq + 1);
-                            }
-                            _ => *bad += 1,
+                        if next_offered(next, m) {
+                            *c += 1;
+                        } else {
+                            *bad += 1;
                         }
                     },
                     4096,
@@ -818,6 +808,24 @@ fn transport_throughput(setup: Setup, receivers: usize, seconds: f64) -> Result<
         delivered_bytes: msgs * frame_length() as f64,
         wire_bytes,
     })
+}
+
+/// Whether `m` is the message offered after the last one this receiver took (`next`: the
+/// sequence number it must carry, none before the first): its length, its sequence number and
+/// [`TAIL`]. Takes it (moves `next` on) if so.
+#[inline(always)]
+fn next_offered(next: &mut Option<u64>, m: &[u8]) -> bool {
+    // One `bcmp` of the 56 bytes after the sequence number: a check byte by byte cost more
+    // per message than the transport's own work.
+    if m.len() != MESSAGE_LENGTH || m[8..] != TAIL {
+        return false;
+    }
+    let seq = u64::from_le_bytes(m[..8].try_into().expect("8 bytes"));
+    if next.is_some_and(|n| n != seq) {
+        return false;
+    }
+    *next = Some(seq + 1);
+    true
 }
 
 /// The length of one 64-byte message's frame: header and message, aligned.
@@ -1198,4 +1206,38 @@ pub fn run(args: &[String]) -> Result<(), String> {
     });
     print(o.json, &v);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: u64) -> [u8; MESSAGE_LENGTH] {
+        let mut m = [42u8; MESSAGE_LENGTH];
+        m[..8].copy_from_slice(&seq.to_le_bytes());
+        m
+    }
+
+    #[test]
+    fn only_the_next_message_offered_is_taken() {
+        let mut next = None;
+        assert!(
+            next_offered(&mut next, &message(7)),
+            "the first may carry any number"
+        );
+        assert!(next_offered(&mut next, &message(8)));
+        assert!(!next_offered(&mut next, &message(8)), "a duplicate");
+        assert!(!next_offered(&mut next, &message(10)), "a message skipped");
+        assert!(!next_offered(&mut next, &message(7)), "an older one");
+        let mut corrupt = message(9);
+        corrupt[MESSAGE_LENGTH - 1] = 0;
+        assert!(!next_offered(&mut next, &corrupt), "a changed byte");
+        assert!(!next_offered(&mut next, &message(9)[..40]), "a short one");
+        assert!(!next_offered(&mut next, &[]), "an empty one");
+        assert!(
+            next_offered(&mut next, &message(9)),
+            "refusals leave the sequence where it was"
+        );
+        assert_eq!(next, Some(10));
+    }
 }
