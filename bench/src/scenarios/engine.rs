@@ -395,6 +395,16 @@ impl Stretch {
         }
         Ok(ok)
     }
+
+    /// Closes a pass over the pool begun at `t0` (thread CPU `cpu0`) with `applied_before`
+    /// transfers applied: its rate, and its time added to the stretch's.
+    fn end_pass(&mut self, applied_before: u64, t0: Instant, cpu0: f64) {
+        let elapsed_s = t0.elapsed().as_secs_f64();
+        self.pass_rates
+            .push((self.applied - applied_before) as f64 / elapsed_s.max(1e-9));
+        self.elapsed_s += elapsed_s;
+        self.cpu_s += thread_cpu_s() - cpu0;
+    }
 }
 
 /// Applies `count` transfers from the pool (rewriting the ids, untimed, before each pass), and
@@ -425,11 +435,7 @@ fn run_rounds(
                 s.tally(&reply[..n])?;
             }
         }
-        let elapsed_s = t0.elapsed().as_secs_f64();
-        s.pass_rates
-            .push((s.applied - applied_before) as f64 / elapsed_s.max(1e-9));
-        s.elapsed_s += elapsed_s;
-        s.cpu_s += thread_cpu_s() - cpu0;
+        s.end_pass(applied_before, t0, cpu0);
     }
     Ok(s)
 }
@@ -466,11 +472,7 @@ fn warm_up_until_retained(
         if succeeded == succeeded_before {
             return Err("the warm-up: no transfer of a whole pass over the pool succeeded".into());
         }
-        let elapsed_s = t0.elapsed().as_secs_f64();
-        s.pass_rates
-            .push((s.applied - applied_before) as f64 / elapsed_s.max(1e-9));
-        s.elapsed_s += elapsed_s;
-        s.cpu_s += thread_cpu_s() - cpu0;
+        s.end_pass(applied_before, t0, cpu0);
     }
     Ok(s)
 }
