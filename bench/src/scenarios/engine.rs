@@ -396,15 +396,33 @@ impl Stretch {
         Ok(ok)
     }
 
-    /// Closes a pass over the pool begun at `t0` (thread CPU `cpu0`) with `applied_before`
-    /// transfers applied: its rate, and its time added to the stretch's.
-    fn end_pass(&mut self, applied_before: u64, t0: Instant, cpu0: f64) {
-        let elapsed_s = t0.elapsed().as_secs_f64();
-        self.pass_rates
-            .push((self.applied - applied_before) as f64 / elapsed_s.max(1e-9));
-        self.elapsed_s += elapsed_s;
-        self.cpu_s += thread_cpu_s() - cpu0;
+    /// Starts a pass over the pool: the next round's ids written (untimed), then the clocks.
+    fn begin_pass(&self, pool: &mut Encoded, round: &mut u64) -> Pass {
+        *round += 1;
+        set_round(pool, *round);
+        Pass {
+            applied_before: self.applied,
+            t0: Instant::now(),
+            cpu0: thread_cpu_s(),
+        }
     }
+
+    /// Closes a pass: its rate, and its time added to the stretch's.
+    fn end_pass(&mut self, pass: Pass) {
+        let elapsed_s = pass.t0.elapsed().as_secs_f64();
+        self.pass_rates
+            .push((self.applied - pass.applied_before) as f64 / elapsed_s.max(1e-9));
+        self.elapsed_s += elapsed_s;
+        self.cpu_s += thread_cpu_s() - pass.cpu0;
+    }
+}
+
+/// A pass over the pool under way: what the stretch had applied, and the wall and thread-CPU
+/// clocks, when it began.
+struct Pass {
+    applied_before: u64,
+    t0: Instant,
+    cpu0: f64,
 }
 
 /// Applies `count` transfers from the pool (rewriting the ids, untimed, before each pass), and
@@ -419,11 +437,7 @@ fn run_rounds(
 ) -> Result<Stretch, String> {
     let mut s = Stretch::default();
     while s.applied < count {
-        *round += 1;
-        set_round(pool, *round);
-        let applied_before = s.applied;
-        let t0 = Instant::now();
-        let cpu0 = thread_cpu_s();
+        let pass = s.begin_pass(pool, round);
         for (i, &(start, end)) in pool.ranges.iter().enumerate() {
             if s.applied >= count {
                 break;
@@ -435,7 +449,7 @@ fn run_rounds(
                 s.tally(&reply[..n])?;
             }
         }
-        s.end_pass(applied_before, t0, cpu0);
+        s.end_pass(pass);
     }
     Ok(s)
 }
@@ -456,11 +470,8 @@ fn warm_up_until_retained(
     let mut s = Stretch::default();
     let mut succeeded = 0u64;
     while succeeded < target {
-        *round += 1;
-        set_round(pool, *round);
-        let (applied_before, succeeded_before) = (s.applied, succeeded);
-        let t0 = Instant::now();
-        let cpu0 = thread_cpu_s();
+        let succeeded_before = succeeded;
+        let pass = s.begin_pass(pool, round);
         for &(start, end) in &pool.ranges {
             if succeeded >= target {
                 break;
@@ -472,7 +483,7 @@ fn warm_up_until_retained(
         if succeeded == succeeded_before {
             return Err("the warm-up: no transfer of a whole pass over the pool succeeded".into());
         }
-        s.end_pass(applied_before, t0, cpu0);
+        s.end_pass(pass);
     }
     Ok(s)
 }
